@@ -1,0 +1,120 @@
+// Quantize, pack, unpack and dequantize kernels.
+//
+// Layout (see src/quant/packed.rs): codes of each row form a dense
+// little-endian bit stream, value j at bits [j*bits, (j+1)*bits), rows padded
+// to whole u32 words. Codes are unsigned; w = scale * (q - zero).
+// The CPU reference is src/backend/cpu/mod.rs; both must round alike:
+// q = clamp(floor(w * inv_scale + 0.5) + zero, 0, maxq).
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    bits: u32,
+    group_len: u32,
+    words_per_row: u32,
+    // pack_codes: 0 = src holds codes, 1 = src holds f32 weights to quantize.
+    // unpack_codes: 0 = write codes, 1 = write dequantized f32 values.
+    mode: u32,
+    groups_per_row: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<u32>;
+// Per-group parameters: 1/scale (pack) or scale (unpack), and zero-points.
+@group(0) @binding(2) var<storage, read> scales: array<f32>;
+@group(0) @binding(3) var<storage, read> zeros: array<u32>;
+@group(0) @binding(4) var<storage, read_write> dst: array<u32>;
+
+const WG: u32 = 256u;
+
+// Flat invocation index over a 2-D grid (the host splits large dispatches
+// across y to stay under 65535 workgroups per dimension).
+fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.x + wg.y * nwg.x) * WG + lid;
+}
+
+fn code_of(r: u32, j: u32) -> u32 {
+    let v = src[r * p.cols + j];
+    if (p.mode == 0u) {
+        return v;
+    }
+    let g = r * p.groups_per_row + j / p.group_len;
+    let maxq = (1u << p.bits) - 1u;
+    let q = floor(bitcast<f32>(v) * scales[g] + 0.5) + f32(zeros[g]);
+    return u32(clamp(q, 0.0, f32(maxq)));
+}
+
+// One invocation per output word: gathers every value whose bits touch it,
+// so no two invocations write the same word.
+@compute @workgroup_size(256)
+fn pack_codes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let idx = flat_index(wg, nwg, lid);
+    if (idx >= p.rows * p.words_per_row) {
+        return;
+    }
+    let r = idx / p.words_per_row;
+    let k = idx % p.words_per_row;
+    let first_bit = k * 32u;
+    let j0 = first_bit / p.bits;
+    let j1 = min((first_bit + 31u) / p.bits, p.cols - 1u);
+    var word = 0u;
+    for (var j = j0; j <= j1; j++) {
+        let code = code_of(r, j);
+        let bit = j * p.bits;
+        if (bit >= first_bit) {
+            word |= code << (bit - first_bit);
+        } else {
+            word |= code >> (first_bit - bit);
+        }
+    }
+    dst[idx] = word;
+}
+
+// One invocation per value.
+@compute @workgroup_size(256)
+fn unpack_codes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let idx = flat_index(wg, nwg, lid);
+    if (idx >= p.rows * p.cols) {
+        return;
+    }
+    let r = idx / p.cols;
+    let j = idx % p.cols;
+    let bit = j * p.bits;
+    let w = r * p.words_per_row + bit / 32u;
+    let off = bit % 32u;
+    var v = src[w] >> off;
+    if (off + p.bits > 32u) {
+        v |= src[w + 1u] << (32u - off);
+    }
+    let code = v & ((1u << p.bits) - 1u);
+    if (p.mode == 0u) {
+        dst[idx] = code;
+    } else {
+        let g = r * p.groups_per_row + j / p.group_len;
+        dst[idx] = bitcast<u32>(scales[g] * (f32(code) - f32(zeros[g])));
+    }
+}
+
+// One invocation per (row, group): minimum and maximum of the group,
+// written as bit patterns to dst[2*i] and dst[2*i+1].
+@compute @workgroup_size(256)
+fn group_range(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let idx = flat_index(wg, nwg, lid);
+    if (idx >= p.rows * p.groups_per_row) {
+        return;
+    }
+    let base = idx * p.group_len;
+    var lo = bitcast<f32>(src[base]);
+    var hi = lo;
+    for (var j = 1u; j < p.group_len; j++) {
+        let x = bitcast<f32>(src[base + j]);
+        lo = min(lo, x);
+        hi = max(hi, x);
+    }
+    dst[2u * idx] = bitcast<u32>(lo);
+    dst[2u * idx + 1u] = bitcast<u32>(hi);
+}

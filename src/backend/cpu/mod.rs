@@ -1,0 +1,96 @@
+//! The CPU backend: rayon over rows. It is the reference the GPU kernels are
+//! tested against, and a real choice on machines without a GPU.
+
+pub mod matmul;
+
+use super::{Backend, GroupParams};
+use crate::error::Result;
+use crate::quant::packed::{pack_row, unpack_code, unpack_codes, words_per_row, QuantizedTensor};
+use crate::quant::scheme::quantize_value;
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn group_ranges(
+        &self,
+        w: &[f32],
+        _rows: usize,
+        _cols: usize,
+        group_len: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok(w.par_chunks(group_len)
+            .map(|g| {
+                g.iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+                        (lo.min(x), hi.max(x))
+                    })
+            })
+            .unzip())
+    }
+
+    fn quantize_codes(
+        &self,
+        w: &[f32],
+        _rows: usize,
+        cols: usize,
+        p: &GroupParams,
+    ) -> Result<Vec<u32>> {
+        let wpr = words_per_row(cols, p.bits);
+        let groups = cols / p.group_len;
+        let maxq = (1u32 << p.bits) - 1;
+        let mut out = vec![0u32; w.len() / cols * wpr];
+        out.par_chunks_mut(wpr)
+            .zip(w.par_chunks(cols))
+            .enumerate()
+            .for_each(|(r, (packed, row))| {
+                let codes: Vec<u32> = row
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &x)| {
+                        let g = r * groups + j / p.group_len;
+                        quantize_value(x, p.inv_scales[g], p.zeros[g], maxq)
+                    })
+                    .collect();
+                pack_row(&codes, p.bits, packed);
+            });
+        Ok(out)
+    }
+
+    fn pack(&self, codes: &[u32], _rows: usize, cols: usize, bits: u32) -> Result<Vec<u32>> {
+        let wpr = words_per_row(cols, bits);
+        let mut out = vec![0u32; codes.len() / cols * wpr];
+        out.par_chunks_mut(wpr)
+            .zip(codes.par_chunks(cols))
+            .for_each(|(o, c)| pack_row(c, bits, o));
+        Ok(out)
+    }
+
+    fn unpack(&self, packed: &[u32], rows: usize, cols: usize, bits: u32) -> Result<Vec<u32>> {
+        Ok(unpack_codes(packed, rows, cols, bits))
+    }
+
+    fn dequantize(&self, q: &QuantizedTensor) -> Result<Vec<f32>> {
+        q.validate("dequantize input")?;
+        let (wpr, groups, glen) = (q.words_per_row(), q.n_groups(), q.scheme.group_len(q.cols));
+        let mut out = vec![0f32; q.rows * q.cols];
+        out.par_chunks_mut(q.cols).enumerate().for_each(|(r, row)| {
+            let packed = &q.packed[r * wpr..(r + 1) * wpr];
+            for (j, y) in row.iter_mut().enumerate() {
+                let g = r * groups + j / glen;
+                let code = unpack_code(packed, q.scheme.bits, j) as f32;
+                *y = q.scales[g] * (code - q.zeros[g] as f32);
+            }
+        });
+        Ok(out)
+    }
+
+    fn matmul(&self, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
+        matmul::matmul(q, x, tokens)
+    }
+}

@@ -1,0 +1,88 @@
+//! The GPU backend: WGSL kernels from `shaders/` driven through wgpu.
+//! One thin wrapper module per kernel family.
+
+pub mod context;
+pub mod matmul;
+pub mod quantize;
+
+pub use context::{list_adapters, AdapterSummary, DeviceChoice, GpuContext};
+
+use super::{Backend, GroupParams};
+use crate::error::Result;
+use crate::quant::packed::QuantizedTensor;
+use std::ops::Range;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct GpuBackend {
+    pub ctx: Arc<GpuContext>,
+}
+
+impl GpuBackend {
+    pub fn new(ctx: Arc<GpuContext>) -> Self {
+        Self { ctx }
+    }
+}
+
+/// Splits `rows` into consecutive ranges whose largest per-binding footprint
+/// (`bytes_per_row` of the widest buffer) fits the context's binding limit.
+pub fn row_chunks(
+    ctx: &GpuContext,
+    rows: usize,
+    bytes_per_row: usize,
+) -> Result<Vec<Range<usize>>> {
+    let limit = ctx.max_binding() as usize;
+    if bytes_per_row > limit {
+        return Err(crate::error::Error::Gpu(format!(
+            "one row of {bytes_per_row} bytes exceeds the storage binding limit of {limit} bytes of {}",
+            ctx.adapter.short()
+        )));
+    }
+    let per = (limit / bytes_per_row.max(1)).max(1);
+    Ok((0..rows)
+        .step_by(per)
+        .map(|s| s..(s + per).min(rows))
+        .collect())
+}
+
+impl Backend for GpuBackend {
+    fn name(&self) -> String {
+        self.ctx.adapter.short()
+    }
+
+    fn group_ranges(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        group_len: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        quantize::group_ranges(&self.ctx, w, rows, cols, group_len)
+    }
+
+    fn quantize_codes(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        params: &GroupParams,
+    ) -> Result<Vec<u32>> {
+        quantize::quantize_codes(&self.ctx, w, rows, cols, params)
+    }
+
+    fn pack(&self, codes: &[u32], rows: usize, cols: usize, bits: u32) -> Result<Vec<u32>> {
+        quantize::pack(&self.ctx, codes, rows, cols, bits)
+    }
+
+    fn unpack(&self, packed: &[u32], rows: usize, cols: usize, bits: u32) -> Result<Vec<u32>> {
+        quantize::unpack(&self.ctx, packed, rows, cols, bits)
+    }
+
+    fn dequantize(&self, q: &QuantizedTensor) -> Result<Vec<f32>> {
+        quantize::dequantize(&self.ctx, q)
+    }
+
+    fn matmul(&self, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
+        matmul::matmul(&self.ctx, q, x, tokens)
+    }
+}

@@ -1,0 +1,206 @@
+//! Thin wrapper over `shaders/quantize.wgsl`: group ranges, quantize+pack,
+//! pack, unpack and dequantize. Large tensors are split by rows so every
+//! binding stays under the context's binding limit.
+
+use super::context::{Binding, GpuContext, Kernel};
+use super::row_chunks;
+use crate::backend::GroupParams;
+use crate::error::Result;
+use crate::quant::packed::{words_per_row, QuantizedTensor};
+use bytemuck::{Pod, Zeroable};
+use std::sync::Arc;
+
+const SOURCE: &str = include_str!("../../../shaders/quantize.wgsl");
+const WG: usize = 256;
+
+/// Mirrors `Params` in quantize.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    bits: u32,
+    group_len: u32,
+    words_per_row: u32,
+    mode: u32,
+    groups_per_row: u32,
+    _pad: u32,
+}
+
+const BINDINGS: [Binding; 5] = [
+    Binding::Uniform,
+    Binding::StorageRead,
+    Binding::StorageRead,
+    Binding::StorageRead,
+    Binding::StorageReadWrite,
+];
+
+fn kernel(ctx: &GpuContext, entry: &str) -> Result<Arc<Kernel>> {
+    ctx.kernel(&format!("quantize.{entry}"), SOURCE, entry, &BINDINGS)
+}
+
+/// Runs `entry` over row chunks. For each chunk `inputs(range)` gives the
+/// source words and per-group params, and `out_words_per_row` sizes the output.
+fn run_chunked(
+    ctx: &GpuContext,
+    entry: &str,
+    rows: usize,
+    max_row_bytes: usize,
+    out_words_per_row: usize,
+    threads_per_row: usize,
+    mut params: Params,
+    inputs: &dyn Fn(std::ops::Range<usize>) -> (Vec<u32>, Vec<f32>, Vec<u32>),
+) -> Result<Vec<u32>> {
+    let k = kernel(ctx, entry)?;
+    let mut out = Vec::with_capacity(rows * out_words_per_row);
+    for range in row_chunks(ctx, rows, max_row_bytes)? {
+        let n = range.len();
+        let (src, scales, zeros) = inputs(range);
+        params.rows = n as u32;
+        let uniform = ctx.uniform("quantize.params", &params);
+        let src = ctx.upload("quantize.src", bytemuck::cast_slice(&src))?;
+        let scales = ctx.upload("quantize.scales", bytemuck::cast_slice(&scales))?;
+        let zeros = ctx.upload("quantize.zeros", bytemuck::cast_slice(&zeros))?;
+        let dst = ctx.storage("quantize.dst", (n * out_words_per_row * 4) as u64)?;
+        let groups = (n * threads_per_row).div_ceil(WG) as u32;
+        ctx.run(
+            &k,
+            &[&uniform, &src, &scales, &zeros, &dst],
+            ctx.grid(groups),
+        )?;
+        out.extend(ctx.read::<u32>(&dst, n * out_words_per_row)?);
+    }
+    Ok(out)
+}
+
+fn params(cols: usize, bits: u32, group_len: usize, mode: u32) -> Params {
+    Params {
+        rows: 0,
+        cols: cols as u32,
+        bits,
+        group_len: group_len as u32,
+        words_per_row: words_per_row(cols, bits) as u32,
+        mode,
+        groups_per_row: (cols / group_len.max(1)) as u32,
+        _pad: 0,
+    }
+}
+
+pub fn group_ranges(
+    ctx: &GpuContext,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    group_len: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let gpr = cols / group_len;
+    let words: &[u32] = bytemuck::cast_slice(w);
+    let out = run_chunked(
+        ctx,
+        "group_range",
+        rows,
+        cols * 4,
+        2 * gpr,
+        gpr,
+        params(cols, 32, group_len, 0),
+        &|r| (words[r.start * cols..r.end * cols].to_vec(), vec![], vec![]),
+    )?;
+    Ok(out
+        .chunks_exact(2)
+        .map(|p| (f32::from_bits(p[0]), f32::from_bits(p[1])))
+        .unzip())
+}
+
+pub fn quantize_codes(
+    ctx: &GpuContext,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    gp: &GroupParams,
+) -> Result<Vec<u32>> {
+    let gpr = cols / gp.group_len;
+    let wpr = words_per_row(cols, gp.bits);
+    let words: &[u32] = bytemuck::cast_slice(w);
+    run_chunked(
+        ctx,
+        "pack_codes",
+        rows,
+        cols * 4,
+        wpr,
+        wpr,
+        params(cols, gp.bits, gp.group_len, 1),
+        &|r| {
+            (
+                words[r.start * cols..r.end * cols].to_vec(),
+                gp.inv_scales[r.start * gpr..r.end * gpr].to_vec(),
+                gp.zeros[r.start * gpr..r.end * gpr].to_vec(),
+            )
+        },
+    )
+}
+
+pub fn pack(
+    ctx: &GpuContext,
+    codes: &[u32],
+    rows: usize,
+    cols: usize,
+    bits: u32,
+) -> Result<Vec<u32>> {
+    let wpr = words_per_row(cols, bits);
+    run_chunked(
+        ctx,
+        "pack_codes",
+        rows,
+        cols * 4,
+        wpr,
+        wpr,
+        params(cols, bits, cols, 0),
+        &|r| (codes[r.start * cols..r.end * cols].to_vec(), vec![], vec![]),
+    )
+}
+
+pub fn unpack(
+    ctx: &GpuContext,
+    packed: &[u32],
+    rows: usize,
+    cols: usize,
+    bits: u32,
+) -> Result<Vec<u32>> {
+    let wpr = words_per_row(cols, bits);
+    run_chunked(
+        ctx,
+        "unpack_codes",
+        rows,
+        cols * 4,
+        cols,
+        cols,
+        params(cols, bits, cols, 0),
+        &|r| (packed[r.start * wpr..r.end * wpr].to_vec(), vec![], vec![]),
+    )
+}
+
+pub fn dequantize(ctx: &GpuContext, q: &QuantizedTensor) -> Result<Vec<f32>> {
+    q.validate("dequantize input")?;
+    let (cols, wpr, gpr) = (q.cols, q.words_per_row(), q.n_groups());
+    let glen = q.scheme.group_len(cols);
+    let out = run_chunked(
+        ctx,
+        "unpack_codes",
+        q.rows,
+        cols * 4,
+        cols,
+        cols,
+        params(cols, q.scheme.bits, glen, 1),
+        &|r| {
+            (
+                q.packed[r.start * wpr..r.end * wpr].to_vec(),
+                q.scales[r.start * gpr..r.end * gpr].to_vec(),
+                q.zeros[r.start * gpr..r.end * gpr]
+                    .iter()
+                    .map(|&z| z as u32)
+                    .collect(),
+            )
+        },
+    )?;
+    Ok(bytemuck::cast_vec(out))
+}

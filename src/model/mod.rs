@@ -1,0 +1,8 @@
+//! One view of a model whatever file it came from: the architecture config
+//! plus named tensors, loaded lazily.
+
+pub mod arch;
+pub mod view;
+
+pub use arch::ArchConfig;
+pub use view::{ModelView, TensorInfo, TensorKind, TensorSource};

@@ -1,0 +1,8 @@
+//! Quantization: schemes, packed layouts and the algorithms (RTN so far).
+
+pub mod packed;
+pub mod rtn;
+pub mod scheme;
+
+pub use packed::QuantizedTensor;
+pub use scheme::{Granularity, QuantScheme};

@@ -1,0 +1,116 @@
+//! Packed quantized tensors and the bit layout of their codes.
+//!
+//! Layout: codes of each row are a dense little-endian bit stream, value `j`
+//! at bits `[j*bits, (j+1)*bits)`, rows padded to whole `u32` words. For 8, 4
+//! and 2 bits that is the usual "4/8/16 values per u32, low bits first";
+//! 3-bit codes cross word boundaries (32 values in 3 words).
+
+use super::scheme::QuantScheme;
+use crate::error::{Error, Result};
+
+/// A `[rows, cols]` weight matrix (PyTorch order: rows = output channels)
+/// quantized with one scheme.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizedTensor {
+    pub rows: usize,
+    pub cols: usize,
+    pub scheme: QuantScheme,
+    /// `rows * words_per_row(cols, bits)` packed codes.
+    pub packed: Vec<u32>,
+    /// `rows * n_groups` scales, row-major.
+    pub scales: Vec<f32>,
+    /// `rows * n_groups` zero-points (codes), row-major.
+    pub zeros: Vec<u8>,
+}
+
+/// u32 words holding one row of `cols` codes of `bits` bits.
+pub fn words_per_row(cols: usize, bits: u32) -> usize {
+    (cols * bits as usize).div_ceil(32)
+}
+
+impl QuantizedTensor {
+    pub fn n_groups(&self) -> usize {
+        self.cols / self.scheme.group_len(self.cols)
+    }
+
+    pub fn words_per_row(&self) -> usize {
+        words_per_row(self.cols, self.scheme.bits)
+    }
+
+    /// Bytes of codes plus f16 scales plus u8 zeros (asymmetric only), as stored.
+    pub fn stored_bytes(&self) -> usize {
+        let params = self.rows * self.n_groups();
+        let zero_bytes = if self.scheme.symmetric { 0 } else { params };
+        self.packed.len() * 4 + params * 2 + zero_bytes
+    }
+
+    /// Checks that the buffer lengths agree with the shape and scheme.
+    pub fn validate(&self, name: &str) -> Result<()> {
+        self.scheme.check_shape(name, self.rows, self.cols)?;
+        let params = self.rows * self.n_groups();
+        let want = self.rows * self.words_per_row();
+        if self.packed.len() != want || self.scales.len() != params || self.zeros.len() != params {
+            return Err(Error::BadTensor {
+                name: name.into(),
+                msg: format!(
+                    "inconsistent quantized buffers: {} code words (want {want}), {} scales and {} zeros (want {params})",
+                    self.packed.len(),
+                    self.scales.len(),
+                    self.zeros.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Packs one row of codes into `out` (which must be zeroed, `words_per_row` long).
+pub fn pack_row(codes: &[u32], bits: u32, out: &mut [u32]) {
+    let mask = (1u64 << bits) - 1;
+    for (j, &q) in codes.iter().enumerate() {
+        let bit = j * bits as usize;
+        let (w, off) = (bit / 32, bit % 32);
+        let v = (q as u64 & mask) << off;
+        out[w] |= v as u32;
+        if off + bits as usize > 32 {
+            out[w + 1] |= (v >> 32) as u32;
+        }
+    }
+}
+
+/// Code `j` of a packed row.
+#[inline]
+pub fn unpack_code(row: &[u32], bits: u32, j: usize) -> u32 {
+    let bit = j * bits as usize;
+    let (w, off) = (bit / 32, bit % 32);
+    let mut v = (row[w] as u64) >> off;
+    if off + bits as usize > 32 {
+        v |= (row[w + 1] as u64) << (32 - off);
+    }
+    (v as u32) & ((1u32 << bits) - 1)
+}
+
+/// Packs `rows * cols` codes row by row.
+pub fn pack_codes(codes: &[u32], rows: usize, cols: usize, bits: u32) -> Vec<u32> {
+    let wpr = words_per_row(cols, bits);
+    let mut out = vec![0u32; rows * wpr];
+    for r in 0..rows {
+        pack_row(
+            &codes[r * cols..(r + 1) * cols],
+            bits,
+            &mut out[r * wpr..(r + 1) * wpr],
+        );
+    }
+    out
+}
+
+/// Inverse of [`pack_codes`].
+pub fn unpack_codes(packed: &[u32], rows: usize, cols: usize, bits: u32) -> Vec<u32> {
+    let wpr = words_per_row(cols, bits);
+    let mut out = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        let row = &packed[r * wpr..(r + 1) * wpr];
+        out.extend((0..cols).map(|j| unpack_code(row, bits, j)));
+    }
+    out
+}

@@ -1,0 +1,130 @@
+//! What a linear quantization is: bit width, symmetry and granularity.
+//!
+//! Codes are always unsigned, `0..=2^bits-1`, and dequantize as
+//! `w = scale * (q - zero)`. Symmetric schemes fix `zero = 2^(bits-1)` (the
+//! GPTQ convention, which the GPTQ checkpoint layout stores), asymmetric ones
+//! choose it per group from the range.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Which weights share one scale/zero pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    /// One pair for the whole tensor.
+    PerTensor,
+    /// One pair per output channel (row).
+    PerChannel,
+    /// One pair per `n` consecutive weights of a row (along the input dimension).
+    Group(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuantScheme {
+    pub bits: u32,
+    pub symmetric: bool,
+    pub granularity: Granularity,
+}
+
+impl QuantScheme {
+    pub fn new(bits: u32, symmetric: bool, granularity: Granularity) -> Result<Self> {
+        if !(2..=8).contains(&bits) {
+            return Err(Error::Config(format!(
+                "bits must be between 2 and 8, got {bits}"
+            )));
+        }
+        if let Granularity::Group(0) = granularity {
+            return Err(Error::Config("group size must be positive".into()));
+        }
+        Ok(Self {
+            bits,
+            symmetric,
+            granularity,
+        })
+    }
+
+    /// Largest code, `2^bits - 1`.
+    pub fn max_code(&self) -> u32 {
+        (1 << self.bits) - 1
+    }
+
+    /// Weights per scale/zero pair along a row of `cols` weights.
+    pub fn group_len(&self, cols: usize) -> usize {
+        match self.granularity {
+            Granularity::Group(g) => g,
+            Granularity::PerTensor | Granularity::PerChannel => cols,
+        }
+    }
+
+    /// Checks that the scheme fits a `[rows, cols]` weight and names the tensor if not.
+    pub fn check_shape(&self, name: &str, rows: usize, cols: usize) -> Result<()> {
+        if rows == 0 || cols == 0 {
+            return Err(Error::BadTensor {
+                name: name.into(),
+                msg: format!("empty shape [{rows}, {cols}]"),
+            });
+        }
+        if let Granularity::Group(g) = self.granularity {
+            if cols % g != 0 {
+                return Err(Error::Config(format!(
+                    "group size {g} does not divide the input dimension {cols} of tensor '{name}'; \
+                     pick a divisor of {cols} or use per-channel quantization"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Short label such as `W4 g128 asym`.
+    pub fn label(&self) -> String {
+        let gran = match self.granularity {
+            Granularity::PerTensor => "per-tensor".to_string(),
+            Granularity::PerChannel => "per-channel".to_string(),
+            Granularity::Group(g) => format!("g{g}"),
+        };
+        let sym = if self.symmetric { "sym" } else { "asym" };
+        format!("W{} {gran} {sym}", self.bits)
+    }
+}
+
+/// Scale and zero-point of one group, from the group's range.
+///
+/// Follows GPTQ's `quant.py`: the range always contains 0, an all-zero group
+/// gets the range [-1, 1], symmetric uses `zero = 2^(bits-1)`. Both backends
+/// must compute exactly this; the WGSL `params_from_range` mirrors it.
+pub fn params_from_range(min: f32, max: f32, bits: u32, symmetric: bool) -> (f32, u32) {
+    let maxq = ((1u32 << bits) - 1) as f32;
+    let mut lo = min.min(0.0);
+    let mut hi = max.max(0.0);
+    if symmetric {
+        hi = hi.max(-lo);
+        lo = -hi;
+    }
+    if lo == 0.0 && hi == 0.0 {
+        lo = -1.0;
+        hi = 1.0;
+    }
+    let scale = (hi - lo) / maxq;
+    let zero = if symmetric {
+        1u32 << (bits - 1)
+    } else {
+        round_half_up(-lo / scale).clamp(0.0, maxq) as u32
+    };
+    (scale, zero)
+}
+
+/// `floor(x + 0.5)`: the rounding both backends use (WGSL's `round` is
+/// half-to-even, Rust's is half-away-from-zero; this one is the same in both).
+#[inline]
+pub fn round_half_up(x: f32) -> f32 {
+    (x + 0.5).floor()
+}
+
+/// Code of one weight. Kernels multiply by a host-computed `1/scale`
+/// instead of dividing: WGSL division is only accurate to 2.5 ULP, while
+/// multiplication is correctly rounded, so both backends round alike.
+#[inline]
+pub fn quantize_value(w: f32, inv_scale: f32, zero: u32, maxq: u32) -> u32 {
+    (round_half_up(w * inv_scale) + zero as f32).clamp(0.0, maxq as f32) as u32
+}
