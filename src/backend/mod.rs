@@ -58,3 +58,40 @@ pub trait Backend: Send + Sync {
     /// returns `[tokens, rows]`. One token is a GEMV, more a GEMM.
     fn matmul(&self, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>;
 }
+
+pub use cpu::CpuBackend;
+pub use gpu::GpuBackend;
+
+use crate::error::Error;
+use gpu::{DeviceChoice, GpuContext};
+use std::sync::Arc;
+
+/// The backend `--device` asks for. `auto` takes a real GPU if there is one
+/// and otherwise the CPU backend (software Vulkan would be slower), and logs
+/// which it took. `max_binding` lowers the GPU binding limit (tests).
+pub fn select(
+    choice: DeviceChoice,
+    adapter: Option<&str>,
+    max_binding: Option<u64>,
+) -> Result<Box<dyn Backend>> {
+    if choice == DeviceChoice::Cpu {
+        if adapter.is_some() {
+            return Err(Error::Config("--adapter picks a GPU; it cannot be used with --device cpu".into()));
+        }
+        return Ok(Box::new(CpuBackend));
+    }
+    match GpuContext::new(choice, adapter) {
+        Ok(ctx) => {
+            if let Some(b) = max_binding {
+                ctx.set_max_binding(b);
+            }
+            log::info!("device: {}", ctx.adapter.short());
+            Ok(Box::new(GpuBackend::new(Arc::new(ctx))))
+        }
+        Err(e) if choice == DeviceChoice::Auto && adapter.is_none() => {
+            log::info!("device: no GPU adapter ({e}); using the CPU backend");
+            Ok(Box::new(CpuBackend))
+        }
+        Err(e) => Err(e),
+    }
+}

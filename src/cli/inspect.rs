@@ -1,0 +1,53 @@
+//! `llmq-gpu inspect`: what a model file holds.
+
+use llmq_gpu::{Error, ModelView, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A GGUF file, a Hugging Face safetensors folder or file, or an llmq output folder.
+    path: PathBuf,
+    /// Print every metadata value in full (long arrays such as vocabularies are shortened otherwise).
+    #[arg(long)]
+    full: bool,
+}
+
+/// Shortens long arrays and strings so the listing stays readable.
+fn short_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Array(a) if a.len() > 8 => {
+            let head: Vec<String> = a.iter().take(4).map(short_value).collect();
+            format!("[{}, ... {} items]", head.join(", "), a.len())
+        }
+        serde_json::Value::String(s) if s.chars().count() > 80 => {
+            format!("{:?}... ({} chars)", s.chars().take(60).collect::<String>(), s.chars().count())
+        }
+        other => other.to_string(),
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let model = ModelView::open(&a.path)?;
+    let arch = model.arch();
+    println!("{} ({})", a.path.display(), model.format_name());
+    let arch_json = serde_json::to_value(arch).map_err(|e| Error::Config(e.to_string()))?;
+    println!("architecture:");
+    if let Some(obj) = arch_json.as_object() {
+        for (k, v) in obj {
+            println!("  {k:<22} {v}");
+        }
+    }
+    let meta = model.metadata();
+    println!("metadata ({} entries):", meta.len());
+    for (k, v) in &meta {
+        let shown = if a.full { v.to_string() } else { short_value(v) };
+        println!("  {k:<40} {shown}");
+    }
+    let tensors = model.tensors();
+    let params: usize = tensors.iter().map(|t| t.numel()).sum();
+    println!("tensors ({}, {:.1} M parameters):", tensors.len(), params as f64 / 1e6);
+    for t in tensors {
+        println!("  {:<48} {:<16} {:?}", t.name, t.dtype, t.shape);
+    }
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! Command-line parsing and one module per subcommand.
+
+mod devices;
+mod inspect;
+mod quantize;
+
+use clap::{Parser, Subcommand};
+use llmq_gpu::{DeviceChoice, Result};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "llmq-gpu",
+    version,
+    about = "Quantize large language models on any GPU (Vulkan, Metal, DX12 via wgpu) or the CPU",
+    long_about = None
+)]
+pub struct Cli {
+    /// Log what the run does (device chosen, per-tensor details). RUST_LOG overrides.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Quantize a model (GGUF file or Hugging Face safetensors folder) into an llmq folder.
+    Quantize(quantize::Args),
+    /// Print architecture, tensors and metadata of a GGUF, safetensors or llmq model.
+    Inspect(inspect::Args),
+    /// List every GPU adapter with its limits and features.
+    Devices(devices::Args),
+}
+
+/// `--device` and `--adapter`, shared by every command that runs kernels.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Where kernels run: auto (a real GPU if any, else the CPU backend), vulkan, metal, dx12, gl or cpu.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+    /// Pick the adapter whose name contains this text (case-insensitive); see `llmq-gpu devices`.
+    #[arg(long)]
+    pub adapter: Option<String>,
+}
+
+fn parse_device(s: &str) -> std::result::Result<DeviceChoice, String> {
+    DeviceChoice::parse(s).map_err(|e| e.to_string())
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Quantize(a) => quantize::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Devices(a) => devices::run(a),
+    }
+}
+
+/// `1234567` → `1.18 MiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}

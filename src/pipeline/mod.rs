@@ -1,0 +1,3 @@
+//! Orchestrators that run whole models through the algorithms.
+
+pub mod quantize;

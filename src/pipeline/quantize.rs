@@ -1,0 +1,341 @@
+//! Whole-model quantization: open a model, quantize its linear layers on the
+//! chosen backend, keep the rest in f16, write an llmq folder atomically.
+//!
+//! Built for in-process use: progress arrives through a callback (or a
+//! channel with [`QuantizeJob`]), a [`CancelToken`] stops the run between
+//! tensors, and nothing is printed. A failed or cancelled run leaves no output.
+
+use crate::backend::{self, Backend, CpuBackend};
+use crate::backend::gpu::DeviceChoice;
+use crate::error::{Error, Result};
+use crate::formats::llmq::LlmqWriter;
+use crate::model::{ModelView, TensorInfo, TensorKind};
+use crate::quant::{rtn, QuantScheme, QuantizedTensor};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Quantization method. Only RTN exists so far; GPTQ and GPTVQ will join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Rtn,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Rtn => "rtn",
+        }
+    }
+}
+
+/// Everything a quantization run needs. Build with [`QuantizeConfig::new`]
+/// and the setter methods.
+#[derive(Clone, Debug)]
+pub struct QuantizeConfig {
+    pub model: PathBuf,
+    pub out: PathBuf,
+    pub method: Method,
+    pub scheme: QuantScheme,
+    pub device: DeviceChoice,
+    /// Picks an adapter by case-insensitive name substring.
+    pub adapter: Option<String>,
+    /// Also quantize the output head (`lm_head` / `output.weight`). Off by
+    /// default: it is the most sensitive matrix and small next to the blocks.
+    pub quantize_output_head: bool,
+    /// Replace `out` if it exists.
+    pub overwrite: bool,
+    /// Lower the GPU binding limit (testing the split path); `None` keeps the adapter's.
+    pub max_binding: Option<u64>,
+}
+
+impl QuantizeConfig {
+    pub fn new(model: impl Into<PathBuf>, out: impl Into<PathBuf>, scheme: QuantScheme) -> Self {
+        Self {
+            model: model.into(),
+            out: out.into(),
+            method: Method::Rtn,
+            scheme,
+            device: DeviceChoice::Auto,
+            adapter: None,
+            quantize_output_head: false,
+            overwrite: false,
+            max_binding: None,
+        }
+    }
+    pub fn device(mut self, device: DeviceChoice) -> Self {
+        self.device = device;
+        self
+    }
+    pub fn adapter(mut self, name: Option<String>) -> Self {
+        self.adapter = name;
+        self
+    }
+    pub fn method(mut self, method: Method) -> Self {
+        self.method = method;
+        self
+    }
+    pub fn quantize_output_head(mut self, yes: bool) -> Self {
+        self.quantize_output_head = yes;
+        self
+    }
+    pub fn overwrite(mut self, yes: bool) -> Self {
+        self.overwrite = yes;
+        self
+    }
+    pub fn max_binding(mut self, bytes: Option<u64>) -> Self {
+        self.max_binding = bytes;
+        self
+    }
+}
+
+/// What a run is doing, in order: `Started`, then per tensor `Tensor`, then
+/// `Writing`, then the run returns its report.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    Started {
+        tensors: usize,
+        backend: String,
+    },
+    Tensor {
+        /// 0-based index of the tensor just finished.
+        index: usize,
+        total: usize,
+        name: String,
+        quantized: bool,
+    },
+    Writing,
+}
+
+/// Stops a run between tensors. Clones share the flag.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Reconstruction error of one kind of tensor, averaged over its tensors.
+#[derive(Clone, Debug, Serialize)]
+pub struct KindError {
+    pub kind: String,
+    pub tensors: usize,
+    /// Mean of ‖W − Ŵ‖ / ‖W‖ (Frobenius) over the tensors of this kind.
+    pub mean_relative_error: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct QuantizeReport {
+    pub model: PathBuf,
+    pub out: PathBuf,
+    pub method: Method,
+    pub scheme: String,
+    pub backend: String,
+    pub quantized_tensors: usize,
+    pub kept_tensors: usize,
+    /// Size of the source file(s) on disk.
+    pub source_bytes: u64,
+    /// The same parameters at 16 bits each.
+    pub f16_bytes: u64,
+    /// Tensor bytes of the output.
+    pub output_bytes: u64,
+    /// Stored bits (codes + scales + zeros) per weight of the quantized tensors.
+    pub bits_per_weight: f64,
+    pub errors_by_kind: Vec<KindError>,
+    pub seconds: f64,
+}
+
+/// Which tensors get quantized: 2-D linear weights of the decoder blocks,
+/// and the output head if asked.
+fn should_quantize(t: &TensorInfo, config: &QuantizeConfig) -> bool {
+    let kind = TensorKind::of(&t.name);
+    t.shape.len() == 2
+        && (kind.is_block_linear() || (config.quantize_output_head && kind == TensorKind::OutputHead))
+}
+
+/// ‖w − ŵ‖ / ‖w‖, accumulated in f64.
+fn relative_error(w: &[f32], deq: &[f32]) -> f64 {
+    let (num, den) = w
+        .par_iter()
+        .zip(deq)
+        .map(|(&a, &b)| {
+            let d = (a - b) as f64;
+            (d * d, (a as f64) * (a as f64))
+        })
+        .reduce(|| (0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1));
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+fn source_bytes(model: &ModelView) -> u64 {
+    let path = model.path();
+    if path.is_dir() {
+        std::fs::read_dir(path)
+            .map(|dir| {
+                dir.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    } else {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// Quantizes `config.model` into `config.out` on the device the config names.
+pub fn quantize_model(
+    config: &QuantizeConfig,
+    on_progress: &mut dyn FnMut(Progress),
+    cancel: &CancelToken,
+) -> Result<QuantizeReport> {
+    let backend = backend::select(config.device, config.adapter.as_deref(), config.max_binding)?;
+    quantize_model_with(backend.as_ref(), config, on_progress, cancel)
+}
+
+/// [`quantize_model`] on a backend the caller already holds (an app keeps
+/// one GPU context for many runs).
+pub fn quantize_model_with(
+    backend: &dyn Backend,
+    config: &QuantizeConfig,
+    on_progress: &mut dyn FnMut(Progress),
+    cancel: &CancelToken,
+) -> Result<QuantizeReport> {
+    let start = Instant::now();
+    let model = ModelView::open(&config.model)?;
+    let tensors = model.tensors().to_vec();
+    // Validate every quantized shape before doing any work.
+    for t in tensors.iter().filter(|t| should_quantize(t, config)) {
+        config.scheme.check_shape(&t.name, t.shape[0], t.shape[1])?;
+    }
+    let mut writer = LlmqWriter::create(&config.out, config.overwrite)?;
+    on_progress(Progress::Started {
+        tensors: tensors.len(),
+        backend: backend.name(),
+    });
+
+    let (mut quantized, mut kept) = (0usize, 0usize);
+    let (mut q_weights, mut q_bytes, mut f16_bytes) = (0u64, 0u64, 0u64);
+    let mut errors: BTreeMap<TensorKind, (usize, f64)> = BTreeMap::new();
+    for (index, t) in tensors.iter().enumerate() {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let w = model.load_f32(&t.name)?;
+        f16_bytes += 2 * w.len() as u64;
+        let quantize = should_quantize(t, config);
+        if quantize {
+            let (rows, cols) = (t.shape[0], t.shape[1]);
+            let q: QuantizedTensor = match config.method {
+                Method::Rtn => rtn::quantize(backend, &t.name, &w, rows, cols, &config.scheme)?,
+            };
+            let deq = CpuBackend.dequantize(&q)?;
+            let e = errors.entry(TensorKind::of(&t.name)).or_default();
+            e.0 += 1;
+            e.1 += relative_error(&w, &deq);
+            q_weights += w.len() as u64;
+            q_bytes += q.stored_bytes() as u64;
+            writer.add_quantized(&t.name, &t.shape, &q, config.method.name())?;
+            quantized += 1;
+        } else {
+            rtn::check_finite(&t.name, &w)?;
+            writer.add_kept(&t.name, &t.shape, &w)?;
+            kept += 1;
+        }
+        on_progress(Progress::Tensor {
+            index,
+            total: tensors.len(),
+            name: t.name.clone(),
+            quantized: quantize,
+        });
+    }
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    on_progress(Progress::Writing);
+    let mut report = QuantizeReport {
+        model: config.model.clone(),
+        out: config.out.clone(),
+        method: config.method,
+        scheme: config.scheme.label(),
+        backend: backend.name(),
+        quantized_tensors: quantized,
+        kept_tensors: kept,
+        source_bytes: source_bytes(&model),
+        f16_bytes,
+        output_bytes: writer.bytes_written(),
+        bits_per_weight: if q_weights == 0 {
+            0.0
+        } else {
+            q_bytes as f64 * 8.0 / q_weights as f64
+        },
+        errors_by_kind: errors
+            .into_iter()
+            .map(|(k, (n, sum))| KindError {
+                kind: k.label().to_string(),
+                tensors: n,
+                mean_relative_error: sum / n as f64,
+            })
+            .collect(),
+        seconds: 0.0,
+    };
+    report.seconds = start.elapsed().as_secs_f64();
+    let report_json = serde_json::to_value(&report)
+        .map_err(|e| Error::Config(format!("cannot serialize the report: {e}")))?;
+    writer.finish(
+        model.arch(),
+        model.path(),
+        model.metadata(),
+        &model.companion_files(),
+        report_json,
+    )?;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// A quantization run on its own thread, for async callers (desktop apps):
+/// progress arrives on `progress`, `cancel` stops it, `.await` the result.
+pub struct QuantizeJob {
+    pub progress: futures::channel::mpsc::UnboundedReceiver<Progress>,
+    pub cancel: CancelToken,
+    result: futures::channel::oneshot::Receiver<Result<QuantizeReport>>,
+}
+
+impl QuantizeJob {
+    pub fn spawn(config: QuantizeConfig) -> Self {
+        let (tx, progress) = futures::channel::mpsc::unbounded();
+        let (done, result) = futures::channel::oneshot::channel();
+        let cancel = CancelToken::default();
+        let token = cancel.clone();
+        std::thread::spawn(move || {
+            let r = quantize_model(&config, &mut |p| drop(tx.unbounded_send(p)), &token);
+            let _ = done.send(r);
+        });
+        Self {
+            progress,
+            cancel,
+            result,
+        }
+    }
+
+    /// Waits for the run to end.
+    pub async fn wait(self) -> Result<QuantizeReport> {
+        self.result
+            .await
+            .unwrap_or_else(|_| Err(Error::Config("the quantization thread ended without a result".into())))
+    }
+}
