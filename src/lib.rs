@@ -21,7 +21,7 @@ pub use backend::gpu::DeviceChoice;
 pub use error::{Error, Result};
 pub use model::ModelView;
 pub use pipeline::quantize::{
-    quantize_model, quantize_model_with, CancelToken, Method, Progress, QuantizeConfig, QuantizeJob,
-    QuantizeReport,
+    quantize_model, quantize_model_with, CancelToken, Method, Progress, QuantizeConfig,
+    QuantizeJob, QuantizeReport,
 };
 pub use quant::{Granularity, QuantScheme, QuantizedTensor};

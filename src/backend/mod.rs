@@ -76,7 +76,9 @@ pub fn select(
 ) -> Result<Box<dyn Backend>> {
     if choice == DeviceChoice::Cpu {
         if adapter.is_some() {
-            return Err(Error::Config("--adapter picks a GPU; it cannot be used with --device cpu".into()));
+            return Err(Error::Config(
+                "--adapter picks a GPU; it cannot be used with --device cpu".into(),
+            ));
         }
         return Ok(Box::new(CpuBackend));
     }

@@ -14,24 +14,42 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let adapters = list_adapters();
     if a.json {
-        let json = serde_json::to_string_pretty(&adapters).map_err(|e| Error::Config(e.to_string()))?;
+        let json =
+            serde_json::to_string_pretty(&adapters).map_err(|e| Error::Config(e.to_string()))?;
         println!("{json}");
         return Ok(());
     }
     if adapters.is_empty() {
-        println!("no GPU adapters found (for software Vulkan: apt-get install mesa-vulkan-drivers)");
+        println!(
+            "no GPU adapters found (for software Vulkan: apt-get install mesa-vulkan-drivers)"
+        );
     }
     for (i, ad) in adapters.iter().enumerate() {
         println!("[{i}] {}", ad.name);
         println!("    backend            {}", ad.backend);
         println!("    type               {}", ad.device_type);
         println!("    driver             {} {}", ad.driver, ad.driver_info);
-        println!("    max storage binding {}", human_bytes(ad.max_storage_buffer_binding_size));
+        println!(
+            "    max storage binding {}",
+            human_bytes(ad.max_storage_buffer_binding_size)
+        );
         println!("    max buffer         {}", human_bytes(ad.max_buffer_size));
-        println!("    workgroup memory   {}", human_bytes(ad.max_compute_workgroup_storage_size as u64));
-        println!("    invocations/group  {}", ad.max_compute_invocations_per_workgroup);
-        println!("    workgroups/dim     {}", ad.max_compute_workgroups_per_dimension);
-        println!("    features           f16={} subgroups={}", ad.shader_f16, ad.subgroups);
+        println!(
+            "    workgroup memory   {}",
+            human_bytes(ad.max_compute_workgroup_storage_size as u64)
+        );
+        println!(
+            "    invocations/group  {}",
+            ad.max_compute_invocations_per_workgroup
+        );
+        println!(
+            "    workgroups/dim     {}",
+            ad.max_compute_workgroups_per_dimension
+        );
+        println!(
+            "    features           f16={} subgroups={}",
+            ad.shader_f16, ad.subgroups
+        );
     }
     println!(
         "[cpu] native CPU backend: {} threads (--device cpu)",

@@ -20,7 +20,11 @@ fn short_value(v: &serde_json::Value) -> String {
             format!("[{}, ... {} items]", head.join(", "), a.len())
         }
         serde_json::Value::String(s) if s.chars().count() > 80 => {
-            format!("{:?}... ({} chars)", s.chars().take(60).collect::<String>(), s.chars().count())
+            format!(
+                "{:?}... ({} chars)",
+                s.chars().take(60).collect::<String>(),
+                s.chars().count()
+            )
         }
         other => other.to_string(),
     }
@@ -40,12 +44,20 @@ pub fn run(a: Args) -> Result<()> {
     let meta = model.metadata();
     println!("metadata ({} entries):", meta.len());
     for (k, v) in &meta {
-        let shown = if a.full { v.to_string() } else { short_value(v) };
+        let shown = if a.full {
+            v.to_string()
+        } else {
+            short_value(v)
+        };
         println!("  {k:<40} {shown}");
     }
     let tensors = model.tensors();
     let params: usize = tensors.iter().map(|t| t.numel()).sum();
-    println!("tensors ({}, {:.1} M parameters):", tensors.len(), params as f64 / 1e6);
+    println!(
+        "tensors ({}, {:.1} M parameters):",
+        tensors.len(),
+        params as f64 / 1e6
+    );
     for t in tensors {
         println!("  {:<48} {:<16} {:?}", t.name, t.dtype, t.shape);
     }

@@ -2,7 +2,9 @@
 
 use super::{human_bytes, DeviceArgs};
 use indicatif::{ProgressBar, ProgressStyle};
-use llmq_gpu::{CancelToken, Error, Granularity, Method, Progress, QuantScheme, QuantizeConfig, Result};
+use llmq_gpu::{
+    CancelToken, Error, Granularity, Method, Progress, QuantScheme, QuantizeConfig, Result,
+};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -76,7 +78,11 @@ pub fn run(a: Args) -> Result<()> {
     let mut on_progress = |p: Progress| match p {
         Progress::Started { tensors, backend } => {
             bar.set_length(tensors as u64);
-            bar.println(format!("quantizing {} with {} on {backend}", a.model.display(), scheme.label()));
+            bar.println(format!(
+                "quantizing {} with {} on {backend}",
+                a.model.display(),
+                scheme.label()
+            ));
         }
         Progress::Tensor { name, .. } => {
             bar.inc(1);
@@ -89,22 +95,32 @@ pub fn run(a: Args) -> Result<()> {
     let report = result?;
 
     if a.json {
-        let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        let json =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
         println!("{json}");
         return Ok(());
     }
     println!("wrote {}", report.out.display());
     println!("  method           {} {}", method.name(), report.scheme);
     println!("  device           {}", report.backend);
-    println!("  tensors          {} quantized, {} kept in f16", report.quantized_tensors, report.kept_tensors);
+    println!(
+        "  tensors          {} quantized, {} kept in f16",
+        report.quantized_tensors, report.kept_tensors
+    );
     println!("  source size      {}", human_bytes(report.source_bytes));
     println!("  as f16           {}", human_bytes(report.f16_bytes));
     println!("  output size      {}", human_bytes(report.output_bytes));
-    println!("  bits per weight  {:.3} (quantized tensors: codes + scales + zeros)", report.bits_per_weight);
+    println!(
+        "  bits per weight  {:.3} (quantized tensors: codes + scales + zeros)",
+        report.bits_per_weight
+    );
     println!("  time             {:.1} s", report.seconds);
     println!("  mean relative reconstruction error ‖W−Ŵ‖/‖W‖ by kind:");
     for k in &report.errors_by_kind {
-        println!("    {:<12} {:>3} tensors  {:.4}", k.kind, k.tensors, k.mean_relative_error);
+        println!(
+            "    {:<12} {:>3} tensors  {:.4}",
+            k.kind, k.tensors, k.mean_relative_error
+        );
     }
     Ok(())
 }

@@ -5,8 +5,8 @@
 //! channel with [`QuantizeJob`]), a [`CancelToken`] stops the run between
 //! tensors, and nothing is printed. A failed or cancelled run leaves no output.
 
-use crate::backend::{self, Backend, CpuBackend};
 use crate::backend::gpu::DeviceChoice;
+use crate::backend::{self, Backend, CpuBackend};
 use crate::error::{Error, Result};
 use crate::formats::llmq::LlmqWriter;
 use crate::model::{ModelView, TensorInfo, TensorKind};
@@ -160,7 +160,8 @@ pub struct QuantizeReport {
 fn should_quantize(t: &TensorInfo, config: &QuantizeConfig) -> bool {
     let kind = TensorKind::of(&t.name);
     t.shape.len() == 2
-        && (kind.is_block_linear() || (config.quantize_output_head && kind == TensorKind::OutputHead))
+        && (kind.is_block_linear()
+            || (config.quantize_output_head && kind == TensorKind::OutputHead))
 }
 
 /// ‖w − ŵ‖ / ‖w‖, accumulated in f64.
@@ -334,8 +335,10 @@ impl QuantizeJob {
 
     /// Waits for the run to end.
     pub async fn wait(self) -> Result<QuantizeReport> {
-        self.result
-            .await
-            .unwrap_or_else(|_| Err(Error::Config("the quantization thread ended without a result".into())))
+        self.result.await.unwrap_or_else(|_| {
+            Err(Error::Config(
+                "the quantization thread ended without a result".into(),
+            ))
+        })
     }
 }

@@ -1,0 +1,265 @@
+//! The `llmq-gpu` binary end to end on tiny synthetic models: a good run
+//! writes a model that reads back, bad input exits non-zero with a clear
+//! message, and a failed run leaves no output behind.
+
+use safetensors::tensor::{serialize_to_file, Dtype, TensorView};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_llmq-gpu"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("the llmq-gpu binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const HIDDEN: usize = 64;
+const FFN: usize = 128;
+
+/// A one-layer Llama in Hugging Face layout. `poison` puts a NaN into that tensor.
+fn tiny_llama(dir: &Path, poison: Option<&str>) -> PathBuf {
+    let model = dir.join("tiny-llama");
+    std::fs::create_dir_all(&model).unwrap();
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 32,
+        "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "tie_word_embeddings": true
+    });
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(model.join("tokenizer.json"), "{\"version\": \"1.0\"}").unwrap();
+    let p = "model.layers.0.";
+    let shapes: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![32, HIDDEN]),
+        ("model.norm.weight".into(), vec![HIDDEN]),
+        (format!("{p}input_layernorm.weight"), vec![HIDDEN]),
+        (format!("{p}post_attention_layernorm.weight"), vec![HIDDEN]),
+        (format!("{p}self_attn.q_proj.weight"), vec![HIDDEN, HIDDEN]),
+        (
+            format!("{p}self_attn.k_proj.weight"),
+            vec![HIDDEN / 2, HIDDEN],
+        ),
+        (
+            format!("{p}self_attn.v_proj.weight"),
+            vec![HIDDEN / 2, HIDDEN],
+        ),
+        (format!("{p}self_attn.o_proj.weight"), vec![HIDDEN, HIDDEN]),
+        (format!("{p}mlp.gate_proj.weight"), vec![FFN, HIDDEN]),
+        (format!("{p}mlp.up_proj.weight"), vec![FFN, HIDDEN]),
+        (format!("{p}mlp.down_proj.weight"), vec![HIDDEN, FFN]),
+    ];
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+        .into_iter()
+        .enumerate()
+        .map(|(k, (name, shape))| {
+            let n: usize = shape.iter().product();
+            let mut v: Vec<f32> = (0..n)
+                .map(|i| (((i * 7 + k * 13) % 29) as f32 - 14.0) / 50.0)
+                .collect();
+            if poison == Some(name.as_str()) {
+                v[n / 2] = f32::NAN;
+            }
+            (name, shape, bytemuck::cast_slice(&v).to_vec())
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    serialize_to_file(views, None, &model.join("model.safetensors")).unwrap();
+    model
+}
+
+#[test]
+fn quantize_writes_a_model_that_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_llama(dir.path(), None);
+    let out = dir.path().join("out");
+    for device in ["cpu", "vulkan"] {
+        let o = run(&[
+            "quantize",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--bits",
+            "4",
+            "--group-size",
+            "32",
+            "--device",
+            device,
+            "--overwrite",
+        ]);
+        assert!(o.status.success(), "{device}: {}", stderr(&o));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("7 quantized, 4 kept"), "{device}: {text}");
+    }
+    assert!(
+        out.join("tokenizer.json").exists(),
+        "tokenizer copied along"
+    );
+    let o = run(&["inspect", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("model.layers.0.mlp.down_proj.weight"),
+        "{text}"
+    );
+}
+
+#[test]
+fn missing_model_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = run(&[
+        "quantize",
+        "--model",
+        "/nonexistent/model.gguf",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("/nonexistent/model.gguf"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn bad_magic_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("model.gguf");
+    std::fs::write(&f, b"GGMLnot-a-gguf-file-at-all").unwrap();
+    let o = run(&["inspect", f.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("model.gguf") && !e.contains("panicked"), "{e}");
+}
+
+#[test]
+fn group_size_that_does_not_divide_is_rejected_before_any_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_llama(dir.path(), None);
+    let out = dir.path().join("out");
+    let o = run(&[
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--group-size",
+        "48",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("group size 48 does not divide"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn nan_weights_name_the_tensor_and_leave_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_llama(dir.path(), Some("model.layers.0.mlp.up_proj.weight"));
+    let out = dir.path().join("out");
+    let o = run(&[
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--group-size",
+        "32",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("model.layers.0.mlp.up_proj.weight"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists(), "a failed run must leave no output");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "tiny-llama")
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary files left behind: {leftovers:?}"
+    );
+}
+
+#[test]
+fn unknown_device_and_bad_bits_are_usage_errors() {
+    let o = run(&[
+        "quantize", "--model", "m", "--out", "o", "--device", "quantum",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("unknown device 'quantum'"),
+        "{}",
+        stderr(&o)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_llama(dir.path(), None);
+    let o = run(&[
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        "o",
+        "--bits",
+        "9",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("bits must be between 2 and 8"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn missing_adapter_lists_what_exists() {
+    let o = run(&[
+        "quantize",
+        "--model",
+        "m",
+        "--out",
+        "o",
+        "--device",
+        "vulkan",
+        "--adapter",
+        "no-such-gpu-xyz",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("no adapter") && e.contains("adapters found"),
+        "{e}"
+    );
+}
