@@ -134,7 +134,7 @@ impl fmt::Display for MatmulBenchReport {
 
 /// Deterministic weights: the benchmark measures speed, not accuracy.
 fn bench_tensor(rows: usize, cols: usize, bits: u32, group: usize) -> Result<QuantizedTensor> {
-    let g = if cols % group == 0 {
+    let g = if group > 0 && cols.is_multiple_of(group) {
         Granularity::Group(group)
     } else {
         Granularity::PerChannel

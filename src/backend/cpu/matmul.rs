@@ -32,7 +32,7 @@ pub fn matmul(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>
     let wpr = q.words_per_row();
     let bits = q.scheme.bits;
     // Σ x per (token, group).
-    let xsum: Vec<f32> = x.chunks_exact(glen).map(|g| dot_ones(g)).collect();
+    let xsum: Vec<f32> = x.chunks_exact(glen).map(dot_ones).collect();
 
     // Output as [rows, tokens] blocks, transposed at the end for tokens > 1.
     let mut yt = vec![0f32; rows * tokens];
@@ -56,11 +56,11 @@ pub fn matmul(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>
                         let r = r0 + i;
                         let c = &codes[i * padded..i * padded + cols];
                         let mut acc = 0f32;
-                        for g in 0..gpr {
+                        for (g, sx) in st.iter().enumerate() {
                             let k = g * glen..(g + 1) * glen;
                             let d = dot(&c[k.clone()], &xt[k]);
                             let p = r * gpr + g;
-                            acc += q.scales[p] * (d - q.zeros[p] as f32 * st[g]);
+                            acc += q.scales[p] * (d - q.zeros[p] as f32 * sx);
                         }
                         out[i * tokens + t] = acc;
                     }
