@@ -11,6 +11,7 @@
 //! ```
 
 pub mod backend;
+pub mod bench;
 pub mod error;
 pub mod formats;
 pub mod model;

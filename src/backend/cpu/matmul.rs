@@ -1,16 +1,174 @@
-//! PLACEHOLDER reference dequant-matmul (replaced by the optimized one).
-use super::CpuBackend;
-use crate::backend::Backend;
-use crate::error::Result;
-use crate::quant::packed::QuantizedTensor;
+//! CPU dequant-matmul `y[tokens, rows] = x[tokens, cols] · Wᵀ`, the reference
+//! the WGSL kernels are checked against and a fast path in its own right.
+//!
+//! Per group: `y += scale * (Σ q_j x_j − zero · Σ x_j)`, with the group sums
+//! of `x` computed once. Rows are processed in blocks (rayon over blocks):
+//! a block's codes are unpacked to f32 once and reused for every token, and
+//! the inner loops are fixed-width so the compiler vectorises them. 4-, 8-
+//! and 2-bit codes unpack word by word; other widths use `unpack_code`.
+
+use crate::error::{Error, Result};
+use crate::quant::packed::{unpack_code, QuantizedTensor};
+use rayon::prelude::*;
+
+/// Rows unpacked together: their codes stay in L2 while every token's `x`
+/// row (in L1) is reused across them.
+const ROW_BLOCK: usize = 8;
 
 pub fn matmul(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
-    let w = CpuBackend.dequantize(q)?;
-    let mut y = vec![0f32; tokens * q.rows];
-    for t in 0..tokens {
-        for r in 0..q.rows {
-            y[t * q.rows + r] = (0..q.cols)
-                .map(|k| x[t * q.cols + k] * w[r * q.cols + k])
+    q.validate("matmul weight")?;
+    let (rows, cols) = (q.rows, q.cols);
+    if x.len() != tokens * cols {
+        return Err(Error::Config(format!(
+            "matmul input has {} values, expected {tokens} tokens x {cols} columns",
+            x.len()
+        )));
+    }
+    if tokens == 0 {
+        return Ok(Vec::new());
+    }
+    let glen = q.scheme.group_len(cols);
+    let gpr = q.n_groups();
+    let wpr = q.words_per_row();
+    let bits = q.scheme.bits;
+    // Σ x per (token, group).
+    let xsum: Vec<f32> = x.chunks_exact(glen).map(dot_ones).collect();
+
+    // Output as [rows, tokens] blocks, transposed at the end for tokens > 1.
+    let mut yt = vec![0f32; rows * tokens];
+    let padded = wpr * 32 / bits as usize;
+    yt.par_chunks_mut(ROW_BLOCK * tokens)
+        .enumerate()
+        .with_min_len(4)
+        .for_each_init(
+            || vec![0f32; ROW_BLOCK * padded],
+            |codes, (b, out)| {
+                let r0 = b * ROW_BLOCK;
+                let n = out.len() / tokens;
+                for i in 0..n {
+                    let row = &q.packed[(r0 + i) * wpr..(r0 + i + 1) * wpr];
+                    unpack_row(row, bits, cols, &mut codes[i * padded..(i + 1) * padded]);
+                }
+                for t in 0..tokens {
+                    let xt = &x[t * cols..(t + 1) * cols];
+                    let st = &xsum[t * gpr..(t + 1) * gpr];
+                    for i in 0..n {
+                        let r = r0 + i;
+                        let c = &codes[i * padded..i * padded + cols];
+                        let mut acc = 0f32;
+                        for (g, sx) in st.iter().enumerate() {
+                            let k = g * glen..(g + 1) * glen;
+                            let d = dot(&c[k.clone()], &xt[k]);
+                            let p = r * gpr + g;
+                            acc += q.scales[p] * (d - q.zeros[p] as f32 * sx);
+                        }
+                        out[i * tokens + t] = acc;
+                    }
+                }
+            },
+        );
+    if tokens == 1 {
+        return Ok(yt);
+    }
+    let mut y = vec![0f32; tokens * rows];
+    y.par_chunks_mut(rows).enumerate().for_each(|(t, yrow)| {
+        for (r, v) in yrow.iter_mut().enumerate() {
+            *v = yt[r * tokens + t];
+        }
+    });
+    Ok(y)
+}
+
+/// Codes of one packed row as f32 into `out` (`words * 32 / bits` long).
+fn unpack_row(row: &[u32], bits: u32, cols: usize, out: &mut [f32]) {
+    match bits {
+        4 => {
+            for (w, o) in row.iter().zip(out.chunks_exact_mut(8)) {
+                for (i, v) in o.iter_mut().enumerate() {
+                    *v = ((w >> (4 * i)) & 15) as f32;
+                }
+            }
+        }
+        8 => {
+            for (w, o) in row.iter().zip(out.chunks_exact_mut(4)) {
+                for (i, v) in o.iter_mut().enumerate() {
+                    *v = ((w >> (8 * i)) & 255) as f32;
+                }
+            }
+        }
+        2 => {
+            for (w, o) in row.iter().zip(out.chunks_exact_mut(16)) {
+                for (i, v) in o.iter_mut().enumerate() {
+                    *v = ((w >> (2 * i)) & 3) as f32;
+                }
+            }
+        }
+        _ => {
+            for (j, v) in out[..cols].iter_mut().enumerate() {
+                *v = unpack_code(row, bits, j) as f32;
+            }
+        }
+    }
+}
+
+/// Dot product with 8 independent lanes so it vectorises without fast-math.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline]
+fn dot_ones(a: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let c = a.chunks_exact(8);
+    let tail: f32 = c.remainder().iter().sum();
+    for x in c {
+        for i in 0..8 {
+            acc[i] += x[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Plain reference: dequantize every weight and accumulate in f64.
+/// Slow; tests and benchmarks check the fast paths against it.
+pub fn matmul_reference(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f64>> {
+    q.validate("matmul weight")?;
+    let (rows, cols) = (q.rows, q.cols);
+    if x.len() != tokens * cols {
+        return Err(Error::Config(format!(
+            "matmul input has {} values, expected {tokens} tokens x {cols} columns",
+            x.len()
+        )));
+    }
+    let (glen, gpr, wpr) = (q.scheme.group_len(cols), q.n_groups(), q.words_per_row());
+    let mut y = vec![0f64; tokens * rows];
+    for r in 0..rows {
+        let row = &q.packed[r * wpr..(r + 1) * wpr];
+        let w: Vec<f64> = (0..cols)
+            .map(|j| {
+                let g = r * gpr + j / glen;
+                q.scales[g] as f64 * (unpack_code(row, q.scheme.bits, j) as f64 - q.zeros[g] as f64)
+            })
+            .collect();
+        for t in 0..tokens {
+            y[t * rows + r] = w
+                .iter()
+                .zip(&x[t * cols..(t + 1) * cols])
+                .map(|(a, b)| a * *b as f64)
                 .sum();
         }
     }

@@ -1,13 +1,293 @@
-//! PLACEHOLDER (replaced by the dequant-matmul kernels).
-use super::GpuContext;
+//! Thin wrapper over `shaders/matmul.wgsl`: dequantize-and-multiply
+//! `y[tokens, rows] = x[tokens, cols] · Wᵀ` with `W` packed (any of 2..=8
+//! bits; 4 and 8 have fast code extraction, 2/3/5/6/7 use the generic bit
+//! stream path in the same kernels).
+//!
+//! Weights are uploaded once as [`GpuQuantWeights`] (split by rows when a
+//! buffer would exceed the binding limit) and stay resident; [`encode_matmul`]
+//! records the dispatches into an encoder so callers can batch many without a
+//! host round trip, [`matmul_resident`] is the host-in/host-out convenience.
+
+use super::context::{Binding, GpuContext, Kernel};
+use super::row_chunks;
 use crate::error::{Error, Result};
 use crate::quant::packed::QuantizedTensor;
+use crate::quant::scheme::QuantScheme;
+use bytemuck::{Pod, Zeroable};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-pub fn matmul(
-    _ctx: &GpuContext,
-    _q: &QuantizedTensor,
-    _x: &[f32],
-    _tokens: usize,
+const SOURCE: &str = include_str!("../../../shaders/matmul.wgsl");
+
+/// Up to this many tokens the GEMV kernel (one weight pass per token) beats
+/// the 64-token GEMM tile, most of which would be padding.
+pub const GEMV_MAX_TOKENS: usize = 4;
+
+// Must match the constants in matmul.wgsl.
+const GEMV_ROWS: usize = 4;
+const GEMV_SHARED_BYTES: u32 = 2048 * 4 + 4 * 64 * 4;
+const GEMM_TILE: usize = 64;
+const GEMM_SHARED_BYTES: u32 = 2 * 32 * 64 * 4;
+
+/// Mirrors `Params` in matmul.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    tokens: u32,
+    rows: u32,
+    cols: u32,
+    out_stride: u32,
+    row0: u32,
+    group_len: u32,
+    groups_per_row: u32,
+    words_per_row: u32,
+    row_blocks: u32,
+    _pad: [u32; 3],
+}
+
+const BINDINGS: [Binding; 6] = [
+    Binding::Uniform,
+    Binding::StorageRead,
+    Binding::StorageRead,
+    Binding::StorageRead,
+    Binding::StorageRead,
+    Binding::StorageReadWrite,
+];
+
+/// Keeps `//#if SUBGROUP` blocks when `subgroups`, and sets `BITS`.
+fn specialise(bits: u32, subgroups: bool) -> String {
+    let mut out = String::with_capacity(SOURCE.len());
+    let mut keep = true;
+    for line in SOURCE.lines() {
+        match line.trim() {
+            "//#if SUBGROUP" => keep = subgroups,
+            "//#else" => keep = !subgroups,
+            "//#endif" => keep = true,
+            l if l.starts_with("const BITS: u32") => {
+                out.push_str(&format!("const BITS: u32 = {bits}u;\n"));
+            }
+            _ if keep => {
+                out.push_str(line);
+                out.push('\n');
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn kernel(ctx: &GpuContext, entry: &str, bits: u32) -> Result<Arc<Kernel>> {
+    let shared = if entry == "gemm" {
+        GEMM_SHARED_BYTES
+    } else {
+        GEMV_SHARED_BYTES
+    };
+    let limit = ctx.limits().max_compute_workgroup_storage_size;
+    if shared > limit {
+        return Err(Error::Gpu(format!(
+            "matmul kernel '{entry}' needs {shared} bytes of workgroup memory; {} allows {limit}",
+            ctx.adapter.short()
+        )));
+    }
+    // Subgroups only matter for the GEMV reduction.
+    let sg = entry == "gemv" && ctx.has_subgroups();
+    let key = format!("matmul.{entry}_q{bits}{}", if sg { "_sg" } else { "" });
+    ctx.kernel(&key, &specialise(bits, sg), entry, &BINDINGS)
+}
+
+/// One row range of a weight, in its own buffers.
+struct WeightChunk {
+    row0: usize,
+    rows: usize,
+    packed: wgpu::Buffer,
+    scales: wgpu::Buffer,
+    zeros: wgpu::Buffer,
+}
+
+/// A quantized weight resident on the GPU: packed codes, f32 scales and u8
+/// zero-points (4 per word), split by rows so no buffer exceeds the binding limit.
+pub struct GpuQuantWeights {
+    pub rows: usize,
+    pub cols: usize,
+    pub scheme: QuantScheme,
+    words_per_row: usize,
+    groups_per_row: usize,
+    group_len: usize,
+    chunks: Vec<WeightChunk>,
+}
+
+impl GpuQuantWeights {
+    pub fn upload(ctx: &GpuContext, q: &QuantizedTensor) -> Result<Self> {
+        q.validate("matmul weight")?;
+        let (wpr, gpr) = (q.words_per_row(), q.n_groups());
+        let mut chunks = Vec::new();
+        for range in row_chunks(ctx, q.rows, (wpr * 4).max(gpr * 4))? {
+            let (r0, r1) = (range.start, range.end);
+            let zeros: Vec<u8> = q.zeros[r0 * gpr..r1 * gpr].to_vec();
+            chunks.push(WeightChunk {
+                row0: r0,
+                rows: r1 - r0,
+                packed: ctx.upload(
+                    "matmul.packed",
+                    bytemuck::cast_slice(&q.packed[r0 * wpr..r1 * wpr]),
+                )?,
+                scales: ctx.upload(
+                    "matmul.scales",
+                    bytemuck::cast_slice(&q.scales[r0 * gpr..r1 * gpr]),
+                )?,
+                zeros: ctx.upload("matmul.zeros", &zeros)?,
+            });
+        }
+        Ok(Self {
+            rows: q.rows,
+            cols: q.cols,
+            scheme: q.scheme,
+            words_per_row: wpr,
+            groups_per_row: gpr,
+            group_len: q.scheme.group_len(q.cols),
+            chunks,
+        })
+    }
+
+    /// How many row chunks (buffer sets, dispatches per matmul) the weight uses.
+    pub fn n_chunks(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Bytes one matmul reads from the weight buffers (codes + f32 scales + u8 zeros).
+    pub fn bytes(&self) -> u64 {
+        let params = (self.rows * self.groups_per_row) as u64;
+        (self.rows * self.words_per_row) as u64 * 4 + params * 5
+    }
+}
+
+/// Records `y = x · Wᵀ` for `tokens` rows of `x` into `encoder`: one dispatch
+/// per weight chunk. `x` holds `[tokens, cols]` f32 and `y` `[tokens, rows]`;
+/// both must fit one binding (see [`matmul_resident`] for splitting).
+pub fn encode_matmul(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    w: &GpuQuantWeights,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    tokens: usize,
+) -> Result<()> {
+    let (xb, yb) = ((tokens * w.cols * 4) as u64, (tokens * w.rows * 4) as u64);
+    if tokens == 0 || x.size() < xb || y.size() < yb || xb.max(yb) > ctx.max_binding() {
+        return Err(Error::Gpu(format!(
+            "matmul of {tokens} tokens: x buffer {} bytes (need {xb}), y buffer {} bytes (need {yb}), \
+             binding limit {}",
+            x.size(),
+            y.size(),
+            ctx.max_binding()
+        )));
+    }
+    let gemv = tokens <= GEMV_MAX_TOKENS;
+    let k = kernel(ctx, if gemv { "gemv" } else { "gemm" }, w.scheme.bits)?;
+    for c in &w.chunks {
+        let (row_blocks, groups) = if gemv {
+            let rb = c.rows.div_ceil(GEMV_ROWS);
+            (rb, rb * tokens)
+        } else {
+            let rb = c.rows.div_ceil(GEMM_TILE);
+            (rb, rb * tokens.div_ceil(GEMM_TILE))
+        };
+        let groups = u32::try_from(groups)
+            .map_err(|_| Error::Gpu(format!("matmul grid of {groups} workgroups is too large")))?;
+        let params = Params {
+            tokens: tokens as u32,
+            rows: c.rows as u32,
+            cols: w.cols as u32,
+            out_stride: w.rows as u32,
+            row0: c.row0 as u32,
+            group_len: w.group_len as u32,
+            groups_per_row: w.groups_per_row as u32,
+            words_per_row: w.words_per_row as u32,
+            row_blocks: row_blocks as u32,
+            _pad: [0; 3],
+        };
+        let uniform = ctx.uniform("matmul.params", &params);
+        ctx.encode(
+            encoder,
+            &k,
+            &[&uniform, &c.packed, &c.scales, &c.zeros, x, y],
+            ctx.grid(groups),
+        );
+    }
+    Ok(())
+}
+
+/// `y = x · Wᵀ` with resident weights and host activations; splits the
+/// tokens so that each chunk of `x` and `y` fits one binding.
+pub fn matmul_resident(
+    ctx: &GpuContext,
+    w: &GpuQuantWeights,
+    x: &[f32],
+    tokens: usize,
 ) -> Result<Vec<f32>> {
-    Err(Error::Gpu("dequant-matmul not built yet".into()))
+    if x.len() != tokens * w.cols {
+        return Err(Error::Config(format!(
+            "matmul input has {} values, expected {tokens} tokens x {} columns",
+            x.len(),
+            w.cols
+        )));
+    }
+    let mut y = Vec::with_capacity(tokens * w.rows);
+    if tokens == 0 {
+        return Ok(y);
+    }
+    let per_token = (w.cols.max(w.rows) * 4) as u64;
+    let per_chunk = (ctx.max_binding() / per_token) as usize;
+    if per_chunk == 0 {
+        return Err(Error::Gpu(format!(
+            "one token of the matmul ({per_token} bytes) exceeds the binding limit of {} bytes",
+            ctx.max_binding()
+        )));
+    }
+    for t0 in (0..tokens).step_by(per_chunk) {
+        let n = per_chunk.min(tokens - t0);
+        let xb = ctx.upload(
+            "matmul.x",
+            bytemuck::cast_slice(&x[t0 * w.cols..(t0 + n) * w.cols]),
+        )?;
+        let yb = ctx.storage("matmul.y", (n * w.rows * 4) as u64)?;
+        let mut enc = ctx.encoder();
+        encode_matmul(ctx, &mut enc, w, &xb, &yb, n)?;
+        ctx.submit_and_wait(enc)?;
+        y.extend(ctx.read::<f32>(&yb, n * w.rows)?);
+    }
+    Ok(y)
+}
+
+/// Uploads `q` and runs [`matmul_resident`].
+pub fn matmul(ctx: &GpuContext, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
+    let w = GpuQuantWeights::upload(ctx, q)?;
+    matmul_resident(ctx, &w, x, tokens)
+}
+
+/// Mean time of one matmul of `tokens` tokens with resident weights and
+/// activations: one warm-up submission, then `iters` dispatches recorded into
+/// a single submission, so host round trips do not count.
+pub fn time_matmul(
+    ctx: &GpuContext,
+    w: &GpuQuantWeights,
+    tokens: usize,
+    iters: usize,
+) -> Result<Duration> {
+    let x: Vec<f32> = (0..tokens * w.cols)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+        .collect();
+    let xb = ctx.upload("matmul.x", bytemuck::cast_slice(&x))?;
+    let yb = ctx.storage("matmul.y", (tokens * w.rows * 4) as u64)?;
+    let mut enc = ctx.encoder();
+    encode_matmul(ctx, &mut enc, w, &xb, &yb, tokens)?;
+    ctx.submit_and_wait(enc)?;
+    let iters = iters.max(1);
+    let mut enc = ctx.encoder();
+    for _ in 0..iters {
+        encode_matmul(ctx, &mut enc, w, &xb, &yb, tokens)?;
+    }
+    let start = Instant::now();
+    ctx.submit_and_wait(enc)?;
+    Ok(start.elapsed() / iters as u32)
 }

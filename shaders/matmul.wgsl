@@ -1,0 +1,255 @@
+// Dequant-matmul family: y[t, row0 + r] = sum_k x[t, k] * scale[r, g] * (q[r, k] - zero[r, g]),
+// g = k / group_len. Weights are packed as in src/quant/packed.rs: per row a
+// little-endian bit stream of BITS-bit codes, rows padded to u32 words.
+// 32 codes always fill exactly BITS words, so a "unit" of 32 codes is
+// word-aligned for every bit width.
+//
+// The host rewrites `const BITS` per pipeline (so extraction constant-folds)
+// and keeps or strips the `//#if SUBGROUP ... //#endif` blocks: naga rejects
+// subgroup builtins on devices without the feature even in unused code.
+// CPU reference: src/backend/cpu/matmul.rs.
+
+const BITS: u32 = 4u;
+
+// GEMV: GEMV_ROWS output rows per workgroup, x cached in XCH-float chunks.
+// XCH = 32 * GEMV_WG, so every thread gets one 32-code unit per row per chunk.
+const GEMV_WG: u32 = 64u;
+const GEMV_ROWS: u32 = 4u;
+const XCH: u32 = 2048u;
+
+// GEMM: BM tokens x BN rows per workgroup, BK codes per K-step, 4x4 per thread.
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 32u;
+
+// Mirrors `Params` in src/backend/gpu/matmul.rs.
+struct Params {
+    tokens: u32,         // tokens in this dispatch (x and y buffers)
+    rows: u32,           // rows of this weight chunk
+    cols: u32,
+    out_stride: u32,     // row stride of y: all rows of the weight
+    row0: u32,           // first row of this chunk in y
+    group_len: u32,
+    groups_per_row: u32,
+    words_per_row: u32,
+    row_blocks: u32,     // workgroups per token (gemv) or per token tile (gemm)
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> wq: array<u32>;
+@group(0) @binding(2) var<storage, read> scales: array<f32>;
+// u8 zero-points, 4 per word, flat over (row, group) of this chunk.
+@group(0) @binding(3) var<storage, read> zeros: array<u32>;
+@group(0) @binding(4) var<storage, read> x: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+fn zero_of(g: u32) -> f32 {
+    return f32((zeros[g >> 2u] >> ((g & 3u) * 8u)) & 0xffu);
+}
+
+// Code j of the row whose words start at `base`; 3-bit codes may straddle words.
+fn code_at(base: u32, j: u32) -> u32 {
+    let bit = j * BITS;
+    let w = bit >> 5u;
+    let off = bit & 31u;
+    var v = wq[base + w] >> off;
+    if (off + BITS > 32u) {
+        v |= wq[base + w + 1u] << (32u - off);
+    }
+    return v & ((1u << BITS) - 1u);
+}
+
+// Codes 4i..4i+3 of unit u of a row, as floats (fast paths for 4 and 8 bits;
+// words past the row's end, in the last unit, read as 0).
+fn codes4(base: u32, u: u32, i: u32) -> vec4<f32> {
+    if (BITS == 4u) {
+        let wi = u * 4u + (i >> 1u);
+        if (wi >= p.words_per_row) {
+            return vec4<f32>(0.0);
+        }
+        let w = wq[base + wi] >> ((i & 1u) * 16u);
+        return vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
+    } else if (BITS == 8u) {
+        let wi = u * 8u + i;
+        if (wi >= p.words_per_row) {
+            return vec4<f32>(0.0);
+        }
+        return vec4<f32>(unpack4xU8(wq[base + wi]));
+    }
+    var c = vec4<f32>(0.0);
+    for (var e = 0u; e < 4u; e++) {
+        let j = u * 32u + i * 4u + e;
+        if (j < p.cols) {
+            c[e] = f32(code_at(base, j));
+        }
+    }
+    return c;
+}
+
+var<workgroup> xs: array<vec4<f32>, XCH / 4u>;
+var<workgroup> red: array<f32, GEMV_ROWS * GEMV_WG>;
+
+// One workgroup per GEMV_ROWS rows of one token. Each thread walks 32-code
+// units of those rows; a unit lies in one group whenever group_len % 32 == 0
+// (the usual 32/64/128 and per-channel with cols % 32 == 0), so the scale is
+// applied once per unit: acc += s * (sum q*x - z * sum x).
+@compute @workgroup_size(GEMV_WG)
+fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32,
+//#if SUBGROUP
+        @builtin(subgroup_invocation_id) sg_lane: u32,
+//#endif
+) {
+    let flat = wg.x + wg.y * nwg.x;
+    let t = flat / p.row_blocks;
+    let r0 = (flat % p.row_blocks) * GEMV_ROWS;
+    if (t >= p.tokens) {
+        return;
+    }
+    var acc = array<f32, GEMV_ROWS>();
+    let units = (p.cols + 31u) / 32u;
+    let one_group = (p.group_len % 32u) == 0u;
+    for (var c0 = 0u; c0 < p.cols; c0 += XCH) {
+        workgroupBarrier();
+        for (var i = lid; i < XCH; i += GEMV_WG) {
+            let k = c0 + i;
+            var v = 0.0;
+            if (k < p.cols) {
+                v = x[t * p.cols + k];
+            }
+            xs[i >> 2u][i & 3u] = v;
+        }
+        workgroupBarrier();
+        let u0 = c0 / 32u;
+        let u1 = min(units, u0 + XCH / 32u);
+        for (var u = u0 + lid; u < u1; u += GEMV_WG) {
+            let xb = (u - u0) * 8u;
+            var sx = vec4<f32>(0.0);
+            for (var i = 0u; i < 8u; i++) {
+                sx += xs[xb + i];
+            }
+            let sum_x = sx.x + sx.y + sx.z + sx.w;
+            for (var r = 0u; r < GEMV_ROWS; r++) {
+                let row = r0 + r;
+                if (row >= p.rows) {
+                    break;
+                }
+                let base = row * p.words_per_row;
+                if (one_group) {
+                    let g = row * p.groups_per_row + (u * 32u) / p.group_len;
+                    var d = vec4<f32>(0.0);
+                    for (var i = 0u; i < 8u; i++) {
+                        d += codes4(base, u, i) * xs[xb + i];
+                    }
+                    let dot_qx = d.x + d.y + d.z + d.w;
+                    acc[r] += scales[g] * (dot_qx - zero_of(g) * sum_x);
+                } else {
+                    for (var e = 0u; e < 32u; e++) {
+                        let j = u * 32u + e;
+                        if (j < p.cols) {
+                            let g = row * p.groups_per_row + j / p.group_len;
+                            let w = scales[g] * (f32(code_at(base, j)) - zero_of(g));
+                            acc[r] += w * xs[xb + (e >> 2u)][e & 3u];
+                        }
+                    }
+                }
+            }
+        }
+    }
+//#if SUBGROUP
+    // One partial per subgroup, stored at its first lane's slot (no
+    // assumption on subgroup size or on how lanes map to lid).
+    for (var r = 0u; r < GEMV_ROWS; r++) {
+        let s = subgroupAdd(acc[r]);
+        red[r * GEMV_WG + lid] = select(0.0, s, sg_lane == 0u);
+    }
+//#else
+    for (var r = 0u; r < GEMV_ROWS; r++) {
+        red[r * GEMV_WG + lid] = acc[r];
+    }
+//#endif
+    workgroupBarrier();
+    for (var s = GEMV_WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            for (var r = 0u; r < GEMV_ROWS; r++) {
+                red[r * GEMV_WG + lid] += red[r * GEMV_WG + lid + s];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lid < GEMV_ROWS && r0 + lid < p.rows) {
+        y[t * p.out_stride + p.row0 + r0 + lid] = red[lid * GEMV_WG];
+    }
+}
+
+// [k][m] tokens and [k][n] dequantized weights of one K-step, as vec4 columns.
+var<workgroup> xt: array<vec4<f32>, BK * BM / 4u>;
+var<workgroup> wt: array<vec4<f32>, BK * BN / 4u>;
+
+// Register-tiled GEMM: each of 256 threads owns 4 tokens x 4 rows. Every
+// K-step dequantizes a BN x BK weight tile into workgroup memory once, then
+// all threads reuse it BM times.
+@compute @workgroup_size(256)
+fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let flat = wg.x + wg.y * nwg.x;
+    let m0 = (flat / p.row_blocks) * BM;
+    let n0 = (flat % p.row_blocks) * BN;
+    if (m0 >= p.tokens) {
+        return;
+    }
+    let tm = lid / 16u;
+    let tn = lid % 16u;
+    var acc = array<vec4<f32>, 4>();
+    // Weight loader: 4 threads per row, 8 codes each.
+    let ln = lid / 4u;
+    let lk = (lid % 4u) * 8u;
+    let lrow = n0 + ln;
+    let lbase = lrow * p.words_per_row;
+    for (var k0 = 0u; k0 < p.cols; k0 += BK) {
+        for (var i = 0u; i < 8u; i++) {
+            let e = lid + i * 256u;
+            let m = e / BK;
+            let kk = e % BK;
+            var v = 0.0;
+            if (m0 + m < p.tokens && k0 + kk < p.cols) {
+                v = x[(m0 + m) * p.cols + k0 + kk];
+            }
+            xt[kk * (BM / 4u) + m / 4u][m % 4u] = v;
+        }
+        for (var e = 0u; e < 8u; e++) {
+            let k = k0 + lk + e;
+            var v = 0.0;
+            if (lrow < p.rows && k < p.cols) {
+                let g = lrow * p.groups_per_row + k / p.group_len;
+                v = scales[g] * (f32(code_at(lbase, k)) - zero_of(g));
+            }
+            wt[(lk + e) * (BN / 4u) + ln / 4u][ln % 4u] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let a = xt[kk * (BM / 4u) + tm];
+            let b = wt[kk * (BN / 4u) + tn];
+            acc[0] += a.x * b;
+            acc[1] += a.y * b;
+            acc[2] += a.z * b;
+            acc[3] += a.w * b;
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let t = m0 + tm * 4u + i;
+        if (t >= p.tokens) {
+            break;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let r = n0 + tn * 4u + j;
+            if (r < p.rows) {
+                y[t * p.out_stride + p.row0 + r] = acc[i][j];
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Dequant-matmul: GPU kernels (GEMV and GEMM) and the fast CPU path against
+//! a plain f64 reference (dequantize, then naive dot), on fresh random inputs.
+//!
+//! Tolerance: both fast paths accumulate in f32 in different orders. Each
+//! product and partial sum carries a relative error of at most a few ulp
+//! (2^-24 ≈ 6e-8) times the number of terms summed serially (≤ cols), bounded
+//! by Σ|w||x|; the group factoring `s·(Σqx − zΣx)` adds a cancellation term
+//! of the same order, bounded by Σ s·(|q|+|z|)|x|. So per output
+//! `|y − y_ref| ≤ 1e-4 · (Σ s·(|q|+|z|)|x| + 1e-6)` (cols ≤ 640 here, so
+//! 1e-4 leaves a factor > 2 over cols·2^-24·4).
+
+mod common;
+
+use llmq_gpu::backend::cpu::matmul as cpu_matmul;
+use llmq_gpu::backend::gpu::matmul::{self as gpu_matmul, GpuQuantWeights};
+use llmq_gpu::backend::gpu::GpuContext;
+use llmq_gpu::quant::packed::{pack_codes, unpack_code, QuantizedTensor};
+use llmq_gpu::quant::scheme::{Granularity, QuantScheme};
+use rand::Rng;
+
+fn random_tensor(
+    rng: &mut impl Rng,
+    rows: usize,
+    cols: usize,
+    scheme: QuantScheme,
+) -> QuantizedTensor {
+    let maxq = scheme.max_code();
+    let codes: Vec<u32> = (0..rows * cols).map(|_| rng.gen_range(0..=maxq)).collect();
+    let n = rows * (cols / scheme.group_len(cols));
+    let scales = (0..n).map(|_| rng.gen_range(0.001f32..0.05)).collect();
+    let zeros = (0..n)
+        .map(|_| {
+            if scheme.symmetric {
+                1u8 << (scheme.bits - 1)
+            } else {
+                rng.gen_range(0..=maxq) as u8
+            }
+        })
+        .collect();
+    QuantizedTensor {
+        rows,
+        cols,
+        scheme,
+        packed: pack_codes(&codes, rows, cols, scheme.bits),
+        scales,
+        zeros,
+    }
+}
+
+/// Per-output bound Σ s·(|q|+|z|)|x| used by the tolerance (see the file comment).
+fn magnitudes(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Vec<f64> {
+    let (rows, cols, wpr) = (q.rows, q.cols, q.words_per_row());
+    let (glen, gpr) = (q.scheme.group_len(cols), q.n_groups());
+    let mut m = vec![0f64; tokens * rows];
+    for r in 0..rows {
+        let row = &q.packed[r * wpr..(r + 1) * wpr];
+        for t in 0..tokens {
+            m[t * rows + r] = (0..cols)
+                .map(|j| {
+                    let g = r * gpr + j / glen;
+                    let qz = unpack_code(row, q.scheme.bits, j) as f64 + q.zeros[g] as f64;
+                    q.scales[g] as f64 * qz * (x[t * cols + j] as f64).abs()
+                })
+                .sum();
+        }
+    }
+    m
+}
+
+fn check(label: &str, got: &[f32], want: &[f64], mag: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{label}: output length");
+    for (i, ((g, w), m)) in got.iter().zip(want).zip(mag).enumerate() {
+        let tol = 1e-4 * (m + 1e-6);
+        let err = (*g as f64 - w).abs();
+        assert!(
+            err <= tol,
+            "{label}: output {i}: got {g}, reference {w}, error {err:.3e} > tolerance {tol:.3e}"
+        );
+    }
+}
+
+/// One case on the CPU fast path and on `ctx`.
+fn case(
+    ctx: &GpuContext,
+    rng: &mut impl Rng,
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+    scheme: QuantScheme,
+) {
+    let q = random_tensor(rng, rows, cols, scheme);
+    let x: Vec<f32> = (0..tokens * cols)
+        .map(|_| rng.gen_range(-1.0f32..1.0))
+        .collect();
+    let want = cpu_matmul::matmul_reference(&q, &x, tokens).unwrap();
+    let mag = magnitudes(&q, &x, tokens);
+    let label = format!("{} [{rows}x{cols}] tokens {tokens}", scheme.label());
+    let cpu = cpu_matmul::matmul(&q, &x, tokens).unwrap();
+    check(&format!("cpu {label}"), &cpu, &want, &mag);
+    let gpu = gpu_matmul::matmul(ctx, &q, &x, tokens).unwrap();
+    check(&format!("gpu {label}"), &gpu, &want, &mag);
+}
+
+fn schemes(bits: u32) -> Vec<QuantScheme> {
+    let mut v = Vec::new();
+    for sym in [true, false] {
+        for g in [
+            Granularity::PerChannel,
+            Granularity::Group(32),
+            Granularity::Group(64),
+        ] {
+            v.push(QuantScheme::new(bits, sym, g).unwrap());
+        }
+    }
+    v.push(QuantScheme::new(bits, false, Granularity::Group(128)).unwrap());
+    v
+}
+
+#[test]
+fn q4_q8_gemv_matches_reference() {
+    let ctx = common::gpu();
+    let mut rng = common::rng("q4_q8_gemv_matches_reference");
+    for bits in [4, 8] {
+        for s in schemes(bits) {
+            // 67 rows: not a multiple of the 4-row GEMV block.
+            case(&ctx, &mut rng, 67, 640, 1, s);
+        }
+        let s = QuantScheme::new(bits, false, Granularity::Group(128)).unwrap();
+        case(&ctx, &mut rng, 9, 2560, 1, s); // more than one 2048-float x chunk
+        case(&ctx, &mut rng, 13, 256, 3, s); // GEMV over several tokens
+    }
+}
+
+#[test]
+fn q4_q8_gemm_matches_reference() {
+    let ctx = common::gpu();
+    let mut rng = common::rng("q4_q8_gemm_matches_reference");
+    for bits in [4, 8] {
+        for s in schemes(bits) {
+            case(&ctx, &mut rng, 67, 384, 70, s);
+        }
+    }
+}
+
+#[test]
+fn odd_bits_and_groups_match_reference() {
+    let ctx = common::gpu();
+    let mut rng = common::rng("odd_bits_and_groups_match_reference");
+    for bits in [2, 3, 5] {
+        let s = QuantScheme::new(bits, false, Granularity::Group(32)).unwrap();
+        case(&ctx, &mut rng, 67, 160, 1, s);
+        case(&ctx, &mut rng, 35, 96, 9, s);
+    }
+    // Groups that do not align with 32-code units, and cols not a multiple of 8.
+    for bits in [3, 4, 8] {
+        let s = QuantScheme::new(bits, false, Granularity::Group(20)).unwrap();
+        case(&ctx, &mut rng, 21, 100, 1, s);
+        case(&ctx, &mut rng, 21, 100, 6, s);
+        let s = QuantScheme::new(bits, true, Granularity::PerChannel).unwrap();
+        case(&ctx, &mut rng, 19, 77, 1, s);
+        case(&ctx, &mut rng, 19, 77, 5, s);
+    }
+}
+
+#[test]
+fn split_weights_and_tokens_match_reference() {
+    let ctx = common::fresh_gpu();
+    let mut rng = common::rng("split_weights_and_tokens_match_reference");
+    // 160 cols at 4 bits: 80 bytes of codes per row; 2 KiB bindings give
+    // 25-row weight chunks and 3-token activation chunks.
+    ctx.set_max_binding(2048);
+    for (bits, tokens) in [(4, 1), (4, 70), (8, 2), (8, 9), (3, 7)] {
+        let s = QuantScheme::new(bits, false, Granularity::Group(32)).unwrap();
+        let q = random_tensor(&mut rng, 67, 160, s);
+        let w = GpuQuantWeights::upload(&ctx, &q).unwrap();
+        assert!(w.n_chunks() > 1, "weight was not split");
+        let x: Vec<f32> = (0..tokens * 160)
+            .map(|_| rng.gen_range(-1.0f32..1.0))
+            .collect();
+        let want = cpu_matmul::matmul_reference(&q, &x, tokens).unwrap();
+        let got = gpu_matmul::matmul_resident(&ctx, &w, &x, tokens).unwrap();
+        check(
+            &format!("split W{bits} tokens {tokens}"),
+            &got,
+            &want,
+            &magnitudes(&q, &x, tokens),
+        );
+    }
+}
+
+#[test]
+fn wrong_input_length_is_an_error() {
+    let mut rng = common::rng("wrong_input_length_is_an_error");
+    let s = QuantScheme::new(4, true, Granularity::Group(32)).unwrap();
+    let q = random_tensor(&mut rng, 4, 64, s);
+    assert!(cpu_matmul::matmul(&q, &[0.0; 10], 1).is_err());
+    assert!(gpu_matmul::matmul(&common::gpu(), &q, &[0.0; 10], 1).is_err());
+}
