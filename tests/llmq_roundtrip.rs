@@ -74,7 +74,11 @@ fn schemes() -> Vec<QuantScheme> {
 fn write_model(
     out: &Path,
     shard_bytes: u64,
-) -> (Vec<(String, Vec<usize>, QuantizedTensor)>, Vec<f32>, PathBuf) {
+) -> (
+    Vec<(String, Vec<usize>, QuantizedTensor)>,
+    Vec<f32>,
+    PathBuf,
+) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut w = LlmqWriter::create(out, false)
         .unwrap()
@@ -90,8 +94,12 @@ fn write_model(
     }
     let norm: Vec<f32> = (0..64).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
     w.add_kept("model.norm.weight", &[64], &norm).unwrap();
-    w.add_kept("model.embed_tokens.weight", &[2, 2], &[1.0, -2.0, 0.5, 65504.0])
-        .unwrap();
+    w.add_kept(
+        "model.embed_tokens.weight",
+        &[2, 2],
+        &[1.0, -2.0, 0.5, 65504.0],
+    )
+    .unwrap();
     assert!(w.bytes_written() > 0);
 
     let src = tempfile::tempdir().unwrap();
@@ -99,7 +107,10 @@ fn write_model(
     std::fs::write(&tok, "{\"model\": {}}").unwrap();
     let meta = vec![
         ("general.name".to_string(), serde_json::json!("tiny")),
-        ("tokenizer.ggml.tokens".to_string(), serde_json::json!(["a", "b"])),
+        (
+            "tokenizer.ggml.tokens".to_string(),
+            serde_json::json!(["a", "b"]),
+        ),
     ];
     let path = w
         .finish(
@@ -212,8 +223,14 @@ fn existing_output_needs_overwrite() {
 
     let mut w = LlmqWriter::create(&out, true).unwrap();
     w.add_kept("a", &[2], &[1.0, 2.0]).unwrap();
-    w.finish(&arch(), Path::new("src"), Vec::new(), &[], serde_json::Value::Null)
-        .unwrap();
+    w.finish(
+        &arch(),
+        Path::new("src"),
+        Vec::new(),
+        &[],
+        serde_json::Value::Null,
+    )
+    .unwrap();
     assert!(!out.join("old.txt").exists());
     let m = LlmqModel::open(&out).unwrap();
     assert_eq!(m.load_f32("a").unwrap(), vec![1.0, 2.0]);
@@ -224,7 +241,10 @@ fn existing_output_needs_overwrite() {
 fn kept_value_overflowing_f16_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = LlmqWriter::create(&dir.path().join("o"), false).unwrap();
-    let err = w.add_kept("big.weight", &[2], &[1.0, 1e6]).unwrap_err().to_string();
+    let err = w
+        .add_kept("big.weight", &[2], &[1.0, 1e6])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("big.weight") && err.contains("f16"), "{err}");
 }
 

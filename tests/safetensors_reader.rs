@@ -52,7 +52,9 @@ fn write_config(dir: &Path, cfg: &serde_json::Value) {
 }
 
 fn values(n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|i| (i as f32 - n as f32 / 2.0) * scale).collect()
+    (0..n)
+        .map(|i| (i as f32 - n as f32 / 2.0) * scale)
+        .collect()
 }
 
 #[test]
@@ -64,8 +66,18 @@ fn single_file_folder_reads_f32_f16_bf16() {
     write_st(
         &dir.path().join("model.safetensors"),
         &[
-            ("model.embed_tokens.weight", Dtype::F32, vec![4, 8], f32_bytes(&emb)),
-            ("model.layers.0.self_attn.q_proj.weight", Dtype::F16, vec![8, 8], f16_bytes(&q)),
+            (
+                "model.embed_tokens.weight",
+                Dtype::F32,
+                vec![4, 8],
+                f32_bytes(&emb),
+            ),
+            (
+                "model.layers.0.self_attn.q_proj.weight",
+                Dtype::F16,
+                vec![8, 8],
+                f16_bytes(&q),
+            ),
             ("model.norm.weight", Dtype::BF16, vec![8], bf16_bytes(&norm)),
             ("idx", Dtype::I64, vec![1], vec![0u8; 8]),
         ],
@@ -87,7 +99,11 @@ fn single_file_folder_reads_f32_f16_bf16() {
 
     assert_eq!(m.load_f32("model.embed_tokens.weight").unwrap(), emb);
     // These values are exact in f16 and bf16.
-    assert_eq!(m.load_f32("model.layers.0.self_attn.q_proj.weight").unwrap(), q);
+    assert_eq!(
+        m.load_f32("model.layers.0.self_attn.q_proj.weight")
+            .unwrap(),
+        q
+    );
     assert_eq!(m.load_f32("model.norm.weight").unwrap(), norm);
 
     let err = m.load_f32("idx").unwrap_err().to_string();
@@ -128,7 +144,12 @@ fn write_sharded(dir: &Path) -> (Vec<f32>, Vec<f32>) {
     let b = values(8, 2.0);
     write_st(
         &dir.join("model-00001-of-00002.safetensors"),
-        &[("model.embed_tokens.weight", Dtype::F32, vec![4, 4], f32_bytes(&a))],
+        &[(
+            "model.embed_tokens.weight",
+            Dtype::F32,
+            vec![4, 4],
+            f32_bytes(&a),
+        )],
     );
     write_st(
         &dir.join("model-00002-of-00002.safetensors"),
@@ -141,11 +162,7 @@ fn write_sharded(dir: &Path) -> (Vec<f32>, Vec<f32>) {
             "lm_head.weight": "model-00002-of-00002.safetensors",
         }
     });
-    std::fs::write(
-        dir.join("model.safetensors.index.json"),
-        index.to_string(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
     let mut cfg = llama_config();
     cfg["model_type"] = "qwen2".into();
     cfg["rope_theta"] = 1_000_000.0.into();
@@ -171,7 +188,10 @@ fn missing_shard_is_named() {
     let dir = tempfile::tempdir().unwrap();
     write_sharded(dir.path());
     std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
-    let err = SafetensorsModel::open(dir.path()).err().unwrap().to_string();
+    let err = SafetensorsModel::open(dir.path())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
     assert!(err.contains("missing"), "{err}");
 }
@@ -192,7 +212,10 @@ fn tensor_missing_from_its_shard_is_named() {
         index.to_string(),
     )
     .unwrap();
-    let err = SafetensorsModel::open(dir.path()).err().unwrap().to_string();
+    let err = SafetensorsModel::open(dir.path())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("model.norm.weight"), "{err}");
     assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
 }
@@ -204,18 +227,30 @@ fn garbage_header_is_rejected_with_the_file_name() {
     let file = dir.path().join("model.safetensors");
 
     std::fs::write(&file, b"this is not a safetensors file at all").unwrap();
-    let err = SafetensorsModel::open(dir.path()).err().unwrap().to_string();
+    let err = SafetensorsModel::open(dir.path())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 
     // Header length says 1000 bytes, the file has 10.
     let mut bytes = 1000u64.to_le_bytes().to_vec();
     bytes.extend_from_slice(b"{\"a\":1}   ");
     std::fs::write(&file, bytes).unwrap();
-    let err = SafetensorsModel::open(dir.path()).err().unwrap().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("header"), "{err}");
+    let err = SafetensorsModel::open(dir.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("header"),
+        "{err}"
+    );
 
     std::fs::write(&file, b"abc").unwrap();
-    let err = SafetensorsModel::open(dir.path()).err().unwrap().to_string();
+    let err = SafetensorsModel::open(dir.path())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("truncated"), "{err}");
 }
 
@@ -228,7 +263,10 @@ fn data_past_the_end_is_rejected() {
     let mut bytes = std::fs::read(&file).unwrap();
     bytes.truncate(bytes.len() - 4);
     std::fs::write(&file, bytes).unwrap();
-    let err = SafetensorsModel::open(dir.path()).err().unwrap().to_string();
+    let err = SafetensorsModel::open(dir.path())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 }
 
@@ -237,7 +275,12 @@ fn unknown_architecture_is_not_supported() {
     let dir = tempfile::tempdir().unwrap();
     write_st(
         &dir.path().join("model.safetensors"),
-        &[("h.0.attn.c_attn.weight", Dtype::F32, vec![2], f32_bytes(&[1.0, 2.0]))],
+        &[(
+            "h.0.attn.c_attn.weight",
+            Dtype::F32,
+            vec![2],
+            f32_bytes(&[1.0, 2.0]),
+        )],
     );
     write_config(
         dir.path(),
@@ -246,7 +289,10 @@ fn unknown_architecture_is_not_supported() {
     let m = SafetensorsModel::open(dir.path()).unwrap();
     assert_eq!(m.arch().architecture, "gpt2");
     let err = ModelView::open(dir.path()).err().unwrap().to_string();
-    assert!(err.contains("not supported") && err.contains("gpt2"), "{err}");
+    assert!(
+        err.contains("not supported") && err.contains("gpt2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -267,8 +313,14 @@ fn architecture_from_architectures_list_and_missing_key() {
 
     cfg.as_object_mut().unwrap().remove("hidden_size");
     write_config(dir.path(), &cfg);
-    let err = SafetensorsModel::open(dir.path()).err().unwrap().to_string();
-    assert!(err.contains("config.json") && err.contains("hidden_size"), "{err}");
+    let err = SafetensorsModel::open(dir.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("config.json") && err.contains("hidden_size"),
+        "{err}"
+    );
 }
 
 #[test]

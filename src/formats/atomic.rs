@@ -67,7 +67,11 @@ fn replace(staged: &Path, out: &Path) -> Result<()> {
         return std::fs::rename(staged, out).map_err(|e| Error::io(out, e));
     }
     let old = tempfile::Builder::new()
-        .prefix(&format!(".{}.llmq-old-{}-", file_name(out), std::process::id()))
+        .prefix(&format!(
+            ".{}.llmq-old-{}-",
+            file_name(out),
+            std::process::id()
+        ))
         .tempdir_in(parent_of(out))
         .map_err(|e| Error::io(out, e))?
         .keep();

@@ -33,7 +33,10 @@ pub fn read_config(path: &Path) -> Result<Map<String, Value>> {
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(Error::format(path, "config.json is not a JSON object")),
-        Err(e) => Err(Error::format(path, format!("config.json is not valid JSON: {e}"))),
+        Err(e) => Err(Error::format(
+            path,
+            format!("config.json is not valid JSON: {e}"),
+        )),
     }
 }
 

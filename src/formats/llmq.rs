@@ -216,7 +216,9 @@ impl LlmqWriter {
         let wpr = q.words_per_row();
         let groups = q.n_groups();
         self.write_tensor(&qweight_name(name), Dtype::U32, &[q.rows, wpr], |w| {
-            q.packed.iter().try_for_each(|v| w.write_all(&v.to_le_bytes()))
+            q.packed
+                .iter()
+                .try_for_each(|v| w.write_all(&v.to_le_bytes()))
         })?;
         self.write_tensor(&scales_name(name), Dtype::F16, &[q.rows, groups], |w| {
             half_scales
@@ -255,7 +257,10 @@ impl LlmqWriter {
         if numel != data.len() {
             return Err(Error::BadTensor {
                 name: name.into(),
-                msg: format!("shape {shape:?} holds {numel} values but {} were given", data.len()),
+                msg: format!(
+                    "shape {shape:?} holds {numel} values but {} were given",
+                    data.len()
+                ),
             });
         }
         // Check everything first so a bad value never leaves half a tensor in the shard.
@@ -377,7 +382,10 @@ impl LlmqWriter {
         write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
     ) -> Result<()> {
         let Some(shard) = self.shard.as_mut() else {
-            return Err(Error::format(self.staging.path(), "internal: no open shard"));
+            return Err(Error::format(
+                self.staging.path(),
+                "internal: no open shard",
+            ));
         };
         let len = (shape.iter().product::<usize>() * dtype.bitsize() / 8) as u64;
         write(&mut shard.data).map_err(|e| Error::io(&shard.data_path, e))?;
@@ -421,7 +429,7 @@ impl LlmqWriter {
         let mut header_bytes = serde_json::to_vec(&Value::Object(header))
             .map_err(|e| Error::format(&data_path, format!("header: {e}")))?;
         // The spec pads the header with spaces to 8-byte alignment.
-        while header_bytes.len() % 8 != 0 {
+        while !header_bytes.len().is_multiple_of(8) {
             header_bytes.push(b' ');
         }
         let path = self
@@ -475,7 +483,9 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let mut w = BufWriter::new(file);
     serde_json::to_writer_pretty(&mut w, value)
         .map_err(|e| Error::format(path, format!("writing JSON: {e}")))?;
-    let file = w.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
     file.sync_all().map_err(|e| Error::io(path, e))
 }
 
@@ -689,10 +699,14 @@ fn check_components(
             };
             let cols = *m.shape.last().unwrap_or(&0);
             let rows = m.shape.iter().product::<usize>() / cols.max(1);
-            if rows == 0 || cols == 0 || cols % scheme.group_len(cols) != 0 {
+            if rows == 0 || cols == 0 || !cols.is_multiple_of(scheme.group_len(cols)) {
                 return Err(Error::format(
                     dir.join(METADATA_FILE),
-                    format!("tensor '{name}': shape {:?} does not fit {}", m.shape, scheme.label()),
+                    format!(
+                        "tensor '{name}': shape {:?} does not fit {}",
+                        m.shape,
+                        scheme.label()
+                    ),
                 ));
             }
             let groups = cols / scheme.group_len(cols);

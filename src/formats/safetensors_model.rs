@@ -118,7 +118,9 @@ impl SafetensorsFiles {
             if !present {
                 return Err(Error::format(
                     &paths[shard],
-                    format!("tensor '{tensor}' is listed in {INDEX_FILE} but missing from this shard"),
+                    format!(
+                        "tensor '{tensor}' is listed in {INDEX_FILE} but missing from this shard"
+                    ),
                 ));
             }
         }
@@ -231,9 +233,8 @@ fn map_shard(path: &Path) -> Result<Shard> {
     // SAFETY: the map is read-only; like every mmap reader we rely on the
     // file not being truncated by another process while it is open.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let (_, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
-        Error::format(path, format!("bad safetensors header: {e:?}"))
-    })?;
+    let (_, meta) = SafeTensors::read_metadata(&mmap)
+        .map_err(|e| Error::format(path, format!("bad safetensors header: {e:?}")))?;
     Ok(Shard {
         path: path.to_path_buf(),
         header_metadata: meta.metadata().clone(),
