@@ -70,15 +70,11 @@ fn schemes() -> Vec<QuantScheme> {
     out
 }
 
+/// A quantized tensor as written: name, original shape, data.
+type Written = (String, Vec<usize>, QuantizedTensor);
+
 /// Writes every scheme plus two kept tensors; returns what was written.
-fn write_model(
-    out: &Path,
-    shard_bytes: u64,
-) -> (
-    Vec<(String, Vec<usize>, QuantizedTensor)>,
-    Vec<f32>,
-    PathBuf,
-) {
+fn write_model(out: &Path, shard_bytes: u64) -> (Vec<Written>, Vec<f32>, PathBuf) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut w = LlmqWriter::create(out, false)
         .unwrap()
@@ -124,7 +120,7 @@ fn write_model(
     (quantized, norm, path)
 }
 
-fn check_model(out: &Path, quantized: &[(String, Vec<usize>, QuantizedTensor)], norm: &[f32]) {
+fn check_model(out: &Path, quantized: &[Written], norm: &[f32]) {
     let m = LlmqModel::open(out).unwrap();
     assert_eq!(m.format_name(), "llmq");
     assert_eq!(m.arch(), &arch());
