@@ -234,7 +234,7 @@ fn map_shard(path: &Path) -> Result<Shard> {
     // file not being truncated by another process while it is open.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let (_, meta) = SafeTensors::read_metadata(&mmap)
-        .map_err(|e| Error::format(path, format!("bad safetensors header: {e:?}")))?;
+        .map_err(|e| Error::format(path, format!("bad safetensors header: {e}")))?;
     Ok(Shard {
         path: path.to_path_buf(),
         header_metadata: meta.metadata().clone(),
@@ -245,7 +245,7 @@ fn map_shard(path: &Path) -> Result<Shard> {
 /// Tensor entries of a mapped file, offsets made absolute and bounds-checked.
 fn parse_header(shard: &Shard) -> Result<Vec<(String, Entry)>> {
     let (n, meta) = SafeTensors::read_metadata(&shard.mmap)
-        .map_err(|e| Error::format(&shard.path, format!("bad safetensors header: {e:?}")))?;
+        .map_err(|e| Error::format(&shard.path, format!("bad safetensors header: {e}")))?;
     let base = 8 + n;
     let mut out = Vec::new();
     for (name, info) in meta.tensors() {
