@@ -1,5 +1,7 @@
 //! Readers and writers of model files.
 
+pub mod atomic;
 pub mod gguf;
+pub mod hf_config;
 pub mod llmq;
 pub mod safetensors_model;

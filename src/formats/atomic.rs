@@ -1,0 +1,133 @@
+//! All-or-nothing output folders: write into a hidden folder beside the
+//! target, fsync, then rename into place. A failed or interrupted run leaves
+//! neither a half-written model nor the temporary folder behind.
+
+use crate::error::{Error, Result};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use tempfile::TempDir;
+
+/// A folder being written beside its final place. Dropping it without
+/// [`StagingDir::commit`] deletes it with everything inside.
+pub struct StagingDir {
+    dir: TempDir,
+    out: PathBuf,
+    overwrite: bool,
+}
+
+impl StagingDir {
+    /// Creates `.NAME.llmq-tmp-<pid>-<random>` in `out`'s parent. Fails if
+    /// `out` exists and `overwrite` is false.
+    pub fn create(out: &Path, overwrite: bool) -> Result<Self> {
+        check_target(out, overwrite)?;
+        let parent = parent_of(out);
+        let prefix = format!(".{}.llmq-tmp-{}-", file_name(out), std::process::id());
+        let dir = tempfile::Builder::new()
+            .prefix(&prefix)
+            .tempdir_in(&parent)
+            .map_err(|e| Error::io(&parent, e))?;
+        Ok(Self {
+            dir,
+            out: out.to_path_buf(),
+            overwrite,
+        })
+    }
+
+    /// The temporary folder to write into.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The final destination.
+    pub fn target(&self) -> &Path {
+        &self.out
+    }
+
+    /// Syncs the folder and renames it to the target. With `overwrite`, an
+    /// existing target is moved aside first and deleted only once the new
+    /// one is in place, so some complete version exists at every moment.
+    pub fn commit(self) -> Result<PathBuf> {
+        let out = self.out.clone();
+        check_target(&out, self.overwrite)?;
+        sync_dir(self.dir.path())?;
+        let staged = self.dir.keep();
+        let result = replace(&staged, &out);
+        if result.is_err() {
+            // Best effort: the error that matters is the rename's.
+            let _ = std::fs::remove_dir_all(&staged);
+        }
+        result?;
+        sync_dir(&parent_of(&out))?;
+        Ok(out)
+    }
+}
+
+fn replace(staged: &Path, out: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(out).is_err() {
+        return std::fs::rename(staged, out).map_err(|e| Error::io(out, e));
+    }
+    let old = tempfile::Builder::new()
+        .prefix(&format!(
+            ".{}.llmq-old-{}-",
+            file_name(out),
+            std::process::id()
+        ))
+        .tempdir_in(parent_of(out))
+        .map_err(|e| Error::io(out, e))?
+        .keep();
+    // rename() will not replace a non-empty folder, so move the old one
+    // into a fresh empty folder's place first.
+    std::fs::remove_dir(&old).map_err(|e| Error::io(&old, e))?;
+    std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+    if let Err(e) = std::fs::rename(staged, out) {
+        let _ = std::fs::rename(&old, out);
+        return Err(Error::io(out, e));
+    }
+    let removed = if old.is_dir() {
+        std::fs::remove_dir_all(&old)
+    } else {
+        std::fs::remove_file(&old)
+    };
+    removed.map_err(|e| Error::io(&old, e))
+}
+
+fn check_target(out: &Path, overwrite: bool) -> Result<()> {
+    if !overwrite && std::fs::symlink_metadata(out).is_ok() {
+        return Err(Error::Config(format!(
+            "{} already exists; use --overwrite to replace it",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into())
+}
+
+/// Flushes a file's data to disk.
+pub fn sync_file(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Flushes a folder's entries (new names) to disk. Windows cannot open
+/// folders for syncing; renames there are durable enough without it.
+pub fn sync_dir(path: &Path) -> Result<()> {
+    if cfg!(windows) {
+        return Ok(());
+    }
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
