@@ -1,6 +1,8 @@
 //! `llmq-gpu inspect`: what a model file holds.
 
+use super::print_out;
 use llmq_gpu::{Error, ModelView, Result};
+use std::fmt::Write;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -32,34 +34,37 @@ fn short_value(v: &serde_json::Value) -> String {
 
 pub fn run(a: Args) -> Result<()> {
     let model = ModelView::open(&a.path)?;
+    // Built as one string so `inspect | head` ends quietly (see print_out).
+    let mut out = String::new();
     let arch = model.arch();
-    println!("{} ({})", a.path.display(), model.format_name());
+    writeln!(out, "{} ({})", a.path.display(), model.format_name()).ok();
     let arch_json = serde_json::to_value(arch).map_err(|e| Error::Config(e.to_string()))?;
-    println!("architecture:");
+    writeln!(out, "architecture:").ok();
     if let Some(obj) = arch_json.as_object() {
         for (k, v) in obj {
-            println!("  {k:<22} {v}");
+            writeln!(out, "  {k:<22} {v}").ok();
         }
     }
     let meta = model.metadata();
-    println!("metadata ({} entries):", meta.len());
+    writeln!(out, "metadata ({} entries):", meta.len()).ok();
     for (k, v) in &meta {
         let shown = if a.full {
             v.to_string()
         } else {
             short_value(v)
         };
-        println!("  {k:<40} {shown}");
+        writeln!(out, "  {k:<40} {shown}").ok();
     }
     let tensors = model.tensors();
     let params: usize = tensors.iter().map(|t| t.numel()).sum();
-    println!(
+    writeln!(out, 
         "tensors ({}, {:.1} M parameters):",
         tensors.len(),
         params as f64 / 1e6
-    );
+    ).ok();
     for t in tensors {
-        println!("  {:<48} {:<16} {:?}", t.name, t.dtype, t.shape);
+        writeln!(out, "  {:<48} {:<16} {:?}", t.name, t.dtype, t.shape).ok();
     }
+    print_out(&out);
     Ok(())
 }

@@ -70,3 +70,10 @@ pub fn human_bytes(b: u64) -> String {
         format!("{v:.2} {}", UNITS[u])
     }
 }
+
+/// Writes `text` to stdout; a closed pipe (`llmq-gpu inspect m | head`)
+/// ends the output quietly instead of panicking as `println!` would.
+pub fn print_out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}

@@ -762,36 +762,3 @@ impl TensorSource for LlmqModel {
         companion_files_in(&self.path)
     }
 }
-
-/// PLACEHOLDER writer (replaced by the llmq format).
-pub struct LlmqWriter;
-impl LlmqWriter {
-    pub fn create(out: &Path, _overwrite: bool) -> Result<Self> {
-        Err(Error::unsupported(out, "writer not built yet"))
-    }
-    pub fn add_quantized(
-        &mut self,
-        _name: &str,
-        _shape: &[usize],
-        _q: &crate::quant::QuantizedTensor,
-        _method: &str,
-    ) -> Result<()> {
-        Ok(())
-    }
-    pub fn add_kept(&mut self, _name: &str, _shape: &[usize], _data: &[f32]) -> Result<()> {
-        Ok(())
-    }
-    pub fn finish(
-        self,
-        _arch: &ArchConfig,
-        _source_path: &Path,
-        _source_metadata: Vec<(String, serde_json::Value)>,
-        _companions: &[PathBuf],
-        _report: serde_json::Value,
-    ) -> Result<PathBuf> {
-        Ok(PathBuf::new())
-    }
-    pub fn bytes_written(&self) -> u64 {
-        0
-    }
-}
