@@ -98,8 +98,8 @@ fn unpack_codes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     }
 }
 
-// One invocation per (row, group): minimum and maximum of the group,
-// written as bit patterns to dst[2*i] and dst[2*i+1].
+// One invocation per (row, group): minimum and maximum of the group (the
+// last group of a row may be shorter), as bit patterns in dst[2*i], dst[2*i+1].
 @compute @workgroup_size(256)
 fn group_range(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
@@ -107,10 +107,12 @@ fn group_range(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     if (idx >= p.rows * p.groups_per_row) {
         return;
     }
-    let base = idx * p.group_len;
-    var lo = bitcast<f32>(src[base]);
+    let first = (idx % p.groups_per_row) * p.group_len;
+    let last = min(first + p.group_len, p.cols);
+    let base = (idx / p.groups_per_row) * p.cols;
+    var lo = bitcast<f32>(src[base + first]);
     var hi = lo;
-    for (var j = 1u; j < p.group_len; j++) {
+    for (var j = first + 1u; j < last; j++) {
         let x = bitcast<f32>(src[base + j]);
         lo = min(lo, x);
         hi = max(hi, x);

@@ -152,28 +152,35 @@ fn bad_magic_fails_cleanly() {
 }
 
 #[test]
-fn group_size_that_does_not_divide_is_rejected_before_any_output() {
+fn group_size_that_does_not_divide_is_rejected_before_any_output_when_strict() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_llama(dir.path(), None);
     let out = dir.path().join("out");
-    let o = run(&[
+    let (m, o_) = (model.to_str().unwrap(), out.to_str().unwrap());
+    let base = [
         "quantize",
         "--model",
-        model.to_str().unwrap(),
+        m,
         "--out",
-        out.to_str().unwrap(),
+        o_,
         "--group-size",
         "48",
         "--device",
         "cpu",
-    ]);
+    ];
+    let o = run(&[&base[..], &["--strict-groups"]].concat());
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("group size 48 does not divide"),
-        "{}",
-        stderr(&o)
-    );
+    let e = stderr(&o);
+    assert!(e.contains("group size 48 does not divide"), "{e}");
     assert!(!out.exists());
+    // Without --strict-groups the last group of each row is shorter (GPTQ-style).
+    let o = run(&base);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("7 quantized tensors end each row in a shorter group"),
+        "{text}"
+    );
 }
 
 #[test]

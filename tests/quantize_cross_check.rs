@@ -167,20 +167,28 @@ fn nan_weights_are_rejected_with_the_tensor_name() {
 }
 
 #[test]
-fn group_size_must_divide_the_input_dimension() {
+fn strict_group_check_names_the_tensor() {
     let scheme = QuantScheme::new(4, false, Granularity::Group(128)).unwrap();
-    let err = rtn::quantize(
-        &CpuBackend,
-        "blk.0.attn_q.weight",
-        &[0.0; 2 * 576],
-        2,
-        576,
-        &scheme,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = scheme
+        .check_groups_divide("blk.0.attn_q.weight", 576)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("group size 128 does not divide") && err.contains("576"),
         "{err}"
     );
+    assert!(err.contains("blk.0.attn_q.weight"), "{err}");
+    assert!(scheme
+        .check_groups_divide("blk.0.ffn_down.weight", 1536)
+        .is_ok());
+}
+
+#[test]
+fn shorter_last_group_gets_its_own_range() {
+    // 5 weights in groups of 2: groups [0,1], [2,3], [4].
+    let w = [1.0f32, -1.0, 2.0, 3.0, -7.0];
+    let cpu = CpuBackend.group_ranges(&w, 1, 5, 2).unwrap();
+    assert_eq!(cpu, (vec![-1.0, 2.0, -7.0], vec![1.0, 3.0, -7.0]));
+    let gpu = GpuBackend::new(common::gpu());
+    assert_eq!(gpu.group_ranges(&w, 1, 5, 2).unwrap(), cpu);
 }

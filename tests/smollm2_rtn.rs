@@ -28,7 +28,12 @@ fn smollm2() -> PathBuf {
                 .map(|e| e.path())
                 .find(|p| p.extension().is_some_and(|x| x == "gguf"))
         })
-        .unwrap_or_else(|| panic!("SmolLM2 GGUF not found in {}: run scripts/fetch-fixtures.sh", dir.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "SmolLM2 GGUF not found in {}: run scripts/fetch-fixtures.sh",
+                dir.display()
+            )
+        })
 }
 
 #[test]
@@ -65,8 +70,14 @@ fn smollm2_rtn_w4g128_codes_match_between_vulkan_and_cpu() {
     let rel = (err_num / err_den).sqrt();
     eprintln!("{tensors} tensors, {total} codes, {differ} differ; relative error {rel:.4}");
     assert_eq!(tensors, 30 * 7, "every linear layer of the 30 blocks");
-    assert!(differ * 10_000 <= total, "{differ} of {total} codes differ (> 0.01%)");
+    assert!(
+        differ * 10_000 <= total,
+        "{differ} of {total} codes differ (> 0.01%)"
+    );
     // 4-bit RTN of roughly Gaussian weights leaves ~10% relative error; far
     // more would mean a broken scale or layout.
-    assert!(rel > 0.01 && rel < 0.2, "relative reconstruction error {rel}");
+    assert!(
+        rel > 0.01 && rel < 0.2,
+        "relative reconstruction error {rel}"
+    );
 }

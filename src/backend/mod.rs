@@ -14,11 +14,11 @@ use crate::quant::packed::QuantizedTensor;
 /// Per-group quantization parameters handed to [`Backend::quantize_codes`].
 pub struct GroupParams<'a> {
     pub bits: u32,
-    /// Weights per group along a row; divides `cols`.
+    /// Weights per group along a row; the last group of a row may be shorter.
     pub group_len: usize,
-    /// `rows * cols / group_len` values of `1 / scale`.
+    /// `rows * ceil(cols / group_len)` values of `1 / scale`.
     pub inv_scales: &'a [f32],
-    /// `rows * cols / group_len` zero-points.
+    /// `rows * ceil(cols / group_len)` zero-points.
     pub zeros: &'a [u32],
 }
 
@@ -26,8 +26,8 @@ pub trait Backend: Send + Sync {
     /// Human-readable name, e.g. `cpu (rayon, 2 threads)` or `vulkan: llvmpipe`.
     fn name(&self) -> String;
 
-    /// Minimum and maximum of each group of `group_len` weights of each row:
-    /// two `rows * cols / group_len` vectors.
+    /// Minimum and maximum of each group of `group_len` weights of each row
+    /// (the last group of a row may be shorter): two `rows * ceil(cols / group_len)` vectors.
     fn group_ranges(
         &self,
         w: &[f32],

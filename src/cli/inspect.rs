@@ -57,11 +57,13 @@ pub fn run(a: Args) -> Result<()> {
     }
     let tensors = model.tensors();
     let params: usize = tensors.iter().map(|t| t.numel()).sum();
-    writeln!(out, 
+    writeln!(
+        out,
         "tensors ({}, {:.1} M parameters):",
         tensors.len(),
         params as f64 / 1e6
-    ).ok();
+    )
+    .ok();
     for t in tensors {
         writeln!(out, "  {:<48} {:<16} {:?}", t.name, t.dtype, t.shape).ok();
     }

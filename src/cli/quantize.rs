@@ -21,7 +21,8 @@ pub struct Args {
     /// Bits per weight: 2 to 8.
     #[arg(long, default_value_t = 4)]
     bits: u32,
-    /// Weights per scale/zero pair along the input dimension; must divide it.
+    /// Weights per scale/zero pair along the input dimension. If it does not
+    /// divide a row, the row's last group is shorter (see --strict-groups).
     #[arg(long, default_value_t = 128, conflicts_with_all = ["per_channel", "per_tensor"])]
     group_size: usize,
     /// One scale/zero pair per output channel instead of per group.
@@ -30,6 +31,10 @@ pub struct Args {
     /// One scale/zero pair for the whole tensor.
     #[arg(long, conflicts_with = "per_channel")]
     per_tensor: bool,
+    /// Refuse a group size that leaves a shorter last group in some tensor
+    /// (by default that group is quantized as is, GPTQ-style).
+    #[arg(long)]
+    strict_groups: bool,
     /// Symmetric quantization (zero-point fixed at 2^(bits-1)); default asymmetric.
     #[arg(long)]
     sym: bool,
@@ -67,6 +72,7 @@ pub fn run(a: Args) -> Result<()> {
         .device(a.device.device)
         .adapter(a.device.adapter.clone())
         .quantize_output_head(a.quantize_output)
+        .strict_groups(a.strict_groups)
         .overwrite(a.overwrite)
         .max_binding(a.max_binding);
 
@@ -107,6 +113,12 @@ pub fn run(a: Args) -> Result<()> {
         "  tensors          {} quantized, {} kept in f16",
         report.quantized_tensors, report.kept_tensors
     );
+    if report.ragged_group_tensors > 0 {
+        println!(
+            "                   {} quantized tensors end each row in a shorter group",
+            report.ragged_group_tensors
+        );
+    }
     println!("  source size      {}", human_bytes(report.source_bytes));
     println!("  as f16           {}", human_bytes(report.f16_bytes));
     println!("  output size      {}", human_bytes(report.output_bytes));

@@ -699,7 +699,7 @@ fn check_components(
             };
             let cols = *m.shape.last().unwrap_or(&0);
             let rows = m.shape.iter().product::<usize>() / cols.max(1);
-            if rows == 0 || cols == 0 || !cols.is_multiple_of(scheme.group_len(cols)) {
+            if rows == 0 || cols == 0 {
                 return Err(Error::format(
                     dir.join(METADATA_FILE),
                     format!(
@@ -709,7 +709,7 @@ fn check_components(
                     ),
                 ));
             }
-            let groups = cols / scheme.group_len(cols);
+            let groups = scheme.groups_per_row(cols);
             want(
                 &qweight_name(name),
                 Dtype::U32,

@@ -48,6 +48,9 @@ pub struct QuantizeConfig {
     /// Also quantize the output head (`lm_head` / `output.weight`). Off by
     /// default: it is the most sensitive matrix and small next to the blocks.
     pub quantize_output_head: bool,
+    /// Refuse group sizes that leave a shorter last group in some tensor
+    /// (SmolLM2's 576 = 4.5 × 128, say) instead of quantizing that group as is.
+    pub strict_groups: bool,
     /// Replace `out` if it exists.
     pub overwrite: bool,
     /// Lower the GPU binding limit (testing the split path); `None` keeps the adapter's.
@@ -64,6 +67,7 @@ impl QuantizeConfig {
             device: DeviceChoice::Auto,
             adapter: None,
             quantize_output_head: false,
+            strict_groups: false,
             overwrite: false,
             max_binding: None,
         }
@@ -82,6 +86,10 @@ impl QuantizeConfig {
     }
     pub fn quantize_output_head(mut self, yes: bool) -> Self {
         self.quantize_output_head = yes;
+        self
+    }
+    pub fn strict_groups(mut self, yes: bool) -> Self {
+        self.strict_groups = yes;
         self
     }
     pub fn overwrite(mut self, yes: bool) -> Self {
@@ -142,6 +150,8 @@ pub struct QuantizeReport {
     pub scheme: String,
     pub backend: String,
     pub quantized_tensors: usize,
+    /// Quantized tensors whose rows end in a shorter group.
+    pub ragged_group_tensors: usize,
     pub kept_tensors: usize,
     /// Size of the source file(s) on disk.
     pub source_bytes: u64,
@@ -220,8 +230,25 @@ pub fn quantize_model_with(
     let model = ModelView::open(&config.model)?;
     let tensors = model.tensors().to_vec();
     // Validate every quantized shape before doing any work.
+    let mut ragged = 0;
     for t in tensors.iter().filter(|t| should_quantize(t, config)) {
         config.scheme.check_shape(&t.name, t.shape[0], t.shape[1])?;
+        if config
+            .scheme
+            .check_groups_divide(&t.name, t.shape[1])
+            .is_err()
+        {
+            if config.strict_groups {
+                config.scheme.check_groups_divide(&t.name, t.shape[1])?;
+            }
+            ragged += 1;
+        }
+    }
+    if ragged > 0 {
+        log::info!(
+            "{ragged} tensors have a shorter last group ({})",
+            config.scheme.label()
+        );
     }
     let mut writer = LlmqWriter::create(&config.out, config.overwrite)?;
     on_progress(Progress::Started {
@@ -275,6 +302,7 @@ pub fn quantize_model_with(
         scheme: config.scheme.label(),
         backend: backend.name(),
         quantized_tensors: quantized,
+        ragged_group_tensors: ragged,
         kept_tensors: kept,
         source_bytes: source_bytes(&model),
         f16_bytes,

@@ -29,8 +29,9 @@ pub fn words_per_row(cols: usize, bits: u32) -> usize {
 }
 
 impl QuantizedTensor {
+    /// Scale/zero pairs per row (the last group may be shorter).
     pub fn n_groups(&self) -> usize {
-        self.cols / self.scheme.group_len(self.cols)
+        self.scheme.groups_per_row(self.cols)
     }
 
     pub fn words_per_row(&self) -> usize {

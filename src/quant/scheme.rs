@@ -16,7 +16,9 @@ pub enum Granularity {
     PerTensor,
     /// One pair per output channel (row).
     PerChannel,
-    /// One pair per `n` consecutive weights of a row (along the input dimension).
+    /// One pair per `n` consecutive weights of a row (along the input
+    /// dimension). When `n` does not divide the row, the last group is
+    /// shorter (GPTQ's convention: weight `j` is in group `j / n`).
     Group(usize),
 }
 
@@ -49,12 +51,18 @@ impl QuantScheme {
         (1 << self.bits) - 1
     }
 
-    /// Weights per scale/zero pair along a row of `cols` weights.
+    /// Weights per scale/zero pair along a row of `cols` weights (the last
+    /// group of a row may be shorter).
     pub fn group_len(&self, cols: usize) -> usize {
         match self.granularity {
-            Granularity::Group(g) => g,
+            Granularity::Group(g) => g.min(cols),
             Granularity::PerTensor | Granularity::PerChannel => cols,
         }
+    }
+
+    /// Scale/zero pairs per row of `cols` weights.
+    pub fn groups_per_row(&self, cols: usize) -> usize {
+        cols.div_ceil(self.group_len(cols).max(1))
     }
 
     /// Checks that the scheme fits a `[rows, cols]` weight and names the tensor if not.
@@ -65,15 +73,19 @@ impl QuantScheme {
                 msg: format!("empty shape [{rows}, {cols}]"),
             });
         }
-        if let Granularity::Group(g) = self.granularity {
-            if cols % g != 0 {
-                return Err(Error::Config(format!(
-                    "group size {g} does not divide the input dimension {cols} of tensor '{name}'; \
-                     pick a divisor of {cols} or use per-channel quantization"
-                )));
-            }
-        }
         Ok(())
+    }
+
+    /// Errors, naming the tensor, if the group size leaves a shorter last
+    /// group; for users and runtimes that need every group full.
+    pub fn check_groups_divide(&self, name: &str, cols: usize) -> Result<()> {
+        match self.granularity {
+            Granularity::Group(g) if !cols.is_multiple_of(g) => Err(Error::Config(format!(
+                "group size {g} does not divide the input dimension {cols} of tensor '{name}'; \
+                 pick a divisor of {cols}, use per-channel quantization, or allow a shorter last group"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Short label such as `W4 g128 asym`.

@@ -21,17 +21,24 @@ impl Backend for CpuBackend {
         &self,
         w: &[f32],
         _rows: usize,
-        _cols: usize,
+        cols: usize,
         group_len: usize,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        Ok(w.par_chunks(group_len)
-            .map(|g| {
-                g.iter()
-                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
-                        (lo.min(x), hi.max(x))
+        // Per row, so a shorter last group never spills into the next row.
+        let per_row: Vec<Vec<(f32, f32)>> = w
+            .par_chunks(cols)
+            .map(|row| {
+                row.chunks(group_len)
+                    .map(|g| {
+                        g.iter()
+                            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+                                (lo.min(x), hi.max(x))
+                            })
                     })
+                    .collect()
             })
-            .unzip())
+            .collect();
+        Ok(per_row.into_iter().flatten().unzip())
     }
 
     fn quantize_codes(
@@ -42,7 +49,7 @@ impl Backend for CpuBackend {
         p: &GroupParams,
     ) -> Result<Vec<u32>> {
         let wpr = words_per_row(cols, p.bits);
-        let groups = cols / p.group_len;
+        let groups = cols.div_ceil(p.group_len);
         let maxq = (1u32 << p.bits) - 1;
         let mut out = vec![0u32; w.len() / cols * wpr];
         out.par_chunks_mut(wpr)

@@ -81,7 +81,7 @@ fn params(cols: usize, bits: u32, group_len: usize, mode: u32) -> Params {
         group_len: group_len as u32,
         words_per_row: words_per_row(cols, bits) as u32,
         mode,
-        groups_per_row: (cols / group_len.max(1)) as u32,
+        groups_per_row: cols.div_ceil(group_len.max(1)) as u32,
         _pad: 0,
     }
 }
@@ -93,7 +93,7 @@ pub fn group_ranges(
     cols: usize,
     group_len: usize,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
-    let gpr = cols / group_len;
+    let gpr = cols.div_ceil(group_len);
     let words: &[u32] = bytemuck::cast_slice(w);
     let out = run_chunked(
         ctx,
@@ -118,7 +118,7 @@ pub fn quantize_codes(
     cols: usize,
     gp: &GroupParams,
 ) -> Result<Vec<u32>> {
-    let gpr = cols / gp.group_len;
+    let gpr = cols.div_ceil(gp.group_len);
     let wpr = words_per_row(cols, gp.bits);
     let words: &[u32] = bytemuck::cast_slice(w);
     run_chunked(
