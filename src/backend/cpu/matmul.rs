@@ -80,26 +80,28 @@ pub fn matmul(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>
 }
 
 /// Codes of one packed row as f32 into `out` (`words * 32 / bits` long).
+/// Codes go through i32: x86 has a vector i32→f32 conversion but (before
+/// AVX-512) no u32→f32 one, which would keep the loop scalar.
 fn unpack_row(row: &[u32], bits: u32, cols: usize, out: &mut [f32]) {
     match bits {
         4 => {
             for (w, o) in row.iter().zip(out.chunks_exact_mut(8)) {
                 for (i, v) in o.iter_mut().enumerate() {
-                    *v = ((w >> (4 * i)) & 15) as f32;
+                    *v = ((w >> (4 * i)) & 15) as i32 as f32;
                 }
             }
         }
         8 => {
             for (w, o) in row.iter().zip(out.chunks_exact_mut(4)) {
                 for (i, v) in o.iter_mut().enumerate() {
-                    *v = ((w >> (8 * i)) & 255) as f32;
+                    *v = ((w >> (8 * i)) & 255) as i32 as f32;
                 }
             }
         }
         2 => {
             for (w, o) in row.iter().zip(out.chunks_exact_mut(16)) {
                 for (i, v) in o.iter_mut().enumerate() {
-                    *v = ((w >> (2 * i)) & 3) as f32;
+                    *v = ((w >> (2 * i)) & 3) as i32 as f32;
                 }
             }
         }
