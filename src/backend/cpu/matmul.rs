@@ -80,21 +80,29 @@ pub fn matmul(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>
 }
 
 /// Codes of one packed row as f32 into `out` (`words * 32 / bits` long).
-/// Codes go through i32: x86 has a vector i32→f32 conversion but (before
-/// AVX-512) no u32→f32 one, which would keep the loop scalar.
+/// 4- and 8-bit rows are read as little-endian bytes: splitting nibbles with
+/// one shift for all bytes vectorises even on baseline SSE2, where per-lane
+/// variable shifts (`w >> 4*i`) do not. Codes go through i32: x86 has a
+/// vector i32→f32 conversion but (before AVX-512) no u32→f32 one.
 fn unpack_row(row: &[u32], bits: u32, cols: usize, out: &mut [f32]) {
     match bits {
+        4 if cfg!(target_endian = "little") => {
+            let bytes: &[u8] = bytemuck::cast_slice(row);
+            for (b, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+                o[0] = (b & 15) as i32 as f32;
+                o[1] = (b >> 4) as i32 as f32;
+            }
+        }
+        8 if cfg!(target_endian = "little") => {
+            let bytes: &[u8] = bytemuck::cast_slice(row);
+            for (b, o) in bytes.iter().zip(out.iter_mut()) {
+                *o = *b as i32 as f32;
+            }
+        }
         4 => {
             for (w, o) in row.iter().zip(out.chunks_exact_mut(8)) {
                 for (i, v) in o.iter_mut().enumerate() {
                     *v = ((w >> (4 * i)) & 15) as i32 as f32;
-                }
-            }
-        }
-        8 => {
-            for (w, o) in row.iter().zip(out.chunks_exact_mut(4)) {
-                for (i, v) in o.iter_mut().enumerate() {
-                    *v = ((w >> (8 * i)) & 255) as i32 as f32;
                 }
             }
         }
@@ -113,11 +121,12 @@ fn unpack_row(row: &[u32], bits: u32, cols: usize, out: &mut [f32]) {
     }
 }
 
-/// Dot product with 8 independent lanes so it vectorises without fast-math.
+/// Dot product with 16 independent lanes (4 SSE / 2 AVX registers), so it
+/// vectorises without fast-math and hides the add latency.
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ac
         .remainder()
         .iter()
@@ -125,7 +134,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| x * y)
         .sum();
     for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
+        for i in 0..16 {
             acc[i] += x[i] * y[i];
         }
     }
