@@ -35,7 +35,7 @@ pub fn matmul(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>
     let xsum: Vec<f32> = x.chunks_exact(glen).map(dot_ones).collect();
 
     if tokens == 1 && cfg!(target_endian = "little") {
-        if bits == 4 && glen % 2 == 0 {
+        if bits == 4 && glen.is_multiple_of(2) {
             return Ok(gemv_q4(q, x, &xsum));
         }
         if bits == 8 {
