@@ -14,7 +14,7 @@ const BITS: u32 = 4u;
 // GEMV: GEMV_ROWS output rows per workgroup, x cached in XCH-float chunks.
 // XCH = 32 * GEMV_WG, so every thread gets one 32-code unit per row per chunk.
 const GEMV_WG: u32 = 64u;
-const GEMV_ROWS: u32 = 4u;
+const GEMV_ROWS: u32 = 4u; // gemv unrolls 4 rows into a vec4: keep at 4
 const XCH: u32 = 2048u;
 
 // GEMM: BM tokens x BN rows per workgroup, BK codes per K-step, 4x4 per thread.
@@ -92,10 +92,35 @@ fn codes4(base: u32, u: u32, i: u32) -> vec4<f32> {
 var<workgroup> xs: array<vec4<f32>, XCH / 4u>;
 var<workgroup> red: array<f32, GEMV_ROWS * GEMV_WG>;
 
-// One workgroup per GEMV_ROWS rows of one token. Each thread walks 32-code
-// units of those rows; a unit lies in one group whenever group_len % 32 == 0
-// (the usual 32/64/128 and per-channel with cols % 32 == 0), so the scale is
-// applied once per unit: acc += s * (sum q*x - z * sum x).
+// Contribution of 32-code unit u of `row` (0 past the chunk's rows). A unit
+// lies in one group whenever group_len % 32 == 0 (32/64/128, per-channel
+// with cols % 32 == 0): then the scale applies once, s * (sum q*x - z * sum x).
+fn unit_dot(row: u32, u: u32, xb: u32, sum_x: f32) -> f32 {
+    if (row >= p.rows) {
+        return 0.0;
+    }
+    let base = row * p.words_per_row;
+    if ((p.group_len % 32u) == 0u) {
+        let g = row * p.groups_per_row + (u * 32u) / p.group_len;
+        var d = vec4<f32>(0.0);
+        for (var i = 0u; i < 8u; i++) {
+            d += codes4(base, u, i) * xs[xb + i];
+        }
+        return scales[g] * (d.x + d.y + d.z + d.w - zero_of(g) * sum_x);
+    }
+    var acc = 0.0;
+    for (var e = 0u; e < 32u; e++) {
+        let j = u * 32u + e;
+        if (j < p.cols) {
+            let g = row * p.groups_per_row + j / p.group_len;
+            let w = scales[g] * (f32(code_at(base, j)) - zero_of(g));
+            acc += w * xs[xb + (e >> 2u)][e & 3u];
+        }
+    }
+    return acc;
+}
+
+// One workgroup per GEMV_ROWS rows of one token.
 @compute @workgroup_size(GEMV_WG)
 fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32,
@@ -109,18 +134,26 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (t >= p.tokens) {
         return;
     }
-    var acc = array<f32, GEMV_ROWS>();
+    // vec4 accumulator, one lane per row: no dynamically indexed private
+    // arrays, which LLVM-based drivers (lavapipe) spill to scratch memory.
+    var acc = vec4<f32>(0.0);
     let units = (p.cols + 31u) / 32u;
-    let one_group = (p.group_len % 32u) == 0u;
     for (var c0 = 0u; c0 < p.cols; c0 += XCH) {
         workgroupBarrier();
-        for (var i = lid; i < XCH; i += GEMV_WG) {
-            let k = c0 + i;
-            var v = 0.0;
-            if (k < p.cols) {
-                v = x[t * p.cols + k];
+        for (var i = lid; i < XCH / 4u; i += GEMV_WG) {
+            let k = c0 + i * 4u;
+            var v = vec4<f32>(0.0);
+            let xbase = t * p.cols + k;
+            if (k + 3u < p.cols) {
+                v = vec4<f32>(x[xbase], x[xbase + 1u], x[xbase + 2u], x[xbase + 3u]);
+            } else {
+                for (var e = 0u; e < 4u; e++) {
+                    if (k + e < p.cols) {
+                        v[e] = x[xbase + e];
+                    }
+                }
             }
-            xs[i >> 2u][i & 3u] = v;
+            xs[i] = v;
         }
         workgroupBarrier();
         let u0 = c0 / 32u;
@@ -132,44 +165,24 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
                 sx += xs[xb + i];
             }
             let sum_x = sx.x + sx.y + sx.z + sx.w;
-            for (var r = 0u; r < GEMV_ROWS; r++) {
-                let row = r0 + r;
-                if (row >= p.rows) {
-                    break;
-                }
-                let base = row * p.words_per_row;
-                if (one_group) {
-                    let g = row * p.groups_per_row + (u * 32u) / p.group_len;
-                    var d = vec4<f32>(0.0);
-                    for (var i = 0u; i < 8u; i++) {
-                        d += codes4(base, u, i) * xs[xb + i];
-                    }
-                    let dot_qx = d.x + d.y + d.z + d.w;
-                    acc[r] += scales[g] * (dot_qx - zero_of(g) * sum_x);
-                } else {
-                    for (var e = 0u; e < 32u; e++) {
-                        let j = u * 32u + e;
-                        if (j < p.cols) {
-                            let g = row * p.groups_per_row + j / p.group_len;
-                            let w = scales[g] * (f32(code_at(base, j)) - zero_of(g));
-                            acc[r] += w * xs[xb + (e >> 2u)][e & 3u];
-                        }
-                    }
-                }
-            }
+            acc += vec4<f32>(unit_dot(r0, u, xb, sum_x), unit_dot(r0 + 1u, u, xb, sum_x),
+                             unit_dot(r0 + 2u, u, xb, sum_x), unit_dot(r0 + 3u, u, xb, sum_x));
         }
     }
 //#if SUBGROUP
     // One partial per subgroup, stored at its first lane's slot (no
     // assumption on subgroup size or on how lanes map to lid).
-    for (var r = 0u; r < GEMV_ROWS; r++) {
-        let s = subgroupAdd(acc[r]);
-        red[r * GEMV_WG + lid] = select(0.0, s, sg_lane == 0u);
-    }
+    let sg_sum = subgroupAdd(acc);
+    let mine = select(vec4<f32>(0.0), sg_sum, sg_lane == 0u);
+    red[lid] = mine.x;
+    red[GEMV_WG + lid] = mine.y;
+    red[2u * GEMV_WG + lid] = mine.z;
+    red[3u * GEMV_WG + lid] = mine.w;
 //#else
-    for (var r = 0u; r < GEMV_ROWS; r++) {
-        red[r * GEMV_WG + lid] = acc[r];
-    }
+    red[lid] = acc.x;
+    red[GEMV_WG + lid] = acc.y;
+    red[2u * GEMV_WG + lid] = acc.z;
+    red[3u * GEMV_WG + lid] = acc.w;
 //#endif
     workgroupBarrier();
     for (var s = GEMV_WG / 2u; s > 0u; s >>= 1u) {
@@ -185,9 +198,10 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
 }
 
-// [k][m] tokens and [k][n] dequantized weights of one K-step, as vec4 columns.
-var<workgroup> xt: array<vec4<f32>, BK * BM / 4u>;
-var<workgroup> wt: array<vec4<f32>, BK * BN / 4u>;
+// [k][m] tokens and [k][n] dequantized weights of one K-step. Scalar arrays:
+// writing one component of a vec4 at a dynamic index is slow on lavapipe.
+var<workgroup> xt: array<f32, BK * BM>;
+var<workgroup> wt: array<f32, BK * BN>;
 
 // Register-tiled GEMM: each of 256 threads owns 4 tokens x 4 rows. Every
 // K-step dequantizes a BN x BK weight tile into workgroup memory once, then
@@ -218,7 +232,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             if (m0 + m < p.tokens && k0 + kk < p.cols) {
                 v = x[(m0 + m) * p.cols + k0 + kk];
             }
-            xt[kk * (BM / 4u) + m / 4u][m % 4u] = v;
+            xt[kk * BM + m] = v;
         }
         for (var e = 0u; e < 8u; e++) {
             let k = k0 + lk + e;
@@ -227,12 +241,14 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
                 let g = lrow * p.groups_per_row + k / p.group_len;
                 v = scales[g] * (f32(code_at(lbase, k)) - zero_of(g));
             }
-            wt[(lk + e) * (BN / 4u) + ln / 4u][ln % 4u] = v;
+            wt[(lk + e) * BN + ln] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let a = xt[kk * (BM / 4u) + tm];
-            let b = wt[kk * (BN / 4u) + tn];
+            let ao = kk * BM + tm * 4u;
+            let bo = kk * BN + tn * 4u;
+            let a = vec4<f32>(xt[ao], xt[ao + 1u], xt[ao + 2u], xt[ao + 3u]);
+            let b = vec4<f32>(wt[bo], wt[bo + 1u], wt[bo + 2u], wt[bo + 3u]);
             acc[0] += a.x * b;
             acc[1] += a.y * b;
             acc[2] += a.z * b;

@@ -33,7 +33,12 @@ impl Default for MatmulBenchOptions {
         Self {
             cpu: true,
             gpu: None,
-            shapes: vec![(4096, 4096, 1), (4096, 4096, 64), (4096, 4096, 128)],
+            shapes: vec![
+                (4096, 4096, 1),
+                (11008, 4096, 1),
+                (4096, 4096, 64),
+                (4096, 4096, 128),
+            ],
             bits: vec![4, 8],
             group: 128,
             iters: 10,
@@ -46,7 +51,7 @@ impl MatmulBenchOptions {
     /// with the GEMV weight still larger than typical caches.
     pub fn quick() -> Self {
         Self {
-            shapes: vec![(4096, 4096, 1), (1024, 1024, 16), (512, 1024, 64)],
+            shapes: vec![(11008, 4096, 1), (1024, 1024, 16), (512, 1024, 64)],
             iters: 3,
             ..Self::default()
         }

@@ -189,6 +189,34 @@ fn split_weights_and_tokens_match_reference() {
 }
 
 #[test]
+fn gemv_without_subgroups_matches_reference() {
+    let ctx = common::gpu();
+    let mut rng = common::rng("gemv_without_subgroups_matches_reference");
+    for (bits, cols, g) in [(4, 640, 64), (8, 2560, 128), (3, 96, 32)] {
+        let s = QuantScheme::new(bits, false, Granularity::Group(g)).unwrap();
+        let q = random_tensor(&mut rng, 67, cols, s);
+        let tokens = 2;
+        let x: Vec<f32> = (0..tokens * cols)
+            .map(|_| rng.gen_range(-1.0f32..1.0))
+            .collect();
+        let want = cpu_matmul::matmul_reference(&q, &x, tokens).unwrap();
+        let w = GpuQuantWeights::upload(&ctx, &q).unwrap();
+        let xb = ctx.upload("x", bytemuck::cast_slice(&x)).unwrap();
+        let yb = ctx.storage("y", (tokens * q.rows * 4) as u64).unwrap();
+        let mut enc = ctx.encoder();
+        gpu_matmul::encode_matmul_with(&ctx, &mut enc, &w, &xb, &yb, tokens, false).unwrap();
+        ctx.submit_and_wait(enc).unwrap();
+        let got: Vec<f32> = ctx.read(&yb, tokens * q.rows).unwrap();
+        check(
+            &format!("no-subgroup gemv W{bits}"),
+            &got,
+            &want,
+            &magnitudes(&q, &x, tokens),
+        );
+    }
+}
+
+#[test]
 fn wrong_input_length_is_an_error() {
     let mut rng = common::rng("wrong_input_length_is_an_error");
     let s = QuantScheme::new(4, true, Granularity::Group(32)).unwrap();

@@ -34,12 +34,25 @@ pub fn matmul(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>
     // Σ x per (token, group).
     let xsum: Vec<f32> = x.chunks_exact(glen).map(dot_ones).collect();
 
+    if tokens == 1 && cfg!(target_endian = "little") {
+        if bits == 4 && glen.is_multiple_of(2) {
+            return Ok(gemv_q4(q, x, &xsum));
+        }
+        if bits == 8 {
+            return Ok(gemv_q8(q, x, &xsum));
+        }
+    }
+
     // Output as [rows, tokens] blocks, transposed at the end for tokens > 1.
     let mut yt = vec![0f32; rows * tokens];
     let padded = wpr * 32 / bits as usize;
+    // Few, large jobs: each one allocates its unpack buffer (for_each_init),
+    // and per-job buffers of 100+ KiB cost page faults if jobs are tiny.
+    let blocks = rows.div_ceil(ROW_BLOCK);
+    let min_len = blocks.div_ceil(4 * rayon::current_num_threads()).max(1);
     yt.par_chunks_mut(ROW_BLOCK * tokens)
         .enumerate()
-        .with_min_len(4)
+        .with_min_len(min_len)
         .for_each_init(
             || vec![0f32; ROW_BLOCK * padded],
             |codes, (b, out)| {
@@ -79,27 +92,134 @@ pub fn matmul(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>
     Ok(y)
 }
 
+/// GEMV on 4-bit codes without an unpack buffer: byte `b` of a row holds
+/// codes `2b` (low nibble) and `2b+1` (high), so with `x` split into even and
+/// odd halves the dot is a plain vertical loop over bytes. Needs an even
+/// group length (groups start on byte boundaries).
+fn gemv_q4(q: &QuantizedTensor, x: &[f32], xsum: &[f32]) -> Vec<f32> {
+    let (wpr, gpr, glen) = (q.words_per_row(), q.n_groups(), q.scheme.group_len(q.cols));
+    let half = wpr * 4;
+    let mut xe = vec![0f32; half];
+    let mut xo = vec![0f32; half];
+    for (j, &v) in x.iter().enumerate() {
+        if j % 2 == 0 {
+            xe[j / 2] = v;
+        } else {
+            xo[j / 2] = v;
+        }
+    }
+    let mut y = vec![0f32; q.rows];
+    let per = q.rows.div_ceil(4 * rayon::current_num_threads()).max(1);
+    y.par_chunks_mut(per).enumerate().for_each(|(b, out)| {
+        for (i, yv) in out.iter_mut().enumerate() {
+            let r = b * per + i;
+            let bytes: &[u8] = bytemuck::cast_slice(&q.packed[r * wpr..(r + 1) * wpr]);
+            let mut acc = 0f32;
+            for (g, sx) in xsum.iter().enumerate() {
+                let k = g * glen / 2..(g + 1) * glen / 2;
+                let d = dot_nibbles(&bytes[k.clone()], &xe[k.clone()], &xo[k]);
+                let p = r * gpr + g;
+                acc += q.scales[p] * (d - q.zeros[p] as f32 * sx);
+            }
+            *yv = acc;
+        }
+    });
+    y
+}
+
+/// GEMV on 8-bit codes: bytes straight against `x`.
+fn gemv_q8(q: &QuantizedTensor, x: &[f32], xsum: &[f32]) -> Vec<f32> {
+    let (wpr, gpr, glen) = (q.words_per_row(), q.n_groups(), q.scheme.group_len(q.cols));
+    let mut y = vec![0f32; q.rows];
+    let per = q.rows.div_ceil(4 * rayon::current_num_threads()).max(1);
+    y.par_chunks_mut(per).enumerate().for_each(|(b, out)| {
+        for (i, yv) in out.iter_mut().enumerate() {
+            let r = b * per + i;
+            let bytes: &[u8] = bytemuck::cast_slice(&q.packed[r * wpr..(r + 1) * wpr]);
+            let mut acc = 0f32;
+            for (g, sx) in xsum.iter().enumerate() {
+                let k = g * glen..(g + 1) * glen;
+                let d = dot_bytes(&bytes[k.clone()], &x[k]);
+                let p = r * gpr + g;
+                acc += q.scales[p] * (d - q.zeros[p] as f32 * sx);
+            }
+            *yv = acc;
+        }
+    });
+    y
+}
+
+#[inline]
+fn dot_nibbles(b: &[u8], xe: &[f32], xo: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let n = b.len() / 16 * 16;
+    for ((bc, ec), oc) in b[..n]
+        .chunks_exact(16)
+        .zip(xe.chunks_exact(16))
+        .zip(xo.chunks_exact(16))
+    {
+        for i in 0..16 {
+            acc[i] += (bc[i] & 15) as i32 as f32 * ec[i] + (bc[i] >> 4) as i32 as f32 * oc[i];
+        }
+    }
+    let tail: f32 = b[n..]
+        .iter()
+        .zip(&xe[n..])
+        .zip(&xo[n..])
+        .map(|((c, e), o)| (c & 15) as i32 as f32 * e + (c >> 4) as i32 as f32 * o)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline]
+fn dot_bytes(b: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (bc, xc) = (b.chunks_exact(16), x.chunks_exact(16));
+    let tail: f32 = bc
+        .remainder()
+        .iter()
+        .zip(xc.remainder())
+        .map(|(&c, v)| c as i32 as f32 * v)
+        .sum();
+    for (c, v) in bc.zip(xc) {
+        for i in 0..16 {
+            acc[i] += c[i] as i32 as f32 * v[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Codes of one packed row as f32 into `out` (`words * 32 / bits` long).
+/// 4- and 8-bit rows are read as little-endian bytes: splitting nibbles with
+/// one shift for all bytes vectorises even on baseline SSE2, where per-lane
+/// variable shifts (`w >> 4*i`) do not. Codes go through i32: x86 has a
+/// vector i32→f32 conversion but (before AVX-512) no u32→f32 one.
 fn unpack_row(row: &[u32], bits: u32, cols: usize, out: &mut [f32]) {
     match bits {
+        4 if cfg!(target_endian = "little") => {
+            let bytes: &[u8] = bytemuck::cast_slice(row);
+            for (b, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+                o[0] = (b & 15) as i32 as f32;
+                o[1] = (b >> 4) as i32 as f32;
+            }
+        }
+        8 if cfg!(target_endian = "little") => {
+            let bytes: &[u8] = bytemuck::cast_slice(row);
+            for (b, o) in bytes.iter().zip(out.iter_mut()) {
+                *o = *b as i32 as f32;
+            }
+        }
         4 => {
             for (w, o) in row.iter().zip(out.chunks_exact_mut(8)) {
                 for (i, v) in o.iter_mut().enumerate() {
-                    *v = ((w >> (4 * i)) & 15) as f32;
-                }
-            }
-        }
-        8 => {
-            for (w, o) in row.iter().zip(out.chunks_exact_mut(4)) {
-                for (i, v) in o.iter_mut().enumerate() {
-                    *v = ((w >> (8 * i)) & 255) as f32;
+                    *v = ((w >> (4 * i)) & 15) as i32 as f32;
                 }
             }
         }
         2 => {
             for (w, o) in row.iter().zip(out.chunks_exact_mut(16)) {
                 for (i, v) in o.iter_mut().enumerate() {
-                    *v = ((w >> (2 * i)) & 3) as f32;
+                    *v = ((w >> (2 * i)) & 3) as i32 as f32;
                 }
             }
         }
@@ -111,11 +231,12 @@ fn unpack_row(row: &[u32], bits: u32, cols: usize, out: &mut [f32]) {
     }
 }
 
-/// Dot product with 8 independent lanes so it vectorises without fast-math.
+/// Dot product with 16 independent lanes (4 SSE / 2 AVX registers), so it
+/// vectorises without fast-math and hides the add latency.
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ac
         .remainder()
         .iter()
@@ -123,7 +244,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| x * y)
         .sum();
     for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
+        for i in 0..16 {
             acc[i] += x[i] * y[i];
         }
     }

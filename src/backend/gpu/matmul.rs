@@ -76,7 +76,7 @@ fn specialise(bits: u32, subgroups: bool) -> String {
     out
 }
 
-fn kernel(ctx: &GpuContext, entry: &str, bits: u32) -> Result<Arc<Kernel>> {
+fn kernel(ctx: &GpuContext, entry: &str, bits: u32, subgroups: bool) -> Result<Arc<Kernel>> {
     let shared = if entry == "gemm" {
         GEMM_SHARED_BYTES
     } else {
@@ -90,7 +90,7 @@ fn kernel(ctx: &GpuContext, entry: &str, bits: u32) -> Result<Arc<Kernel>> {
         )));
     }
     // Subgroups only matter for the GEMV reduction.
-    let sg = entry == "gemv" && ctx.has_subgroups();
+    let sg = entry == "gemv" && subgroups;
     let key = format!("matmul.{entry}_q{bits}{}", if sg { "_sg" } else { "" });
     ctx.kernel(&key, &specialise(bits, sg), entry, &BINDINGS)
 }
@@ -172,6 +172,27 @@ pub fn encode_matmul(
     y: &wgpu::Buffer,
     tokens: usize,
 ) -> Result<()> {
+    encode_matmul_with(ctx, encoder, w, x, y, tokens, ctx.has_subgroups())
+}
+
+/// [`encode_matmul`] with the GEMV reduction chosen explicitly: `subgroups`
+/// false forces the workgroup tree reduction (tests cover both variants on
+/// one device with it); true on a device without subgroups is an error.
+pub fn encode_matmul_with(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    w: &GpuQuantWeights,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    tokens: usize,
+    subgroups: bool,
+) -> Result<()> {
+    if subgroups && !ctx.has_subgroups() {
+        return Err(Error::Gpu(format!(
+            "{} has no subgroup support",
+            ctx.adapter.short()
+        )));
+    }
     let (xb, yb) = ((tokens * w.cols * 4) as u64, (tokens * w.rows * 4) as u64);
     if tokens == 0 || x.size() < xb || y.size() < yb || xb.max(yb) > ctx.max_binding() {
         return Err(Error::Gpu(format!(
@@ -183,7 +204,12 @@ pub fn encode_matmul(
         )));
     }
     let gemv = tokens <= GEMV_MAX_TOKENS;
-    let k = kernel(ctx, if gemv { "gemv" } else { "gemm" }, w.scheme.bits)?;
+    let k = kernel(
+        ctx,
+        if gemv { "gemv" } else { "gemm" },
+        w.scheme.bits,
+        subgroups,
+    )?;
     for c in &w.chunks {
         let (row_blocks, groups) = if gemv {
             let rb = c.rows.div_ceil(GEMV_ROWS);
