@@ -91,7 +91,7 @@ impl AdapterSummary {
             device_type: format!("{:?}", info.device_type),
             driver: info.driver,
             driver_info: info.driver_info,
-            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
@@ -246,7 +246,7 @@ impl GpuContext {
         Ok(Self {
             device,
             queue,
-            max_binding: AtomicU64::new(limits.max_storage_buffer_binding_size as u64),
+            max_binding: AtomicU64::new(limits.max_storage_buffer_binding_size),
             has_subgroups: features.contains(wgpu::Features::SUBGROUP),
             has_f16: features.contains(wgpu::Features::SHADER_F16),
             adapter: summary,
@@ -277,7 +277,7 @@ impl GpuContext {
     /// Lowers the binding limit kernels plan with (tests use this to exercise
     /// the split path on small shapes). Values above the adapter's limit are capped.
     pub fn set_max_binding(&self, bytes: u64) {
-        let cap = self.limits.max_storage_buffer_binding_size as u64;
+        let cap = self.limits.max_storage_buffer_binding_size;
         self.max_binding
             .store(bytes.clamp(256, cap), Ordering::Relaxed);
     }

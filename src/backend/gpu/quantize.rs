@@ -39,21 +39,31 @@ fn kernel(ctx: &GpuContext, entry: &str) -> Result<Arc<Kernel>> {
     ctx.kernel(&format!("quantize.{entry}"), SOURCE, entry, &BINDINGS)
 }
 
-/// Runs `entry` over row chunks. For each chunk `inputs(range)` gives the
-/// source words and per-group params, and `out_words_per_row` sizes the output.
-fn run_chunked(
-    ctx: &GpuContext,
-    entry: &str,
+/// One launch of a quantize-family kernel over `rows` rows.
+struct Job<'a> {
+    entry: &'a str,
     rows: usize,
-    max_row_bytes: usize,
+    /// Bytes per row of the widest binding (what the split must fit).
+    row_bytes: usize,
     out_words_per_row: usize,
     threads_per_row: usize,
-    mut params: Params,
-    inputs: &dyn Fn(std::ops::Range<usize>) -> (Vec<u32>, Vec<f32>, Vec<u32>),
+    params: Params,
+}
+
+/// Source words and per-group parameters of a range of rows.
+type Inputs = (Vec<u32>, Vec<f32>, Vec<u32>);
+
+/// Runs `job` over row chunks that fit the binding limit; `inputs(range)`
+/// gives each chunk's source words, scales and zeros.
+fn run_chunked(
+    ctx: &GpuContext,
+    job: Job,
+    inputs: &dyn Fn(std::ops::Range<usize>) -> Inputs,
 ) -> Result<Vec<u32>> {
-    let k = kernel(ctx, entry)?;
-    let mut out = Vec::with_capacity(rows * out_words_per_row);
-    for range in row_chunks(ctx, rows, max_row_bytes)? {
+    let k = kernel(ctx, job.entry)?;
+    let mut params = job.params;
+    let mut out = Vec::with_capacity(job.rows * job.out_words_per_row);
+    for range in row_chunks(ctx, job.rows, job.row_bytes)? {
         let n = range.len();
         let (src, scales, zeros) = inputs(range);
         params.rows = n as u32;
@@ -61,14 +71,14 @@ fn run_chunked(
         let src = ctx.upload("quantize.src", bytemuck::cast_slice(&src))?;
         let scales = ctx.upload("quantize.scales", bytemuck::cast_slice(&scales))?;
         let zeros = ctx.upload("quantize.zeros", bytemuck::cast_slice(&zeros))?;
-        let dst = ctx.storage("quantize.dst", (n * out_words_per_row * 4) as u64)?;
-        let groups = (n * threads_per_row).div_ceil(WG) as u32;
+        let dst = ctx.storage("quantize.dst", (n * job.out_words_per_row * 4) as u64)?;
+        let groups = (n * job.threads_per_row).div_ceil(WG) as u32;
         ctx.run(
             &k,
             &[&uniform, &src, &scales, &zeros, &dst],
             ctx.grid(groups),
         )?;
-        out.extend(ctx.read::<u32>(&dst, n * out_words_per_row)?);
+        out.extend(ctx.read::<u32>(&dst, n * job.out_words_per_row)?);
     }
     Ok(out)
 }
@@ -97,12 +107,14 @@ pub fn group_ranges(
     let words: &[u32] = bytemuck::cast_slice(w);
     let out = run_chunked(
         ctx,
-        "group_range",
-        rows,
-        cols * 4,
-        2 * gpr,
-        gpr,
-        params(cols, 32, group_len, 0),
+        Job {
+            entry: "group_range",
+            rows,
+            row_bytes: cols * 4,
+            out_words_per_row: 2 * gpr,
+            threads_per_row: gpr,
+            params: params(cols, 32, group_len, 0),
+        },
         &|r| (words[r.start * cols..r.end * cols].to_vec(), vec![], vec![]),
     )?;
     Ok(out
@@ -123,12 +135,14 @@ pub fn quantize_codes(
     let words: &[u32] = bytemuck::cast_slice(w);
     run_chunked(
         ctx,
-        "pack_codes",
-        rows,
-        cols * 4,
-        wpr,
-        wpr,
-        params(cols, gp.bits, gp.group_len, 1),
+        Job {
+            entry: "pack_codes",
+            rows,
+            row_bytes: cols * 4,
+            out_words_per_row: wpr,
+            threads_per_row: wpr,
+            params: params(cols, gp.bits, gp.group_len, 1),
+        },
         &|r| {
             (
                 words[r.start * cols..r.end * cols].to_vec(),
@@ -149,12 +163,14 @@ pub fn pack(
     let wpr = words_per_row(cols, bits);
     run_chunked(
         ctx,
-        "pack_codes",
-        rows,
-        cols * 4,
-        wpr,
-        wpr,
-        params(cols, bits, cols, 0),
+        Job {
+            entry: "pack_codes",
+            rows,
+            row_bytes: cols * 4,
+            out_words_per_row: wpr,
+            threads_per_row: wpr,
+            params: params(cols, bits, cols, 0),
+        },
         &|r| (codes[r.start * cols..r.end * cols].to_vec(), vec![], vec![]),
     )
 }
@@ -169,12 +185,14 @@ pub fn unpack(
     let wpr = words_per_row(cols, bits);
     run_chunked(
         ctx,
-        "unpack_codes",
-        rows,
-        cols * 4,
-        cols,
-        cols,
-        params(cols, bits, cols, 0),
+        Job {
+            entry: "unpack_codes",
+            rows,
+            row_bytes: cols * 4,
+            out_words_per_row: cols,
+            threads_per_row: cols,
+            params: params(cols, bits, cols, 0),
+        },
         &|r| (packed[r.start * wpr..r.end * wpr].to_vec(), vec![], vec![]),
     )
 }
@@ -185,12 +203,14 @@ pub fn dequantize(ctx: &GpuContext, q: &QuantizedTensor) -> Result<Vec<f32>> {
     let glen = q.scheme.group_len(cols);
     let out = run_chunked(
         ctx,
-        "unpack_codes",
-        q.rows,
-        cols * 4,
-        cols,
-        cols,
-        params(cols, q.scheme.bits, glen, 1),
+        Job {
+            entry: "unpack_codes",
+            rows: q.rows,
+            row_bytes: cols * 4,
+            out_words_per_row: cols,
+            threads_per_row: cols,
+            params: params(cols, q.scheme.bits, glen, 1),
+        },
         &|r| {
             (
                 q.packed[r.start * wpr..r.end * wpr].to_vec(),
