@@ -139,7 +139,10 @@ fn assert_contains(msg: &str, want: &str) {
 
 /// A file with one tensor of each exactly testable type, and the values
 /// each must dequantize to.
-fn valid_model() -> (Gguf, Vec<(&'static str, Vec<usize>, Vec<f32>)>) {
+/// A tensor of the valid model: name, shape, expected values.
+type Expected = (&'static str, Vec<usize>, Vec<f32>);
+
+fn valid_model() -> (Gguf, Vec<Expected>) {
     let mut g = Gguf::new("llama");
     let tokens: Vec<u8> = {
         let mut b = 8u32.to_le_bytes().to_vec();
