@@ -1,5 +1,6 @@
 //! Command-line parsing and one module per subcommand.
 
+mod bench;
 mod devices;
 mod inspect;
 mod quantize;
@@ -30,6 +31,8 @@ pub enum Command {
     Inspect(inspect::Args),
     /// List every GPU adapter with its limits and features.
     Devices(devices::Args),
+    /// Measure INT4/INT8 GEMV and GEMM throughput per device against its copy bandwidth.
+    Bench(bench::Args),
 }
 
 /// `--device` and `--adapter`, shared by every command that runs kernels.
@@ -43,7 +46,7 @@ pub struct DeviceArgs {
     pub adapter: Option<String>,
 }
 
-fn parse_device(s: &str) -> std::result::Result<DeviceChoice, String> {
+pub fn parse_device(s: &str) -> std::result::Result<DeviceChoice, String> {
     DeviceChoice::parse(s).map_err(|e| e.to_string())
 }
 
@@ -52,6 +55,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Quantize(a) => quantize::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Devices(a) => devices::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 
