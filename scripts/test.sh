@@ -6,4 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/fetch-fixtures.sh
-cargo test --release --all-targets "$@"
+# The test profile optimises (Cargo.toml), so no separate release build.
+# Benches and examples are compiled, not run (a bench run takes minutes).
+cargo build --profile test --benches --examples
+cargo test "$@"

@@ -6,6 +6,12 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Mesa's Vulkan drivers probe for a Wayland display through libwayland,
+    // which prints "XDG_RUNTIME_DIR is invalid" on headless machines. We
+    // never open windows, so give it a harmless value before any thread starts.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
     let args = cli::Cli::parse();
     // wgpu probes the GL backend too and logs EGL failures on headless
     // machines; those are noise unless the user asked for GL.

@@ -21,6 +21,8 @@ impl StagingDir {
     pub fn create(out: &Path, overwrite: bool) -> Result<Self> {
         check_target(out, overwrite)?;
         let parent = parent_of(out);
+        // Like `mkdir -p`: a missing parent folder is created, not an error.
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
         let prefix = format!(".{}.llmq-tmp-{}-", file_name(out), std::process::id());
         let dir = tempfile::Builder::new()
             .prefix(&prefix)
