@@ -22,7 +22,7 @@ pub use backend::gpu::DeviceChoice;
 pub use error::{Error, Result};
 pub use model::ModelView;
 pub use pipeline::quantize::{
-    quantize_model, quantize_model_with, CancelToken, Method, Progress, QuantizeConfig,
+    quantize_model, quantize_model_with, CancelToken, JobResult, Method, Progress, QuantizeConfig,
     QuantizeJob, QuantizeReport,
 };
 pub use quant::{Granularity, QuantScheme, QuantizedTensor};

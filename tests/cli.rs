@@ -2,8 +2,9 @@
 //! writes a model that reads back, bad input exits non-zero with a clear
 //! message, and a failed run leaves no output behind.
 
-use safetensors::tensor::{serialize_to_file, Dtype, TensorView};
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::tiny_llama;
 use std::process::{Command, Output};
 
 fn bin() -> Command {
@@ -16,69 +17,6 @@ fn run(args: &[&str]) -> Output {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-const HIDDEN: usize = 64;
-const FFN: usize = 128;
-
-/// A one-layer Llama in Hugging Face layout. `poison` puts a NaN into that tensor.
-fn tiny_llama(dir: &Path, poison: Option<&str>) -> PathBuf {
-    let model = dir.join("tiny-llama");
-    std::fs::create_dir_all(&model).unwrap();
-    let config = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": 1,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 32,
-        "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "tie_word_embeddings": true
-    });
-    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
-    std::fs::write(model.join("tokenizer.json"), "{\"version\": \"1.0\"}").unwrap();
-    let p = "model.layers.0.";
-    let shapes: Vec<(String, Vec<usize>)> = vec![
-        ("model.embed_tokens.weight".into(), vec![32, HIDDEN]),
-        ("model.norm.weight".into(), vec![HIDDEN]),
-        (format!("{p}input_layernorm.weight"), vec![HIDDEN]),
-        (format!("{p}post_attention_layernorm.weight"), vec![HIDDEN]),
-        (format!("{p}self_attn.q_proj.weight"), vec![HIDDEN, HIDDEN]),
-        (
-            format!("{p}self_attn.k_proj.weight"),
-            vec![HIDDEN / 2, HIDDEN],
-        ),
-        (
-            format!("{p}self_attn.v_proj.weight"),
-            vec![HIDDEN / 2, HIDDEN],
-        ),
-        (format!("{p}self_attn.o_proj.weight"), vec![HIDDEN, HIDDEN]),
-        (format!("{p}mlp.gate_proj.weight"), vec![FFN, HIDDEN]),
-        (format!("{p}mlp.up_proj.weight"), vec![FFN, HIDDEN]),
-        (format!("{p}mlp.down_proj.weight"), vec![HIDDEN, FFN]),
-    ];
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
-        .into_iter()
-        .enumerate()
-        .map(|(k, (name, shape))| {
-            let n: usize = shape.iter().product();
-            let mut v: Vec<f32> = (0..n)
-                .map(|i| (((i * 7 + k * 13) % 29) as f32 - 14.0) / 50.0)
-                .collect();
-            if poison == Some(name.as_str()) {
-                v[n / 2] = f32::NAN;
-            }
-            (name, shape, bytemuck::cast_slice(&v).to_vec())
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> = data
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    serialize_to_file(views, None, &model.join("model.safetensors")).unwrap();
-    model
 }
 
 #[test]

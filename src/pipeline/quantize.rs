@@ -336,12 +336,13 @@ pub fn quantize_model_with(
     Ok(report)
 }
 
-/// A quantization run on its own thread, for async callers (desktop apps):
-/// progress arrives on `progress`, `cancel` stops it, `.await` the result.
+/// A quantization run on its own thread, for async callers (desktop apps).
+/// Destructure it: stream `progress`, keep `cancel` for a Stop button,
+/// `.await` `result`.
 pub struct QuantizeJob {
     pub progress: futures::channel::mpsc::UnboundedReceiver<Progress>,
     pub cancel: CancelToken,
-    result: futures::channel::oneshot::Receiver<Result<QuantizeReport>>,
+    pub result: JobResult,
 }
 
 impl QuantizeJob {
@@ -357,16 +358,27 @@ impl QuantizeJob {
         Self {
             progress,
             cancel,
-            result,
+            result: JobResult(result),
         }
     }
+}
 
-    /// Waits for the run to end.
-    pub async fn wait(self) -> Result<QuantizeReport> {
-        self.result.await.unwrap_or_else(|_| {
-            Err(Error::Config(
-                "the quantization thread ended without a result".into(),
-            ))
+/// The report of a [`QuantizeJob`], as a future.
+pub struct JobResult(futures::channel::oneshot::Receiver<Result<QuantizeReport>>);
+
+impl std::future::Future for JobResult {
+    type Output = Result<QuantizeReport>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| {
+                Err(Error::Config(
+                    "the quantization thread ended without a result".into(),
+                ))
+            })
         })
     }
 }
