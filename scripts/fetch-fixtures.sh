@@ -65,7 +65,11 @@ fetch_austen() {
     # apt-get download works without root when run in a writable folder.
     (cd "$TMP/deb" && apt-get download -q r-cran-janeaustenr 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
     local deb
-    deb="$(ls "$TMP"/deb/r-cran-janeaustenr_*.deb)"
+    deb="$(ls "$TMP"/deb/r-cran-janeaustenr_*.deb 2>/dev/null || true)"
+    if [[ -z "$deb" ]]; then
+        echo "ERROR: apt-get download r-cran-janeaustenr failed; run 'apt-get update' (scripts/install-deps.sh does)" >&2
+        exit 1
+    fi
     dpkg-deb -x "$deb" "$TMP/deb/x"
     local rdb
     rdb="$(find "$TMP/deb/x" -path '*/janeaustenr/data/Rdata.rdb' | head -n1)"
