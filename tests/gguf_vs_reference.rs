@@ -8,6 +8,8 @@
 //! Needs: scripts/fetch-fixtures.sh (the model) and
 //! `pip install -r scripts/requirements-test.txt` (gguf, numpy).
 
+mod common;
+
 use llmq_gpu::formats::gguf::GgufModel;
 use llmq_gpu::model::TensorSource;
 use rand::{Rng, SeedableRng};
@@ -23,18 +25,6 @@ fn repo() -> PathBuf {
 
 fn python() -> String {
     std::env::var("LLMQ_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn smollm2_path() -> PathBuf {
-    let p = std::env::var_os("LLMQ_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(
-        p.is_file(),
-        "SmolLM2 GGUF fixture not found at {}: run scripts/fetch-fixtures.sh (or set LLMQ_SMOLLM2_GGUF)",
-        p.display()
-    );
-    p
 }
 
 /// Runs gguf_dump.py on `gguf` into a temp dir and returns (dir, index.json).
@@ -99,7 +89,7 @@ fn compare_tensors(m: &GgufModel, dir: &Path, index: &Value) -> (usize, usize) {
 
 #[test]
 fn smollm2_matches_gguf_py() {
-    let path = smollm2_path();
+    let path = common::smollm2_gguf();
     let m = GgufModel::open(&path).unwrap();
     let (dir, index) = reference_dump(&path);
 

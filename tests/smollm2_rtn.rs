@@ -14,31 +14,10 @@ use llmq_gpu::model::TensorKind;
 use llmq_gpu::quant::packed::unpack_codes;
 use llmq_gpu::quant::rtn;
 use llmq_gpu::{Granularity, ModelView, QuantScheme};
-use std::path::PathBuf;
-
-fn smollm2() -> PathBuf {
-    if let Ok(p) = std::env::var("LLMQ_SMOLLM2_GGUF") {
-        return p.into();
-    }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/smollm2");
-    std::fs::read_dir(&dir)
-        .ok()
-        .and_then(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|x| x == "gguf"))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "SmolLM2 GGUF not found in {}: run scripts/fetch-fixtures.sh",
-                dir.display()
-            )
-        })
-}
 
 #[test]
 fn smollm2_rtn_w4g128_codes_match_between_vulkan_and_cpu() {
-    let model = ModelView::open(smollm2()).expect("SmolLM2 opens");
+    let model = ModelView::open(common::smollm2_gguf()).expect("SmolLM2 opens");
     let gpu = GpuBackend::new(common::gpu());
     let scheme = QuantScheme::new(4, false, Granularity::Group(128)).unwrap();
     let (mut total, mut differ, mut tensors) = (0usize, 0usize, 0usize);

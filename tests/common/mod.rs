@@ -25,6 +25,23 @@ pub fn gpu() -> Arc<GpuContext> {
     .clone()
 }
 
+/// The SmolLM2-135M GGUF fixture: `LLMQ_SMOLLM2_GGUF`, else the file that
+/// scripts/fetch-fixtures.sh caches. Missing, the test fails and says how to fetch it.
+pub fn smollm2_gguf() -> PathBuf {
+    let p = std::env::var_os("LLMQ_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join(".cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        p.is_file(),
+        "SmolLM2 GGUF fixture not found at {}: run scripts/fetch-fixtures.sh (or set LLMQ_SMOLLM2_GGUF)",
+        p.display()
+    );
+    p
+}
+
 /// A fresh GPU context, for tests that change its settings (binding limit).
 pub fn fresh_gpu() -> GpuContext {
     let name = std::env::var("LLMQ_TEST_ADAPTER").ok();
