@@ -91,6 +91,22 @@ pub fn unpack_code(row: &[u32], bits: u32, j: usize) -> u32 {
     (v as u32) & ((1u32 << bits) - 1)
 }
 
+/// Unpacks the first `out.len()` codes of a packed row, streaming bits
+/// through a 64-bit buffer (no per-code division).
+pub fn unpack_row(row: &[u32], bits: u32, out: &mut [u32]) {
+    let mask = (1u64 << bits) - 1;
+    let (mut buf, mut have, mut words) = (0u64, 0u32, row.iter());
+    for o in out.iter_mut() {
+        if have < bits {
+            buf |= (*words.next().unwrap_or(&0) as u64) << have;
+            have += 32;
+        }
+        *o = (buf & mask) as u32;
+        buf >>= bits;
+        have -= bits;
+    }
+}
+
 /// Packs `rows * cols` codes row by row.
 pub fn pack_codes(codes: &[u32], rows: usize, cols: usize, bits: u32) -> Vec<u32> {
     let wpr = words_per_row(cols, bits);
@@ -108,10 +124,9 @@ pub fn pack_codes(codes: &[u32], rows: usize, cols: usize, bits: u32) -> Vec<u32
 /// Inverse of [`pack_codes`].
 pub fn unpack_codes(packed: &[u32], rows: usize, cols: usize, bits: u32) -> Vec<u32> {
     let wpr = words_per_row(cols, bits);
-    let mut out = Vec::with_capacity(rows * cols);
-    for r in 0..rows {
-        let row = &packed[r * wpr..(r + 1) * wpr];
-        out.extend((0..cols).map(|j| unpack_code(row, bits, j)));
+    let mut out = vec![0u32; rows * cols];
+    for (r, o) in out.chunks_mut(cols).enumerate() {
+        unpack_row(&packed[r * wpr..(r + 1) * wpr], bits, o);
     }
     out
 }

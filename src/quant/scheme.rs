@@ -138,5 +138,11 @@ pub fn round_half_up(x: f32) -> f32 {
 /// multiplication is correctly rounded, so both backends round alike.
 #[inline]
 pub fn quantize_value(w: f32, inv_scale: f32, zero: u32, maxq: u32) -> u32 {
-    (round_half_up(w * inv_scale) + zero as f32).clamp(0.0, maxq as f32) as u32
+    // Clamping first keeps the value where an i32 truncation is exact, so
+    // floor needs no libm call (`floorf` is not inlined on baseline x86-64);
+    // results equal `(round_half_up(w * inv_scale) + zero).clamp(0, maxq)`.
+    let y = (w * inv_scale).clamp(-512.0, 512.0) + 0.5;
+    let t = y as i32 as f32;
+    let floor = if t > y { t - 1.0 } else { t };
+    (floor + zero as f32).clamp(0.0, maxq as f32) as u32
 }

@@ -5,7 +5,7 @@ pub mod matmul;
 
 use super::{Backend, GroupParams};
 use crate::error::Result;
-use crate::quant::packed::{pack_row, unpack_code, unpack_codes, words_per_row, QuantizedTensor};
+use crate::quant::packed::{pack_row, unpack_codes, unpack_row, words_per_row, QuantizedTensor};
 use crate::quant::scheme::quantize_value;
 use rayon::prelude::*;
 
@@ -55,17 +55,22 @@ impl Backend for CpuBackend {
         out.par_chunks_mut(wpr)
             .zip(w.par_chunks(cols))
             .enumerate()
-            .for_each(|(r, (packed, row))| {
-                let codes: Vec<u32> = row
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &x)| {
-                        let g = r * groups + j / p.group_len;
-                        quantize_value(x, p.inv_scales[g], p.zeros[g], maxq)
-                    })
-                    .collect();
-                pack_row(&codes, p.bits, packed);
-            });
+            .for_each_init(
+                || vec![0u32; cols],
+                |codes, (r, (packed, row))| {
+                    for (g, (c, x)) in codes
+                        .chunks_mut(p.group_len)
+                        .zip(row.chunks(p.group_len))
+                        .enumerate()
+                    {
+                        let (inv, zero) = (p.inv_scales[r * groups + g], p.zeros[r * groups + g]);
+                        for (c, &x) in c.iter_mut().zip(x) {
+                            *c = quantize_value(x, inv, zero, maxq);
+                        }
+                    }
+                    pack_row(codes, p.bits, packed);
+                },
+            );
         Ok(out)
     }
 
@@ -86,14 +91,18 @@ impl Backend for CpuBackend {
         q.validate("dequantize input")?;
         let (wpr, groups, glen) = (q.words_per_row(), q.n_groups(), q.scheme.group_len(q.cols));
         let mut out = vec![0f32; q.rows * q.cols];
-        out.par_chunks_mut(q.cols).enumerate().for_each(|(r, row)| {
-            let packed = &q.packed[r * wpr..(r + 1) * wpr];
-            for (j, y) in row.iter_mut().enumerate() {
-                let g = r * groups + j / glen;
-                let code = unpack_code(packed, q.scheme.bits, j) as f32;
-                *y = q.scales[g] * (code - q.zeros[g] as f32);
-            }
-        });
+        out.par_chunks_mut(q.cols).enumerate().for_each_init(
+            || vec![0u32; q.cols],
+            |codes, (r, row)| {
+                unpack_row(&q.packed[r * wpr..(r + 1) * wpr], q.scheme.bits, codes);
+                for (g, (y, c)) in row.chunks_mut(glen).zip(codes.chunks(glen)).enumerate() {
+                    let (s, z) = (q.scales[r * groups + g], q.zeros[r * groups + g] as f32);
+                    for (y, &c) in y.iter_mut().zip(c.iter()) {
+                        *y = s * (c as f32 - z);
+                    }
+                }
+            },
+        );
         Ok(out)
     }
 
