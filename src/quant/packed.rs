@@ -130,3 +130,26 @@ pub fn unpack_codes(packed: &[u32], rows: usize, cols: usize, bits: u32) -> Vec<
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_unpack_matches_per_code_extraction() {
+        for bits in 2..=8u32 {
+            for cols in [1usize, 7, 31, 32, 33, 100] {
+                let codes: Vec<u32> = (0..cols as u32)
+                    .map(|j| j.wrapping_mul(2654435761) >> (32 - bits))
+                    .collect();
+                let packed = pack_codes(&codes, 1, cols, bits);
+                let mut out = vec![0u32; cols];
+                unpack_row(&packed, bits, &mut out);
+                let one_by_one: Vec<u32> =
+                    (0..cols).map(|j| unpack_code(&packed, bits, j)).collect();
+                assert_eq!(out, codes, "{bits}-bit, {cols} cols");
+                assert_eq!(one_by_one, codes, "{bits}-bit, {cols} cols");
+            }
+        }
+    }
+}

@@ -146,3 +146,31 @@ pub fn quantize_value(w: f32, inv_scale: f32, zero: u32, maxq: u32) -> u32 {
     let floor = if t > y { t - 1.0 } else { t };
     (floor + zero as f32).clamp(0.0, maxq as f32) as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast floor in `quantize_value` must equal the plain definition,
+    /// ties and out-of-range values included.
+    #[test]
+    fn quantize_value_equals_its_definition() {
+        let plain = |w: f32, inv: f32, zero: u32, maxq: u32| {
+            (round_half_up(w * inv) + zero as f32).clamp(0.0, maxq as f32) as u32
+        };
+        let mut x = -300.0f32;
+        while x < 300.0 {
+            for (zero, maxq) in [(0, 15), (8, 15), (3, 7), (128, 255)] {
+                assert_eq!(
+                    quantize_value(x, 1.0, zero, maxq),
+                    plain(x, 1.0, zero, maxq),
+                    "{x}"
+                );
+            }
+            x += 0.125; // hits every .5 tie exactly
+        }
+        for w in [1e30f32, -1e30, 7.5, -7.5, 0.49999997, -0.5] {
+            assert_eq!(quantize_value(w, 1.0, 8, 15), plain(w, 1.0, 8, 15), "{w}");
+        }
+    }
+}
