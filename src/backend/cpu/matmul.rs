@@ -128,11 +128,21 @@ fn gemv_q4(q: &QuantizedTensor, x: &[f32], xsum: &[f32], simd: bool) -> Vec<f32>
             xo[j / 2] = v;
         }
     }
+    let group_bytes = q.scheme.group_len(q.cols) / 2;
+    let mut xp = Vec::new();
+    if simd && group_bytes.is_multiple_of(32) {
+        xp = vec![0f32; half.next_multiple_of(32) * 2];
+        for (j, &v) in x.iter().enumerate() {
+            let (c, l, k) = (j / 64, j % 64 / 8, j % 8);
+            xp[64 * c + 8 * k + l] = v;
+        }
+    }
     let p = simd::Gemv {
         xe: &xe,
         xo: &xo,
+        xp: &xp,
         xsum,
-        group_bytes: q.scheme.group_len(q.cols) / 2,
+        group_bytes,
         row_bytes: q.cols.div_ceil(2),
     };
     gemv_rows(q, &p, true, simd)
@@ -143,6 +153,7 @@ fn gemv_q8(q: &QuantizedTensor, x: &[f32], xsum: &[f32], simd: bool) -> Vec<f32>
     let p = simd::Gemv {
         xe: x,
         xo: &[],
+        xp: &[],
         xsum,
         group_bytes: q.scheme.group_len(q.cols),
         row_bytes: q.cols,

@@ -27,6 +27,11 @@ pub(super) struct Gemv<'a> {
     /// 8-bit: `xe` is `x` itself and `xo` is unused.
     pub xe: &'a [f32],
     pub xo: &'a [f32],
+    /// 4-bit only, when groups span whole 64-code chunks (else empty): `x`
+    /// permuted per chunk as `xp[64c + 8k + l] = x[64c + 8l + k]`, matching
+    /// nibble `k` of u32 lane `l` of a 32-byte load, so codes unpack with
+    /// in-lane shifts instead of byte shuffles.
+    pub xp: &'a [f32],
     /// Σx per group.
     pub xsum: &'a [f32],
     /// Bytes per (full) group and bytes per row that hold codes.
@@ -58,6 +63,7 @@ pub(super) unsafe fn q4_rows<const R: usize>(
     let nb = p.row_bytes;
     // Bounds for every unchecked load below: all byte offsets are < nb.
     assert!(p.xe.len() >= nb && p.xo.len() >= nb);
+    assert!(p.xp.is_empty() || (p.xp.len() >= 2 * nb && p.group_bytes.is_multiple_of(32)));
     for i in 0..R {
         assert!(rows[i].len() >= nb && scales[i].len() >= p.xsum.len());
         assert!(zeros[i].len() >= p.xsum.len());
@@ -70,6 +76,30 @@ pub(super) unsafe fn q4_rows<const R: usize>(
         let mut a0 = [_mm256_setzero_ps(); R];
         let mut a1 = [_mm256_setzero_ps(); R];
         let mut b = b0;
+        if !p.xp.is_empty() {
+            while b + 32 <= b1 {
+                for k in 0..8 {
+                    // SAFETY: 2b + 64 <= 2nb <= xp.len(), checked above.
+                    let xk = _mm256_loadu_ps(p.xp.as_ptr().add(2 * b + 8 * k));
+                    for i in 0..R {
+                        // SAFETY: b + 32 <= nb; re-loaded per k (L1 hit)
+                        // rather than held, to keep registers for accumulators.
+                        let v = _mm256_loadu_si256(rows[i].as_ptr().add(b) as *const __m256i);
+                        let c = _mm256_and_si256(
+                            _mm256_srl_epi32(v, _mm_cvtsi32_si128(4 * k as i32)),
+                            _mm256_set1_epi32(15),
+                        );
+                        let c = _mm256_cvtepi32_ps(c);
+                        if k % 2 == 0 {
+                            a0[i] = _mm256_fmadd_ps(c, xk, a0[i]);
+                        } else {
+                            a1[i] = _mm256_fmadd_ps(c, xk, a1[i]);
+                        }
+                    }
+                }
+                b += 32;
+            }
+        }
         while b + 16 <= b1 {
             // SAFETY: b + 16 <= nb, checked above against every slice.
             let xe0 = _mm256_loadu_ps(p.xe.as_ptr().add(b));
@@ -94,9 +124,8 @@ pub(super) unsafe fn q4_rows<const R: usize>(
         for i in 0..R {
             let mut d = hsum(_mm256_add_ps(a0[i], a1[i]));
             // Short groups and tails (group 20, the last ragged group).
-            for k in b..b1 {
-                let c = rows[i][k];
-                d += (c & 15) as f32 * p.xe[k] + (c >> 4) as f32 * p.xo[k];
+            for ((&c, e), o) in rows[i][b..b1].iter().zip(&p.xe[b..b1]).zip(&p.xo[b..b1]) {
+                d += (c & 15) as f32 * e + (c >> 4) as f32 * o;
             }
             out[i] += scales[i][g] * (d - zeros[i][g] as f32 * sx);
         }
@@ -146,8 +175,8 @@ pub(super) unsafe fn q8_rows<const R: usize>(
         }
         for i in 0..R {
             let mut d = hsum(_mm256_add_ps(a0[i], a1[i]));
-            for k in b..b1 {
-                d += rows[i][k] as f32 * p.xe[k];
+            for (&c, v) in rows[i][b..b1].iter().zip(&p.xe[b..b1]) {
+                d += c as f32 * v;
             }
             out[i] += scales[i][g] * (d - zeros[i][g] as f32 * sx);
         }
