@@ -149,7 +149,7 @@ fn bench_tensor(rows: usize, cols: usize, bits: u32, group: usize) -> Result<Qua
     let codes: Vec<u32> = (0..rows * cols)
         .map(|i| ((i.wrapping_mul(2654435761)) >> 7) as u32 % (maxq as u32 + 1))
         .collect();
-    let n = rows * (cols / scheme.group_len(cols));
+    let n = rows * scheme.groups_per_row(cols);
     Ok(QuantizedTensor {
         rows,
         cols,

@@ -26,7 +26,7 @@ fn random_tensor(
 ) -> QuantizedTensor {
     let maxq = scheme.max_code();
     let codes: Vec<u32> = (0..rows * cols).map(|_| rng.gen_range(0..=maxq)).collect();
-    let n = rows * (cols / scheme.group_len(cols));
+    let n = rows * scheme.groups_per_row(cols);
     let scales = (0..n).map(|_| rng.gen_range(0.001f32..0.05)).collect();
     let zeros = (0..n)
         .map(|_| {
@@ -95,8 +95,11 @@ fn case(
     let want = cpu_matmul::matmul_reference(&q, &x, tokens).unwrap();
     let mag = magnitudes(&q, &x, tokens);
     let label = format!("{} [{rows}x{cols}] tokens {tokens}", scheme.label());
+    // The default path (SIMD where the CPU has it) and the portable loops.
     let cpu = cpu_matmul::matmul(&q, &x, tokens).unwrap();
     check(&format!("cpu {label}"), &cpu, &want, &mag);
+    let cpu = cpu_matmul::matmul_with(&q, &x, tokens, false).unwrap();
+    check(&format!("cpu scalar {label}"), &cpu, &want, &mag);
     let gpu = gpu_matmul::matmul(ctx, &q, &x, tokens).unwrap();
     check(&format!("gpu {label}"), &gpu, &want, &mag);
 }
@@ -162,6 +165,43 @@ fn odd_bits_and_groups_match_reference() {
     }
 }
 
+/// GPTQ's ragged last group: `group_len` not dividing `cols` leaves a
+/// shorter last group per row (SmolLM2: 576 = 4·128 + 64).
+#[test]
+fn ragged_last_group_matches_reference() {
+    let ctx = common::gpu();
+    let mut rng = common::rng("ragged_last_group_matches_reference");
+    for bits in [4, 8] {
+        for sym in [false, true] {
+            for (cols, g) in [(576, 128), (100, 32), (100, 64), (1000, 128), (99, 32)] {
+                let s = QuantScheme::new(bits, sym, Granularity::Group(g)).unwrap();
+                for tokens in [1, 3, 70] {
+                    case(&ctx, &mut rng, 23, cols, tokens, s);
+                }
+            }
+        }
+    }
+    // Other widths take the generic CPU path and the GPU's unit-by-unit one.
+    for bits in [2, 3, 5] {
+        let s = QuantScheme::new(bits, false, Granularity::Group(64)).unwrap();
+        case(&ctx, &mut rng, 21, 100, 1, s);
+        case(&ctx, &mut rng, 21, 576, 5, s);
+    }
+}
+
+/// Row counts around the 4-row SIMD block and the per-job row split.
+#[test]
+fn gemv_row_blocks_match_reference() {
+    let ctx = common::gpu();
+    let mut rng = common::rng("gemv_row_blocks_match_reference");
+    for bits in [4, 8] {
+        let s = QuantScheme::new(bits, false, Granularity::Group(128)).unwrap();
+        for rows in [1, 2, 3, 4, 5, 63, 64, 65, 257, 1031] {
+            case(&ctx, &mut rng, rows, 384, 1, s);
+        }
+    }
+}
+
 #[test]
 fn split_weights_and_tokens_match_reference() {
     let ctx = common::fresh_gpu();
@@ -223,4 +263,19 @@ fn wrong_input_length_is_an_error() {
     let q = random_tensor(&mut rng, 4, 64, s);
     assert!(cpu_matmul::matmul(&q, &[0.0; 10], 1).is_err());
     assert!(gpu_matmul::matmul(&common::gpu(), &q, &[0.0; 10], 1).is_err());
+}
+
+/// CPU-only GEMV/GEMM timing against the copy roofline (no GPU: lavapipe is
+/// slow). Run with `cargo test --profile test --test matmul_cross_check
+/// cpu_gemv_bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn cpu_gemv_bench() {
+    use llmq_gpu::bench::{run_matmul_bench, MatmulBenchOptions};
+    let opts = MatmulBenchOptions {
+        shapes: vec![(11008, 4096, 1), (4096, 4096, 64)],
+        iters: 10,
+        ..MatmulBenchOptions::default()
+    };
+    println!("{}", run_matmul_bench(&opts).unwrap());
 }

@@ -6,7 +6,13 @@
 //! a block's codes are unpacked to f32 once and reused for every token, and
 //! the inner loops are fixed-width so the compiler vectorises them. 4-, 8-
 //! and 2-bit codes unpack word by word; other widths use `unpack_code`.
+//! Groups follow GPTQ: weight `j` is in group `j / group_len`, and the last
+//! group of a row is shorter when `group_len` does not divide `cols`.
+//!
+//! 4- and 8-bit GEMV (one token) use AVX2+FMA kernels (`simd.rs`) when the
+//! CPU has them, else portable loops; [`matmul_with`] can force the latter.
 
+use super::simd;
 use crate::error::{Error, Result};
 use crate::quant::packed::{unpack_code, QuantizedTensor};
 use rayon::prelude::*;
@@ -16,6 +22,12 @@ use rayon::prelude::*;
 const ROW_BLOCK: usize = 8;
 
 pub fn matmul(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
+    matmul_with(q, x, tokens, true)
+}
+
+/// [`matmul`] with the SIMD kernels allowed (`simd`, used when the CPU has
+/// them) or not (portable loops only), so tests can check both paths.
+pub fn matmul_with(q: &QuantizedTensor, x: &[f32], tokens: usize, simd: bool) -> Result<Vec<f32>> {
     q.validate("matmul weight")?;
     let (rows, cols) = (q.rows, q.cols);
     if x.len() != tokens * cols {
@@ -31,15 +43,20 @@ pub fn matmul(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>
     let gpr = q.n_groups();
     let wpr = q.words_per_row();
     let bits = q.scheme.bits;
-    // Σ x per (token, group).
-    let xsum: Vec<f32> = x.chunks_exact(glen).map(dot_ones).collect();
+    // Σ x per (token, group); per token, so groups restart at each row and
+    // the last one may be short.
+    let xsum: Vec<f32> = x
+        .chunks_exact(cols)
+        .flat_map(|xt| xt.chunks(glen).map(dot_ones))
+        .collect();
 
     if tokens == 1 && cfg!(target_endian = "little") {
+        let simd = simd && simd::available();
         if bits == 4 && glen.is_multiple_of(2) {
-            return Ok(gemv_q4(q, x, &xsum));
+            return Ok(gemv_q4(q, x, &xsum, simd));
         }
         if bits == 8 {
-            return Ok(gemv_q8(q, x, &xsum));
+            return Ok(gemv_q8(q, x, &xsum, simd));
         }
     }
 
@@ -70,7 +87,7 @@ pub fn matmul(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>
                         let c = &codes[i * padded..i * padded + cols];
                         let mut acc = 0f32;
                         for (g, sx) in st.iter().enumerate() {
-                            let k = g * glen..(g + 1) * glen;
+                            let k = g * glen..((g + 1) * glen).min(cols);
                             let d = dot(&c[k.clone()], &xt[k]);
                             let p = r * gpr + g;
                             acc += q.scales[p] * (d - q.zeros[p] as f32 * sx);
@@ -92,13 +109,16 @@ pub fn matmul(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>
     Ok(y)
 }
 
+/// Rows per SIMD kernel call: each `x` load feeds this many rows.
+const GEMV_ROWS: usize = 4;
+
 /// GEMV on 4-bit codes without an unpack buffer: byte `b` of a row holds
 /// codes `2b` (low nibble) and `2b+1` (high), so with `x` split into even and
 /// odd halves the dot is a plain vertical loop over bytes. Needs an even
 /// group length (groups start on byte boundaries).
-fn gemv_q4(q: &QuantizedTensor, x: &[f32], xsum: &[f32]) -> Vec<f32> {
-    let (wpr, gpr, glen) = (q.words_per_row(), q.n_groups(), q.scheme.group_len(q.cols));
-    let half = wpr * 4;
+fn gemv_q4(q: &QuantizedTensor, x: &[f32], xsum: &[f32], simd: bool) -> Vec<f32> {
+    let half = q.words_per_row() * 4;
+    // Zero past `cols`: an odd last code's partner nibble is padding.
     let mut xe = vec![0f32; half];
     let mut xo = vec![0f32; half];
     for (j, &v) in x.iter().enumerate() {
@@ -108,45 +128,113 @@ fn gemv_q4(q: &QuantizedTensor, x: &[f32], xsum: &[f32]) -> Vec<f32> {
             xo[j / 2] = v;
         }
     }
+    let group_bytes = q.scheme.group_len(q.cols) / 2;
+    let mut xp = Vec::new();
+    if simd && group_bytes.is_multiple_of(32) {
+        xp = vec![0f32; half.next_multiple_of(32) * 2];
+        for (j, &v) in x.iter().enumerate() {
+            let (c, l, k) = (j / 64, j % 64 / 8, j % 8);
+            xp[64 * c + 8 * k + l] = v;
+        }
+    }
+    let p = simd::Gemv {
+        xe: &xe,
+        xo: &xo,
+        xp: &xp,
+        xsum,
+        group_bytes,
+        row_bytes: q.cols.div_ceil(2),
+    };
+    gemv_rows(q, &p, true, simd)
+}
+
+/// GEMV on 8-bit codes: bytes straight against `x`.
+fn gemv_q8(q: &QuantizedTensor, x: &[f32], xsum: &[f32], simd: bool) -> Vec<f32> {
+    let p = simd::Gemv {
+        xe: x,
+        xo: &[],
+        xp: &[],
+        xsum,
+        group_bytes: q.scheme.group_len(q.cols),
+        row_bytes: q.cols,
+    };
+    gemv_rows(q, &p, false, simd)
+}
+
+/// One row's code bytes, scales and zeros.
+type RowRef<'a> = (&'a [u8], &'a [f32], &'a [u8]);
+
+/// Rayon over blocks of rows; `simd` must only be true if
+/// `simd::available()` said so.
+fn gemv_rows(q: &QuantizedTensor, p: &simd::Gemv, q4: bool, simd: bool) -> Vec<f32> {
+    let (gpr, rb) = (q.n_groups(), q.words_per_row() * 4);
+    let bytes: &[u8] = bytemuck::cast_slice(&q.packed);
+    let row = |r: usize| -> RowRef {
+        (
+            &bytes[r * rb..(r + 1) * rb],
+            &q.scales[r * gpr..(r + 1) * gpr],
+            &q.zeros[r * gpr..(r + 1) * gpr],
+        )
+    };
     let mut y = vec![0f32; q.rows];
-    let per = q.rows.div_ceil(4 * rayon::current_num_threads()).max(1);
+    // A few jobs per thread for balance, none so small that scheduling shows.
+    let per = q
+        .rows
+        .div_ceil(4 * rayon::current_num_threads())
+        .max(64)
+        .next_multiple_of(GEMV_ROWS);
     y.par_chunks_mut(per).enumerate().for_each(|(b, out)| {
-        for (i, yv) in out.iter_mut().enumerate() {
-            let r = b * per + i;
-            let bytes: &[u8] = bytemuck::cast_slice(&q.packed[r * wpr..(r + 1) * wpr]);
-            let mut acc = 0f32;
-            for (g, sx) in xsum.iter().enumerate() {
-                let k = g * glen / 2..(g + 1) * glen / 2;
-                let d = dot_nibbles(&bytes[k.clone()], &xe[k.clone()], &xo[k]);
-                let p = r * gpr + g;
-                acc += q.scales[p] * (d - q.zeros[p] as f32 * sx);
+        let r0 = b * per;
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            let tail = r0 + out.len() / GEMV_ROWS * GEMV_ROWS;
+            let mut blocks = out.chunks_exact_mut(GEMV_ROWS);
+            for (k, o) in (&mut blocks).enumerate() {
+                let r = r0 + k * GEMV_ROWS;
+                let rows: [RowRef; GEMV_ROWS] = std::array::from_fn(|i| row(r + i));
+                o.copy_from_slice(&simd_block(p, q4, rows));
             }
-            *yv = acc;
+            for (i, o) in blocks.into_remainder().iter_mut().enumerate() {
+                *o = simd_block(p, q4, [row(tail + i)])[0];
+            }
+            return;
+        }
+        let _ = simd;
+        for (i, yv) in out.iter_mut().enumerate() {
+            *yv = scalar_row(p, q4, row(r0 + i));
         }
     });
     y
 }
 
-/// GEMV on 8-bit codes: bytes straight against `x`.
-fn gemv_q8(q: &QuantizedTensor, x: &[f32], xsum: &[f32]) -> Vec<f32> {
-    let (wpr, gpr, glen) = (q.words_per_row(), q.n_groups(), q.scheme.group_len(q.cols));
-    let mut y = vec![0f32; q.rows];
-    let per = q.rows.div_ceil(4 * rayon::current_num_threads()).max(1);
-    y.par_chunks_mut(per).enumerate().for_each(|(b, out)| {
-        for (i, yv) in out.iter_mut().enumerate() {
-            let r = b * per + i;
-            let bytes: &[u8] = bytemuck::cast_slice(&q.packed[r * wpr..(r + 1) * wpr]);
-            let mut acc = 0f32;
-            for (g, sx) in xsum.iter().enumerate() {
-                let k = g * glen..(g + 1) * glen;
-                let d = dot_bytes(&bytes[k.clone()], &x[k]);
-                let p = r * gpr + g;
-                acc += q.scales[p] * (d - q.zeros[p] as f32 * sx);
-            }
-            *yv = acc;
+#[cfg(target_arch = "x86_64")]
+fn simd_block<const R: usize>(p: &simd::Gemv, q4: bool, rows: [RowRef; R]) -> [f32; R] {
+    let (c, s, z) = (rows.map(|r| r.0), rows.map(|r| r.1), rows.map(|r| r.2));
+    // SAFETY: only reached with `simd` true, which `matmul_with` sets only
+    // when `simd::available()` found AVX2 and FMA; the kernels check bounds.
+    unsafe {
+        if q4 {
+            simd::q4_rows(p, c, s, z)
+        } else {
+            simd::q8_rows(p, c, s, z)
         }
-    });
-    y
+    }
+}
+
+/// Portable GEMV row (the fallback, and what tests check the SIMD path by).
+fn scalar_row(p: &simd::Gemv, q4: bool, (bytes, scales, zeros): RowRef) -> f32 {
+    let mut acc = 0f32;
+    for (g, sx) in p.xsum.iter().enumerate() {
+        let b0 = g * p.group_bytes;
+        let k = b0..(b0 + p.group_bytes).min(p.row_bytes);
+        let d = if q4 {
+            dot_nibbles(&bytes[k.clone()], &p.xe[k.clone()], &p.xo[k])
+        } else {
+            dot_bytes(&bytes[k.clone()], &p.xe[k])
+        };
+        acc += scales[g] * (d - zeros[g] as f32 * sx);
+    }
+    acc
 }
 
 #[inline]

@@ -2,6 +2,7 @@
 //! tested against, and a real choice on machines without a GPU.
 
 pub mod matmul;
+mod simd;
 
 use super::{Backend, GroupParams};
 use crate::error::Result;
