@@ -2,7 +2,9 @@
 //! plus named tensors, loaded lazily.
 
 pub mod arch;
+pub mod tokenizer;
 pub mod view;
 
 pub use arch::ArchConfig;
+pub use tokenizer::Tokenizer;
 pub use view::{ModelView, TensorInfo, TensorKind, TensorSource};

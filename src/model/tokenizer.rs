@@ -1,0 +1,335 @@
+//! [`Tokenizer`]: text <-> token ids for a [`ModelView`], from the model's
+//! `tokenizer.json` when it has one, else rebuilt from GGUF metadata.
+
+use super::view::ModelView;
+use crate::error::{Error, Result};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+/// GGUF token types (llama.cpp `llama_token_type`) that must never be split:
+/// control tokens (`<|im_start|>`) and user-defined ones.
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// Llama 3's split pattern (llama.cpp `llama-bpe`, HF Llama 3 `tokenizer.json`).
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// A ready tokenizer plus the model's BOS/EOS conventions.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// The model this came from, named in errors.
+    path: PathBuf,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    add_bos: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("path", &self.path)
+            .field("vocab_size", &self.vocab_size())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("add_bos", &self.add_bos)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// The model's tokenizer: its `tokenizer.json` companion if present (HF
+    /// folders, llmq folders made from them), else the GGUF `tokenizer.ggml.*`
+    /// metadata (GGUF files, llmq folders made from them).
+    pub fn from_model(model: &ModelView) -> Result<Self> {
+        let companions = model.companion_files();
+        let named = |name: &str| {
+            companions
+                .iter()
+                .find(|p| p.file_name().is_some_and(|n| n == name))
+                .cloned()
+        };
+        if let Some(json) = named("tokenizer.json") {
+            return Self::from_hf_files(
+                model.path(),
+                &json,
+                named("tokenizer_config.json").as_deref(),
+                named("config.json").as_deref(),
+            );
+        }
+        let meta: HashMap<String, Value> = model
+            .metadata()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("tokenizer."))
+            .collect();
+        Self::from_gguf_metadata(model.path(), &meta)
+    }
+
+    /// Builds from GGUF-style `tokenizer.ggml.*` keys; `path` is only named in errors.
+    pub fn from_gguf_metadata(path: &Path, meta: &HashMap<String, Value>) -> Result<Self> {
+        let missing = |key: &str| {
+            Error::format(
+                path,
+                format!(
+                    "no tokenizer: metadata key '{key}' is missing and there is no tokenizer.json beside the model"
+                ),
+            )
+        };
+        let kind = meta
+            .get("tokenizer.ggml.model")
+            .and_then(Value::as_str)
+            .ok_or_else(|| missing("tokenizer.ggml.model"))?;
+        if kind != "gpt2" {
+            return Err(Error::unsupported(
+                path,
+                format!(
+                    "tokenizer model '{kind}' (only 'gpt2' byte-level BPE is supported from GGUF metadata; \
+                     put the model's tokenizer.json beside it instead)"
+                ),
+            ));
+        }
+        let tokens = string_array(path, meta, "tokenizer.ggml.tokens")?
+            .ok_or_else(|| missing("tokenizer.ggml.tokens"))?;
+        let merges = string_array(path, meta, "tokenizer.ggml.merges")?
+            .ok_or_else(|| missing("tokenizer.ggml.merges"))?;
+        let types: Vec<i64> = match meta.get("tokenizer.ggml.token_type") {
+            Some(Value::Array(a)) => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
+            _ => Vec::new(),
+        };
+
+        // Ids are positions; on a duplicated string keep the first id, as llama.cpp does.
+        let mut vocab = Vocab::default();
+        for (id, tok) in tokens.iter().enumerate() {
+            let id = u32::try_from(id)
+                .map_err(|_| Error::format(path, "tokenizer vocabulary exceeds u32 ids"))?;
+            vocab.entry(tok.clone()).or_insert(id);
+        }
+        let mut merge_pairs = Vec::with_capacity(merges.len());
+        for (i, m) in merges.iter().enumerate() {
+            let (a, b) = m.split_once(' ').ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!(
+                        "tokenizer.ggml.merges[{i}] = {m:?} is not two tokens separated by a space"
+                    ),
+                )
+            })?;
+            merge_pairs.push((a.to_string(), b.to_string()));
+        }
+
+        let pre = meta
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        // Llama 3 skips merging words already in the vocabulary (HF `ignore_merges`).
+        let ignore_merges = pre == "llama-bpe";
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merge_pairs)
+            .ignore_merges(ignore_merges)
+            .build()
+            .map_err(|e| Error::format(path, format!("building BPE tokenizer: {e}")))?;
+        let pre_tokenizer = pre_tokenizer_for(path, pre)?;
+
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(pre_tokenizer));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let specials: Vec<AddedToken> = tokens
+            .iter()
+            .zip(types.iter())
+            .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
+            .map(|(tok, _)| AddedToken::from(tok.clone(), true))
+            .collect();
+        inner.add_special_tokens(&specials);
+
+        let id = |key: &str| {
+            meta.get(key)
+                .and_then(Value::as_u64)
+                .and_then(|v| u32::try_from(v).ok())
+        };
+        Ok(Self {
+            inner,
+            path: path.to_path_buf(),
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
+            // llama.cpp's default for BPE vocabularies when the key is absent.
+            add_bos: meta
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
+
+    /// Loads a Hugging Face `tokenizer.json`; BOS/EOS come from
+    /// `tokenizer_config.json`, then `config.json`, when given.
+    pub fn from_hf_files(
+        model_path: &Path,
+        tokenizer_json: &Path,
+        tokenizer_config: Option<&Path>,
+        config: Option<&Path>,
+    ) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(tokenizer_json)
+            .map_err(|e| Error::format(tokenizer_json, format!("reading tokenizer: {e}")))?;
+        let tok_cfg = tokenizer_config.map(read_json).transpose()?;
+        let cfg = config.map(read_json).transpose()?;
+
+        // `bos_token` is a string or an AddedToken object with `content`.
+        let special = |name: &str| -> Option<u32> {
+            let v = tok_cfg.as_ref()?.get(name)?;
+            let s = v.as_str().or_else(|| v.get("content")?.as_str())?;
+            inner.token_to_id(s)
+        };
+        // `eos_token_id` may be a list (Llama 3.1); the first is the main one.
+        let config_id = |name: &str| -> Option<u32> {
+            let v = cfg.as_ref()?.get(name)?;
+            let n = v.as_u64().or_else(|| v.as_array()?.first()?.as_u64())?;
+            u32::try_from(n).ok()
+        };
+        let bos = special("bos_token").or_else(|| config_id("bos_token_id"));
+        let eos = special("eos_token").or_else(|| config_id("eos_token_id"));
+        let add_bos = match tok_cfg
+            .as_ref()
+            .and_then(|c| c.get("add_bos_token"))
+            .and_then(Value::as_bool)
+        {
+            Some(b) => b,
+            // No explicit flag: the post-processor decides (Llama 3 prepends BOS there).
+            None => match (bos, inner.encode("a", true)) {
+                (Some(b), Ok(enc)) => enc.get_ids().first() == Some(&b),
+                _ => false,
+            },
+        };
+        Ok(Self {
+            inner,
+            path: model_path.to_path_buf(),
+            bos,
+            eos,
+            add_bos,
+        })
+    }
+
+    /// Token ids for `text`; special tokens written in the text (`<|im_start|>`)
+    /// map to their ids. BOS is prepended only when `add_bos` is set, whatever
+    /// the tokenizer's own post-processor would do.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| Error::format(&self.path, format!("tokenizing: {e}")))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if add_bos {
+            let bos = self.bos.ok_or_else(|| {
+                Error::format(
+                    &self.path,
+                    "BOS requested but the tokenizer has no BOS token",
+                )
+            })?;
+            ids.push(bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text for `ids`, special tokens included as written.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        if let Some(bad) = ids.iter().find(|&&id| self.inner.id_to_token(id).is_none()) {
+            return Err(Error::format(
+                &self.path,
+                format!(
+                    "token id {bad} is outside the vocabulary ({} tokens)",
+                    self.vocab_size()
+                ),
+            ));
+        }
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| Error::format(&self.path, format!("detokenizing: {e}")))
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
+    }
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos
+    }
+    /// Whether the model expects BOS at the start of a prompt.
+    pub fn add_bos_default(&self) -> bool {
+        self.add_bos
+    }
+    /// Number of ids, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+    /// The vocabulary string of `id` (byte-level form, e.g. `Ġthe`).
+    pub fn token_str(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+}
+
+/// Pre-tokenizer for llama.cpp's `tokenizer.ggml.pre` name.
+fn pre_tokenizer_for(path: &Path, pre: &str) -> Result<PreTokenizerWrapper> {
+    let byte_level = |use_regex: bool| ByteLevel::new(false, true, use_regex);
+    Ok(match pre {
+        // GPT-2 regex inside ByteLevel.
+        "default" | "gpt2" | "gpt-2" => byte_level(true).into(),
+        // SmolLM2 / StarCoder: every digit on its own, then GPT-2 byte-level
+        // (llama.cpp splits `\p{N}` first; HF: Digits(individual) + ByteLevel).
+        "smollm" | "starcoder" | "refact" => Sequence::new(vec![
+            Digits::new(true).into(),
+            byte_level(true).into(),
+        ])
+        .into(),
+        "llama-bpe" | "llama3" => {
+            let split = Split::new(
+                SplitPattern::Regex(LLAMA3_PATTERN.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| Error::format(path, format!("Llama 3 split pattern: {e}")))?;
+            Sequence::new(vec![split.into(), byte_level(false).into()]).into()
+        }
+        other => {
+            return Err(Error::unsupported(
+                path,
+                format!("GGUF pre-tokenizer '{other}' (supported: default, gpt2, smollm, starcoder, refact, llama-bpe)"),
+            ))
+        }
+    })
+}
+
+fn string_array(
+    path: &Path,
+    meta: &HashMap<String, Value>,
+    key: &str,
+) -> Result<Option<Vec<String>>> {
+    let Some(v) = meta.get(key) else {
+        return Ok(None);
+    };
+    let arr = v
+        .as_array()
+        .ok_or_else(|| Error::format(path, format!("metadata '{key}' is not an array")))?;
+    arr.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_str().map(str::to_string).ok_or_else(|| {
+                Error::format(path, format!("metadata '{key}'[{i}] is not a string"))
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_reader(std::io::BufReader::new(f))
+        .map_err(|e| Error::format(path, format!("bad JSON: {e}")))
+}
