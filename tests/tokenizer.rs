@@ -54,7 +54,7 @@ fn smollm2_settings() {
         "SmolLM2's GGUF says add_bos_token = false"
     );
     assert_eq!(t.token_str(1).as_deref(), Some("<|im_start|>"));
-    assert_eq!(t.token_str(49151).is_some(), true);
+    assert!(t.token_str(49151).is_some());
     assert_eq!(t.token_str(49152), None);
 }
 
@@ -265,4 +265,57 @@ fn tokenize_all_of_emma_timed() {
         emma.len() as f64 / secs / 1e6
     );
     assert!(ids.len() > emma.len() / 8);
+}
+
+/// A Hugging Face `tokenizer.json` with `tokenizer_config.json`: BOS/EOS by
+/// name, and the config's add_bos_token flag.
+#[test]
+fn hf_tokenizer_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("tokenizer.json");
+    let cfg = dir.path().join("tokenizer_config.json");
+    std::fs::write(
+        &json,
+        serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": [
+                {"id": 0, "content": "<s>", "single_word": false, "lstrip": false,
+                 "rstrip": false, "normalized": false, "special": true},
+                {"id": 1, "content": "</s>", "single_word": false, "lstrip": false,
+                 "rstrip": false, "normalized": false, "special": true}
+            ],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false,
+                              "trim_offsets": true, "use_regex": true},
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true,
+                        "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                      "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": false, "byte_fallback": false,
+                      "vocab": {"<s>": 0, "</s>": 1, "a": 2, "b": 3, "Ġ": 4, "ab": 5, "Ġab": 6},
+                      "merges": ["a b", "Ġ ab"]}
+        })
+        .to_string(),
+    )
+    .expect("write tokenizer.json");
+    std::fs::write(
+        &cfg,
+        r#"{"bos_token": {"content": "<s>"}, "eos_token": "</s>", "add_bos_token": true}"#,
+    )
+    .expect("write tokenizer_config.json");
+    let t = Tokenizer::from_hf_files(dir.path(), &json, Some(&cfg), None).expect("load");
+    assert_eq!(
+        (t.bos_id(), t.eos_id(), t.add_bos_default()),
+        (Some(0), Some(1), true)
+    );
+    let ids = t.encode("ab ab</s>", true).expect("encode");
+    assert_eq!(ids, [0, 5, 6, 1]);
+    assert_eq!(t.decode(&ids).expect("decode"), "<s>ab ab</s>");
+
+    let err = Tokenizer::from_hf_files(dir.path(), &dir.path().join("nope.json"), None, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("nope.json"), "{err}");
 }
