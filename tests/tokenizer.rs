@@ -319,3 +319,36 @@ fn hf_tokenizer_json() {
         .unwrap_err();
     assert!(err.to_string().contains("nope.json"), "{err}");
 }
+
+/// Every supported `tokenizer.ggml.pre` builds (the Llama 3 split regex must
+/// compile under the pure-Rust regex backend) and round-trips byte-level text.
+#[test]
+fn supported_pre_tokenizers_build() {
+    // SmolLM2's vocabulary holds all 256 byte symbols, so any text is encodable.
+    let smol = tokenizer();
+    let vocab: Vec<String> = (0..smol.vocab_size() as u32)
+        .filter_map(|i| smol.token_str(i))
+        .collect();
+    for pre in [
+        "default",
+        "gpt2",
+        "smollm",
+        "starcoder",
+        "refact",
+        "llama-bpe",
+    ] {
+        let t = Tokenizer::from_gguf_metadata(
+            Path::new("x"),
+            &meta_with(&[
+                ("tokenizer.ggml.model", "gpt2".into()),
+                ("tokenizer.ggml.pre", pre.into()),
+                ("tokenizer.ggml.tokens", serde_json::json!(vocab)),
+                ("tokenizer.ggml.merges", serde_json::json!(["Ġ t", "i n"])),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("pre '{pre}': {e}"));
+        let s = "It's 2024!\n\n  Naïve 🦀 text\tends  ";
+        let ids = t.encode(s, false).expect("encode");
+        assert_eq!(t.decode(&ids).expect("decode"), s, "pre '{pre}'");
+    }
+}
