@@ -119,7 +119,7 @@ impl CpuForward {
     pub fn final_norm_and_head(&self, hidden: &[f32]) -> Result<Vec<f32>> {
         let a = &self.weights.arch;
         let h = a.hidden_size;
-        if hidden.is_empty() || hidden.len() % h != 0 {
+        if hidden.is_empty() || !hidden.len().is_multiple_of(h) {
             return Err(Error::Config(format!(
                 "hidden state has {} values, not a multiple of hidden {h}",
                 hidden.len()

@@ -197,9 +197,9 @@ impl LlamaWeights {
 fn check_arch(path: PathBuf, a: &ArchConfig) -> Result<()> {
     let bad = a.num_heads == 0
         || a.num_kv_heads == 0
-        || a.hidden_size % a.num_heads != 0
-        || a.num_heads % a.num_kv_heads != 0
-        || a.head_dim() % 2 != 0;
+        || !a.hidden_size.is_multiple_of(a.num_heads)
+        || !a.num_heads.is_multiple_of(a.num_kv_heads)
+        || !a.head_dim().is_multiple_of(2);
     if bad {
         return Err(Error::unsupported(
             path,
