@@ -210,5 +210,7 @@ fn sixty_four_tokens_run_fast() {
     let dt = t.elapsed();
     eprintln!("64 tokens: {dt:.2?}");
     assert!(logits.iter().all(|v| v.is_finite()));
-    assert!(dt.as_secs_f32() < 5.0, "64 tokens took {dt:.2?}");
+    // ~2 s in release on 2 shared cores; the bound only catches a slow path
+    // without flaking when other jobs share the machine.
+    assert!(dt.as_secs_f32() < 10.0, "64 tokens took {dt:.2?}");
 }

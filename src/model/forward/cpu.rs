@@ -274,6 +274,28 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Dot products of four consecutive `k`-long rows of `xs` with `w`.
+fn dot4(xs: &[f32], w: &[f32], k: usize) -> [f32; 4] {
+    let (x0, x1, x2, x3) = (&xs[..k], &xs[k..2 * k], &xs[2 * k..3 * k], &xs[3 * k..]);
+    let mut acc = [[0f32; 8]; 4];
+    let n8 = k / 8 * 8;
+    for c in (0..n8).step_by(8) {
+        let wc = &w[c..c + 8];
+        for (a, xr) in acc.iter_mut().zip([x0, x1, x2, x3]) {
+            let xc = &xr[c..c + 8];
+            for l in 0..8 {
+                a[l] += xc[l] * wc[l];
+            }
+        }
+    }
+    let mut out = [0f32; 4];
+    for (o, (a, xr)) in out.iter_mut().zip(acc.iter().zip([x0, x1, x2, x3])) {
+        let tail: f32 = xr[n8..].iter().zip(&w[n8..k]).map(|(x, y)| x * y).sum();
+        *o = a.iter().sum::<f32>() + tail;
+    }
+    out
+}
+
 /// Weight rows per parallel task: small enough to spread over the cores,
 /// large enough that the activations stay in cache across the rows.
 const ROW_BLOCK: usize = 32;
@@ -291,7 +313,15 @@ pub fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> 
             let r0 = blk * ROW_BLOCK;
             for (j, orow) in out.chunks_exact_mut(m).enumerate() {
                 let wr = &w[(r0 + j) * k..][..k];
-                for (i, o) in orow.iter_mut().enumerate() {
+                // Four activation rows per pass over the weight row: each
+                // weight load feeds four multiply-adds.
+                let mut quads = orow.chunks_exact_mut(4);
+                for (qi, o4) in (&mut quads).enumerate() {
+                    let xs = &x[qi * 4 * k..][..4 * k];
+                    o4.copy_from_slice(&dot4(xs, wr, k));
+                }
+                let done = m - quads.into_remainder().len();
+                for (i, o) in orow.iter_mut().enumerate().skip(done) {
                     *o = dot(&x[i * k..][..k], wr);
                 }
             }
