@@ -2,6 +2,7 @@
 //! plus named tensors, loaded lazily.
 
 pub mod arch;
+pub mod forward;
 pub mod tokenizer;
 pub mod view;
 

@@ -1,0 +1,213 @@
+//! Llama-family forward pass, f32 on the CPU: the reference that quantized
+//! models are measured against, and the layer-at-a-time driver that
+//! calibration (GPTQ/GPTVQ) uses to collect the inputs of each linear.
+
+pub mod cpu;
+
+pub use cpu::CpuForward;
+
+use super::arch::ArchConfig;
+use super::view::{ModelView, TensorKind};
+use crate::error::{Error, Result};
+use std::path::PathBuf;
+
+/// Where in a decoder layer a linear input was captured. Linears that read
+/// the same activations share one site (and so one Hessian in GPTQ).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinearSite {
+    /// Normed hidden state read by q, k and v.
+    AttnQkv,
+    /// Attention output read by o_proj.
+    AttnOutput,
+    /// Normed hidden state read by gate and up.
+    MlpGateUp,
+    /// `silu(gate) * up`, read by down_proj.
+    MlpDown,
+}
+
+impl LinearSite {
+    /// The linears that consume this input.
+    pub fn kinds(self) -> &'static [TensorKind] {
+        match self {
+            LinearSite::AttnQkv => &[TensorKind::AttnQ, TensorKind::AttnK, TensorKind::AttnV],
+            LinearSite::AttnOutput => &[TensorKind::AttnOutput],
+            LinearSite::MlpGateUp => &[TensorKind::MlpGate, TensorKind::MlpUp],
+            LinearSite::MlpDown => &[TensorKind::MlpDown],
+        }
+    }
+}
+
+/// The input activations of one or more linears, handed to the hook of
+/// [`CpuForward::layer`] before the linears are applied.
+pub struct LinearInput<'a> {
+    pub layer: usize,
+    pub site: LinearSite,
+    /// Row-major `[seq, width]`.
+    pub x: &'a [f32],
+    pub seq: usize,
+    /// Input features of the linears (`in` of their `[out, in]` weights).
+    pub width: usize,
+}
+
+/// The weights of one decoder layer, f32, linear weights `[out, in]` row-major.
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub o: Vec<f32>,
+    pub ffn_norm: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+    pub down: Vec<f32>,
+}
+
+impl LayerWeights {
+    /// The weight of a block linear, for callers that swap in quantized copies.
+    pub fn linear_mut(&mut self, kind: TensorKind) -> Option<&mut Vec<f32>> {
+        match kind {
+            TensorKind::AttnQ => Some(&mut self.q),
+            TensorKind::AttnK => Some(&mut self.k),
+            TensorKind::AttnV => Some(&mut self.v),
+            TensorKind::AttnOutput => Some(&mut self.o),
+            TensorKind::MlpGate => Some(&mut self.gate),
+            TensorKind::MlpUp => Some(&mut self.up),
+            TensorKind::MlpDown => Some(&mut self.down),
+            _ => None,
+        }
+    }
+}
+
+/// All weights of a Llama-family model in f32.
+#[derive(Clone, Debug)]
+pub struct LlamaWeights {
+    pub arch: ArchConfig,
+    /// `[vocab, hidden]`.
+    pub embed: Vec<f32>,
+    pub layers: Vec<LayerWeights>,
+    pub final_norm: Vec<f32>,
+    /// `[vocab, hidden]`; `None` when the head is tied to `embed`.
+    pub head: Option<Vec<f32>>,
+}
+
+/// Tensor names of one naming convention.
+struct Names {
+    gguf: bool,
+}
+
+impl Names {
+    fn global(&self, what: &str) -> String {
+        let (g, h) = match what {
+            "embed" => ("token_embd.weight", "model.embed_tokens.weight"),
+            "norm" => ("output_norm.weight", "model.norm.weight"),
+            _ => ("output.weight", "lm_head.weight"),
+        };
+        if self.gguf { g } else { h }.to_string()
+    }
+
+    fn layer(&self, i: usize, what: &str) -> String {
+        if self.gguf {
+            format!("blk.{i}.{what}.weight")
+        } else {
+            let hf = match what {
+                "attn_norm" => "input_layernorm",
+                "attn_q" => "self_attn.q_proj",
+                "attn_k" => "self_attn.k_proj",
+                "attn_v" => "self_attn.v_proj",
+                "attn_output" => "self_attn.o_proj",
+                "ffn_norm" => "post_attention_layernorm",
+                "ffn_gate" => "mlp.gate_proj",
+                "ffn_up" => "mlp.up_proj",
+                _ => "mlp.down_proj",
+            };
+            format!("model.layers.{i}.{hf}.weight")
+        }
+    }
+}
+
+/// Loads one tensor as f32 after checking its shape.
+fn load(view: &ModelView, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let info = view.tensor(name)?;
+    // A 1-D norm may be stored as [n] or [1, n]; compare element layout.
+    let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+    if squeeze(&info.shape) != squeeze(shape) {
+        return Err(Error::format(
+            view.path(),
+            format!(
+                "tensor '{name}' has shape {:?}, the config implies {shape:?}",
+                info.shape
+            ),
+        ));
+    }
+    view.load_f32(name)
+}
+
+impl LlamaWeights {
+    /// Reads every weight of the model, in either GGUF or Hugging Face naming.
+    pub fn load(view: &ModelView) -> Result<Self> {
+        let arch = view.arch().clone();
+        check_arch(view.path().to_path_buf(), &arch)?;
+        let names = Names {
+            gguf: view.tensors().iter().any(|t| t.name == "token_embd.weight"),
+        };
+        let (h, f, v) = (arch.hidden_size, arch.intermediate_size, arch.vocab_size);
+        let kv = arch.num_kv_heads * arch.head_dim();
+        let embed = load(view, &names.global("embed"), &[v, h])?;
+        let mut layers = Vec::with_capacity(arch.num_layers);
+        for i in 0..arch.num_layers {
+            let l = |what: &str, shape: &[usize]| load(view, &names.layer(i, what), shape);
+            layers.push(LayerWeights {
+                attn_norm: l("attn_norm", &[h])?,
+                q: l("attn_q", &[h, h])?,
+                k: l("attn_k", &[kv, h])?,
+                v: l("attn_v", &[kv, h])?,
+                o: l("attn_output", &[h, h])?,
+                ffn_norm: l("ffn_norm", &[h])?,
+                gate: l("ffn_gate", &[f, h])?,
+                up: l("ffn_up", &[f, h])?,
+                down: l("ffn_down", &[h, f])?,
+            });
+        }
+        let final_norm = load(view, &names.global("norm"), &[h])?;
+        let head_name = names.global("head");
+        let has_head = view.tensors().iter().any(|t| t.name == head_name);
+        // Some tied checkpoints still ship lm_head; use it when present.
+        let head = if has_head {
+            Some(load(view, &head_name, &[v, h])?)
+        } else if arch.tied_embeddings {
+            None
+        } else {
+            return Err(Error::MissingTensor {
+                path: view.path().to_path_buf(),
+                name: head_name,
+            });
+        };
+        Ok(Self {
+            arch,
+            embed,
+            layers,
+            final_norm,
+            head,
+        })
+    }
+}
+
+/// Rejects configs the forward cannot run (zero or non-dividing heads).
+fn check_arch(path: PathBuf, a: &ArchConfig) -> Result<()> {
+    let bad = a.num_heads == 0
+        || a.num_kv_heads == 0
+        || !a.hidden_size.is_multiple_of(a.num_heads)
+        || !a.num_heads.is_multiple_of(a.num_kv_heads)
+        || !a.head_dim().is_multiple_of(2);
+    if bad {
+        return Err(Error::unsupported(
+            path,
+            format!(
+                "forward pass needs hidden ({}) divisible by heads ({}), heads by kv heads ({}), and an even head dim",
+                a.hidden_size, a.num_heads, a.num_kv_heads
+            ),
+        ));
+    }
+    Ok(())
+}
