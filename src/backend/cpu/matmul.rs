@@ -320,9 +320,10 @@ fn unpack_row(row: &[u32], bits: u32, cols: usize, out: &mut [f32]) {
 }
 
 /// Dot product with 16 independent lanes (4 SSE / 2 AVX registers), so it
-/// vectorises without fast-math and hides the add latency.
+/// vectorises without fast-math and hides the add latency. Shared with the
+/// CPU forward pass.
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ac

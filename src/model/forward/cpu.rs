@@ -1,6 +1,7 @@
 //! The f32 CPU forward: RMSNorm, RoPE, GQA causal attention, SwiGLU.
 
 use super::{LayerWeights, LinearInput, LinearSite, LlamaWeights};
+use crate::backend::cpu::matmul::dot;
 use crate::error::{Error, Result};
 use crate::model::view::ModelView;
 use rayon::prelude::*;
@@ -254,24 +255,6 @@ fn add_in_place(dst: &mut [f32], src: &[f32]) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d += s;
     }
-}
-
-/// Dot product with 8 independent lanes so the compiler vectorizes it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Dot products of four consecutive `k`-long rows of `xs` with `w`.
