@@ -25,10 +25,6 @@ const TOKENS: &[u32] = &[
 ];
 const REL_TOL: f32 = 1e-3;
 
-fn python() -> String {
-    std::env::var("LLMQ_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
 fn model() -> &'static CpuForward {
     static M: OnceLock<CpuForward> = OnceLock::new();
     M.get_or_init(|| {
@@ -60,18 +56,11 @@ fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
 }
 
 fn reference_logits(tokens: &[u32]) -> Vec<f32> {
-    let ok = Command::new(python())
-        .args(["-c", "import gguf, numpy"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "python package 'gguf' (or numpy) missing: pip install -r scripts/requirements-test.txt"
-    );
+    let python = common::python_with_references();
     let dir = tempfile::tempdir().expect("temp dir");
     let out_file = dir.path().join("logits.f32");
     let ids: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
-    let out = Command::new(python())
+    let out = Command::new(&python)
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/llama_forward.py"))
         .arg(common::smollm2_gguf())
         .arg(&out_file)

@@ -23,22 +23,11 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn python() -> String {
-    std::env::var("LLMQ_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
 /// Runs gguf_dump.py on `gguf` into a temp dir and returns (dir, index.json).
 fn reference_dump(gguf: &Path) -> (tempfile::TempDir, Value) {
-    let ok = Command::new(python())
-        .args(["-c", "import gguf, numpy"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "python package 'gguf' (or numpy) missing: pip install -r scripts/requirements-test.txt"
-    );
+    let python = common::python_with_references();
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = Command::new(python())
+    let out = Command::new(&python)
         .arg(repo().join("tests/py/gguf_dump.py"))
         .arg(gguf)
         .arg(dir.path())

@@ -42,6 +42,22 @@ pub fn smollm2_gguf() -> PathBuf {
     p
 }
 
+/// The Python interpreter for reference implementations (`LLMQ_PYTHON`, else
+/// `python3`), after checking it has the packages they import; fails the
+/// test with the install command if not.
+pub fn python_with_references() -> String {
+    let python = std::env::var("LLMQ_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import gguf, numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python package 'gguf' (or numpy) missing: pip install -r scripts/requirements-test.txt"
+    );
+    python
+}
+
 /// A fresh GPU context, for tests that change its settings (binding limit).
 pub fn fresh_gpu() -> GpuContext {
     let name = std::env::var("LLMQ_TEST_ADAPTER").ok();

@@ -25,17 +25,24 @@ pub fn matmul(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>
     matmul_with(q, x, tokens, true)
 }
 
+/// A consistent weight and `tokens` rows of `cols` activations.
+fn check_inputs(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<()> {
+    q.validate("matmul weight")?;
+    if x.len() != tokens * q.cols {
+        return Err(Error::Config(format!(
+            "matmul input has {} values, expected {tokens} tokens x {} columns",
+            x.len(),
+            q.cols
+        )));
+    }
+    Ok(())
+}
+
 /// [`matmul`] with the SIMD kernels allowed (`simd`, used when the CPU has
 /// them) or not (portable loops only), so tests can check both paths.
 pub fn matmul_with(q: &QuantizedTensor, x: &[f32], tokens: usize, simd: bool) -> Result<Vec<f32>> {
-    q.validate("matmul weight")?;
+    check_inputs(q, x, tokens)?;
     let (rows, cols) = (q.rows, q.cols);
-    if x.len() != tokens * cols {
-        return Err(Error::Config(format!(
-            "matmul input has {} values, expected {tokens} tokens x {cols} columns",
-            x.len()
-        )));
-    }
     if tokens == 0 {
         return Ok(Vec::new());
     }
@@ -356,14 +363,8 @@ fn dot_ones(a: &[f32]) -> f32 {
 /// Plain reference: dequantize every weight and accumulate in f64.
 /// Slow; tests and benchmarks check the fast paths against it.
 pub fn matmul_reference(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f64>> {
-    q.validate("matmul weight")?;
+    check_inputs(q, x, tokens)?;
     let (rows, cols) = (q.rows, q.cols);
-    if x.len() != tokens * cols {
-        return Err(Error::Config(format!(
-            "matmul input has {} values, expected {tokens} tokens x {cols} columns",
-            x.len()
-        )));
-    }
     let (glen, gpr, wpr) = (q.scheme.group_len(cols), q.n_groups(), q.words_per_row());
     let mut y = vec![0f64; tokens * rows];
     for r in 0..rows {
