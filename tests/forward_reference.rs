@@ -11,7 +11,7 @@
 
 mod common;
 
-use llmq_gpu::model::forward::{CpuForward, LinearSite};
+use llmq_gpu::model::forward::{CpuForward, Decoder, Forward, Linear, LinearSite};
 use llmq_gpu::model::ModelView;
 use std::path::PathBuf;
 use std::process::Command;
@@ -161,8 +161,11 @@ fn half_split_rope_on_hf_layout_matches() {
         out
     };
     for l in &mut w.layers {
-        l.q = unpermute(&l.q, w.arch.num_heads);
-        l.k = unpermute(&l.k, w.arch.num_kv_heads);
+        let dense = |lin: &Linear| lin.as_dense().expect("GGUF linears load dense").to_vec();
+        let (q, k) = (dense(&l.q), dense(&l.k));
+        let (qr, kr) = (l.q.rows(), l.k.rows());
+        l.q = Linear::dense(qr, h, unpermute(&q, w.arch.num_heads)).expect("q");
+        l.k = Linear::dense(kr, h, unpermute(&k, w.arch.num_kv_heads)).expect("k");
     }
     w.arch.rope_adjacent_pairs = false;
     let hf = CpuForward::new(w).logits(TOKENS).expect("forward");
@@ -185,7 +188,7 @@ fn bad_inputs_are_errors() {
     assert!(e.to_string().contains("context length"), "{e}");
     let mut hidden = vec![0f32; 3];
     let e = m.layer(0, &mut hidden, 1, &mut |_| {}).expect_err("size");
-    assert!(e.to_string().contains("expected seq"), "{e}");
+    assert!(e.to_string().contains("expected a multiple of seq"), "{e}");
     let mut hidden = vec![0f32; a.hidden_size];
     assert!(m.layer(a.num_layers, &mut hidden, 1, &mut |_| {}).is_err());
 }
@@ -201,4 +204,46 @@ fn sixty_four_tokens_give_finite_logits() {
     eprintln!("64 tokens: {:.2?}", t.elapsed());
     assert_eq!(logits.len(), 64 * 49152);
     assert!(logits.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn kv_cache_decoding_matches_full_logits() {
+    let m = model();
+    let vocab = m.weights.arch.vocab_size;
+    let full = m.logits(TOKENS).expect("forward");
+    let mut dec = Forward::decoder(m, TOKENS.len()).expect("decoder");
+    // A prompt of 10, then one token at a time.
+    let mut last = dec.feed(&TOKENS[..10]).expect("prefill");
+    let mut worst = 0f32;
+    for p in 10..=TOKENS.len() {
+        let (d, max) = diff(&last, &full[(p - 1) * vocab..p * vocab]);
+        worst = worst.max(d / max);
+        assert!(d <= 1e-4 * max, "position {}: max |Δ| {d}", p - 1);
+        if p < TOKENS.len() {
+            last = dec.feed(&TOKENS[p..p + 1]).expect("decode");
+        }
+    }
+    assert_eq!(dec.position(), TOKENS.len());
+    eprintln!("cached vs full: worst relative |Δ| {worst:.2e}");
+    let e = dec.feed(&[1]).expect_err("cache full");
+    assert!(e.to_string().contains("KV cache"), "{e}");
+}
+
+#[test]
+fn a_batch_of_sequences_matches_each_sequence_alone() {
+    let m = model();
+    let a = &m.weights.arch;
+    let seq = 14;
+    let (s0, s1) = (&TOKENS[..seq], &TOKENS[seq..2 * seq]);
+    let mut hidden = m.embed(&TOKENS[..2 * seq]).expect("embed");
+    let mut rows_seen = 0;
+    for i in 0..a.num_layers {
+        m.layer(i, &mut hidden, seq, &mut |inp| rows_seen = inp.seq)
+            .expect("layer");
+    }
+    assert_eq!(rows_seen, 2 * seq, "hooks see every sequence of the batch");
+    let batched = m.final_norm_and_head(&hidden).expect("head");
+    let alone = [m.logits(s0).expect("s0"), m.logits(s1).expect("s1")].concat();
+    let (d, max) = diff(&batched, &alone);
+    assert!(d <= 1e-5 * max, "max |Δ| {d}");
 }

@@ -737,8 +737,11 @@ impl TensorSource for LlmqModel {
     fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }
+    fn load_quantized(&self, name: &str) -> Result<Option<QuantizedTensor>> {
+        LlmqModel::load_quantized(self, name)
+    }
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
-        match self.load_quantized(name)? {
+        match LlmqModel::load_quantized(self, name)? {
             Some(q) => CpuBackend.dequantize(&q),
             None => self.files.load_f32(name, &self.path),
         }

@@ -32,6 +32,12 @@ pub trait TensorSource: Send + Sync {
     fn tensors(&self) -> &[TensorInfo];
     /// The tensor as f32, dequantized if stored quantized.
     fn load_f32(&self, name: &str) -> Result<Vec<f32>>;
+    /// The tensor still packed, for formats that store llmq-gpu's own packed
+    /// layout; `None` when it is stored unquantized (or the format has no
+    /// such layout), so callers fall back to [`TensorSource::load_f32`].
+    fn load_quantized(&self, _name: &str) -> Result<Option<crate::quant::QuantizedTensor>> {
+        Ok(None)
+    }
     /// File-level metadata as `(key, printable value)` pairs, for `inspect`
     /// and to carry along (the tokenizer of a GGUF file lives here).
     fn metadata(&self) -> Vec<(String, serde_json::Value)>;
@@ -171,6 +177,9 @@ impl ModelView {
     }
     pub fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
         self.source.load_f32(name)
+    }
+    pub fn load_quantized(&self, name: &str) -> Result<Option<crate::quant::QuantizedTensor>> {
+        self.source.load_quantized(name)
     }
     pub fn metadata(&self) -> Vec<(String, serde_json::Value)> {
         self.source.metadata()

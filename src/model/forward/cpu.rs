@@ -1,28 +1,75 @@
-//! The f32 CPU forward: RMSNorm, RoPE, GQA causal attention, SwiGLU.
+//! The CPU forward: RMSNorm, RoPE, GQA causal attention, SwiGLU, with dense
+//! or packed linears, batches of equal-length sequences, and a KV cache for
+//! generation.
 
-use super::{LayerWeights, LinearInput, LinearSite, LlamaWeights};
-use crate::backend::cpu::matmul::dot;
+use super::ops::{self, AttnShape, RopeTable};
+use super::{Decoder, Forward, LayerWeights, LinearInput, LinearSite, LlamaWeights};
 use crate::error::{Error, Result};
+use crate::model::arch::ArchConfig;
 use crate::model::view::ModelView;
-use rayon::prelude::*;
 
-/// Runs a Llama-family model on one sequence (positions `0..seq`).
+/// Runs a Llama-family model on the CPU.
 pub struct CpuForward {
     pub weights: LlamaWeights,
+    inv_freq: Vec<f64>,
+}
+
+/// Keys and values of every layer for the positions fed so far.
+pub struct KvCache {
+    /// Per layer: `[len, kv_heads·hd]` keys, then values.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    pub fn new(arch: &ArchConfig, capacity: usize) -> Self {
+        let width = arch.num_kv_heads * arch.head_dim();
+        let layer = || {
+            (
+                Vec::with_capacity(capacity * width),
+                Vec::with_capacity(capacity * width),
+            )
+        };
+        Self {
+            layers: (0..arch.num_layers).map(|_| layer()).collect(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Where a layer call gets its past keys/values: none (fresh sequences) or
+/// one sequence's cache.
+enum Past<'a> {
+    Fresh,
+    Cached(&'a mut (Vec<f32>, Vec<f32>), usize),
 }
 
 impl CpuForward {
     pub fn new(weights: LlamaWeights) -> Self {
-        Self { weights }
+        let a = &weights.arch;
+        let inv_freq = ops::rope_inv_freq(a.head_dim(), a.rope_theta);
+        Self { weights, inv_freq }
     }
 
     pub fn load(view: &ModelView) -> Result<Self> {
-        Ok(Self::new(LlamaWeights::load(view)?))
+        Ok(Self::new(super::LlamaWeights::load(view)?))
     }
 
     /// Logits `[seq, vocab]` for every position of `tokens`.
     pub fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let seq = tokens.len();
+        self.check_length(seq)?;
         let mut hidden = self.embed(tokens)?;
         for i in 0..self.weights.layers.len() {
             self.layer(i, &mut hidden, seq, &mut |_| {})?;
@@ -30,20 +77,14 @@ impl CpuForward {
         self.final_norm_and_head(&hidden)
     }
 
-    /// Token embeddings `[seq, hidden]`; checks the ids and the length.
+    /// Token embeddings `[tokens.len(), hidden]`; checks the ids. A batch of
+    /// sequences is embedded by passing them concatenated.
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let a = &self.weights.arch;
         if tokens.is_empty() {
             return Err(Error::Config(
                 "forward pass needs at least one token".into(),
             ));
-        }
-        if tokens.len() > a.context_length {
-            return Err(Error::Config(format!(
-                "{} tokens exceed the model's context length {}",
-                tokens.len(),
-                a.context_length
-            )));
         }
         let h = a.hidden_size;
         let mut out = Vec::with_capacity(tokens.len() * h);
@@ -60,8 +101,9 @@ impl CpuForward {
         Ok(out)
     }
 
-    /// Applies decoder layer `i` to `hidden` (`[seq, hidden]`) in place. The
-    /// hook sees the input of each linear before it is applied.
+    /// Applies decoder layer `i` in place to `hidden`: a batch of sequences of
+    /// `seq` tokens each (positions `0..seq`), `[batch·seq, hidden]`. The hook
+    /// sees the input of each linear (all sequences) before it is applied.
     pub fn layer(
         &self,
         i: usize,
@@ -69,54 +111,112 @@ impl CpuForward {
         seq: usize,
         hook: &mut dyn FnMut(LinearInput),
     ) -> Result<()> {
-        let a = &self.weights.arch;
-        let lw = self.weights.layers.get(i).ok_or_else(|| {
+        let h = self.weights.arch.hidden_size;
+        if seq == 0 || hidden.is_empty() || !hidden.len().is_multiple_of(seq * h) {
+            return Err(Error::Config(format!(
+                "hidden state has {} values, expected a multiple of seq {seq} x hidden {h}",
+                hidden.len()
+            )));
+        }
+        self.layer_with(i, hidden, seq, Past::Fresh, hook)
+    }
+
+    fn layer_weights(&self, i: usize) -> Result<&LayerWeights> {
+        self.weights.layers.get(i).ok_or_else(|| {
             Error::Config(format!(
                 "layer {i} out of range (model has {})",
                 self.weights.layers.len()
             ))
-        })?;
-        let h = a.hidden_size;
-        if seq == 0 || hidden.len() != seq * h {
+        })
+    }
+
+    fn check_length(&self, end: usize) -> Result<()> {
+        let ctx = self.weights.arch.context_length;
+        if end > ctx {
             return Err(Error::Config(format!(
-                "hidden state has {} values, expected seq {seq} x hidden {h}",
-                hidden.len()
+                "{end} tokens exceed the model's context length {ctx}"
             )));
         }
+        Ok(())
+    }
+
+    fn layer_with(
+        &self,
+        i: usize,
+        hidden: &mut [f32],
+        seq: usize,
+        mut past: Past,
+        hook: &mut dyn FnMut(LinearInput),
+    ) -> Result<()> {
+        let a = &self.weights.arch;
+        let lw = self.layer_weights(i)?;
+        let (h, f) = (a.hidden_size, a.intermediate_size);
+        let rows = hidden.len() / h;
+        let start = match &past {
+            Past::Fresh => 0,
+            Past::Cached(_, start) => *start,
+        };
+        self.check_length(start + seq)?;
         let mut call = |site, x: &[f32], width| {
             hook(LinearInput {
                 layer: i,
                 site,
                 x,
-                seq,
+                seq: rows,
                 width,
             })
         };
 
-        // Attention block.
-        let x = rms_norm(hidden, &lw.attn_norm, a.rms_norm_eps);
+        // Attention block: projections over all rows, attention per sequence.
+        let x = ops::rms_norm(hidden, &lw.attn_norm, a.rms_norm_eps);
         call(LinearSite::AttnQkv, &x, h);
-        let attn = self.attention(lw, &x, seq);
-        call(LinearSite::AttnOutput, &attn, h);
-        let o = matmul_t(&attn, &lw.o, seq, h, h);
-        add_in_place(hidden, &o);
+        let mut q = lw.q.apply(&x, rows)?;
+        let mut k = lw.k.apply(&x, rows)?;
+        let v = lw.v.apply(&x, rows)?;
+        let shape = AttnShape {
+            heads: a.num_heads,
+            kv_heads: a.num_kv_heads,
+            head_dim: a.head_dim(),
+        };
+        let rope = RopeTable::new(start, seq, &self.inv_freq);
+        let (qw, kvw) = (
+            shape.heads * shape.head_dim,
+            shape.kv_heads * shape.head_dim,
+        );
+        let mut attn = Vec::with_capacity(rows * qw);
+        for b in 0..rows / seq {
+            let qb = &mut q[b * seq * qw..][..seq * qw];
+            let kb = &mut k[b * seq * kvw..][..seq * kvw];
+            rope.apply(qb, shape.heads, a.rope_adjacent_pairs);
+            rope.apply(kb, shape.kv_heads, a.rope_adjacent_pairs);
+            let vb = &v[b * seq * kvw..][..seq * kvw];
+            let out = match &mut past {
+                Past::Fresh => ops::attention(qb, kb, vb, seq, 0, shape),
+                Past::Cached(kv, _) => {
+                    kv.0.extend_from_slice(kb);
+                    kv.1.extend_from_slice(vb);
+                    ops::attention(qb, &kv.0, &kv.1, seq, start, shape)
+                }
+            };
+            attn.extend_from_slice(&out);
+        }
+        call(LinearSite::AttnOutput, &attn, qw);
+        let o = lw.o.apply(&attn, rows)?;
+        ops::add_in_place(hidden, &o);
 
         // SwiGLU MLP.
-        let f = a.intermediate_size;
-        let x = rms_norm(hidden, &lw.ffn_norm, a.rms_norm_eps);
+        let x = ops::rms_norm(hidden, &lw.ffn_norm, a.rms_norm_eps);
         call(LinearSite::MlpGateUp, &x, h);
-        let mut g = matmul_t(&x, &lw.gate, seq, h, f);
-        let u = matmul_t(&x, &lw.up, seq, h, f);
-        for (g, u) in g.iter_mut().zip(&u) {
-            *g = silu(*g) * u;
-        }
+        let mut g = lw.gate.apply(&x, rows)?;
+        let u = lw.up.apply(&x, rows)?;
+        ops::silu_mul(&mut g, &u);
         call(LinearSite::MlpDown, &g, f);
-        let d = matmul_t(&g, &lw.down, seq, f, h);
-        add_in_place(hidden, &d);
+        let d = lw.down.apply(&g, rows)?;
+        ops::add_in_place(hidden, &d);
         Ok(())
     }
 
-    /// Final RMSNorm and output head: logits `[seq, vocab]`.
+    /// Final RMSNorm and output head: logits `[rows, vocab]`.
     pub fn final_norm_and_head(&self, hidden: &[f32]) -> Result<Vec<f32>> {
         let a = &self.weights.arch;
         let h = a.hidden_size;
@@ -126,194 +226,75 @@ impl CpuForward {
                 hidden.len()
             )));
         }
-        let seq = hidden.len() / h;
-        let x = rms_norm(hidden, &self.weights.final_norm, a.rms_norm_eps);
-        let head = self.weights.head.as_deref().unwrap_or(&self.weights.embed);
-        Ok(matmul_t(&x, head, seq, h, a.vocab_size))
-    }
-
-    /// q/k/v projections, RoPE, causal GQA attention: `[seq, hidden]`.
-    fn attention(&self, lw: &LayerWeights, x: &[f32], seq: usize) -> Vec<f32> {
-        let a = &self.weights.arch;
-        let (h, hd) = (a.hidden_size, a.head_dim());
-        let (nh, nkv) = (a.num_heads, a.num_kv_heads);
-        let kvw = nkv * hd;
-        let mut q = matmul_t(x, &lw.q, seq, h, nh * hd);
-        let mut k = matmul_t(x, &lw.k, seq, h, kvw);
-        let v = matmul_t(x, &lw.v, seq, h, kvw);
-        let rope = RopeTable::new(seq, hd, a.rope_theta);
-        rope.apply(&mut q, nh, hd, a.rope_adjacent_pairs);
-        rope.apply(&mut k, nkv, hd, a.rope_adjacent_pairs);
-
-        let scale = 1.0 / (hd as f32).sqrt();
-        let group = nh / nkv;
-        // One task per head; each writes its own [seq, hd] block, interleaved after.
-        let heads: Vec<Vec<f32>> = (0..nh)
-            .into_par_iter()
-            .map(|head| {
-                let kvh = head / group;
-                let mut out = vec![0f32; seq * hd];
-                let mut scores = vec![0f32; seq];
-                for t in 0..seq {
-                    let qt = &q[t * nh * hd + head * hd..][..hd];
-                    let mut max = f32::NEG_INFINITY;
-                    for (s, sc) in scores.iter_mut().enumerate().take(t + 1) {
-                        let ks = &k[s * kvw + kvh * hd..][..hd];
-                        *sc = dot(qt, ks) * scale;
-                        max = max.max(*sc);
-                    }
-                    let mut sum = 0f32;
-                    for sc in &mut scores[..=t] {
-                        *sc = (*sc - max).exp();
-                        sum += *sc;
-                    }
-                    let ot = &mut out[t * hd..(t + 1) * hd];
-                    for (s, &p) in scores[..=t].iter().enumerate() {
-                        let vs = &v[s * kvw + kvh * hd..][..hd];
-                        let p = p / sum;
-                        for (o, &vv) in ot.iter_mut().zip(vs) {
-                            *o += p * vv;
-                        }
-                    }
-                }
-                out
-            })
-            .collect();
-        let mut out = vec![0f32; seq * h];
-        for (head, ho) in heads.iter().enumerate() {
-            for t in 0..seq {
-                out[t * h + head * hd..][..hd].copy_from_slice(&ho[t * hd..(t + 1) * hd]);
-            }
-        }
-        out
-    }
-}
-
-/// cos/sin for each position and rotation pair: angle = pos · θ^(−2i/d).
-struct RopeTable {
-    half: usize,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-}
-
-impl RopeTable {
-    fn new(seq: usize, hd: usize, theta: f32) -> Self {
-        let half = hd / 2;
-        let mut cos = Vec::with_capacity(seq * half);
-        let mut sin = Vec::with_capacity(seq * half);
-        for p in 0..seq {
-            for i in 0..half {
-                // f64 so long positions keep their precision.
-                let freq = (theta as f64).powf(-2.0 * i as f64 / hd as f64);
-                let ang = p as f64 * freq;
-                cos.push(ang.cos() as f32);
-                sin.push(ang.sin() as f32);
-            }
-        }
-        Self { half, cos, sin }
-    }
-
-    /// Rotates `x` (`[seq, heads * hd]`) in place. `adjacent`: pairs
-    /// (2i, 2i+1) as GGUF stores q/k; otherwise (i, i + hd/2) as in HF.
-    fn apply(&self, x: &mut [f32], heads: usize, hd: usize, adjacent: bool) {
-        let half = self.half;
-        for (p, row) in x.chunks_exact_mut(heads * hd).enumerate() {
-            let (cos, sin) = (&self.cos[p * half..][..half], &self.sin[p * half..][..half]);
-            for head in row.chunks_exact_mut(hd) {
-                for i in 0..half {
-                    let (a, b) = if adjacent {
-                        (2 * i, 2 * i + 1)
-                    } else {
-                        (i, i + half)
-                    };
-                    let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * cos[i] - x1 * sin[i];
-                    head[b] = x0 * sin[i] + x1 * cos[i];
-                }
-            }
+        let rows = hidden.len() / h;
+        let x = ops::rms_norm(hidden, &self.weights.final_norm, a.rms_norm_eps);
+        match &self.weights.head {
+            Some(head) => head.apply(&x, rows),
+            None => Ok(ops::matmul_t(
+                &x,
+                &self.weights.embed,
+                rows,
+                h,
+                a.vocab_size,
+            )),
         }
     }
-}
 
-/// x · rsqrt(mean(x²) + eps) · w, per row of `x`.
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
-    let n = w.len();
-    let mut out = Vec::with_capacity(x.len());
-    for row in x.chunks_exact(n) {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
-        let r = 1.0 / (ms + eps).sqrt();
-        out.extend(row.iter().zip(w).map(|(v, w)| v * r * w));
-    }
-    out
-}
-
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
-fn add_in_place(dst: &mut [f32], src: &[f32]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d += s;
-    }
-}
-
-/// Dot products of four consecutive `k`-long rows of `xs` with `w`.
-fn dot4(xs: &[f32], w: &[f32], k: usize) -> [f32; 4] {
-    let (x0, x1, x2, x3) = (&xs[..k], &xs[k..2 * k], &xs[2 * k..3 * k], &xs[3 * k..]);
-    let mut acc = [[0f32; 8]; 4];
-    let n8 = k / 8 * 8;
-    for c in (0..n8).step_by(8) {
-        let wc = &w[c..c + 8];
-        for (a, xr) in acc.iter_mut().zip([x0, x1, x2, x3]) {
-            let xc = &xr[c..c + 8];
-            for l in 0..8 {
-                a[l] += xc[l] * wc[l];
-            }
+    /// Feeds `tokens` after the cached positions; logits of the last token.
+    pub fn feed(&self, cache: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>> {
+        let start = cache.len;
+        if start + tokens.len() > cache.capacity {
+            return Err(Error::Config(format!(
+                "KV cache holds {} positions; {} cached + {} new do not fit",
+                cache.capacity,
+                start,
+                tokens.len()
+            )));
         }
+        self.check_length(start + tokens.len())?;
+        let mut hidden = self.embed(tokens)?;
+        let seq = tokens.len();
+        for (i, kv) in cache.layers.iter_mut().enumerate() {
+            self.layer_with(i, &mut hidden, seq, Past::Cached(kv, start), &mut |_| {})?;
+        }
+        cache.len += seq;
+        let h = self.weights.arch.hidden_size;
+        self.final_norm_and_head(&hidden[(seq - 1) * h..])
     }
-    let mut out = [0f32; 4];
-    for (o, (a, xr)) in out.iter_mut().zip(acc.iter().zip([x0, x1, x2, x3])) {
-        let tail: f32 = xr[n8..].iter().zip(&w[n8..k]).map(|(x, y)| x * y).sum();
-        *o = a.iter().sum::<f32>() + tail;
-    }
-    out
 }
 
-/// Weight rows per parallel task: small enough to spread over the cores,
-/// large enough that the activations stay in cache across the rows.
-const ROW_BLOCK: usize = 32;
-
-/// `y = x · Wᵀ`: `x` `[m, k]`, `w` `[n, k]` → `[m, n]`. Parallel over
-/// blocks of weight rows, since weights dominate the traffic.
-pub fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    debug_assert_eq!(x.len(), m * k);
-    debug_assert_eq!(w.len(), n * k);
-    // Computed transposed ([n, m]) so each task owns a contiguous block.
-    let mut yt = vec![0f32; n * m];
-    yt.par_chunks_mut(ROW_BLOCK * m)
-        .enumerate()
-        .for_each(|(blk, out)| {
-            let r0 = blk * ROW_BLOCK;
-            for (j, orow) in out.chunks_exact_mut(m).enumerate() {
-                let wr = &w[(r0 + j) * k..][..k];
-                // Four activation rows per pass over the weight row: each
-                // weight load feeds four multiply-adds.
-                let mut quads = orow.chunks_exact_mut(4);
-                for (qi, o4) in (&mut quads).enumerate() {
-                    let xs = &x[qi * 4 * k..][..4 * k];
-                    o4.copy_from_slice(&dot4(xs, wr, k));
-                }
-                let done = m - quads.into_remainder().len();
-                for (i, o) in orow.iter_mut().enumerate().skip(done) {
-                    *o = dot(&x[i * k..][..k], wr);
-                }
-            }
-        });
-    let mut y = vec![0f32; m * n];
-    for (j, col) in yt.chunks_exact(m).enumerate() {
-        for (i, &v) in col.iter().enumerate() {
-            y[i * n + j] = v;
-        }
+impl Forward for CpuForward {
+    fn arch(&self) -> &ArchConfig {
+        &self.weights.arch
     }
-    y
+    fn device(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+    fn weight_bytes(&self) -> usize {
+        self.weights.bytes()
+    }
+    fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        CpuForward::logits(self, tokens)
+    }
+    fn decoder(&self, capacity: usize) -> Result<Box<dyn Decoder + '_>> {
+        self.check_length(capacity)?;
+        Ok(Box::new(CpuDecoder {
+            model: self,
+            cache: KvCache::new(&self.weights.arch, capacity),
+        }))
+    }
+}
+
+struct CpuDecoder<'a> {
+    model: &'a CpuForward,
+    cache: KvCache,
+}
+
+impl Decoder for CpuDecoder<'_> {
+    fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.model.feed(&mut self.cache, tokens)
+    }
+    fn position(&self) -> usize {
+        self.cache.len
+    }
 }

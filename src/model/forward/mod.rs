@@ -1,10 +1,18 @@
-//! Llama-family forward pass, f32 on the CPU: the reference that quantized
-//! models are measured against, and the layer-at-a-time driver that
-//! calibration (GPTQ/GPTVQ) uses to collect the inputs of each linear.
+//! Llama-family forward pass: the reference that quantized models are
+//! measured against, the layer-at-a-time driver that calibration (GPTQ/GPTVQ)
+//! uses to collect the inputs of each linear, and the engine behind `eval`
+//! and `generate`.
+//!
+//! [`Forward`] is what callers use, whatever the device; [`CpuForward`] is the
+//! f32 CPU implementation (dense weights, or packed ones through the CPU
+//! dequant-matmul).
 
 pub mod cpu;
+pub mod linear;
+pub mod ops;
 
-pub use cpu::CpuForward;
+pub use cpu::{CpuForward, KvCache};
+pub use linear::Linear;
 
 use super::arch::ArchConfig;
 use super::view::{ModelView, TensorKind};
@@ -49,23 +57,45 @@ pub struct LinearInput<'a> {
     pub width: usize,
 }
 
-/// The weights of one decoder layer, f32, linear weights `[out, in]` row-major.
+/// A model that turns token ids into next-token logits on some device.
+pub trait Forward: Send + Sync {
+    fn arch(&self) -> &ArchConfig;
+    /// Where it runs, e.g. `cpu (2 threads)` or `vulkan: NVIDIA H100`.
+    fn device(&self) -> String;
+    /// Bytes of weights held for the run (packed linears count packed).
+    fn weight_bytes(&self) -> usize;
+    /// Logits `[tokens.len(), vocab]` of one sequence starting at position 0.
+    fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// An incremental decoder with a KV cache of `capacity` positions.
+    fn decoder(&self, capacity: usize) -> Result<Box<dyn Decoder + '_>>;
+}
+
+/// A sequence being extended token by token, its keys and values cached.
+pub trait Decoder {
+    /// Appends `tokens` at positions `position()..` and returns the logits
+    /// `[vocab]` of the last one.
+    fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Tokens fed so far.
+    fn position(&self) -> usize;
+}
+
+/// The weights of one decoder layer; linear weights are `[out, in]`.
 #[derive(Clone, Debug)]
 pub struct LayerWeights {
     pub attn_norm: Vec<f32>,
-    pub q: Vec<f32>,
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
-    pub o: Vec<f32>,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
     pub ffn_norm: Vec<f32>,
-    pub gate: Vec<f32>,
-    pub up: Vec<f32>,
-    pub down: Vec<f32>,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
 }
 
 impl LayerWeights {
     /// The weight of a block linear, for callers that swap in quantized copies.
-    pub fn linear_mut(&mut self, kind: TensorKind) -> Option<&mut Vec<f32>> {
+    pub fn linear_mut(&mut self, kind: TensorKind) -> Option<&mut Linear> {
         match kind {
             TensorKind::AttnQ => Some(&mut self.q),
             TensorKind::AttnK => Some(&mut self.k),
@@ -77,9 +107,30 @@ impl LayerWeights {
             _ => None,
         }
     }
+
+    pub fn linear(&self, kind: TensorKind) -> Option<&Linear> {
+        match kind {
+            TensorKind::AttnQ => Some(&self.q),
+            TensorKind::AttnK => Some(&self.k),
+            TensorKind::AttnV => Some(&self.v),
+            TensorKind::AttnOutput => Some(&self.o),
+            TensorKind::MlpGate => Some(&self.gate),
+            TensorKind::MlpUp => Some(&self.up),
+            TensorKind::MlpDown => Some(&self.down),
+            _ => None,
+        }
+    }
+
+    /// The seven linears in execution order.
+    pub fn linears(&self) -> [&Linear; 7] {
+        [
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ]
+    }
 }
 
-/// All weights of a Llama-family model in f32.
+/// All weights of a Llama-family model: norms and embeddings in f32, linears
+/// dense or packed as the file stores them.
 #[derive(Clone, Debug)]
 pub struct LlamaWeights {
     pub arch: ArchConfig,
@@ -88,7 +139,7 @@ pub struct LlamaWeights {
     pub layers: Vec<LayerWeights>,
     pub final_norm: Vec<f32>,
     /// `[vocab, hidden]`; `None` when the head is tied to `embed`.
-    pub head: Option<Vec<f32>>,
+    pub head: Option<Linear>,
 }
 
 /// Tensor names of one naming convention.
@@ -143,6 +194,45 @@ fn load(view: &ModelView, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
     view.load_f32(name)
 }
 
+/// Loads a linear weight `[rows, cols]`, kept packed when the file stores it
+/// packed (llmq-gpu outputs), else as dense f32.
+fn load_linear(view: &ModelView, name: &str, rows: usize, cols: usize) -> Result<Linear> {
+    let info = view.tensor(name)?;
+    if info.shape != [rows, cols] {
+        return Err(Error::format(
+            view.path(),
+            format!(
+                "tensor '{name}' has shape {:?}, the config implies [{rows}, {cols}]",
+                info.shape
+            ),
+        ));
+    }
+    match view.load_quantized(name)? {
+        Some(q) => {
+            q.validate(name)?;
+            Ok(Linear::Packed(q))
+        }
+        None => Linear::dense(rows, cols, view.load_f32(name)?),
+    }
+}
+
+impl LlamaWeights {
+    /// Bytes of all weights as held (packed linears count packed).
+    pub fn bytes(&self) -> usize {
+        let f = |v: &Vec<f32>| v.len() * 4;
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                f(&l.attn_norm)
+                    + f(&l.ffn_norm)
+                    + l.linears().iter().map(|w| w.bytes()).sum::<usize>()
+            })
+            .sum();
+        f(&self.embed) + f(&self.final_norm) + layers + self.head.as_ref().map_or(0, Linear::bytes)
+    }
+}
+
 impl LlamaWeights {
     /// Reads every weight of the model, in either GGUF or Hugging Face naming.
     pub fn load(view: &ModelView) -> Result<Self> {
@@ -157,16 +247,17 @@ impl LlamaWeights {
         let mut layers = Vec::with_capacity(arch.num_layers);
         for i in 0..arch.num_layers {
             let l = |what: &str, shape: &[usize]| load(view, &names.layer(i, what), shape);
+            let lin = |what: &str, r, c| load_linear(view, &names.layer(i, what), r, c);
             layers.push(LayerWeights {
                 attn_norm: l("attn_norm", &[h])?,
-                q: l("attn_q", &[h, h])?,
-                k: l("attn_k", &[kv, h])?,
-                v: l("attn_v", &[kv, h])?,
-                o: l("attn_output", &[h, h])?,
+                q: lin("attn_q", h, h)?,
+                k: lin("attn_k", kv, h)?,
+                v: lin("attn_v", kv, h)?,
+                o: lin("attn_output", h, h)?,
                 ffn_norm: l("ffn_norm", &[h])?,
-                gate: l("ffn_gate", &[f, h])?,
-                up: l("ffn_up", &[f, h])?,
-                down: l("ffn_down", &[h, f])?,
+                gate: lin("ffn_gate", f, h)?,
+                up: lin("ffn_up", f, h)?,
+                down: lin("ffn_down", h, f)?,
             });
         }
         let final_norm = load(view, &names.global("norm"), &[h])?;
@@ -174,7 +265,7 @@ impl LlamaWeights {
         let has_head = view.tensors().iter().any(|t| t.name == head_name);
         // Some tied checkpoints still ship lm_head; use it when present.
         let head = if has_head {
-            Some(load(view, &head_name, &[v, h])?)
+            Some(load_linear(view, &head_name, v, h)?)
         } else if arch.tied_embeddings {
             None
         } else {
@@ -210,4 +301,24 @@ fn check_arch(path: PathBuf, a: &ArchConfig) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Opens the model at `path` and loads it for running on `device`
+/// (`auto` takes a real GPU when there is one, like `quantize`).
+pub fn open_forward(
+    path: &std::path::Path,
+    device: crate::backend::gpu::DeviceChoice,
+    adapter: Option<&str>,
+) -> Result<Box<dyn Forward>> {
+    use crate::backend::gpu::DeviceChoice;
+    let view = ModelView::open(path)?;
+    match device {
+        DeviceChoice::Cpu | DeviceChoice::Auto if adapter.is_none() => {
+            Ok(Box::new(CpuForward::load(&view)?))
+        }
+        _ => Err(Error::unsupported(
+            path,
+            "the GPU forward pass is not built yet; use --device cpu",
+        )),
+    }
 }

@@ -1,0 +1,219 @@
+//! The CPU building blocks of the forward pass, f32: RMSNorm, RoPE, causal
+//! grouped-query attention, SiLU and the dense `x · Wᵀ`. Public so the GPU
+//! kernels can be cross-checked against them one by one.
+
+use crate::backend::cpu::matmul::dot;
+use rayon::prelude::*;
+
+/// x · rsqrt(mean(x²) + eps) · w, per row of `x`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let n = w.len();
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(n) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        out.extend(row.iter().zip(w).map(|(v, w)| v * r * w));
+    }
+    out
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]`: the SwiGLU activation.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+pub fn add_in_place(dst: &mut [f32], src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
+}
+
+/// RoPE rotation frequencies `θ^(−2i/d)` for `i < hd/2`, in f64 so long
+/// positions keep their precision.
+pub fn rope_inv_freq(hd: usize, theta: f32) -> Vec<f64> {
+    (0..hd / 2)
+        .map(|i| (theta as f64).powf(-2.0 * i as f64 / hd as f64))
+        .collect()
+}
+
+/// cos/sin for each position and rotation pair: angle = pos · inv_freq[i].
+pub struct RopeTable {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    /// Positions `start..start + seq`.
+    pub fn new(start: usize, seq: usize, inv_freq: &[f64]) -> Self {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(seq * half);
+        let mut sin = Vec::with_capacity(seq * half);
+        for p in start..start + seq {
+            for &f in inv_freq {
+                let ang = p as f64 * f;
+                cos.push(ang.cos() as f32);
+                sin.push(ang.sin() as f32);
+            }
+        }
+        Self { half, cos, sin }
+    }
+
+    /// Rotates `x` (`[seq, heads * hd]`, row `p` at position `start + p`) in
+    /// place. `adjacent`: pairs (2i, 2i+1) as GGUF stores q/k; otherwise
+    /// (i, i + hd/2) as in Hugging Face checkpoints.
+    pub fn apply(&self, x: &mut [f32], heads: usize, adjacent: bool) {
+        let half = self.half;
+        let hd = 2 * half;
+        for (p, row) in x.chunks_exact_mut(heads * hd).enumerate() {
+            let (cos, sin) = (&self.cos[p * half..][..half], &self.sin[p * half..][..half]);
+            for head in row.chunks_exact_mut(hd) {
+                for i in 0..half {
+                    let (a, b) = if adjacent {
+                        (2 * i, 2 * i + 1)
+                    } else {
+                        (i, i + half)
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos[i] - x1 * sin[i];
+                    head[b] = x0 * sin[i] + x1 * cos[i];
+                }
+            }
+        }
+    }
+}
+
+/// Shapes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Causal grouped-query attention. `q` is `[seq, heads·hd]` at positions
+/// `start..start + seq`; `k`, `v` are `[start + seq, kv_heads·hd]` (the
+/// cached past followed by this call's keys). Returns `[seq, heads·hd]`.
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seq: usize,
+    start: usize,
+    s: AttnShape,
+) -> Vec<f32> {
+    let (nh, nkv, hd) = (s.heads, s.kv_heads, s.head_dim);
+    let kvw = nkv * hd;
+    let total = start + seq;
+    debug_assert_eq!(q.len(), seq * nh * hd);
+    debug_assert_eq!(k.len(), total * kvw);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let group = nh / nkv;
+    // One task per head; each writes its own [seq, hd] block, interleaved after.
+    let heads: Vec<Vec<f32>> = (0..nh)
+        .into_par_iter()
+        .map(|head| {
+            let kvh = head / group;
+            let mut out = vec![0f32; seq * hd];
+            let mut scores = vec![0f32; total];
+            for t in 0..seq {
+                let visible = start + t + 1;
+                let qt = &q[t * nh * hd + head * hd..][..hd];
+                let mut max = f32::NEG_INFINITY;
+                for (s, sc) in scores.iter_mut().enumerate().take(visible) {
+                    *sc = dot(qt, &k[s * kvw + kvh * hd..][..hd]) * scale;
+                    max = max.max(*sc);
+                }
+                let mut sum = 0f32;
+                for sc in &mut scores[..visible] {
+                    *sc = (*sc - max).exp();
+                    sum += *sc;
+                }
+                let ot = &mut out[t * hd..(t + 1) * hd];
+                for (s, &p) in scores[..visible].iter().enumerate() {
+                    let vs = &v[s * kvw + kvh * hd..][..hd];
+                    let p = p / sum;
+                    for (o, &vv) in ot.iter_mut().zip(vs) {
+                        *o += p * vv;
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    let width = nh * hd;
+    let mut out = vec![0f32; seq * width];
+    for (head, ho) in heads.iter().enumerate() {
+        for t in 0..seq {
+            out[t * width + head * hd..][..hd].copy_from_slice(&ho[t * hd..(t + 1) * hd]);
+        }
+    }
+    out
+}
+
+/// Dot products of four consecutive `k`-long rows of `xs` with `w`.
+fn dot4(xs: &[f32], w: &[f32], k: usize) -> [f32; 4] {
+    let (x0, x1, x2, x3) = (&xs[..k], &xs[k..2 * k], &xs[2 * k..3 * k], &xs[3 * k..]);
+    let mut acc = [[0f32; 8]; 4];
+    let n8 = k / 8 * 8;
+    for c in (0..n8).step_by(8) {
+        let wc = &w[c..c + 8];
+        for (a, xr) in acc.iter_mut().zip([x0, x1, x2, x3]) {
+            let xc = &xr[c..c + 8];
+            for l in 0..8 {
+                a[l] += xc[l] * wc[l];
+            }
+        }
+    }
+    let mut out = [0f32; 4];
+    for (o, (a, xr)) in out.iter_mut().zip(acc.iter().zip([x0, x1, x2, x3])) {
+        let tail: f32 = xr[n8..].iter().zip(&w[n8..k]).map(|(x, y)| x * y).sum();
+        *o = a.iter().sum::<f32>() + tail;
+    }
+    out
+}
+
+/// Weight rows per parallel task: small enough to spread over the cores,
+/// large enough that the activations stay in cache across the rows.
+const ROW_BLOCK: usize = 32;
+
+/// `y = x · Wᵀ`: `x` `[m, k]`, `w` `[n, k]` → `[m, n]`. Parallel over
+/// blocks of weight rows, since weights dominate the traffic.
+pub fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    debug_assert_eq!(x.len(), m * k);
+    debug_assert_eq!(w.len(), n * k);
+    // Computed transposed ([n, m]) so each task owns a contiguous block.
+    let mut yt = vec![0f32; n * m];
+    yt.par_chunks_mut(ROW_BLOCK * m)
+        .enumerate()
+        .for_each(|(blk, out)| {
+            let r0 = blk * ROW_BLOCK;
+            for (j, orow) in out.chunks_exact_mut(m).enumerate() {
+                let wr = &w[(r0 + j) * k..][..k];
+                // Four activation rows per pass over the weight row: each
+                // weight load feeds four multiply-adds.
+                let mut quads = orow.chunks_exact_mut(4);
+                for (qi, o4) in (&mut quads).enumerate() {
+                    let xs = &x[qi * 4 * k..][..4 * k];
+                    o4.copy_from_slice(&dot4(xs, wr, k));
+                }
+                let done = m - quads.into_remainder().len();
+                for (i, o) in orow.iter_mut().enumerate().skip(done) {
+                    *o = dot(&x[i * k..][..k], wr);
+                }
+            }
+        });
+    let mut y = vec![0f32; m * n];
+    for (j, col) in yt.chunks_exact(m).enumerate() {
+        for (i, &v) in col.iter().enumerate() {
+            y[i * n + j] = v;
+        }
+    }
+    y
+}
