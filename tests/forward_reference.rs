@@ -11,7 +11,7 @@
 
 mod common;
 
-use llmq_gpu::model::forward::{CpuForward, Decoder, Forward, Linear, LinearSite};
+use llmq_gpu::model::forward::{CpuForward, Forward, Linear, LinearSite};
 use llmq_gpu::model::ModelView;
 use std::path::PathBuf;
 use std::process::Command;
