@@ -14,6 +14,7 @@ pub mod backend;
 pub mod bench;
 pub mod error;
 pub mod formats;
+pub mod generate;
 pub mod model;
 pub mod pipeline;
 pub mod quant;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod devices;
+mod generate;
 mod inspect;
 mod quantize;
 
@@ -31,6 +32,8 @@ pub enum Command {
     Inspect(inspect::Args),
     /// List every GPU adapter with its limits and features.
     Devices(devices::Args),
+    /// Continue a prompt with a model (reference or quantized), streaming the text.
+    Generate(generate::Args),
     /// Measure INT4/INT8 GEMV and GEMM throughput per device against its copy bandwidth.
     Bench(bench::Args),
 }
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Devices(a) => devices::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Generate(a) => generate::run(a),
     }
 }
 

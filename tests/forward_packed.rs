@@ -1,0 +1,91 @@
+//! Quantized models run packed: an llmq folder written by `quantize` loads
+//! with its linears still packed (`Linear::Packed`), runs through the CPU
+//! dequant-matmul, and gives the logits of the same model with the weights
+//! dequantized to dense f32 (tolerance: 1e-4 of max |logit|, f32 rounding
+//! of two summation orders).
+
+mod common;
+
+use llmq_gpu::backend::{Backend, CpuBackend};
+use llmq_gpu::model::forward::{open_forward, CpuForward, Forward, Linear, LlamaWeights};
+use llmq_gpu::model::TensorKind;
+use llmq_gpu::{CancelToken, DeviceChoice, Granularity, ModelView, QuantScheme, QuantizeConfig};
+
+fn quantized_tiny(dir: &std::path::Path, scheme: QuantScheme) -> std::path::PathBuf {
+    let model = common::tiny_llama(dir, None);
+    let out = dir.join("q");
+    let cfg = QuantizeConfig::new(model, &out, scheme).device(DeviceChoice::Cpu);
+    llmq_gpu::quantize_model(&cfg, &mut |_| {}, &CancelToken::default()).expect("quantize");
+    out
+}
+
+fn dense_copy(w: &LlamaWeights) -> LlamaWeights {
+    let mut d = w.clone();
+    let densify = |l: &mut Linear| {
+        if let Linear::Packed(q) = l {
+            let (r, c) = (q.rows, q.cols);
+            *l = Linear::dense(r, c, CpuBackend.dequantize(q).expect("dequantize")).expect("dense");
+        }
+    };
+    for layer in &mut d.layers {
+        use TensorKind::*;
+        for kind in [AttnQ, AttnK, AttnV, AttnOutput, MlpGate, MlpUp, MlpDown] {
+            densify(layer.linear_mut(kind).expect("block linear"));
+        }
+    }
+    if let Some(h) = d.head.as_mut() {
+        densify(h);
+    }
+    d
+}
+
+#[test]
+fn packed_models_match_their_dequantized_weights() {
+    let tokens: Vec<u32> = vec![1, 5, 9, 30, 2, 17, 17, 4, 0, 31, 12];
+    for (bits, sym, g) in [(4, false, 32), (8, true, 64), (3, true, 32), (2, false, 16)] {
+        let dir = tempfile::tempdir().unwrap();
+        let scheme = QuantScheme::new(bits, sym, Granularity::Group(g)).unwrap();
+        let out = quantized_tiny(dir.path(), scheme);
+        let packed = CpuForward::load(&ModelView::open(&out).unwrap()).expect("load packed");
+        let linears: Vec<&Linear> = packed
+            .weights
+            .layers
+            .iter()
+            .flat_map(|l| l.linears())
+            .collect();
+        assert!(
+            linears.iter().all(|l| l.is_packed()),
+            "W{bits}: every block linear stays packed"
+        );
+        let dense = CpuForward::new(dense_copy(&packed.weights));
+        assert!(packed.weights.bytes() < dense.weights.bytes());
+        let a = packed.logits(&tokens).expect("packed forward");
+        let b = dense.logits(&tokens).expect("dense forward");
+        let max = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        eprintln!("W{bits} g{g} sym={sym}: max |Δ| {d:.2e} of max |logit| {max:.3}");
+        assert!(d <= 1e-4 * max, "W{bits}: max |Δ| {d}");
+    }
+}
+
+#[test]
+fn open_forward_runs_the_packed_model_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheme = QuantScheme::new(4, false, Granularity::Group(32)).unwrap();
+    let out = quantized_tiny(dir.path(), scheme);
+    let m = open_forward(&out, DeviceChoice::Cpu, None).expect("open");
+    assert!(m.device().starts_with("cpu"), "{}", m.device());
+    let logits = m.logits(&[3, 4, 5]).expect("logits");
+    assert_eq!(logits.len(), 3 * m.arch().vocab_size);
+    let mut dec = m.decoder(8).expect("decoder");
+    let last = dec.feed(&[3, 4, 5]).expect("feed");
+    let vocab = m.arch().vocab_size;
+    let d = last
+        .iter()
+        .zip(&logits[2 * vocab..])
+        .fold(0f32, |acc, (x, y)| acc.max((x - y).abs()));
+    assert!(d < 1e-4, "decoder vs full logits: {d}");
+}
