@@ -7,7 +7,7 @@
 mod common;
 
 use llmq_gpu::backend::{Backend, CpuBackend};
-use llmq_gpu::model::forward::{open_forward, CpuForward, Forward, Linear, LlamaWeights};
+use llmq_gpu::model::forward::{open_forward, CpuForward, Linear, LlamaWeights};
 use llmq_gpu::model::TensorKind;
 use llmq_gpu::{CancelToken, DeviceChoice, Granularity, ModelView, QuantScheme, QuantizeConfig};
 
