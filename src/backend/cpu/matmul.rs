@@ -11,8 +11,10 @@
 //!
 //! 4- and 8-bit GEMV (one token) use AVX2+FMA kernels (`simd.rs`) when the
 //! CPU has them, else portable loops; [`matmul_with`] can force the latter.
+//! From [`gemm::MIN_TOKENS`] tokens on, blocks of rows are dequantized into
+//! a cache-sized scratch and multiplied by SGEMM (`gemm.rs`).
 
-use super::simd;
+use super::{gemm, simd};
 use crate::error::{Error, Result};
 use crate::quant::packed::{unpack_code, QuantizedTensor};
 use rayon::prelude::*;
@@ -57,6 +59,14 @@ pub fn matmul_with(q: &QuantizedTensor, x: &[f32], tokens: usize, simd: bool) ->
         .flat_map(|xt| xt.chunks(glen).map(dot_ones))
         .collect();
 
+    if simd && tokens >= gemm::MIN_TOKENS {
+        return Ok(gemm::blocked_xwt(x, tokens, cols, rows, &|r0, n, wb| {
+            let mut codes = vec![0u32; cols];
+            for (i, out) in wb.chunks_exact_mut(cols).take(n).enumerate() {
+                super::dequantize_row(q, r0 + i, &mut codes, out);
+            }
+        }));
+    }
     if tokens == 1 && cfg!(target_endian = "little") {
         let simd = simd && simd::available();
         if bits == 4 && glen.is_multiple_of(2) {

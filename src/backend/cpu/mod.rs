@@ -1,6 +1,7 @@
 //! The CPU backend: rayon over rows. It is the reference the GPU kernels are
 //! tested against, and a real choice on machines without a GPU.
 
+pub mod gemm;
 pub mod matmul;
 mod simd;
 
@@ -90,24 +91,33 @@ impl Backend for CpuBackend {
 
     fn dequantize(&self, q: &QuantizedTensor) -> Result<Vec<f32>> {
         q.validate("dequantize input")?;
-        let (wpr, groups, glen) = (q.words_per_row(), q.n_groups(), q.scheme.group_len(q.cols));
         let mut out = vec![0f32; q.rows * q.cols];
         out.par_chunks_mut(q.cols).enumerate().for_each_init(
             || vec![0u32; q.cols],
-            |codes, (r, row)| {
-                unpack_row(&q.packed[r * wpr..(r + 1) * wpr], q.scheme.bits, codes);
-                for (g, (y, c)) in row.chunks_mut(glen).zip(codes.chunks(glen)).enumerate() {
-                    let (s, z) = (q.scales[r * groups + g], q.zeros[r * groups + g] as f32);
-                    for (y, &c) in y.iter_mut().zip(c.iter()) {
-                        *y = s * (c as f32 - z);
-                    }
-                }
-            },
+            |codes, (r, row)| dequantize_row(q, r, codes, row),
         );
         Ok(out)
     }
 
     fn matmul(&self, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
         matmul::matmul(q, x, tokens)
+    }
+}
+
+/// Row `r` of a validated `q` as f32 into `out` (`cols` values); `codes` is
+/// scratch of at least `cols`.
+pub(crate) fn dequantize_row(q: &QuantizedTensor, r: usize, codes: &mut [u32], out: &mut [f32]) {
+    let (wpr, groups, glen) = (q.words_per_row(), q.n_groups(), q.scheme.group_len(q.cols));
+    let codes = &mut codes[..q.cols];
+    unpack_row(&q.packed[r * wpr..(r + 1) * wpr], q.scheme.bits, codes);
+    for (g, (y, c)) in out[..q.cols]
+        .chunks_mut(glen)
+        .zip(codes.chunks(glen))
+        .enumerate()
+    {
+        let (s, z) = (q.scales[r * groups + g], q.zeros[r * groups + g] as f32);
+        for (y, &c) in y.iter_mut().zip(c.iter()) {
+            *y = s * (c as f32 - z);
+        }
     }
 }

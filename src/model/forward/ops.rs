@@ -2,6 +2,7 @@
 //! grouped-query attention, SiLU and the dense `x · Wᵀ`. Public so the GPU
 //! kernels can be cross-checked against them one by one.
 
+use crate::backend::cpu::gemm;
 use crate::backend::cpu::matmul::dot;
 use rayon::prelude::*;
 
@@ -188,6 +189,9 @@ const ROW_BLOCK: usize = 32;
 pub fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(w.len(), n * k);
+    if m >= gemm::MIN_TOKENS {
+        return gemm::dense_xwt(x, w, m, k, n);
+    }
     // Computed transposed ([n, m]) so each task owns a contiguous block.
     let mut yt = vec![0f32; n * m];
     yt.par_chunks_mut(ROW_BLOCK * m)
