@@ -24,6 +24,7 @@ fn arch() -> ArchConfig {
         rms_norm_eps: 1e-5,
         tied_embeddings: true,
         rope_adjacent_pairs: false,
+        rope_scaling: None,
     }
 }
 

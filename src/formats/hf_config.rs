@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::arch::SUPPORTED_ARCHITECTURES;
-use crate::model::ArchConfig;
+use crate::model::{ArchConfig, RopeScaling};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
@@ -121,5 +121,46 @@ pub fn arch_from_config(
         rms_norm_eps: rms_norm_eps as f32,
         tied_embeddings: tied || !has_lm_head,
         rope_adjacent_pairs: false,
+        rope_scaling: rope_scaling(path, cfg)?,
     })
+}
+
+/// `rope_scaling` (or newer transformers' `rope_parameters`) of a config.
+fn rope_scaling(path: &Path, cfg: &Map<String, Value>) -> Result<Option<RopeScaling>> {
+    let Some(r) = cfg
+        .get("rope_scaling")
+        .filter(|v| !v.is_null())
+        .or_else(|| cfg.get("rope_parameters"))
+        .and_then(Value::as_object)
+    else {
+        return Ok(None);
+    };
+    let kind = r
+        .get("rope_type")
+        .or_else(|| r.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let num = |key: &str| -> Result<f64> {
+        r.get(key).and_then(Value::as_f64).ok_or_else(|| {
+            Error::format(
+                path,
+                format!("config.json: rope scaling '{kind}' needs a number '{key}'"),
+            )
+        })
+    };
+    match kind {
+        "default" | "none" => Ok(None),
+        "linear" => Ok(Some(RopeScaling::Linear {
+            factor: num("factor")? as f32,
+        })),
+        "llama3" => Ok(Some(RopeScaling::Llama3 {
+            factor: num("factor")? as f32,
+            low_freq_factor: num("low_freq_factor")? as f32,
+            high_freq_factor: num("high_freq_factor")? as f32,
+            original_context_length: num("original_max_position_embeddings")? as usize,
+        })),
+        other => Ok(Some(RopeScaling::Unsupported {
+            name: other.to_string(),
+        })),
+    }
 }

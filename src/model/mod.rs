@@ -6,6 +6,6 @@ pub mod forward;
 pub mod tokenizer;
 pub mod view;
 
-pub use arch::ArchConfig;
+pub use arch::{ArchConfig, RopeScaling};
 pub use tokenizer::Tokenizer;
 pub use view::{ModelView, TensorInfo, TensorKind, TensorSource};

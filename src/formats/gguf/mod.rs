@@ -10,7 +10,7 @@ pub use types::GgmlType;
 
 use crate::error::{Error, Result};
 use crate::model::arch::SUPPORTED_ARCHITECTURES;
-use crate::model::{ArchConfig, TensorInfo, TensorSource};
+use crate::model::{ArchConfig, RopeScaling, TensorInfo, TensorSource};
 use memmap2::Mmap;
 use std::collections::HashMap;
 use std::io::Read;
@@ -179,6 +179,15 @@ fn arch_config(
         rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
         tied_embeddings: !tensors.iter().any(|t| t.name == "output.weight"),
         rope_adjacent_pairs: true,
+        rope_scaling: match num("rope.scaling.type").and_then(GgufValue::as_str) {
+            None | Some("none") => None,
+            Some("linear") => Some(RopeScaling::Linear {
+                factor: float("rope.scaling.factor", 1.0),
+            }),
+            Some(other) => Some(RopeScaling::Unsupported {
+                name: other.to_string(),
+            }),
+        },
         architecture,
     })
 }

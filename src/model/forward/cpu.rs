@@ -57,8 +57,7 @@ enum Past<'a> {
 
 impl CpuForward {
     pub fn new(weights: LlamaWeights) -> Self {
-        let a = &weights.arch;
-        let inv_freq = ops::rope_inv_freq(a.head_dim(), a.rope_theta);
+        let inv_freq = weights.rope_inv_freq();
         Self { weights, inv_freq }
     }
 
@@ -172,7 +171,12 @@ impl CpuForward {
         call(LinearSite::AttnQkv, &x, h);
         let mut q = lw.q.apply(&x, rows)?;
         let mut k = lw.k.apply(&x, rows)?;
-        let v = lw.v.apply(&x, rows)?;
+        let mut v = lw.v.apply(&x, rows)?;
+        if let Some(b) = &lw.qkv_bias {
+            ops::add_bias(&mut q, &b.q);
+            ops::add_bias(&mut k, &b.k);
+            ops::add_bias(&mut v, &b.v);
+        }
         let shape = AttnShape {
             heads: a.num_heads,
             kv_heads: a.num_kv_heads,

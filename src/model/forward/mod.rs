@@ -14,7 +14,7 @@ pub mod ops;
 pub use cpu::{CpuForward, KvCache};
 pub use linear::Linear;
 
-use super::arch::ArchConfig;
+use super::arch::{ArchConfig, RopeScaling};
 use super::view::{ModelView, TensorKind};
 use crate::error::{Error, Result};
 use std::path::PathBuf;
@@ -87,6 +87,8 @@ pub struct LayerWeights {
     pub k: Linear,
     pub v: Linear,
     pub o: Linear,
+    /// q/k/v biases (Qwen2); `None` for architectures without them.
+    pub qkv_bias: Option<QkvBias>,
     pub ffn_norm: Vec<f32>,
     pub gate: Linear,
     pub up: Linear,
@@ -129,6 +131,14 @@ impl LayerWeights {
     }
 }
 
+/// Biases added after the q, k and v projections.
+#[derive(Clone, Debug)]
+pub struct QkvBias {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
 /// All weights of a Llama-family model: norms and embeddings in f32, linears
 /// dense or packed as the file stores them.
 #[derive(Clone, Debug)]
@@ -140,6 +150,8 @@ pub struct LlamaWeights {
     pub final_norm: Vec<f32>,
     /// `[vocab, hidden]`; `None` when the head is tied to `embed`.
     pub head: Option<Linear>,
+    /// Per-frequency divisors of Llama 3.1 GGUF files (`rope_freqs.weight`).
+    pub rope_freq_factors: Option<Vec<f32>>,
 }
 
 /// Tensor names of one naming convention.
@@ -158,8 +170,13 @@ impl Names {
     }
 
     fn layer(&self, i: usize, what: &str) -> String {
+        self.layer_param(i, what, "weight")
+    }
+
+    /// `param` is `weight` or `bias`.
+    fn layer_param(&self, i: usize, what: &str, param: &str) -> String {
         if self.gguf {
-            format!("blk.{i}.{what}.weight")
+            format!("blk.{i}.{what}.{param}")
         } else {
             let hf = match what {
                 "attn_norm" => "input_layernorm",
@@ -172,7 +189,7 @@ impl Names {
                 "ffn_up" => "mlp.up_proj",
                 _ => "mlp.down_proj",
             };
-            format!("model.layers.{i}.{hf}.weight")
+            format!("model.layers.{i}.{hf}.{param}")
         }
     }
 }
@@ -217,6 +234,22 @@ fn load_linear(view: &ModelView, name: &str, rows: usize, cols: usize) -> Result
 }
 
 impl LlamaWeights {
+    /// RoPE inverse frequencies `[head_dim / 2]` with the model's scaling.
+    pub fn rope_inv_freq(&self) -> Vec<f64> {
+        let a = &self.arch;
+        let mut f = ops::rope_inv_freq(a.head_dim(), a.rope_theta);
+        if let Some(s) = &a.rope_scaling {
+            // Unsupported schemes are rejected when the weights load.
+            let _ = s.apply(&mut f);
+        }
+        if let Some(factors) = &self.rope_freq_factors {
+            for (f, d) in f.iter_mut().zip(factors) {
+                *f /= *d as f64;
+            }
+        }
+        f
+    }
+
     /// Bytes of all weights as held (packed linears count packed).
     pub fn bytes(&self) -> usize {
         let f = |v: &Vec<f32>| v.len() * 4;
@@ -248,7 +281,25 @@ impl LlamaWeights {
         for i in 0..arch.num_layers {
             let l = |what: &str, shape: &[usize]| load(view, &names.layer(i, what), shape);
             let lin = |what: &str, r, c| load_linear(view, &names.layer(i, what), r, c);
+            let bias = |what: &str, n: usize| -> Result<Option<Vec<f32>>> {
+                let name = names.layer_param(i, what, "bias");
+                match view.tensors().iter().any(|t| t.name == name) {
+                    true => load(view, &name, &[n]).map(Some),
+                    false => Ok(None),
+                }
+            };
+            let qkv_bias = match (bias("attn_q", h)?, bias("attn_k", kv)?, bias("attn_v", kv)?) {
+                (Some(q), Some(k), Some(v)) => Some(QkvBias { q, k, v }),
+                (None, None, None) => None,
+                _ => {
+                    return Err(Error::format(
+                        view.path(),
+                        format!("layer {i} has biases on some of q/k/v but not all"),
+                    ))
+                }
+            };
             layers.push(LayerWeights {
+                qkv_bias,
                 attn_norm: l("attn_norm", &[h])?,
                 q: lin("attn_q", h, h)?,
                 k: lin("attn_k", kv, h)?,
@@ -274,12 +325,18 @@ impl LlamaWeights {
                 name: head_name,
             });
         };
+        let freqs = "rope_freqs.weight";
+        let rope_freq_factors = match view.tensors().iter().any(|t| t.name == freqs) {
+            true => Some(load(view, freqs, &[arch.head_dim() / 2])?),
+            false => None,
+        };
         Ok(Self {
             arch,
             embed,
             layers,
             final_norm,
             head,
+            rope_freq_factors,
         })
     }
 }
@@ -291,6 +348,12 @@ fn check_arch(path: PathBuf, a: &ArchConfig) -> Result<()> {
         || !a.hidden_size.is_multiple_of(a.num_heads)
         || !a.num_heads.is_multiple_of(a.num_kv_heads)
         || !a.head_dim().is_multiple_of(2);
+    if let Some(RopeScaling::Unsupported { name }) = &a.rope_scaling {
+        return Err(Error::unsupported(
+            path,
+            format!("RoPE scaling '{name}' is not supported by the forward pass (supported: linear, llama3)"),
+        ));
+    }
     if bad {
         return Err(Error::unsupported(
             path,

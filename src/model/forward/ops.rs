@@ -35,6 +35,13 @@ pub fn add_in_place(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// Adds `bias` to every row of `x`.
+pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_in_place(row, bias);
+    }
+}
+
 /// RoPE rotation frequencies `θ^(−2i/d)` for `i < hd/2`, in f64 so long
 /// positions keep their precision.
 pub fn rope_inv_freq(hd: usize, theta: f32) -> Vec<f64> {
