@@ -6,18 +6,28 @@ use crate::error::{Error, Result};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::NormalizerWrapper;
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 /// GGUF token types (llama.cpp `llama_token_type`) that must never be split:
 /// control tokens (`<|im_start|>`) and user-defined ones.
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// SentencePiece's stand-in for a space.
+const SPACE: &str = "\u{2581}";
 
 /// Llama 3's split pattern (llama.cpp `llama-bpe`, HF Llama 3 `tokenizer.json`).
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -86,24 +96,12 @@ impl Tokenizer {
             .get("tokenizer.ggml.model")
             .and_then(Value::as_str)
             .ok_or_else(|| missing("tokenizer.ggml.model"))?;
-        if kind != "gpt2" {
-            return Err(Error::unsupported(
-                path,
-                format!(
-                    "tokenizer model '{kind}' (only 'gpt2' byte-level BPE is supported from GGUF metadata; \
-                     put the model's tokenizer.json beside it instead)"
-                ),
-            ));
-        }
         let tokens = string_array(path, meta, "tokenizer.ggml.tokens")?
             .ok_or_else(|| missing("tokenizer.ggml.tokens"))?;
-        let merges = string_array(path, meta, "tokenizer.ggml.merges")?
-            .ok_or_else(|| missing("tokenizer.ggml.merges"))?;
         let types: Vec<i64> = match meta.get("tokenizer.ggml.token_type") {
             Some(Value::Array(a)) => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
             _ => Vec::new(),
         };
-
         // Ids are positions; on a duplicated string keep the first id, as llama.cpp does.
         let mut vocab = Vocab::default();
         for (id, tok) in tokens.iter().enumerate() {
@@ -111,6 +109,56 @@ impl Tokenizer {
                 .map_err(|_| Error::format(path, "tokenizer vocabulary exceeds u32 ids"))?;
             vocab.entry(tok.clone()).or_insert(id);
         }
+        let (mut inner, add_bos_default) = match kind {
+            "gpt2" => (Self::gguf_bpe(path, meta, vocab)?, false),
+            "llama" => (Self::gguf_spm(path, meta, &tokens, vocab)?, true),
+            other => return Err(Error::unsupported(
+                path,
+                format!(
+                    "tokenizer model '{other}' (GGUF metadata supports 'gpt2' byte-level BPE and \
+                         'llama' SentencePiece; put the model's tokenizer.json beside it instead)"
+                ),
+            )),
+        };
+        let specials: Vec<AddedToken> = tokens
+            .iter()
+            .zip(types.iter())
+            .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
+            .map(|(tok, _)| AddedToken::from(tok.clone(), true))
+            .collect();
+        inner.add_special_tokens(&specials);
+
+        let id = |key: &str| {
+            meta.get(key)
+                .and_then(Value::as_u64)
+                .and_then(|v| u32::try_from(v).ok())
+        };
+        Ok(Self {
+            inner,
+            path: path.to_path_buf(),
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
+            // llama.cpp's defaults when the key is absent: BOS for
+            // SentencePiece vocabularies, none for BPE ones.
+            add_bos: meta
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(add_bos_default),
+        })
+    }
+
+    /// GPT-2 style byte-level BPE from `tokenizer.ggml.merges`.
+    fn gguf_bpe(
+        path: &Path,
+        meta: &HashMap<String, Value>,
+        vocab: Vocab,
+    ) -> Result<tokenizers::Tokenizer> {
+        let merges = string_array(path, meta, "tokenizer.ggml.merges")?.ok_or_else(|| {
+            Error::format(
+                path,
+                "no tokenizer: metadata key 'tokenizer.ggml.merges' is missing",
+            )
+        })?;
         let mut merge_pairs = Vec::with_capacity(merges.len());
         for (i, m) in merges.iter().enumerate() {
             let (a, b) = m.split_once(' ').ok_or_else(|| {
@@ -140,30 +188,89 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(pre_tokenizer));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
-        let specials: Vec<AddedToken> = tokens
-            .iter()
-            .zip(types.iter())
-            .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
-            .map(|(tok, _)| AddedToken::from(tok.clone(), true))
-            .collect();
-        inner.add_special_tokens(&specials);
+        Ok(inner)
+    }
 
-        let id = |key: &str| {
-            meta.get(key)
-                .and_then(Value::as_u64)
-                .and_then(|v| u32::try_from(v).ok())
+    /// SentencePiece vocabularies (llama.cpp's "llama" model: Llama 1/2,
+    /// Mistral): pieces with scores, `▁` for spaces, `<0xXX>` byte tokens for
+    /// characters outside the vocabulary. llama.cpp merges the adjacent pair
+    /// whose concatenation scores best; a BPE whose merge ranks follow those
+    /// scores does the same, which is how Hugging Face converts these
+    /// tokenizers (`SentencePieceExtractor`).
+    fn gguf_spm(
+        path: &Path,
+        meta: &HashMap<String, Value>,
+        tokens: &[String],
+        vocab: Vocab,
+    ) -> Result<tokenizers::Tokenizer> {
+        let scores: Vec<f64> = match meta.get("tokenizer.ggml.scores") {
+            Some(Value::Array(a)) if a.len() == tokens.len() => {
+                a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect()
+            }
+            Some(_) => {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "metadata 'tokenizer.ggml.scores' must be {} numbers, one per token",
+                        tokens.len()
+                    ),
+                ))
+            }
+            None => {
+                return Err(Error::format(
+                    path,
+                    "no tokenizer: metadata key 'tokenizer.ggml.scores' is missing",
+                ))
+            }
         };
-        Ok(Self {
-            inner,
-            path: path.to_path_buf(),
-            bos: id("tokenizer.ggml.bos_token_id"),
-            eos: id("tokenizer.ggml.eos_token_id"),
-            // llama.cpp's default for BPE vocabularies when the key is absent.
-            add_bos: meta
-                .get("tokenizer.ggml.add_bos_token")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-        })
+        // Every split of a piece into two pieces is a merge ranked by the
+        // piece's score (best first); ties keep the pieces' id order.
+        let mut ranked: Vec<(f64, u32, u32, String, String)> = Vec::new();
+        for (id, piece) in tokens.iter().enumerate() {
+            if vocab.get(piece) != Some(&(id as u32)) {
+                continue;
+            }
+            for (cut, _) in piece.char_indices().skip(1) {
+                let (l, r) = piece.split_at(cut);
+                if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
+                    ranked.push((scores[id], li, ri, l.to_string(), r.to_string()));
+                }
+            }
+        }
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        let merges = ranked.into_iter().map(|(_, _, _, l, r)| (l, r)).collect();
+        let mut builder = BPE::builder()
+            .vocab_and_merges(vocab.clone(), merges)
+            .byte_fallback(true)
+            .fuse_unk(true);
+        if vocab.contains_key("<unk>") {
+            builder = builder.unk_token("<unk>".into());
+        }
+        let bpe = builder
+            .build()
+            .map_err(|e| Error::format(path, format!("building SentencePiece tokenizer: {e}")))?;
+        let space_prefix = meta
+            .get("tokenizer.ggml.add_space_prefix")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let bad = |e: tokenizers::Error| Error::format(path, format!("SentencePiece set-up: {e}"));
+        let mut norm: Vec<NormalizerWrapper> = Vec::new();
+        if space_prefix {
+            norm.push(Prepend::new(SPACE.into()).into());
+        }
+        norm.push(Replace::new(" ", SPACE).map_err(bad)?.into());
+        let mut dec: Vec<DecoderWrapper> = vec![
+            Replace::new(SPACE, " ").map_err(bad)?.into(),
+            ByteFallback::new().into(),
+            Fuse::new().into(),
+        ];
+        if space_prefix {
+            dec.push(Strip::new(' ', 1, 0).into());
+        }
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_normalizer(Some(NormalizerSequence::new(norm)));
+        inner.with_decoder(Some(DecoderSequence::new(dec)));
+        Ok(inner)
     }
 
     /// Loads a Hugging Face `tokenizer.json`; BOS/EOS come from
