@@ -112,13 +112,15 @@ impl Tokenizer {
         let (mut inner, add_bos_default) = match kind {
             "gpt2" => (Self::gguf_bpe(path, meta, vocab)?, false),
             "llama" => (Self::gguf_spm(path, meta, &tokens, vocab)?, true),
-            other => return Err(Error::unsupported(
-                path,
-                format!(
+            other => {
+                return Err(Error::unsupported(
+                    path,
+                    format!(
                     "tokenizer model '{other}' (GGUF metadata supports 'gpt2' byte-level BPE and \
                          'llama' SentencePiece; put the model's tokenizer.json beside it instead)"
                 ),
-            )),
+                ))
+            }
         };
         let specials: Vec<AddedToken> = tokens
             .iter()
