@@ -96,6 +96,15 @@ impl Tokenizer {
             .get("tokenizer.ggml.model")
             .and_then(Value::as_str)
             .ok_or_else(|| missing("tokenizer.ggml.model"))?;
+        if kind != "gpt2" && kind != "llama" {
+            return Err(Error::unsupported(
+                path,
+                format!(
+                    "tokenizer model '{kind}' (GGUF metadata supports 'gpt2' byte-level BPE and \
+                     'llama' SentencePiece; put the model's tokenizer.json beside it instead)"
+                ),
+            ));
+        }
         let tokens = string_array(path, meta, "tokenizer.ggml.tokens")?
             .ok_or_else(|| missing("tokenizer.ggml.tokens"))?;
         let types: Vec<i64> = match meta.get("tokenizer.ggml.token_type") {
@@ -109,18 +118,10 @@ impl Tokenizer {
                 .map_err(|_| Error::format(path, "tokenizer vocabulary exceeds u32 ids"))?;
             vocab.entry(tok.clone()).or_insert(id);
         }
-        let (mut inner, add_bos_default) = match kind {
-            "gpt2" => (Self::gguf_bpe(path, meta, vocab)?, false),
-            "llama" => (Self::gguf_spm(path, meta, &tokens, vocab)?, true),
-            other => {
-                return Err(Error::unsupported(
-                    path,
-                    format!(
-                    "tokenizer model '{other}' (GGUF metadata supports 'gpt2' byte-level BPE and \
-                         'llama' SentencePiece; put the model's tokenizer.json beside it instead)"
-                ),
-                ))
-            }
+        let (mut inner, add_bos_default) = if kind == "llama" {
+            (Self::gguf_spm(path, meta, &tokens, vocab)?, true)
+        } else {
+            (Self::gguf_bpe(path, meta, vocab)?, false)
         };
         let specials: Vec<AddedToken> = tokens
             .iter()
