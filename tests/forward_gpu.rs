@@ -10,8 +10,9 @@
 //! - rope: 1e-6 · max |out| (same host-computed cos/sin, only FMA contraction differs);
 //! - attention: 1e-5 · max |v| (the output is a convex combination of v rows);
 //! - dense matmul: 1e-5 · Σ|x||w| per output (≤ 100 terms here);
-//! - whole models: 1e-4 · max |logit| (tiny) and 1e-3 · max |logit| (SmolLM2,
-//!   30 layers; the measured error is printed), argmax equal at every position.
+//! - whole models: 1e-4 · max |logit| (tiny, and SmolLM2 through 30 layers,
+//!   where 4e-6 was measured on lavapipe: 1.4e-4 of max |logit| 35), argmax
+//!   equal at every position.
 
 mod common;
 
@@ -383,6 +384,29 @@ fn gpu_decoder_matches_full_gpu_logits() {
     decoder_matches_full("packed decoder", &q, 1e-4);
 }
 
+/// Inputs whose activations exceed one binding go through in chunks of rows
+/// (here 4 rows under a 2 KiB limit): same logits as one pass.
+#[test]
+fn chunked_rows_match_one_pass() {
+    let small = common::fresh_gpu();
+    small.set_max_binding(2048);
+    let chunked = GpuForward::new(std::sync::Arc::new(small), tiny_weights()).unwrap();
+    let whole = GpuForward::new(common::gpu(), tiny_weights()).unwrap();
+    let want = whole.logits(TINY_TOKENS).unwrap();
+    let got = chunked.logits(TINY_TOKENS).unwrap();
+    check("chunked logits", &got, &want, 1e-5, max_abs(&want));
+    let vocab = whole.arch().vocab_size;
+    let mut dec = chunked.decoder(TINY_TOKENS.len()).unwrap();
+    let last = dec.feed(TINY_TOKENS).unwrap();
+    check(
+        "chunked prefill",
+        &last,
+        &want[want.len() - vocab..],
+        1e-5,
+        max_abs(&want),
+    );
+}
+
 #[test]
 fn gpu_forward_bad_inputs_are_errors() {
     let m = GpuForward::new(common::gpu(), tiny_weights()).unwrap();
@@ -462,7 +486,7 @@ fn smollm2_gpu_logits_match_cpu() {
         "max |Δlogit| = {d:.3e}, max |logit| = {max:.3}, relative {:.3e}",
         d / max
     );
-    check("smollm2", &gpu, &cpu, 1e-3, max);
+    check("smollm2", &gpu, &cpu, 1e-4, max);
     for (p, (a, b)) in gpu
         .chunks_exact(vocab)
         .zip(cpu.chunks_exact(vocab))
