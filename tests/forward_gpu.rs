@@ -391,6 +391,9 @@ fn chunked_rows_match_one_pass() {
     let small = common::fresh_gpu();
     small.set_max_binding(2048);
     let chunked = GpuForward::new(std::sync::Arc::new(small), tiny_weights()).unwrap();
+    // 32 key values of 4 bytes per position: 16 positions fill 2 KiB.
+    let e = chunked.decoder(17).err().expect("cache over one binding");
+    assert!(e.to_string().contains("KV cache of 17 positions"), "{e}");
     let whole = GpuForward::new(common::gpu(), tiny_weights()).unwrap();
     let want = whole.logits(TINY_TOKENS).unwrap();
     let got = chunked.logits(TINY_TOKENS).unwrap();

@@ -223,6 +223,14 @@ impl GpuForward {
     /// An empty KV cache of `capacity` positions on the device.
     pub fn new_cache(&self, capacity: usize) -> Result<GpuKvCache> {
         let bytes = (capacity * self.arch.num_kv_heads * self.arch.head_dim() * 4) as u64;
+        if bytes > self.ctx.max_binding() {
+            return Err(Error::Config(format!(
+                "a KV cache of {capacity} positions needs {bytes} bytes of keys per layer, more \
+                 than one storage binding ({} bytes) of {}; use a smaller capacity",
+                self.ctx.max_binding(),
+                self.ctx.adapter.short()
+            )));
+        }
         let layers = (0..self.layers.len())
             .map(|_| {
                 Ok((
