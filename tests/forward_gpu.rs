@@ -429,6 +429,13 @@ fn gpu_forward_bad_inputs_are_errors() {
     w.layers[0].k = Linear::dense(3, a.hidden_size, vec![0.0; 3 * a.hidden_size]).unwrap();
     let e = GpuForward::new(common::gpu(), w).err().expect("bad shape");
     assert!(e.to_string().contains("config implies"), "{e}");
+    let mut other = tiny_weights();
+    other.layers.push(other.layers[0].clone());
+    other.arch.num_layers = 2;
+    let two = GpuForward::new(common::gpu(), other).unwrap();
+    let mut cache = two.new_cache(4).unwrap();
+    let e = m.feed(&mut cache, &[1], false).expect_err("foreign cache");
+    assert!(e.to_string().contains("another model"), "{e}");
 }
 
 #[test]

@@ -281,6 +281,15 @@ impl GpuForward {
     /// (`all`, `[tokens.len(), vocab]`) or of the last one (`[vocab]`).
     pub fn feed(&self, cache: &mut GpuKvCache, tokens: &[u32], all: bool) -> Result<Vec<f32>> {
         let x = self.embed(tokens)?;
+        let kv_bytes = (cache.capacity * self.arch.num_kv_heads * self.arch.head_dim() * 4) as u64;
+        let fits = |b: &wgpu::Buffer| b.size() >= kv_bytes;
+        if cache.layers.len() != self.layers.len()
+            || !cache.layers.iter().all(|(k, v)| fits(k) && fits(v))
+        {
+            return Err(Error::Config(
+                "this KV cache was made for another model; use the model's own new_cache".into(),
+            ));
+        }
         let (start, seq) = (cache.len, tokens.len());
         if start + seq > cache.capacity {
             return Err(Error::Config(format!(
