@@ -10,9 +10,10 @@ use crate::error::{Error, Result};
 use bytemuck::{Pod, Zeroable};
 
 const SOURCE: &str = include_str!("../../../shaders/matmul_dense.wgsl");
-// Must match WG and TM in matmul_dense.wgsl.
-const WG: usize = 64;
-const TM: usize = 4;
+// Must match RB and TB in matmul_dense.wgsl.
+const RB: usize = 4;
+const TB: usize = 4;
+const SHARED_BYTES: u32 = (TB * 64 * 16) as u32;
 
 /// Mirrors `Params` in matmul_dense.wgsl.
 #[repr(C)]
@@ -88,10 +89,17 @@ pub fn encode_dense(
     }
     check_buffer("dense matmul input", x, tokens * w.cols)?;
     check_buffer("dense matmul output", y, tokens * w.rows)?;
+    let limit = ctx.limits().max_compute_workgroup_storage_size;
+    if SHARED_BYTES > limit {
+        return Err(Error::Gpu(format!(
+            "dense matmul needs {SHARED_BYTES} bytes of workgroup memory; {} allows {limit}",
+            ctx.adapter.short()
+        )));
+    }
     let k = ctx.kernel("matmul_dense", SOURCE, "dense", &BINDINGS)?;
     for (row0, rows, buf) in &w.chunks {
-        let row_blocks = rows.div_ceil(WG);
-        let groups = row_blocks * tokens.div_ceil(TM);
+        let row_blocks = rows.div_ceil(RB);
+        let groups = row_blocks * tokens.div_ceil(TB);
         let groups = u32::try_from(groups).map_err(|_| {
             Error::Gpu(format!(
                 "dense matmul grid of {groups} workgroups is too large"
