@@ -1,9 +1,13 @@
 //! The GPU backend: WGSL kernels from `shaders/` driven through wgpu.
 //! One thin wrapper module per kernel family.
 
+pub mod attention;
 pub mod context;
+pub mod elementwise;
 pub mod matmul;
+pub mod matmul_dense;
 pub mod quantize;
+pub mod rope;
 
 pub use context::{list_adapters, AdapterSummary, DeviceChoice, GpuContext};
 
@@ -43,6 +47,22 @@ pub fn row_chunks(
         .step_by(per)
         .map(|s| s..(s + per).min(rows))
         .collect())
+}
+
+/// Errors unless `buffer` holds at least `values` f32 (or u32) values.
+pub(crate) fn check_buffer(what: &str, buffer: &wgpu::Buffer, values: usize) -> Result<()> {
+    let need = (values * 4) as u64;
+    if buffer.size() < need {
+        return Err(crate::error::Error::Gpu(format!(
+            "{what}: buffer of {} bytes, need {need}",
+            buffer.size()
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn f32_bytes(v: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(v)
 }
 
 impl Backend for GpuBackend {

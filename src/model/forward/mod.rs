@@ -5,13 +5,15 @@
 //!
 //! [`Forward`] is what callers use, whatever the device; [`CpuForward`] is the
 //! f32 CPU implementation (dense weights, or packed ones through the CPU
-//! dequant-matmul).
+//! dequant-matmul), [`GpuForward`] the same pass as WGSL kernels.
 
 pub mod cpu;
+pub mod gpu;
 pub mod linear;
 pub mod ops;
 
 pub use cpu::{CpuForward, KvCache};
+pub use gpu::{GpuForward, GpuKvCache};
 pub use linear::Linear;
 
 use super::arch::{ArchConfig, RopeScaling};
@@ -367,21 +369,33 @@ fn check_arch(path: PathBuf, a: &ArchConfig) -> Result<()> {
 }
 
 /// Opens the model at `path` and loads it for running on `device`
-/// (`auto` takes a real GPU when there is one, like `quantize`).
+/// (`auto` takes a real GPU when there is one and otherwise the CPU, like
+/// `quantize`; an explicit GPU backend takes whatever adapter it has,
+/// lavapipe included).
 pub fn open_forward(
     path: &std::path::Path,
     device: crate::backend::gpu::DeviceChoice,
     adapter: Option<&str>,
 ) -> Result<Box<dyn Forward>> {
-    use crate::backend::gpu::DeviceChoice;
+    use crate::backend::gpu::{DeviceChoice, GpuContext};
+    if device == DeviceChoice::Cpu && adapter.is_some() {
+        return Err(Error::Config(
+            "--adapter picks a GPU; it cannot be used with --device cpu".into(),
+        ));
+    }
     let view = ModelView::open(path)?;
-    match device {
-        DeviceChoice::Cpu | DeviceChoice::Auto if adapter.is_none() => {
+    if device == DeviceChoice::Cpu {
+        return Ok(Box::new(CpuForward::load(&view)?));
+    }
+    match GpuContext::new(device, adapter) {
+        Ok(ctx) => {
+            log::info!("forward on {}", ctx.adapter.short());
+            Ok(Box::new(GpuForward::load(std::sync::Arc::new(ctx), &view)?))
+        }
+        Err(e) if device == DeviceChoice::Auto && adapter.is_none() => {
+            log::info!("no GPU adapter ({e}); running the forward pass on the CPU");
             Ok(Box::new(CpuForward::load(&view)?))
         }
-        _ => Err(Error::unsupported(
-            path,
-            "the GPU forward pass is not built yet; use --device cpu",
-        )),
+        Err(e) => Err(e),
     }
 }

@@ -73,6 +73,16 @@ impl RopeTable {
         Self { half, cos, sin }
     }
 
+    /// Rotation pairs per head (`hd / 2`).
+    pub fn pairs(&self) -> usize {
+        self.half
+    }
+
+    /// cos and sin, `[seq, pairs]` each (the GPU kernel uploads them).
+    pub fn cos_sin(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     /// Rotates `x` (`[seq, heads * hd]`, row `p` at position `start + p`) in
     /// place. `adjacent`: pairs (2i, 2i+1) as GGUF stores q/k; otherwise
     /// (i, i + hd/2) as in Hugging Face checkpoints.
