@@ -1,15 +1,15 @@
-// Row and element kernels of the forward pass: RMSNorm, residual add and the
-// SwiGLU activation. They share one binding layout (uniform, two read-only
+// Row and element kernels of the forward pass: RMSNorm, residual add, bias
+// add and the SwiGLU activation. They share one binding layout (uniform, two read-only
 // inputs, one read-write output) so the wrapper builds them the same way;
 // an entry that needs one input gets it bound twice.
-// CPU reference: src/model/forward/ops.rs (rms_norm, add_in_place, silu_mul).
+// CPU reference: src/model/forward/ops.rs (rms_norm, add_in_place, add_bias, silu_mul).
 
 const WG: u32 = 64u;
 
 // Mirrors `Params` in src/backend/gpu/elementwise.rs.
 struct Params {
-    n: u32,      // rows (rms_norm) or elements (add, silu_mul)
-    cols: u32,   // row width (rms_norm)
+    n: u32,      // rows (rms_norm) or elements (add, add_bias, silu_mul)
+    cols: u32,   // row width (rms_norm, add_bias)
     eps: f32,
     _p0: u32,
 }
@@ -61,6 +61,15 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     let i = flat_id(gid, nwg);
     if (i < p.n) {
         out[i] += a[i];
+    }
+}
+
+// out[r, j] += a[j]: a bias broadcast over the rows (Qwen2's q/k/v).
+@compute @workgroup_size(WG)
+fn add_bias(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg);
+    if (i < p.n) {
+        out[i] += a[i % p.cols];
     }
 }
 

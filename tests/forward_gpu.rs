@@ -6,7 +6,7 @@
 //! Tolerances, all relative to the largest magnitude involved, since GPU and
 //! CPU compute the same f32 formulas in different summation orders (a few
 //! ulp, 2^-24 ≈ 6e-8, per operation times the terms summed):
-//! - rms_norm, silu_mul, add: 1e-5 · max |out|;
+//! - rms_norm, silu_mul, add: 1e-5 · max |out|; add_bias 1e-6;
 //! - rope: 1e-6 · max |out| (same host-computed cos/sin, only FMA contraction differs);
 //! - attention: 1e-5 · max |v| (the output is a convex combination of v rows);
 //! - dense matmul: 1e-5 · Σ|x||w| per output (≤ 100 terms here);
@@ -105,6 +105,20 @@ fn silu_mul_and_add_match_cpu() {
         ops::add_in_place(&mut want, &u);
         let got = elementwise::add(&ctx, &g, &u).unwrap();
         check(&format!("add {n}"), &got, &want, 1e-5, max_abs(&want));
+    }
+    for (rows, cols) in [(1, 7), (5, 64), (33, 96)] {
+        let x = uniform(&mut rng, rows * cols, 3.0);
+        let b = uniform(&mut rng, cols, 1.0);
+        let mut want = x.clone();
+        ops::add_bias(&mut want, &b);
+        let got = elementwise::add_bias(&ctx, &x, &b).unwrap();
+        check(
+            &format!("add_bias {rows}x{cols}"),
+            &got,
+            &want,
+            1e-6,
+            max_abs(&want),
+        );
     }
 }
 

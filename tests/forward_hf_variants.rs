@@ -6,7 +6,8 @@
 
 mod common;
 
-use llmq_gpu::model::forward::CpuForward;
+use llmq_gpu::model::forward::gpu::GpuForward;
+use llmq_gpu::model::forward::{CpuForward, Forward};
 use llmq_gpu::ModelView;
 use rand::Rng;
 use safetensors::tensor::{serialize_to_file, Dtype, TensorView};
@@ -152,6 +153,35 @@ fn rope_scaling_matches_numpy() {
     check(&model(dir.path(), "llama3", llama3, false, false));
     let linear = json!({"rope_scaling": {"type": "linear", "factor": 4.0}});
     check(&model(dir.path(), "linear", linear, false, false));
+}
+
+/// The GPU forward (lavapipe in CI) gives the CPU logits on the same
+/// variants: biases and scaled RoPE reach the GPU path too.
+#[test]
+fn gpu_matches_cpu_on_biases_and_scaled_rope() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama3 = json!({"model_type": "qwen2", "rope_scaling": {"rope_type": "llama3",
+        "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32}});
+    let m = model(dir.path(), "gpu-variant", llama3, true, true);
+    let view = ModelView::open(&m).expect("open");
+    let weights = llmq_gpu::model::forward::LlamaWeights::load(&view).expect("load");
+    assert!(weights.layers[0].qkv_bias.is_some());
+    let tokens: Vec<u32> = (0..40).map(|i| (i * 11 + 5) % VOCAB as u32).collect();
+    let cpu = CpuForward::new(weights.clone())
+        .logits(&tokens)
+        .expect("cpu");
+    let gpu = GpuForward::new(common::gpu(), weights)
+        .expect("upload")
+        .logits(&tokens)
+        .expect("gpu");
+    let max = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = cpu
+        .iter()
+        .zip(&gpu)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("GPU vs CPU: max |Δ| {d:.2e}, max |logit| {max:.3}");
+    assert!(d <= 1e-4 * max, "max |Δ| {d}");
 }
 
 #[test]

@@ -1,9 +1,13 @@
 //! `llmq-gpu bench`: dequant-matmul throughput against the copy bandwidth
-//! measured on the same device in the same run.
+//! measured on the same device in the same run; with `--model`, whole-model
+//! prefill and decode speed against the matmul rate and copy bandwidth.
 
 use llmq_gpu::backend::gpu::{DeviceChoice, GpuContext};
+use llmq_gpu::bench::forward::{run_forward_bench, PeakRates};
 use llmq_gpu::bench::{run_matmul_bench, MatmulBenchOptions};
+use llmq_gpu::model::forward::open_forward;
 use llmq_gpu::{Error, Result};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
@@ -24,9 +28,41 @@ pub struct Args {
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
+    /// Benchmark this model's forward pass (prefill and decode) instead of the kernels.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Prompt length of the prefill measurement (with --model).
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Tokens decoded one at a time (with --model).
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
+}
+
+fn run_forward(a: &Args, model: &Path) -> Result<()> {
+    let m = open_forward(model, a.device, a.adapter.as_deref())?;
+    let iters = a.iters.unwrap_or(3).max(1);
+    let peak = if m.device().starts_with("cpu") {
+        PeakRates::cpu(iters)?
+    } else {
+        let ctx = GpuContext::new(a.device, a.adapter.as_deref())?;
+        PeakRates::gpu(&ctx, iters)?
+    };
+    let report = run_forward_bench(m.as_ref(), peak, a.prompt_tokens, a.decode_tokens, iters)?;
+    if a.json {
+        let json =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        println!("{json}");
+    } else {
+        println!("{}\n{report}", model.display());
+    }
+    Ok(())
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if let Some(model) = &a.model {
+        return run_forward(&a, model);
+    }
     let mut opts = if a.quick {
         MatmulBenchOptions::quick()
     } else {

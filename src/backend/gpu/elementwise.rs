@@ -91,6 +91,34 @@ pub fn encode_add(
     dispatch(ctx, encoder, "add", params, [src, src, dst], n.div_ceil(WG))
 }
 
+/// Records `x[r, j] += bias[j]` for `x` `[rows, cols]`.
+pub fn encode_add_bias(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    x: &wgpu::Buffer,
+    bias: &wgpu::Buffer,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let n = rows * cols;
+    check_buffer("add_bias destination", x, n)?;
+    check_buffer("add_bias bias", bias, cols)?;
+    let params = Params {
+        n: n as u32,
+        cols: cols as u32,
+        eps: 0.0,
+        _pad: 0,
+    };
+    dispatch(
+        ctx,
+        encoder,
+        "add_bias",
+        params,
+        [bias, bias, x],
+        n.div_ceil(WG),
+    )
+}
+
 /// Records `gate = silu(gate) · up` over `n` values.
 pub fn encode_silu_mul(
     ctx: &GpuContext,
@@ -170,6 +198,23 @@ fn pairwise(
 /// `dst + src` on host data.
 pub fn add(ctx: &GpuContext, dst: &[f32], src: &[f32]) -> Result<Vec<f32>> {
     pairwise(ctx, "add", dst, src, encode_add)
+}
+
+/// `x` `[rows, bias.len()]` plus `bias` in every row, on host data.
+pub fn add_bias(ctx: &GpuContext, x: &[f32], bias: &[f32]) -> Result<Vec<f32>> {
+    let cols = bias.len();
+    if cols == 0 || !x.len().is_multiple_of(cols) {
+        return Err(Error::Config(format!(
+            "add_bias: {} values are not rows of {cols}",
+            x.len()
+        )));
+    }
+    let xb = ctx.upload("add_bias.x", f32_bytes(x))?;
+    let bb = ctx.upload("add_bias.bias", f32_bytes(bias))?;
+    let mut enc = ctx.encoder();
+    encode_add_bias(ctx, &mut enc, &xb, &bb, x.len() / cols, cols)?;
+    ctx.submit_and_wait(enc)?;
+    ctx.read(&xb, x.len())
 }
 
 /// `silu(gate) · up` on host data.

@@ -11,7 +11,7 @@
 //! decoder share one code path; long inputs go through in chunks of rows
 //! whose activations fit one storage binding.
 
-use super::ops::{rope_inv_freq, AttnShape, RopeTable};
+use super::ops::{AttnShape, RopeTable};
 use super::{Decoder, Forward, Linear, LlamaWeights};
 use crate::backend::gpu::attention::{self, AttnRows, MAX_HEAD_DIM};
 use crate::backend::gpu::matmul::{encode_matmul, GpuQuantWeights};
@@ -61,6 +61,8 @@ struct GpuLayer {
     k: GpuLinear,
     v: GpuLinear,
     o: GpuLinear,
+    /// q, k, v biases (Qwen2).
+    qkv_bias: Option<[wgpu::Buffer; 3]>,
     ffn_norm: wgpu::Buffer,
     gate: GpuLinear,
     up: GpuLinear,
@@ -179,6 +181,14 @@ impl GpuForward {
                     k: lin(&l.k)?,
                     v: lin(&l.v)?,
                     o: lin(&l.o)?,
+                    qkv_bias: match &l.qkv_bias {
+                        Some(b) => Some([
+                            norm("q_bias", &b.q)?,
+                            norm("k_bias", &b.k)?,
+                            norm("v_bias", &b.v)?,
+                        ]),
+                        None => None,
+                    },
                     ffn_norm: norm("ffn_norm", &l.ffn_norm)?,
                     gate: lin(&l.gate)?,
                     up: lin(&l.up)?,
@@ -197,7 +207,7 @@ impl GpuForward {
             )?),
         };
         let final_norm = norm("final_norm", &weights.final_norm)?;
-        let inv_freq = rope_inv_freq(a.head_dim(), a.rope_theta);
+        let inv_freq = weights.rope_inv_freq();
         let weight_bytes = weights.bytes();
         Ok(Self {
             arch: weights.arch,
@@ -351,6 +361,11 @@ impl GpuForward {
             l.q.encode(ctx, e, &xn, &q, n)?;
             l.k.encode(ctx, e, &xn, &k, n)?;
             l.v.encode(ctx, e, &xn, &v, n)?;
+            if let Some([bq, bk, bv]) = &l.qkv_bias {
+                elementwise::encode_add_bias(ctx, e, &q, bq, n, qw)?;
+                elementwise::encode_add_bias(ctx, e, &k, bk, n, kvw)?;
+                elementwise::encode_add_bias(ctx, e, &v, bv, n, kvw)?;
+            }
             encode_rope(ctx, e, &table, &q, n, n, shape.heads, a.rope_adjacent_pairs)?;
             encode_rope(
                 ctx,

@@ -160,7 +160,7 @@ fn bench_tensor(rows: usize, cols: usize, bits: u32, group: usize) -> Result<Qua
     })
 }
 
-fn best_of(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
+pub(crate) fn best_of(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
     f()?;
     let mut best = Duration::MAX;
     for _ in 0..iters.max(1) {
@@ -171,12 +171,12 @@ fn best_of(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> 
     Ok(best)
 }
 
-fn gbps(bytes: f64, t: Duration) -> f64 {
+pub(crate) fn gbps(bytes: f64, t: Duration) -> f64 {
     bytes / t.as_secs_f64().max(1e-12) / 1e9
 }
 
 /// memcpy of a 256 MiB buffer, single- and multi-threaded; best of both.
-fn cpu_copy_bandwidth(iters: usize) -> Result<DeviceBandwidth> {
+pub(crate) fn cpu_copy_bandwidth(iters: usize) -> Result<DeviceBandwidth> {
     let n = 64 << 20; // f32s
     let src = vec![1f32; n];
     let mut dst = vec![0f32; n];
@@ -202,7 +202,7 @@ fn cpu_copy_bandwidth(iters: usize) -> Result<DeviceBandwidth> {
 }
 
 /// `copy_buffer_to_buffer` of a large buffer, `iters` copies per submission.
-fn gpu_copy_bandwidth(ctx: &GpuContext, iters: usize) -> Result<DeviceBandwidth> {
+pub(crate) fn gpu_copy_bandwidth(ctx: &GpuContext, iters: usize) -> Result<DeviceBandwidth> {
     let size = (ctx.limits().max_buffer_size / 2).clamp(1 << 20, 256 << 20) & !3;
     let make = |label| {
         ctx.device.create_buffer(&wgpu::BufferDescriptor {
