@@ -90,7 +90,11 @@ fn uniform_model_has_perplexity_equal_to_its_vocabulary() {
     )
     .expect("eval");
     assert_eq!(w.chunks, 3, "100 / 32 whole windows");
-    assert_eq!(chunks_seen, [(0, 15), (1, 30), (2, 45)], "15 scored per window");
+    assert_eq!(
+        chunks_seen,
+        [(0, 15), (1, 30), (2, 45)],
+        "15 scored per window"
+    );
     assert!((out[0].scores.ppl() - 50.0).abs() < 1e-9);
     // Windows are consecutive, without BOS (none asked for).
     let seen = m.seen.lock().unwrap();
@@ -103,8 +107,15 @@ fn bos_is_written_over_each_window_start() {
     let m = Fixed::new(vec![0.0; 50]);
     let tokens = text_tokens(64, 50);
     let w = Windows::plan(tokens.len(), 16, Some(3), Some(49)).expect("plan");
-    evaluate_forwards(&[&m], None, &tokens, &w, &mut |_, _| {}, &CancelToken::default())
-        .expect("eval");
+    evaluate_forwards(
+        &[&m],
+        None,
+        &tokens,
+        &w,
+        &mut |_, _| {},
+        &CancelToken::default(),
+    )
+    .expect("eval");
     let seen = m.seen.lock().unwrap();
     assert_eq!(seen.len(), 3, "--chunks 3 of 4 possible");
     for (i, win) in seen.iter().enumerate() {
@@ -147,12 +158,23 @@ fn cancel_and_vocabulary_mismatch_are_errors() {
     let b = Fixed::new(vec![0.0; 21]);
     let tokens = text_tokens(40, 20);
     let w = Windows::plan(tokens.len(), 10, None, None).expect("plan");
-    let e = evaluate_forwards(&[&b], Some(&a), &tokens, &w, &mut |_, _| {}, &CancelToken::default())
-        .expect_err("vocab");
-    assert!(e.to_string().contains("21") && e.to_string().contains("20"), "{e}");
+    let e = evaluate_forwards(
+        &[&b],
+        Some(&a),
+        &tokens,
+        &w,
+        &mut |_, _| {},
+        &CancelToken::default(),
+    )
+    .expect_err("vocab");
+    assert!(
+        e.to_string().contains("21") && e.to_string().contains("20"),
+        "{e}"
+    );
     let cancel = CancelToken::default();
     cancel.cancel();
-    let e = evaluate_forwards(&[&a], None, &tokens, &w, &mut |_, _| {}, &cancel).expect_err("cancel");
+    let e =
+        evaluate_forwards(&[&a], None, &tokens, &w, &mut |_, _| {}, &cancel).expect_err("cancel");
     assert!(matches!(e, Error::Cancelled), "{e}");
 }
 
@@ -189,8 +211,12 @@ fn tiny_tokenizer(model: &Path, add_bos: bool) {
 
 /// A text of `words` short lower-case words (about 4 tokens each).
 fn text(dir: &Path, words: usize) -> PathBuf {
-    let list = ["the", "cat", "sat", "on", "a", "warm", "mat", "and", "slept."];
-    let body: Vec<&str> = (0..words).map(|i| list[(i * 5 + i / 3) % list.len()]).collect();
+    let list = [
+        "the", "cat", "sat", "on", "a", "warm", "mat", "and", "slept.",
+    ];
+    let body: Vec<&str> = (0..words)
+        .map(|i| list[(i * 5 + i / 3) % list.len()])
+        .collect();
     let p = dir.join(format!("text-{words}.txt"));
     std::fs::write(&p, body.join(" ")).unwrap();
     p
@@ -220,7 +246,11 @@ fn s(p: &Path) -> &str {
 }
 
 fn failure(o: &Output) -> String {
-    assert!(!o.status.success(), "expected a failure: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "expected a failure: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let e = stderr(o);
     assert!(!e.contains("panicked"), "{e}");
     e
@@ -231,15 +261,41 @@ fn json_report_has_every_key_and_identical_reference_agrees() {
     let dir = tempfile::tempdir().unwrap();
     let m = tiny(dir.path(), true);
     let t = text(dir.path(), 200);
-    let o = run(&["--model", s(&m), "--reference", s(&m), "--text", s(&t), "--ctx", "32", "--chunks", "4", "--json"]);
+    let o = run(&[
+        "--model",
+        s(&m),
+        "--reference",
+        s(&m),
+        "--text",
+        s(&t),
+        "--ctx",
+        "32",
+        "--chunks",
+        "4",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_slice(&o.stdout).expect("stdout is one JSON object");
     for key in [
-        "ppl", "ppl_stderr", "kld", "kld_stderr", "top1_agreement", "size_bytes",
-        "bits_per_weight", "tokens_per_second", "device", "ctx", "chunks",
-        "tokens_evaluated", "tokens_scored", "seconds",
+        "ppl",
+        "ppl_stderr",
+        "kld",
+        "kld_stderr",
+        "top1_agreement",
+        "size_bytes",
+        "bits_per_weight",
+        "tokens_per_second",
+        "device",
+        "ctx",
+        "chunks",
+        "tokens_evaluated",
+        "tokens_scored",
+        "seconds",
     ] {
-        assert!(v.get(key).is_some_and(|x| !x.is_null()), "key {key} missing: {v}");
+        assert!(
+            v.get(key).is_some_and(|x| !x.is_null()),
+            "key {key} missing: {v}"
+        );
     }
     let f = |k: &str| v[k].as_f64().unwrap();
     assert!(f("ppl") > 1.0 && f("ppl").is_finite(), "{v}");
@@ -251,7 +307,9 @@ fn json_report_has_every_key_and_identical_reference_agrees() {
     assert_eq!(v["tokens_scored"], 4 * 15);
     assert_eq!(v["bos"], true, "tokenizer_config asks for BOS");
     assert!(v["device"].as_str().unwrap().starts_with("cpu"), "{v}");
-    let weights = std::fs::metadata(m.join("model.safetensors")).unwrap().len();
+    let weights = std::fs::metadata(m.join("model.safetensors"))
+        .unwrap()
+        .len();
     assert_eq!(v["size_bytes"].as_u64().unwrap(), weights);
 }
 
@@ -261,15 +319,42 @@ fn several_models_write_a_table_and_a_chart() {
     let m = tiny(dir.path(), false);
     let q = dir.path().join("tiny-w8");
     let o = Command::new(env!("CARGO_BIN_EXE_llmq-gpu"))
-        .args(["quantize", "--model", s(&m), "--out", s(&q), "--bits", "8", "--group-size", "32", "--device", "cpu"])
+        .args([
+            "quantize",
+            "--model",
+            s(&m),
+            "--out",
+            s(&q),
+            "--bits",
+            "8",
+            "--group-size",
+            "32",
+            "--device",
+            "cpu",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let t = text(dir.path(), 200);
     let (table, chart) = (dir.path().join("t.md"), dir.path().join("c.svg"));
     let o = run(&[
-        "--model", s(&m), "--model", s(&q), "--reference", s(&m), "--text", s(&t),
-        "--ctx", "32", "--chunks", "2", "--json", "--table", s(&table), "--chart", s(&chart),
+        "--model",
+        s(&m),
+        "--model",
+        s(&q),
+        "--reference",
+        s(&m),
+        "--text",
+        s(&t),
+        "--ctx",
+        "32",
+        "--chunks",
+        "2",
+        "--json",
+        "--table",
+        s(&table),
+        "--chart",
+        s(&chart),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
@@ -277,15 +362,34 @@ fn several_models_write_a_table_and_a_chart() {
     assert_eq!(a.len(), 2);
     // int8 codes + an f16 scale and a u8 zero per 32 weights.
     assert_eq!(a[1]["bits_per_weight"].as_f64().unwrap(), 8.75);
-    assert!(a[1]["kld"].as_f64().unwrap() > 0.0, "quantized differs from f32");
+    assert!(
+        a[1]["kld"].as_f64().unwrap() > 0.0,
+        "quantized differs from f32"
+    );
     assert!(a[1]["size_bytes"].as_u64() < a[0]["size_bytes"].as_u64());
     let md = std::fs::read_to_string(&table).expect("table written");
-    assert_eq!(md.lines().filter(|l| l.starts_with("| tiny-")).count(), 2, "{md}");
-    assert!(md.contains("| model | bits/weight |") && md.contains("8.750"), "{md}");
+    assert_eq!(
+        md.lines().filter(|l| l.starts_with("| tiny-")).count(),
+        2,
+        "{md}"
+    );
+    assert!(
+        md.contains("| model | bits/weight |") && md.contains("8.750"),
+        "{md}"
+    );
     let svg = std::fs::read_to_string(&chart).expect("chart written");
-    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
-    assert!(svg.contains("bits per weight") && svg.contains("perplexity"), "axis labels");
-    assert!(svg.contains(">tiny-llama (") && svg.contains(">tiny-w8 ("), "point labels");
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{svg}"
+    );
+    assert!(
+        svg.contains("bits per weight") && svg.contains("perplexity"),
+        "axis labels"
+    );
+    assert!(
+        svg.contains(">tiny-llama (") && svg.contains(">tiny-w8 ("),
+        "point labels"
+    );
     assert_eq!(svg.matches("<circle").count(), 2);
 }
 
@@ -297,7 +401,12 @@ fn human_summary_names_the_numbers() {
     let o = run(&["--model", s(&m), "--text", s(&t), "--ctx", "16"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    for want in ["perplexity", "bits per weight  32.000", "tokens/s", "size on disk"] {
+    for want in [
+        "perplexity",
+        "bits per weight  32.000",
+        "tokens/s",
+        "size on disk",
+    ] {
         assert!(out.contains(want), "{want}: {out}");
     }
     assert!(!out.contains("KL divergence"), "no reference given: {out}");
@@ -318,13 +427,40 @@ fn bad_inputs_fail_with_clear_messages() {
     let e = failure(&run(&["--model", s(&m), "--text", "/nonexistent/t.txt"]));
     assert!(e.contains("/nonexistent/t.txt"), "{e}");
 
-    let e = failure(&run(&["--model", s(&m), "--text", s(&short), "--ctx", "64"]));
-    assert!(e.contains("tokens, too few for one window of --ctx 64"), "{e}");
+    let e = failure(&run(&[
+        "--model",
+        s(&m),
+        "--text",
+        s(&short),
+        "--ctx",
+        "64",
+    ]));
+    assert!(
+        e.contains("tokens, too few for one window of --ctx 64"),
+        "{e}"
+    );
 
-    let e = failure(&run(&["--model", s(&m), "--text", s(&long), "--ctx", "512"]));
-    assert!(e.contains("--ctx 512 exceeds the context length 256"), "{e}");
+    let e = failure(&run(&[
+        "--model",
+        s(&m),
+        "--text",
+        s(&long),
+        "--ctx",
+        "512",
+    ]));
+    assert!(
+        e.contains("--ctx 512 exceeds the context length 256"),
+        "{e}"
+    );
 
-    let e = failure(&run(&["--model", s(&m), "--text", s(&long), "--chunks", "0"]));
+    let e = failure(&run(&[
+        "--model",
+        s(&m),
+        "--text",
+        s(&long),
+        "--chunks",
+        "0",
+    ]));
     assert!(e.contains("--chunks 0"), "{e}");
 
     let e = failure(&run(&["--model", s(&m), "--text", s(&long), "--ctx", "2"]));
@@ -335,10 +471,26 @@ fn bad_inputs_fail_with_clear_messages() {
     std::fs::create_dir_all(&other_dir).unwrap();
     let other = tiny(&other_dir, false);
     let cfg_path = other.join("config.json");
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["vocab_size"] = 40.into();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let e = failure(&run(&["--model", s(&other), "--reference", s(&m), "--text", s(&long), "--ctx", "32"]));
-    assert!(e.contains("vocabulary of 40") && e.contains("has 32"), "{e}");
-    assert!(e.contains(s(&other)) && e.contains(s(&m)), "names both models: {e}");
+    let e = failure(&run(&[
+        "--model",
+        s(&other),
+        "--reference",
+        s(&m),
+        "--text",
+        s(&long),
+        "--ctx",
+        "32",
+    ]));
+    assert!(
+        e.contains("vocabulary of 40") && e.contains("has 32"),
+        "{e}"
+    );
+    assert!(
+        e.contains(s(&other)) && e.contains(s(&m)),
+        "names both models: {e}"
+    );
 }

@@ -39,7 +39,9 @@ fn smollm2_perplexity_matches_independent_python() {
         .spawn()
         .expect("start perplexity.py");
     let ours = Command::new(env!("CARGO_BIN_EXE_llmq-gpu"))
-        .args(["eval", "--device", "cpu", "--json", "--ctx", CTX, "--chunks", CHUNKS])
+        .args([
+            "eval", "--device", "cpu", "--json", "--ctx", CTX, "--chunks", CHUNKS,
+        ])
         .arg("--model")
         .arg(&model)
         .arg("--text")
@@ -70,6 +72,9 @@ fn smollm2_perplexity_matches_independent_python() {
         "SmolLM2 ctx {CTX}, {CHUNKS} chunks of Persuasion: PPL rust {a:.5}, python {b:.5}, relative difference {rel:.2e}"
     );
     assert!(rel <= REL_TOL, "PPL {a} vs {b}: {rel:.4} > {REL_TOL}");
-    let (ea, eb) = (r["ppl_stderr"].as_f64().unwrap(), p["ppl_stderr"].as_f64().unwrap());
+    let (ea, eb) = (
+        r["ppl_stderr"].as_f64().unwrap(),
+        p["ppl_stderr"].as_f64().unwrap(),
+    );
     assert!((ea - eb).abs() <= REL_TOL * eb, "stderr {ea} vs {eb}");
 }

@@ -117,7 +117,11 @@ fn summary(r: &EvalReport) -> String {
         r.chunks,
         r.ctx,
         r.tokens_scored,
-        if r.bos { ", BOS at each window start" } else { "" }
+        if r.bos {
+            ", BOS at each window start"
+        } else {
+            ""
+        }
     );
     s += &format!("  device           {}\n", r.device);
     s += &format!("  perplexity       {:.4} ± {:.4}\n", r.ppl, r.ppl_stderr);

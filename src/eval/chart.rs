@@ -12,7 +12,9 @@ const ML: f64 = 80.0;
 const MR: f64 = 40.0;
 const MT: f64 = 50.0;
 const MB: f64 = 60.0;
-const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+];
 
 fn xml(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -85,7 +87,9 @@ pub fn ppl_vs_bits_svg(reports: &[EvalReport]) -> String {
     let title = match reports.first() {
         Some(r) => format!(
             "Perplexity vs bits per weight ({}, ctx {}, {} chunks)",
-            r.text.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            r.text
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
             r.ctx,
             r.chunks
         ),

@@ -93,7 +93,10 @@ impl Windows {
     /// The target is the text's token, never the BOS written over a window start.
     pub fn scored<'a>(&self, window: &'a [u32]) -> impl Iterator<Item = (usize, u32)> + 'a {
         let first = self.first_scored();
-        let end = self.ctx.saturating_sub(1).min(window.len().saturating_sub(1));
+        let end = self
+            .ctx
+            .saturating_sub(1)
+            .min(window.len().saturating_sub(1));
         (first..end).map(move |p| (p, window[p + 1]))
     }
 }
@@ -228,7 +231,8 @@ impl Scores {
                 let rrow = &r[p * vocab..(p + 1) * vocab];
                 let lp = log_softmax(rrow);
                 self.kld.add(kl_divergence(&lp, &lq));
-                self.top1.add(f64::from(u8::from(argmax(rrow) == argmax(row))));
+                self.top1
+                    .add(f64::from(u8::from(argmax(rrow) == argmax(row))));
             }
         }
         Ok(())
@@ -246,9 +250,22 @@ mod tests {
     #[test]
     fn windows_follow_llama_cpp_chunking() {
         let w = Windows::plan(1000, 100, None, None).expect("plan");
-        assert_eq!((w.chunks, w.first_scored(), w.scored_per_chunk()), (10, 50, 49));
-        assert_eq!(Windows::plan(1000, 100, Some(3), None).expect("plan").chunks, 3);
-        assert_eq!(Windows::plan(1000, 100, Some(99), None).expect("plan").chunks, 10);
+        assert_eq!(
+            (w.chunks, w.first_scored(), w.scored_per_chunk()),
+            (10, 50, 49)
+        );
+        assert_eq!(
+            Windows::plan(1000, 100, Some(3), None)
+                .expect("plan")
+                .chunks,
+            3
+        );
+        assert_eq!(
+            Windows::plan(1000, 100, Some(99), None)
+                .expect("plan")
+                .chunks,
+            10
+        );
         // Odd ctx: first = 3, positions 3..6 score tokens 4..7.
         let w = Windows::plan(21, 7, None, None).expect("plan");
         assert_eq!(w.chunks, 3);
@@ -280,7 +297,10 @@ mod tests {
     #[test]
     fn bad_settings_say_what_is_wrong() {
         let e = Windows::plan(100, 512, None, None).expect_err("short");
-        assert!(e.to_string().contains("100 tokens") && e.to_string().contains("512"), "{e}");
+        assert!(
+            e.to_string().contains("100 tokens") && e.to_string().contains("512"),
+            "{e}"
+        );
         let e = Windows::plan(100, 2, None, None).expect_err("ctx 2");
         assert!(e.to_string().contains("at least 3"), "{e}");
         let e = Windows::plan(100, 10, Some(0), None).expect_err("chunks 0");
@@ -328,7 +348,9 @@ mod tests {
     fn identical_models_have_zero_kl_and_full_top1() {
         let (ctx, vocab) = (6, 5);
         let w = Windows::plan(12, ctx, None, None).expect("plan");
-        let logits: Vec<f32> = (0..ctx * vocab).map(|i| ((i * 7) % 11) as f32 * 0.3).collect();
+        let logits: Vec<f32> = (0..ctx * vocab)
+            .map(|i| ((i * 7) % 11) as f32 * 0.3)
+            .collect();
         let mut s = Scores::default();
         s.add_window(&w, &[0, 1, 2, 3, 4, 0], &logits, Some(&logits), vocab)
             .expect("score");

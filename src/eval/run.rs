@@ -260,7 +260,11 @@ pub fn evaluate(
     for m in &models {
         let v = m.view.arch().vocab_size;
         if v != base_vocab {
-            let role = if reference.is_some() { "reference" } else { "first model" };
+            let role = if reference.is_some() {
+                "reference"
+            } else {
+                "first model"
+            };
             return Err(Error::Config(format!(
                 "{} has a vocabulary of {v} tokens but the {role} {} has {base_vocab}: \
                  models with different vocabularies cannot be compared",
@@ -303,16 +307,18 @@ pub fn evaluate(
     } else {
         None
     };
-    let windows = Windows::plan(tokens.len(), config.ctx, config.chunks, bos).map_err(|e| {
-        match e {
+    let windows =
+        Windows::plan(tokens.len(), config.ctx, config.chunks, bos).map_err(|e| match e {
             Error::Config(msg) => Error::Config(format!("{}: {msg}", config.text.display())),
             other => other,
-        }
-    })?;
+        })?;
 
     let mut sizes = Vec::with_capacity(models.len());
     for m in &models {
-        sizes.push((size::size_on_disk(&m.path)?, size::bits_per_weight(&m.view)?));
+        sizes.push((
+            size::size_on_disk(&m.path)?,
+            size::bits_per_weight(&m.view)?,
+        ));
     }
     let load = |p: &Path, on_progress: &mut dyn FnMut(EvalProgress)| {
         on_progress(EvalProgress::Loading {
@@ -366,12 +372,10 @@ pub fn evaluate(
             let s = r.scores;
             let opt = |v: f64| with_ref.then_some(v);
             EvalReport {
-                name: m
-                    .path
-                    .file_name()
-                    .map_or_else(|| m.path.display().to_string(), |n| {
-                        n.to_string_lossy().into_owned()
-                    }),
+                name: m.path.file_name().map_or_else(
+                    || m.path.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                ),
                 model: m.path.clone(),
                 format: m.view.format_name().to_string(),
                 text: config.text.clone(),

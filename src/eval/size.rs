@@ -54,7 +54,11 @@ pub fn dtype_bits(dtype: &str) -> Option<f64> {
 pub fn bits_per_weight(view: &ModelView) -> Result<f64> {
     if view.format_name() == "llmq" {
         let llmq = LlmqModel::open(view.path())?;
-        if let Some(b) = llmq.report().get("bits_per_weight").and_then(|v| v.as_f64()) {
+        if let Some(b) = llmq
+            .report()
+            .get("bits_per_weight")
+            .and_then(|v| v.as_f64())
+        {
             return Ok(b);
         }
         return average(view, |name, dtype, shape| {
@@ -65,7 +69,8 @@ pub fn bits_per_weight(view: &ModelView) -> Result<f64> {
                     let rows = shape.iter().product::<usize>() / cols.max(1);
                     let groups = s.groups_per_row(cols);
                     let zero_bits = if s.symmetric { 0 } else { 8 };
-                    let bits = rows * (words_per_row(cols, s.bits) * 32 + groups * (16 + zero_bits));
+                    let bits =
+                        rows * (words_per_row(cols, s.bits) * 32 + groups * (16 + zero_bits));
                     Some(bits as f64 / (rows * cols) as f64)
                 }
                 _ => dtype_bits(dtype),
@@ -76,10 +81,7 @@ pub fn bits_per_weight(view: &ModelView) -> Result<f64> {
 }
 
 /// Weight-averaged bits of the block linears; `bits` gives one tensor's.
-fn average(
-    view: &ModelView,
-    bits: impl Fn(&str, &str, &[usize]) -> Option<f64>,
-) -> Result<f64> {
+fn average(view: &ModelView, bits: impl Fn(&str, &str, &[usize]) -> Option<f64>) -> Result<f64> {
     let (mut weights, mut total) = (0f64, 0f64);
     for t in view.tensors() {
         if !TensorKind::of(&t.name).is_block_linear() {

@@ -39,7 +39,9 @@ pub fn markdown_table(reports: &[EvalReport]) -> String {
             }
         ));
     }
-    out.push_str("| model | bits/weight | size | PPL | KLD | top-1 agreement | tokens/s | device |\n");
+    out.push_str(
+        "| model | bits/weight | size | PPL | KLD | top-1 agreement | tokens/s | device |\n",
+    );
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---|\n");
     for r in reports {
         let kld = match (r.kld, r.kld_stderr) {
