@@ -41,7 +41,7 @@ fn axis(values: impl Iterator<Item = f64>) -> (f64, f64, Vec<f64>) {
     };
     lo -= pad;
     hi += pad;
-    let raw = (hi - lo) / 5.0;
+    let raw = (hi - lo) / 8.0;
     let mag = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 2.5, 5.0, 10.0]
         .iter()

@@ -52,6 +52,8 @@ def main():
             m = row.max()
             log_z = m + np.log(np.exp(row - m).sum())
             nll.append(log_z - row[window[p + 1]])
+        print(f"chunk {c + 1}/{n_chunks}: running PPL {np.exp(np.mean(nll)):.4f} "
+              f"({time.time() - start:.0f} s)", file=sys.stderr, flush=True)
     nll = np.array(nll, dtype=np.float64)
     mean = nll.mean()
     # llama.cpp: stderr of the mean NLL = sqrt((E[x²] − E[x]²) / (n − 1)).
