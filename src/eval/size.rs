@@ -105,3 +105,29 @@ fn average(view: &ModelView, bits: impl Fn(&str, &str, &[usize]) -> Option<f64>)
     }
     Ok(total / weights)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::dtype_bits;
+
+    #[test]
+    fn gguf_and_float_types_have_their_stored_bits() {
+        for (t, bits) in [
+            ("Q4_1", 5.0),
+            ("Q4_0", 4.5),
+            ("Q8_0", 8.5),
+            ("Q4_K", 4.5),
+            ("Q6_K", 6.5625),
+            ("F16", 16.0),
+            ("BF16", 16.0),
+            ("F32", 32.0),
+        ] {
+            assert_eq!(dtype_bits(t), Some(bits), "{t}");
+        }
+        assert_eq!(
+            dtype_bits("int4 g128 asym"),
+            None,
+            "llmq labels go through llmq.json"
+        );
+    }
+}
