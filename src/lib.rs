@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod bench;
 pub mod error;
+pub mod eval;
 pub mod formats;
 pub mod generate;
 pub mod model;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod devices;
+mod eval;
 mod generate;
 mod inspect;
 mod quantize;
@@ -28,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Quantize a model (GGUF file or Hugging Face safetensors folder) into an llmq folder.
     Quantize(quantize::Args),
+    /// Perplexity, KL divergence and top-1 agreement vs a reference, size and speed of models on a text.
+    Eval(eval::Args),
     /// Print architecture, tensors and metadata of a GGUF, safetensors or llmq model.
     Inspect(inspect::Args),
     /// List every GPU adapter with its limits and features.
@@ -56,6 +59,7 @@ pub fn parse_device(s: &str) -> std::result::Result<DeviceChoice, String> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Quantize(a) => quantize::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Devices(a) => devices::run(a),
         Command::Bench(a) => bench::run(a),
@@ -63,21 +67,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// `1234567` → `1.18 MiB`.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
-}
+pub use llmq_gpu::eval::table::human_bytes;
 
 /// Writes `text` to stdout; a closed pipe (`llmq-gpu inspect m | head`)
 /// ends the output quietly instead of panicking as `println!` would.

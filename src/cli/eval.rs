@@ -1,0 +1,148 @@
+//! `llmq-gpu eval`: perplexity (llama.cpp protocol), KL divergence and top-1
+//! agreement against a reference, size and speed of one or more models;
+//! progress bar per window, then a summary, JSON, a markdown table or an SVG chart.
+
+use super::{human_bytes, print_out, DeviceArgs};
+use indicatif::{ProgressBar, ProgressStyle};
+use llmq_gpu::eval::{self, EvalConfig, EvalProgress, EvalReport};
+use llmq_gpu::{CancelToken, Error, Result};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Model to evaluate (GGUF file, Hugging Face folder or llmq folder); repeat to compare several.
+    #[arg(long, required = true)]
+    model: Vec<PathBuf>,
+    /// UTF-8 text to score (e.g. a novel): tokenized once, cut into windows of --ctx tokens.
+    #[arg(long)]
+    text: PathBuf,
+    /// Tokens per window; the second half of each window is scored.
+    #[arg(long, default_value_t = eval::run::DEFAULT_CTX)]
+    ctx: usize,
+    /// Most windows to evaluate (default: every whole window of the text).
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Reference model (e.g. the unquantized one) for KL divergence and top-1 agreement.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Print the report as JSON: one object, or an array for several models.
+    #[arg(long)]
+    json: bool,
+    /// Write a markdown table of the results to this file.
+    #[arg(long)]
+    table: Option<PathBuf>,
+    /// Write an SVG chart of perplexity against bits per weight to this file.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let config = EvalConfig::new(a.model.clone(), &a.text)
+        .reference(a.reference.clone())
+        .ctx(a.ctx)
+        .chunks(a.chunks)
+        .device(a.device.device)
+        .adapter(a.device.adapter.clone());
+
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} chunks {msg}",
+        )
+        .expect("static template"),
+    );
+    let mut on_progress = |p: EvalProgress| match p {
+        EvalProgress::Loading { model } => bar.set_message(format!("loading {}", model.display())),
+        EvalProgress::Started {
+            chunks,
+            ctx,
+            text_tokens,
+            device,
+        } => {
+            bar.set_length(chunks as u64);
+            bar.set_message("");
+            bar.println(format!(
+                "evaluating on {device}: {chunks} windows of {ctx} tokens from {} ({text_tokens} tokens)",
+                a.text.display()
+            ));
+        }
+        EvalProgress::Chunk { ppl, .. } => {
+            bar.inc(1);
+            let shown: Vec<String> = ppl.iter().map(|p| format!("{p:.3}")).collect();
+            bar.set_message(format!("PPL {}", shown.join(" / ")));
+        }
+    };
+    let result = eval::evaluate(&config, &mut on_progress, &CancelToken::default());
+    bar.finish_and_clear();
+    let reports = result?;
+
+    if let Some(path) = &a.table {
+        write_file(path, &eval::markdown_table(&reports))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &a.chart {
+        write_file(path, &eval::ppl_vs_bits_svg(&reports))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if a.json {
+        let json = match reports.as_slice() {
+            [one] => serde_json::to_string_pretty(one),
+            many => serde_json::to_string_pretty(many),
+        }
+        .map_err(|e| Error::Config(format!("cannot serialize the report: {e}")))?;
+        print_out(&format!("{json}\n"));
+        return Ok(());
+    }
+    for r in &reports {
+        print_out(&summary(r));
+    }
+    if reports.len() > 1 {
+        print_out(&format!("\n{}", eval::markdown_table(&reports)));
+    }
+    Ok(())
+}
+
+fn summary(r: &EvalReport) -> String {
+    let mut s = format!(
+        "{}\n  text             {} ({} tokens; {} windows of {}, {} tokens scored{})\n",
+        r.model.display(),
+        r.text.display(),
+        r.text_tokens,
+        r.chunks,
+        r.ctx,
+        r.tokens_scored,
+        if r.bos {
+            ", BOS at each window start"
+        } else {
+            ""
+        }
+    );
+    s += &format!("  device           {}\n", r.device);
+    s += &format!("  perplexity       {:.4} ± {:.4}\n", r.ppl, r.ppl_stderr);
+    if let (Some(k), Some(ke), Some(t), Some(reference)) =
+        (r.kld, r.kld_stderr, r.top1_agreement, &r.reference)
+    {
+        s += &format!(
+            "  KL divergence    {k:.6} ± {ke:.6} nats (vs {})\n",
+            reference.display()
+        );
+        s += &format!("  top-1 agreement  {:.2}%\n", t * 100.0);
+    }
+    s += &format!("  size on disk     {}\n", human_bytes(r.size_bytes));
+    s += &format!(
+        "  bits per weight  {:.3} (decoder linear layers)\n",
+        r.bits_per_weight
+    );
+    s += &format!(
+        "  speed            {:.1} tokens/s ({} tokens in {:.1} s of forward passes)\n",
+        r.tokens_per_second, r.tokens_evaluated, r.forward_seconds
+    );
+    s += &format!("  time             {:.1} s\n", r.seconds);
+    s
+}
