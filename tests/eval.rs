@@ -42,6 +42,7 @@ impl Fixed {
             rms_norm_eps: 1e-5,
             tied_embeddings: true,
             rope_adjacent_pairs: false,
+            rope_scaling: None,
         };
         Self {
             arch,
