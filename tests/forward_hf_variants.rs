@@ -10,7 +10,6 @@ use llmq_gpu::model::forward::gpu::GpuForward;
 use llmq_gpu::model::forward::{CpuForward, Forward};
 use llmq_gpu::ModelView;
 use rand::Rng;
-use safetensors::tensor::{serialize_to_file, Dtype, TensorView};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,7 +63,7 @@ fn model(dir: &Path, name: &str, extra: Value, biases: bool, untied: bool) -> Pa
             }
         }
     }
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+    let data: Vec<(String, Vec<usize>, Vec<f32>)> = shapes
         .into_iter()
         .map(|(n, s)| {
             let len: usize = s.iter().product();
@@ -79,19 +78,10 @@ fn model(dir: &Path, name: &str, extra: Value, biases: bool, untied: bool) -> Pa
                     }
                 })
                 .collect();
-            (n, s, bytemuck::cast_slice(&v).to_vec())
+            (n, s, v)
         })
         .collect();
-    let views: Vec<(String, TensorView)> = data
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    serialize_to_file(views, None, &d.join("model.safetensors")).unwrap();
+    common::write_f32_safetensors(&d.join("model.safetensors"), &data);
     d
 }
 

@@ -126,7 +126,7 @@ pub fn tiny_llama(dir: &Path, poison: Option<&str>) -> PathBuf {
         (format!("{p}mlp.up_proj.weight"), vec![FFN, HIDDEN]),
         (format!("{p}mlp.down_proj.weight"), vec![HIDDEN, FFN]),
     ];
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+    let data: Vec<(String, Vec<usize>, Vec<f32>)> = shapes
         .into_iter()
         .enumerate()
         .map(|(k, (name, shape))| {
@@ -137,18 +137,24 @@ pub fn tiny_llama(dir: &Path, poison: Option<&str>) -> PathBuf {
             if poison == Some(name.as_str()) {
                 v[n / 2] = f32::NAN;
             }
-            (name, shape, bytemuck::cast_slice(&v).to_vec())
+            (name, shape, v)
         })
         .collect();
-    let views: Vec<(String, TensorView)> = data
+    write_f32_safetensors(&model.join("model.safetensors"), &data);
+    model
+}
+
+/// Writes `(name, shape, values)` tensors as an f32 safetensors file.
+pub fn write_f32_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(n, s, b)| {
+        .map(|(n, s, v)| {
+            let bytes: &[u8] = bytemuck::cast_slice(v);
             (
                 n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+                TensorView::new(Dtype::F32, s.clone(), bytes).unwrap(),
             )
         })
         .collect();
-    serialize_to_file(views, None, &model.join("model.safetensors")).unwrap();
-    model
+    serialize_to_file(views, None, path).unwrap();
 }
