@@ -278,16 +278,34 @@ fn gptq_rejects_non_finite_inputs_naming_the_tensor() {
     let scheme = QuantScheme::new(4, false, Granularity::PerChannel).unwrap();
     let opts = GptqOptions::default();
     w[3] = f32::NAN;
-    let e = gptq::quantize(&CpuBackend, "blk.0.attn_q", &w, rows, cols, &h, &scheme, &opts)
-        .unwrap_err();
+    let e = gptq::quantize(
+        &CpuBackend,
+        "blk.0.attn_q",
+        &w,
+        rows,
+        cols,
+        &h,
+        &scheme,
+        &opts,
+    )
+    .unwrap_err();
     assert!(
         matches!(&e, Error::BadTensor { name, .. } if name == "blk.0.attn_q"),
         "{e}"
     );
     w[3] = 0.1;
     h[9] = f32::INFINITY;
-    let e = gptq::quantize(&CpuBackend, "blk.0.attn_q", &w, rows, cols, &h, &scheme, &opts)
-        .unwrap_err();
+    let e = gptq::quantize(
+        &CpuBackend,
+        "blk.0.attn_q",
+        &w,
+        rows,
+        cols,
+        &h,
+        &scheme,
+        &opts,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("blk.0.attn_q (Hessian)"), "{e}");
     let mut hess = Hessian::new(cols);
     let e = hess
@@ -324,11 +342,10 @@ fn gptq_gpu_matches_cpu() {
         QuantScheme::new(3, true, Granularity::Group(128)).unwrap(),
     ] {
         let label = scheme.label();
-        let (qc, rc) = gptq::quantize(&CpuBackend, "w", &w, rows, cols, &hc.h, &scheme, &opts)
-            .unwrap();
+        let (qc, rc) =
+            gptq::quantize(&CpuBackend, "w", &w, rows, cols, &hc.h, &scheme, &opts).unwrap();
         // Same W and H.
-        let (qg, rg) =
-            gptq::quantize(&gpu, "w", &w, rows, cols, &hc.h, &scheme, &opts).unwrap();
+        let (qg, rg) = gptq::quantize(&gpu, "w", &w, rows, cols, &hc.h, &scheme, &opts).unwrap();
         let (share, big, max) = code_diff(&qg, &qc);
         let differ = share * (rows * cols) as f64;
         eprintln!(
@@ -338,7 +355,10 @@ fn gptq_gpu_matches_cpu() {
             rc.proxy_error
         );
         assert!(share <= 0.01, "{label}: {share} of codes differ");
-        assert!(big as f64 <= 0.01 * differ + 1.0, "{label}: {big} codes differ by > 1");
+        assert!(
+            big as f64 <= 0.01 * differ + 1.0,
+            "{label}: {big} codes differ by > 1"
+        );
         assert!(
             (rg.proxy_error - rc.proxy_error).abs() <= 0.02 * rc.proxy_error,
             "{label}: proxy {} vs {}",
@@ -346,8 +366,7 @@ fn gptq_gpu_matches_cpu() {
             rc.proxy_error
         );
         // Each backend's own Hessian.
-        let (qg, rg) =
-            gptq::quantize(&gpu, "w", &w, rows, cols, &hg.h, &scheme, &opts).unwrap();
+        let (qg, rg) = gptq::quantize(&gpu, "w", &w, rows, cols, &hg.h, &scheme, &opts).unwrap();
         let (share, big, max) = code_diff(&qg, &qc);
         let differ = share * (rows * cols) as f64;
         eprintln!(
@@ -357,7 +376,10 @@ fn gptq_gpu_matches_cpu() {
             rc.proxy_error
         );
         assert!(share <= 0.02, "{label}: {share} of codes differ");
-        assert!(big as f64 <= 0.01 * differ + 1.0, "{label}: {big} codes differ by > 1");
+        assert!(
+            big as f64 <= 0.01 * differ + 1.0,
+            "{label}: {big} codes differ by > 1"
+        );
         assert!(
             (rg.proxy_error - rc.proxy_error).abs() <= 0.05 * rc.proxy_error,
             "{label}: proxy {} vs {}",
@@ -385,8 +407,7 @@ fn gptq_gpu_split_path_matches_cpu() {
         ..GptqOptions::default()
     };
     let scheme = QuantScheme::new(4, false, Granularity::Group(32)).unwrap();
-    let (qc, rc) =
-        gptq::quantize(&CpuBackend, "w", &w, rows, cols, &h.h, &scheme, &opts).unwrap();
+    let (qc, rc) = gptq::quantize(&CpuBackend, "w", &w, rows, cols, &h.h, &scheme, &opts).unwrap();
     let (qg, rg) = gptq::quantize(&gpu, "w", &w, rows, cols, &h.h, &scheme, &opts).unwrap();
     let (share, big, max) = code_diff(&qg, &qc);
     eprintln!(
@@ -422,7 +443,10 @@ fn gptq_beats_rtn_on_smollm2_layer0() {
     let (windows, seq) = (8, 128);
     let text = emma();
     // The first 200 000 characters are plenty for 8 windows.
-    let cut = text.char_indices().nth(200_000).map_or(text.len(), |(i, _)| i);
+    let cut = text
+        .char_indices()
+        .nth(200_000)
+        .map_or(text.len(), |(i, _)| i);
     let ids = tokenizer.encode(&text[..cut], false).expect("encode");
     let stride = (ids.len() - seq) / windows;
     let tokens: Vec<u32> = (0..windows)
@@ -440,8 +464,16 @@ fn gptq_beats_rtn_on_smollm2_layer0() {
     let n = windows * seq;
     let layer = &model.weights.layers[0];
     let cases = [
-        ("blk.0.attn_q", &layer.q, x_qkv.expect("q/k/v input captured")),
-        ("blk.0.ffn_down", &layer.down, x_down.expect("down input captured")),
+        (
+            "blk.0.attn_q",
+            &layer.q,
+            x_qkv.expect("q/k/v input captured"),
+        ),
+        (
+            "blk.0.ffn_down",
+            &layer.down,
+            x_down.expect("down input captured"),
+        ),
     ];
     for (name, linear, (x, width)) in cases {
         let (rows, cols) = (linear.rows(), linear.cols());

@@ -22,33 +22,31 @@ pub fn hessian_update(h: &mut [f32], cols: usize, n_seen: usize, x: &[f32], toke
     let alpha = (n_seen as f64 / n_total) as f32;
     let beta = (2.0 / n_total) as f32;
     let br = rows_per_task(cols);
-    h.par_chunks_mut(br * cols)
-        .enumerate()
-        .for_each(|(b, hb)| {
-            let r0 = b * br;
-            let m = hb.len() / cols;
-            // SAFETY: A = X[:, r0..r0+m]ᵀ (m x tokens, strides 1 and cols)
-            // and B = X (tokens x cols) lie inside `x` (tokens·cols values,
-            // r0 + m <= cols); C = hb is m x cols, row-major.
-            unsafe {
-                matrixmultiply::sgemm(
-                    m,
-                    tokens,
-                    cols,
-                    beta,
-                    x.as_ptr().add(r0),
-                    1,
-                    cols as isize,
-                    x.as_ptr(),
-                    cols as isize,
-                    1,
-                    alpha,
-                    hb.as_mut_ptr(),
-                    cols as isize,
-                    1,
-                );
-            }
-        });
+    h.par_chunks_mut(br * cols).enumerate().for_each(|(b, hb)| {
+        let r0 = b * br;
+        let m = hb.len() / cols;
+        // SAFETY: A = X[:, r0..r0+m]ᵀ (m x tokens, strides 1 and cols)
+        // and B = X (tokens x cols) lie inside `x` (tokens·cols values,
+        // r0 + m <= cols); C = hb is m x cols, row-major.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                tokens,
+                cols,
+                beta,
+                x.as_ptr().add(r0),
+                1,
+                cols as isize,
+                x.as_ptr(),
+                cols as isize,
+                1,
+                alpha,
+                hb.as_mut_ptr(),
+                cols as isize,
+                1,
+            );
+        }
+    });
 }
 
 /// GPTQ inside one block, row by row (see [`crate::backend::Backend::gptq_block`]).
