@@ -38,11 +38,15 @@ fn correlated_inputs(rng: &mut impl Rng, tokens: usize, cols: usize, rank: usize
     let a: Vec<f32> = (0..rank * cols).map(|_| normal(rng)).collect();
     let scale: Vec<f32> = (0..cols).map(|_| 10f32.powf(rng.gen::<f32>())).collect();
     let mut x = vec![0f32; tokens * cols];
-    for t in 0..tokens {
+    for row in x.chunks_mut(cols) {
         let z: Vec<f32> = (0..rank).map(|_| normal(rng)).collect();
-        for c in 0..cols {
-            let s: f32 = (0..rank).map(|k| z[k] * a[k * cols + c]).sum();
-            x[t * cols + c] = scale[c] * (s + 0.1 * normal(rng));
+        for (c, (v, s)) in row.iter_mut().zip(&scale).enumerate() {
+            let signal: f32 = z
+                .iter()
+                .enumerate()
+                .map(|(k, zk)| zk * a[k * cols + c])
+                .sum();
+            *v = s * (signal + 0.1 * normal(rng));
         }
     }
     x
@@ -51,11 +55,10 @@ fn correlated_inputs(rng: &mut impl Rng, tokens: usize, cols: usize, rank: usize
 /// `2/n · XᵀX` in f64.
 fn reference_hessian(x: &[f32], tokens: usize, cols: usize) -> Vec<f64> {
     let mut h = vec![0f64; cols * cols];
-    for t in 0..tokens {
-        let row = &x[t * cols..(t + 1) * cols];
-        for i in 0..cols {
-            for j in 0..cols {
-                h[i * cols + j] += row[i] as f64 * row[j] as f64;
+    for row in x.chunks(cols).take(tokens) {
+        for (hi, &xi) in h.chunks_mut(cols).zip(row) {
+            for (hij, &xj) in hi.iter_mut().zip(row) {
+                *hij += xi as f64 * xj as f64;
             }
         }
     }
@@ -422,32 +425,18 @@ fn gptq_gpu_split_path_matches_cpu() {
     assert!(rg.proxy_error < rtn_proxy(&w, &h.h, rows, cols, &scheme));
 }
 
-fn emma() -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/austen/emma.txt");
-    std::fs::read_to_string(&p).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run scripts/fetch-fixtures.sh to fetch the Austen texts",
-            p.display()
-        )
-    })
-}
-
-/// Layer 0 of SmolLM2-135M on 8 windows of 128 Emma tokens: GPTQ's true
-/// output error ‖WX − ŴX‖²/‖WX‖² on those inputs is below RTN's for q_proj
-/// and down_proj at W4 g128 and W3 g128.
-#[test]
-fn gptq_beats_rtn_on_smollm2_layer0() {
-    let view = ModelView::open(common::smollm2_gguf()).expect("SmolLM2 opens");
-    let tokenizer = Tokenizer::from_model(&view).expect("tokenizer");
-    let model = CpuForward::load(&view).expect("weights load");
-    let (windows, seq) = (8, 128);
-    let text = emma();
-    // The first 200 000 characters are plenty for 8 windows.
-    let cut = text
-        .char_indices()
-        .nth(200_000)
-        .map_or(text.len(), |(i, _)| i);
-    let ids = tokenizer.encode(&text[..cut], false).expect("encode");
+/// Inputs of layer 0's q/k/v and down_proj (each `[windows·seq, width]`
+/// with its width) for `windows` windows of `seq` tokens spread over `text`.
+type Inputs = (Vec<f32>, usize);
+fn layer0_inputs(
+    model: &CpuForward,
+    tokenizer: &Tokenizer,
+    text: &str,
+    windows: usize,
+    seq: usize,
+) -> (Inputs, Inputs) {
+    let ids = tokenizer.encode(text, false).expect("encode");
+    assert!(ids.len() >= windows * seq, "text too short");
     let stride = (ids.len() - seq) / windows;
     let tokens: Vec<u32> = (0..windows)
         .flat_map(|k| ids[k * stride..k * stride + seq].iter().copied())
@@ -461,26 +450,57 @@ fn gptq_beats_rtn_on_smollm2_layer0() {
             _ => {}
         })
         .expect("layer 0");
+    (
+        x_qkv.expect("q/k/v input captured"),
+        x_down.expect("down input captured"),
+    )
+}
+
+fn emma() -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/austen/emma.txt");
+    std::fs::read_to_string(&p).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run scripts/fetch-fixtures.sh to fetch the Austen texts",
+            p.display()
+        )
+    })
+}
+
+/// Layer 0 of SmolLM2-135M on 8 windows of 128 Emma tokens: GPTQ's true
+/// output error ‖WX − ŴX‖²/‖WX‖² on those inputs is below RTN's for q_proj
+/// and down_proj at W4 g128 and W3 g128, and so is it on 8 held-out windows
+/// from later in the novel.
+#[test]
+fn gptq_beats_rtn_on_smollm2_layer0() {
+    let view = ModelView::open(common::smollm2_gguf()).expect("SmolLM2 opens");
+    let tokenizer = Tokenizer::from_model(&view).expect("tokenizer");
+    let model = CpuForward::load(&view).expect("weights load");
+    let (windows, seq) = (8, 128);
+    let text = emma();
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let at = |c: usize| chars.get(c).map_or(text.len(), |&(i, _)| i);
+    // Calibration: 8 windows spread over the first 200 000 characters;
+    // held out: 8 windows from characters 400 000 to 600 000.
+    let calib = layer0_inputs(&model, &tokenizer, &text[..at(200_000)], windows, seq);
+    let held_out = layer0_inputs(
+        &model,
+        &tokenizer,
+        &text[at(400_000)..at(600_000)],
+        windows,
+        seq,
+    );
     let n = windows * seq;
     let layer = &model.weights.layers[0];
     let cases = [
-        (
-            "blk.0.attn_q",
-            &layer.q,
-            x_qkv.expect("q/k/v input captured"),
-        ),
-        (
-            "blk.0.ffn_down",
-            &layer.down,
-            x_down.expect("down input captured"),
-        ),
+        ("blk.0.attn_q", &layer.q, &calib.0, &held_out.0),
+        ("blk.0.ffn_down", &layer.down, &calib.1, &held_out.1),
     ];
-    for (name, linear, (x, width)) in cases {
+    for (name, linear, (x, width), (x_out, _)) in cases {
         let (rows, cols) = (linear.rows(), linear.cols());
-        assert_eq!(width, cols, "{name}: input width");
+        assert_eq!(*width, cols, "{name}: input width");
         let w = linear.as_dense().expect("dense reference weights");
         let mut hess = Hessian::new(cols);
-        hess.add_batch(&CpuBackend, name, &x, n).unwrap();
+        hess.add_batch(&CpuBackend, name, x, n).unwrap();
         for (bits, gran) in [(4, Granularity::Group(128)), (3, Granularity::Group(128))] {
             let scheme = QuantScheme::new(bits, false, gran).unwrap();
             let rtn_q = rtn::quantize(&CpuBackend, name, w, rows, cols, &scheme).unwrap();
@@ -497,13 +517,17 @@ fn gptq_beats_rtn_on_smollm2_layer0() {
             )
             .unwrap();
             let gptq_w = CpuBackend.dequantize(&gq).unwrap();
-            let e_rtn = gptq::output_error(w, &rtn_w, &x, rows, cols, n);
-            let e_gptq = gptq::output_error(w, &gptq_w, &x, rows, cols, n);
+            let e_rtn = gptq::output_error(w, &rtn_w, x, rows, cols, n);
+            let e_gptq = gptq::output_error(w, &gptq_w, x, rows, cols, n);
+            let h_rtn = gptq::output_error(w, &rtn_w, x_out, rows, cols, n);
+            let h_gptq = gptq::output_error(w, &gptq_w, x_out, rows, cols, n);
             eprintln!(
                 "{name} [{rows}x{cols}] {}: output error GPTQ {e_gptq:.4e} vs RTN {e_rtn:.4e} \
-                 (ratio {:.3}); proxy {:.4e}, damp {} ({} retries), {} dead inputs",
+                 (ratio {:.3}); held out GPTQ {h_gptq:.4e} vs RTN {h_rtn:.4e} (ratio {:.3}); \
+                 proxy {:.4e}, damp {} ({} retries), {} dead inputs",
                 scheme.label(),
                 e_gptq / e_rtn,
+                h_gptq / h_rtn,
                 report.proxy_error,
                 report.damp_used,
                 report.damp_retries,
@@ -512,6 +536,11 @@ fn gptq_beats_rtn_on_smollm2_layer0() {
             assert!(
                 e_gptq < e_rtn,
                 "{name} {}: GPTQ {e_gptq} not below RTN {e_rtn}",
+                scheme.label()
+            );
+            assert!(
+                h_gptq < h_rtn,
+                "{name} {}: held out, GPTQ {h_gptq} not below RTN {h_rtn}",
                 scheme.label()
             );
         }

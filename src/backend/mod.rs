@@ -189,7 +189,7 @@ pub(crate) fn check_gptq_rest_args(
     err: &[f32],
     hinv_rest: &[f32],
 ) -> Result<()> {
-    let len = if rows == 0 { 0 } else { err.len() / rows };
+    let len = err.len().checked_div(rows).unwrap_or(0);
     if w.len() != rows * cols
         || end > cols
         || err.len() != rows * len

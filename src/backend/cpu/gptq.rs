@@ -60,10 +60,10 @@ pub fn gptq_block(w: &mut [f32], cols: usize, b: &GptqBlock, out: &mut GptqBlock
         .zip(out.zeros.par_chunks_mut(groups))
         .zip(out.err.par_chunks_mut(len))
         .for_each(|((((row, codes), scales), zeros), err)| {
-            for jj in 0..len {
+            for (jj, e_out) in err.iter_mut().enumerate() {
                 let j = b.start + jj;
                 let g = j / b.group_len;
-                if j % b.group_len == 0 {
+                if j.is_multiple_of(b.group_len) {
                     // A group starts: its parameters come from the current weights.
                     let last = (j + b.group_len).min(cols);
                     let (lo, hi) = row[j..last]
@@ -78,10 +78,10 @@ pub fn gptq_block(w: &mut [f32], cols: usize, b: &GptqBlock, out: &mut GptqBlock
                 let (s, z) = (scales[g], zeros[g]);
                 let x = row[j];
                 let q = quantize_value(x, 1.0 / s, z, maxq);
-                let e = (x - s * (q as f32 - z as f32)) / b.hinv[jj * len + jj];
-                codes[j] = q;
-                err[jj] = e;
                 let hrow = &b.hinv[jj * len..(jj + 1) * len];
+                let e = (x - s * (q as f32 - z as f32)) / hrow[jj];
+                codes[j] = q;
+                *e_out = e;
                 for (wk, &hk) in row[j + 1..b.end].iter_mut().zip(&hrow[jj + 1..]) {
                     *wk -= e * hk;
                 }
