@@ -466,83 +466,82 @@ fn emma() -> String {
     })
 }
 
-/// Layer 0 of SmolLM2-135M on 8 windows of 128 Emma tokens: GPTQ's true
-/// output error ‖WX − ŴX‖²/‖WX‖² on those inputs is below RTN's for q_proj
-/// and down_proj at W4 g128 and W3 g128, and so is it on 8 held-out windows
-/// from later in the novel.
+/// Layer 0 of SmolLM2-135M, calibrated on windows of 128 Emma tokens: with
+/// 8 windows (1 024 tokens) and with 32 (4 096), GPTQ's true output error
+/// ‖WX − ŴX‖²/‖WX‖² on the calibration inputs is below RTN's for q_proj
+/// and down_proj at W4 g128 and W3 g128. On 8 held-out windows from later
+/// in the novel it must be below RTN's too with 32 calibration windows;
+/// with 8, fewer tokens than down_proj's 1 536 inputs, GPTQ overfits
+/// down_proj (held-out error about RTN's), so that case is only printed.
 #[test]
 fn gptq_beats_rtn_on_smollm2_layer0() {
     let view = ModelView::open(common::smollm2_gguf()).expect("SmolLM2 opens");
     let tokenizer = Tokenizer::from_model(&view).expect("tokenizer");
     let model = CpuForward::load(&view).expect("weights load");
-    let (windows, seq) = (8, 128);
+    let seq = 128;
     let text = emma();
     let chars: Vec<(usize, char)> = text.char_indices().collect();
     let at = |c: usize| chars.get(c).map_or(text.len(), |&(i, _)| i);
-    // Calibration: 8 windows spread over the first 200 000 characters;
-    // held out: 8 windows from characters 400 000 to 600 000.
-    let calib = layer0_inputs(&model, &tokenizer, &text[..at(200_000)], windows, seq);
-    let held_out = layer0_inputs(
-        &model,
-        &tokenizer,
-        &text[at(400_000)..at(600_000)],
-        windows,
-        seq,
-    );
-    let n = windows * seq;
+    // Calibration windows spread over the first 200 000 characters; held
+    // out: 8 windows from characters 400 000 to 600 000.
+    let held_out = layer0_inputs(&model, &tokenizer, &text[at(400_000)..at(600_000)], 8, seq);
     let layer = &model.weights.layers[0];
-    let cases = [
-        ("blk.0.attn_q", &layer.q, &calib.0, &held_out.0),
-        ("blk.0.ffn_down", &layer.down, &calib.1, &held_out.1),
-    ];
-    for (name, linear, (x, width), (x_out, _)) in cases {
-        let (rows, cols) = (linear.rows(), linear.cols());
-        assert_eq!(*width, cols, "{name}: input width");
-        let w = linear.as_dense().expect("dense reference weights");
-        let mut hess = Hessian::new(cols);
-        hess.add_batch(&CpuBackend, name, x, n).unwrap();
-        for (bits, gran) in [(4, Granularity::Group(128)), (3, Granularity::Group(128))] {
-            let scheme = QuantScheme::new(bits, false, gran).unwrap();
-            let rtn_q = rtn::quantize(&CpuBackend, name, w, rows, cols, &scheme).unwrap();
-            let rtn_w = CpuBackend.dequantize(&rtn_q).unwrap();
-            let (gq, report) = gptq::quantize(
-                &CpuBackend,
-                name,
-                w,
-                rows,
-                cols,
-                &hess.h,
-                &scheme,
-                &GptqOptions::default(),
-            )
-            .unwrap();
-            let gptq_w = CpuBackend.dequantize(&gq).unwrap();
-            let e_rtn = gptq::output_error(w, &rtn_w, x, rows, cols, n);
-            let e_gptq = gptq::output_error(w, &gptq_w, x, rows, cols, n);
-            let h_rtn = gptq::output_error(w, &rtn_w, x_out, rows, cols, n);
-            let h_gptq = gptq::output_error(w, &gptq_w, x_out, rows, cols, n);
-            eprintln!(
-                "{name} [{rows}x{cols}] {}: output error GPTQ {e_gptq:.4e} vs RTN {e_rtn:.4e} \
-                 (ratio {:.3}); held out GPTQ {h_gptq:.4e} vs RTN {h_rtn:.4e} (ratio {:.3}); \
-                 proxy {:.4e}, damp {} ({} retries), {} dead inputs",
-                scheme.label(),
-                e_gptq / e_rtn,
-                h_gptq / h_rtn,
-                report.proxy_error,
-                report.damp_used,
-                report.damp_retries,
-                report.dead_columns
-            );
-            assert!(
-                e_gptq < e_rtn,
-                "{name} {}: GPTQ {e_gptq} not below RTN {e_rtn}",
-                scheme.label()
-            );
-            assert!(
-                h_gptq < h_rtn,
-                "{name} {}: held out, GPTQ {h_gptq} not below RTN {h_rtn}",
-                scheme.label()
-            );
+    for windows in [8, 32] {
+        let calib = layer0_inputs(&model, &tokenizer, &text[..at(200_000)], windows, seq);
+        let n = windows * seq;
+        let cases = [
+            ("blk.0.attn_q", &layer.q, &calib.0, &held_out.0),
+            ("blk.0.ffn_down", &layer.down, &calib.1, &held_out.1),
+        ];
+        for (name, linear, (x, width), (x_out, _)) in cases {
+            let (rows, cols) = (linear.rows(), linear.cols());
+            assert_eq!(*width, cols, "{name}: input width");
+            let w = linear.as_dense().expect("dense reference weights");
+            let mut hess = Hessian::new(cols);
+            hess.add_batch(&CpuBackend, name, x, n).unwrap();
+            for (bits, gran) in [(4, Granularity::Group(128)), (3, Granularity::Group(128))] {
+                let scheme = QuantScheme::new(bits, false, gran).unwrap();
+                let label = format!("{name} [{rows}x{cols}] {}, {n} tokens", scheme.label());
+                let rtn_q = rtn::quantize(&CpuBackend, name, w, rows, cols, &scheme).unwrap();
+                let rtn_w = CpuBackend.dequantize(&rtn_q).unwrap();
+                let (gq, report) = gptq::quantize(
+                    &CpuBackend,
+                    name,
+                    w,
+                    rows,
+                    cols,
+                    &hess.h,
+                    &scheme,
+                    &GptqOptions::default(),
+                )
+                .unwrap();
+                let gptq_w = CpuBackend.dequantize(&gq).unwrap();
+                let e_rtn = gptq::output_error(w, &rtn_w, x, rows, cols, n);
+                let e_gptq = gptq::output_error(w, &gptq_w, x, rows, cols, n);
+                let h_rtn = gptq::output_error(w, &rtn_w, x_out, rows, cols, 8 * seq);
+                let h_gptq = gptq::output_error(w, &gptq_w, x_out, rows, cols, 8 * seq);
+                eprintln!(
+                    "{label}: output error GPTQ {e_gptq:.4e} vs RTN {e_rtn:.4e} (ratio {:.3}); \
+                     held out GPTQ {h_gptq:.4e} vs RTN {h_rtn:.4e} (ratio {:.3}); \
+                     proxy {:.4e}, damp {} ({} retries), {} dead inputs",
+                    e_gptq / e_rtn,
+                    h_gptq / h_rtn,
+                    report.proxy_error,
+                    report.damp_used,
+                    report.damp_retries,
+                    report.dead_columns
+                );
+                assert!(
+                    e_gptq < e_rtn,
+                    "{label}: GPTQ {e_gptq} not below RTN {e_rtn}"
+                );
+                if n > cols {
+                    assert!(
+                        h_gptq < h_rtn,
+                        "{label}: held out, GPTQ {h_gptq} not below RTN {h_rtn}"
+                    );
+                }
+            }
         }
     }
 }
