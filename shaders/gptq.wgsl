@@ -25,7 +25,9 @@ struct Params {
     groups: u32,
     end: u32,
     n: u32,
-    _pad0: u32,
+    // 1: static groups (act-order), group of column j is group_of[j] and
+    // the parameters are given; 0: group j / group_len, computed here.
+    static_groups: u32,
     _pad1: u32,
 }
 
@@ -40,6 +42,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> scales: array<f32>;
 @group(0) @binding(5) var<storage, read_write> zeros: array<u32>;
 @group(0) @binding(6) var<storage, read_write> codes: array<u32>;
+// [cols] group of each column when static_groups == 1.
+@group(0) @binding(7) var<storage, read> group_of: array<u32>;
 
 const WG: u32 = 64u;
 
@@ -75,8 +79,12 @@ fn quantize_block(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let maxq = f32((1u << p.bits) - 1u);
     for (var jj = 0u; jj < p.len; jj++) {
         let j = p.start + jj;
-        let gi = r * p.groups + j / p.group_len;
-        if (j % p.group_len == 0u) {
+        var g = j / p.group_len;
+        if (p.static_groups != 0u) {
+            g = group_of[j];
+        }
+        let gi = r * p.groups + g;
+        if (p.static_groups == 0u && j % p.group_len == 0u) {
             let last = min(j + p.group_len, p.cols);
             var lo = w[base + j];
             var hi = lo;

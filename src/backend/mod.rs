@@ -35,6 +35,11 @@ pub struct GptqBlock<'a> {
     /// `Hinv[start..end, start..end]`, row-major `[len, len]`: the block's
     /// part of the upper Cholesky factor of H⁻¹.
     pub hinv: &'a [f32],
+    /// Static groups (act-order): the group of each of the `cols` columns
+    /// in the order they are quantized; the scales and zeros are set
+    /// beforehand and never recomputed. `None`: column `j` is in group
+    /// `j / group_len`, whose parameters are computed when `j` starts it.
+    pub group_of: Option<&'a [u32]>,
 }
 
 impl GptqBlock<'_> {
@@ -170,7 +175,9 @@ pub(crate) fn check_gptq_block_args(
         && out.scales.len() == rows * groups
         && out.zeros.len() == rows * groups
         && out.err.len() == rows * b.len()
-        && (2..=8).contains(&b.bits);
+        && (2..=8).contains(&b.bits)
+        && b.group_of
+            .is_none_or(|g| g.len() == cols && g.iter().all(|&i| (i as usize) < groups));
     if !ok {
         return Err(Error::Config(format!(
             "GPTQ block {}..{} of a [{rows}, {cols}] weight: inconsistent buffer sizes or settings",

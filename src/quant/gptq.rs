@@ -13,18 +13,23 @@
 //! [`Backend::gptq_update_rest`] (the deferred GEMM). Cholesky and the
 //! inverse run on the host in f64 (`faer`).
 //!
-//! Groups are GPTQ's dynamic groups (`static_groups=False`): the scale and
-//! zero of a group come from the current, already updated weights when the
-//! group's first column is reached. Codes use the same
-//! [`params_from_range`](super::scheme::params_from_range) and
+//! Groups: by default GPTQ's dynamic groups (`static_groups=False`): the
+//! scale and zero of a group come from the current, already updated
+//! weights when the group's first column is reached. With act-order
+//! (`actorder=True, static_groups=True`) the columns are quantized in
+//! order of decreasing `diag(H)` and every group's parameters are fixed
+//! beforehand from the original weights (so they equal RTN's), which keeps
+//! `g_idx = j / group_size`: the codes are stored in the original column
+//! order and inference needs no gather; the permutation is reported.
+//! Codes use the same [`params_from_range`] and
 //! [`quantize_value`](super::scheme::quantize_value) as RTN, and the result
 //! is a [`QuantizedTensor`] in the usual packed layout, so the writers and
-//! the packed forward take it unchanged. Not implemented yet: act-order
-//! (column permutation with `g_idx`) and per-tensor granularity.
+//! the packed forward take it unchanged. Not supported: per-tensor
+//! granularity.
 
 use super::packed::QuantizedTensor;
 use super::rtn::check_finite;
-use super::scheme::{Granularity, QuantScheme};
+use super::scheme::{params_from_range, Granularity, QuantScheme};
 use crate::backend::cpu::gemm::dense_xwt;
 use crate::backend::{Backend, GptqBlock, GptqBlockOut};
 use crate::error::{Error, Result};
@@ -77,6 +82,9 @@ pub struct GptqOptions {
     pub block: usize,
     /// How many times the damping may be raised when Cholesky fails.
     pub max_damp_retries: u32,
+    /// Quantize columns in order of decreasing `diag(H)` (`actorder`),
+    /// with static groups.
+    pub act_order: bool,
 }
 
 impl Default for GptqOptions {
@@ -85,6 +93,7 @@ impl Default for GptqOptions {
             damp: 0.01,
             block: 128,
             max_damp_retries: 16,
+            act_order: false,
         }
     }
 }
@@ -102,6 +111,9 @@ pub struct GptqReport {
     /// `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`: the relative output error
     /// ‖WX − ŴX‖²/‖WX‖² on the calibration inputs, computed from H.
     pub proxy_error: f64,
+    /// With act-order, the order the columns were quantized in:
+    /// `perm[k]` is the original index of the k-th column quantized.
+    pub perm: Option<Vec<u32>>,
 }
 
 /// The next damping after a failed Cholesky.
@@ -169,16 +181,44 @@ pub fn quantize(
         }
     }
 
-    // Damping, then the upper Cholesky factor of H⁻¹.
-    let (hinv, damp_used, damp_retries) = inverse_cholesky_upper(name, &hd, cols, opts)?;
-
-    // Blocks of columns: quantize inside the block with error feedback,
-    // then apply the block's errors to every later column at once.
     let group_len = scheme.group_len(cols);
     let groups = scheme.groups_per_row(cols);
     let mut codes = vec![0u32; rows * cols];
     let mut scales = vec![0f32; rows * groups];
     let mut zeros = vec![0u32; rows * groups];
+
+    // Act-order: static groups from the weights as they are now, then
+    // columns (of W, and rows and columns of H) by decreasing diag(H).
+    let mut perm: Option<Vec<usize>> = None;
+    let mut group_of: Option<Vec<u32>> = None;
+    if opts.act_order {
+        let (mins, maxs) = backend.group_ranges(&wq, rows, cols, group_len)?;
+        for (i, (&lo, &hi)) in mins.iter().zip(&maxs).enumerate() {
+            let (s, z) = params_from_range(lo, hi, scheme.bits, scheme.symmetric);
+            scales[i] = s;
+            zeros[i] = z;
+        }
+        let mut order: Vec<usize> = (0..cols).collect();
+        order.sort_by(|&a, &b| hd[b * cols + b].total_cmp(&hd[a * cols + a]));
+        wq = wq
+            .chunks(cols)
+            .flat_map(|row| order.iter().map(|&c| row[c]))
+            .collect();
+        let permuted: Vec<f64> = order
+            .iter()
+            .flat_map(|&i| order.iter().map(move |&j| (i, j)))
+            .map(|(i, j)| hd[i * cols + j])
+            .collect();
+        hd = permuted;
+        group_of = Some(order.iter().map(|&c| (c / group_len) as u32).collect());
+        perm = Some(order);
+    }
+
+    // Damping, then the upper Cholesky factor of H⁻¹.
+    let (hinv, damp_used, damp_retries) = inverse_cholesky_upper(name, &hd, cols, opts)?;
+
+    // Blocks of columns: quantize inside the block with error feedback,
+    // then apply the block's errors to every later column at once.
     for start in (0..cols).step_by(opts.block) {
         let end = (start + opts.block).min(cols);
         let len = end - start;
@@ -197,6 +237,7 @@ pub fn quantize(
                 start,
                 end,
                 hinv: &block_hinv,
+                group_of: group_of.as_deref(),
             },
             &mut GptqBlockOut {
                 codes: &mut codes,
@@ -213,6 +254,16 @@ pub fn quantize(
         }
     }
 
+    if let Some(order) = &perm {
+        // Back to the original column order.
+        let permuted = std::mem::take(&mut codes);
+        codes = vec![0u32; rows * cols];
+        for (dst, src) in codes.chunks_mut(cols).zip(permuted.chunks(cols)) {
+            for (&c, &q) in order.iter().zip(src) {
+                dst[c] = q;
+            }
+        }
+    }
     let q = QuantizedTensor {
         rows,
         cols,
@@ -228,6 +279,7 @@ pub fn quantize(
         damp_retries,
         dead_columns,
         proxy_error: proxy_error(w, &w_hat, h, rows, cols),
+        perm: perm.map(|p| p.iter().map(|&c| c as u32).collect()),
     };
     Ok((q, report))
 }

@@ -62,8 +62,11 @@ pub fn gptq_block(w: &mut [f32], cols: usize, b: &GptqBlock, out: &mut GptqBlock
         .for_each(|((((row, codes), scales), zeros), err)| {
             for (jj, e_out) in err.iter_mut().enumerate() {
                 let j = b.start + jj;
-                let g = j / b.group_len;
-                if j.is_multiple_of(b.group_len) {
+                let g = match b.group_of {
+                    Some(map) => map[j] as usize,
+                    None => j / b.group_len,
+                };
+                if b.group_of.is_none() && j.is_multiple_of(b.group_len) {
                     // A group starts: its parameters come from the current weights.
                     let last = (j + b.group_len).min(cols);
                     let (lo, hi) = row[j..last]

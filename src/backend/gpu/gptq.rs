@@ -33,11 +33,11 @@ struct Params {
     groups: u32,
     end: u32,
     n: u32,
-    _pad0: u32,
+    static_groups: u32,
     _pad1: u32,
 }
 
-const BLOCK_BINDINGS: [Binding; 7] = [
+const BLOCK_BINDINGS: [Binding; 8] = [
     Binding::Uniform,
     Binding::StorageRead,
     Binding::StorageReadWrite,
@@ -45,6 +45,7 @@ const BLOCK_BINDINGS: [Binding; 7] = [
     Binding::StorageReadWrite,
     Binding::StorageReadWrite,
     Binding::StorageReadWrite,
+    Binding::StorageRead,
 ];
 
 const REST_BINDINGS: [Binding; 4] = [
@@ -72,6 +73,11 @@ pub fn gptq_block(
     let len = b.len();
     let groups = cols.div_ceil(b.group_len);
     let hinv = ctx.upload("gptq.hinv", f32_bytes(b.hinv))?;
+    // One u32 (unused) when the groups are dynamic: every binding must exist.
+    let group_of = ctx.upload(
+        "gptq.group_of",
+        bytemuck::cast_slice(b.group_of.unwrap_or(&[0])),
+    )?;
     for r in row_chunks(ctx, rows, cols * 4)? {
         let n = r.len();
         let params = Params {
@@ -83,6 +89,7 @@ pub fn gptq_block(
             symmetric: b.symmetric as u32,
             group_len: b.group_len as u32,
             groups: groups as u32,
+            static_groups: b.group_of.is_some() as u32,
             ..Params::default()
         };
         let uniform = ctx.uniform("gptq.params", &params);
@@ -94,7 +101,9 @@ pub fn gptq_block(
         let codes = ctx.storage("gptq.codes", (n * len * 4) as u64)?;
         ctx.run(
             &k,
-            &[&uniform, &hinv, &wbuf, &err, &scales, &zeros, &codes],
+            &[
+                &uniform, &hinv, &wbuf, &err, &scales, &zeros, &codes, &group_of,
+            ],
             ctx.grid(n.div_ceil(WG) as u32),
         )?;
         w[r.start * cols..r.end * cols].copy_from_slice(&ctx.read::<f32>(&wbuf, n * cols)?);
