@@ -545,7 +545,7 @@ fn emma() -> String {
 /// Layer 0 of SmolLM2-135M, calibrated on windows of 128 Emma tokens: with
 /// 8 windows (1 024 tokens) and with 32 (4 096), GPTQ's true output error
 /// ‖WX − ŴX‖²/‖WX‖² on the calibration inputs is below RTN's for q_proj
-/// and down_proj at W4 g128 and W3 g128. On 8 held-out windows from later
+/// and down_proj at W4 g128 and W3 g128 (also with act-order). On 8 held-out windows from later
 /// in the novel it must be below RTN's too with 32 calibration windows;
 /// with 8, fewer tokens than down_proj's 1 536 inputs, GPTQ overfits
 /// down_proj (held-out error about RTN's), so that case is only printed.
@@ -610,6 +610,22 @@ fn gptq_beats_rtn_on_smollm2_layer0() {
                 assert!(
                     e_gptq < e_rtn,
                     "{label}: GPTQ {e_gptq} not below RTN {e_rtn}"
+                );
+                // Act-order (static groups) on the same inputs.
+                let act = GptqOptions {
+                    act_order: true,
+                    ..GptqOptions::default()
+                };
+                let (aq, _) =
+                    gptq::quantize(&CpuBackend, name, w, rows, cols, &hess.h, &scheme, &act)
+                        .unwrap();
+                let act_w = CpuBackend.dequantize(&aq).unwrap();
+                let e_act = gptq::output_error(w, &act_w, x, rows, cols, n);
+                let h_act = gptq::output_error(w, &act_w, x_out, rows, cols, 8 * seq);
+                eprintln!("{label}: act-order GPTQ {e_act:.4e}, held out {h_act:.4e}");
+                assert!(
+                    e_act < e_rtn,
+                    "{label}: act-order GPTQ {e_act} not below RTN {e_rtn}"
                 );
                 if n > cols {
                     assert!(
