@@ -1,7 +1,7 @@
 //! One algorithm, two backends: the kernels every quantization method needs,
 //! implemented on the CPU ([`cpu::CpuBackend`]) and in WGSL ([`gpu::GpuBackend`]).
 //!
-//! Algorithms (RTN now, GPTQ/GPTVQ later) are written once against [`Backend`].
+//! Algorithms (RTN, GPTQ; GPTVQ later) are written once against [`Backend`].
 //! Matrices are row-major `[rows, cols]` slices in PyTorch order: rows are
 //! output channels, cols the input dimension along which groups run.
 
@@ -20,6 +20,49 @@ pub struct GroupParams<'a> {
     pub inv_scales: &'a [f32],
     /// `rows * ceil(cols / group_len)` zero-points.
     pub zeros: &'a [u32],
+}
+
+/// One block of GPTQ columns handed to [`Backend::gptq_block`].
+pub struct GptqBlock<'a> {
+    pub bits: u32,
+    pub symmetric: bool,
+    /// Weights per group along a row (the whole row for per-channel); the
+    /// last group of a row may be shorter.
+    pub group_len: usize,
+    /// First and one-past-last column of the block.
+    pub start: usize,
+    pub end: usize,
+    /// `Hinv[start..end, start..end]`, row-major `[len, len]`: the block's
+    /// part of the upper Cholesky factor of H⁻¹.
+    pub hinv: &'a [f32],
+    /// Static groups (act-order): the group of each of the `cols` columns
+    /// in the order they are quantized; the scales and zeros are set
+    /// beforehand and never recomputed. `None`: column `j` is in group
+    /// `j / group_len`, whose parameters are computed when `j` starts it.
+    pub group_of: Option<&'a [u32]>,
+}
+
+impl GptqBlock<'_> {
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// What [`Backend::gptq_block`] writes: codes of the block's columns, the
+/// parameters of every group whose first column lies in the block, and the
+/// scaled errors the deferred update needs.
+pub struct GptqBlockOut<'a> {
+    /// `[rows, cols]` codes (only the block's columns are written).
+    pub codes: &'a mut [u32],
+    /// `[rows, groups]` scales and zero-points.
+    pub scales: &'a mut [f32],
+    pub zeros: &'a mut [u32],
+    /// `[rows, len]`: `(w − q) / Hinv[j, j]` per column of the block.
+    pub err: &'a mut [f32],
 }
 
 pub trait Backend: Send + Sync {
@@ -57,6 +100,113 @@ pub trait Backend: Send + Sync {
     /// `y = x · Wᵀ` with `x` `[tokens, cols]` f32 and `W` the packed weight:
     /// returns `[tokens, rows]`. One token is a GEMV, more a GEMM.
     fn matmul(&self, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>;
+
+    /// The running Hessian of a linear layer's inputs (gptq.py `add_batch`):
+    /// `h` `[cols, cols]` holds the mean over `n_seen` tokens so far; adding
+    /// `x` `[tokens, cols]` gives `H ← H·n/(n+b) + (2/(n+b))·XᵀX`, `b = tokens`.
+    fn hessian_update(
+        &self,
+        h: &mut [f32],
+        cols: usize,
+        n_seen: usize,
+        x: &[f32],
+        tokens: usize,
+    ) -> Result<()>;
+
+    /// GPTQ inside one block of columns, every row independently
+    /// (gptq.py's inner loop): for each column `j` of the block, compute the
+    /// group's scale/zero from the current weights of row `w[r]` when `j`
+    /// starts a group, quantize with [`crate::quant::scheme::quantize_value`],
+    /// and spread the error `(w − q)/Hinv[j, j]` over the rest of the block.
+    /// `w` `[rows, cols]` is updated in place (block columns only).
+    fn gptq_block(
+        &self,
+        w: &mut [f32],
+        rows: usize,
+        cols: usize,
+        block: &GptqBlock,
+        out: &mut GptqBlockOut,
+    ) -> Result<()>;
+
+    /// GPTQ's deferred update after a block ending at column `end`:
+    /// `W[:, end..] −= Err · Hinv[block, end..]`, with `err` `[rows, len]`
+    /// and `hinv_rest` `[len, cols − end]`.
+    fn gptq_update_rest(
+        &self,
+        w: &mut [f32],
+        rows: usize,
+        cols: usize,
+        end: usize,
+        err: &[f32],
+        hinv_rest: &[f32],
+    ) -> Result<()>;
+}
+
+/// Checks the shapes of a [`Backend::hessian_update`] call.
+pub(crate) fn check_hessian_args(h: &[f32], cols: usize, x: &[f32], tokens: usize) -> Result<()> {
+    if cols == 0 || h.len() != cols * cols || x.len() != tokens * cols {
+        return Err(Error::Config(format!(
+            "Hessian update: H has {} values and X {} for {cols} columns and {tokens} tokens \
+             (need {} and {})",
+            h.len(),
+            x.len(),
+            cols * cols,
+            tokens * cols
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the shapes of a [`Backend::gptq_block`] call.
+pub(crate) fn check_gptq_block_args(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    b: &GptqBlock,
+    out: &GptqBlockOut,
+) -> Result<()> {
+    let groups = cols.div_ceil(b.group_len.max(1));
+    let ok = b.group_len > 0
+        && b.start < b.end
+        && b.end <= cols
+        && w.len() == rows * cols
+        && b.hinv.len() == b.len() * b.len()
+        && out.codes.len() == rows * cols
+        && out.scales.len() == rows * groups
+        && out.zeros.len() == rows * groups
+        && out.err.len() == rows * b.len()
+        && (2..=8).contains(&b.bits)
+        && b.group_of
+            .is_none_or(|g| g.len() == cols && g.iter().all(|&i| (i as usize) < groups));
+    if !ok {
+        return Err(Error::Config(format!(
+            "GPTQ block {}..{} of a [{rows}, {cols}] weight: inconsistent buffer sizes or settings",
+            b.start, b.end
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the shapes of a [`Backend::gptq_update_rest`] call.
+pub(crate) fn check_gptq_rest_args(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    end: usize,
+    err: &[f32],
+    hinv_rest: &[f32],
+) -> Result<()> {
+    let len = err.len().checked_div(rows).unwrap_or(0);
+    if w.len() != rows * cols
+        || end > cols
+        || err.len() != rows * len
+        || hinv_rest.len() != len * (cols - end)
+    {
+        return Err(Error::Config(format!(
+            "GPTQ update after column {end} of a [{rows}, {cols}] weight: inconsistent buffer sizes"
+        )));
+    }
+    Ok(())
 }
 
 pub use cpu::CpuBackend;

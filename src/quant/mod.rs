@@ -1,5 +1,6 @@
-//! Quantization: schemes, packed layouts and the algorithms (RTN so far).
+//! Quantization: schemes, packed layouts and the algorithms (RTN, GPTQ).
 
+pub mod gptq;
 pub mod packed;
 pub mod rtn;
 pub mod scheme;

@@ -2,10 +2,14 @@
 //! tested against, and a real choice on machines without a GPU.
 
 pub mod gemm;
+pub mod gptq;
 pub mod matmul;
 mod simd;
 
-use super::{Backend, GroupParams};
+use super::{
+    check_gptq_block_args, check_gptq_rest_args, check_hessian_args, Backend, GptqBlock,
+    GptqBlockOut, GroupParams,
+};
 use crate::error::Result;
 use crate::quant::packed::{pack_row, unpack_codes, unpack_row, words_per_row, QuantizedTensor};
 use crate::quant::scheme::quantize_value;
@@ -101,6 +105,46 @@ impl Backend for CpuBackend {
 
     fn matmul(&self, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
         matmul::matmul(q, x, tokens)
+    }
+
+    fn hessian_update(
+        &self,
+        h: &mut [f32],
+        cols: usize,
+        n_seen: usize,
+        x: &[f32],
+        tokens: usize,
+    ) -> Result<()> {
+        check_hessian_args(h, cols, x, tokens)?;
+        gptq::hessian_update(h, cols, n_seen, x, tokens);
+        Ok(())
+    }
+
+    fn gptq_block(
+        &self,
+        w: &mut [f32],
+        rows: usize,
+        cols: usize,
+        block: &GptqBlock,
+        out: &mut GptqBlockOut,
+    ) -> Result<()> {
+        check_gptq_block_args(w, rows, cols, block, out)?;
+        gptq::gptq_block(w, cols, block, out);
+        Ok(())
+    }
+
+    fn gptq_update_rest(
+        &self,
+        w: &mut [f32],
+        rows: usize,
+        cols: usize,
+        end: usize,
+        err: &[f32],
+        hinv_rest: &[f32],
+    ) -> Result<()> {
+        check_gptq_rest_args(w, rows, cols, end, err, hinv_rest)?;
+        gptq::gptq_update_rest(w, cols, end, err, hinv_rest);
+        Ok(())
     }
 }
 

@@ -4,6 +4,8 @@
 pub mod attention;
 pub mod context;
 pub mod elementwise;
+pub mod gptq;
+pub mod hessian;
 pub mod matmul;
 pub mod matmul_dense;
 pub mod quantize;
@@ -11,7 +13,10 @@ pub mod rope;
 
 pub use context::{list_adapters, AdapterSummary, DeviceChoice, GpuContext};
 
-use super::{Backend, GroupParams};
+use super::{
+    check_gptq_block_args, check_gptq_rest_args, check_hessian_args, Backend, GptqBlock,
+    GptqBlockOut, GroupParams,
+};
 use crate::error::Result;
 use crate::quant::packed::QuantizedTensor;
 use std::ops::Range;
@@ -104,5 +109,45 @@ impl Backend for GpuBackend {
 
     fn matmul(&self, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
         matmul::matmul(&self.ctx, q, x, tokens)
+    }
+
+    fn hessian_update(
+        &self,
+        h: &mut [f32],
+        cols: usize,
+        n_seen: usize,
+        x: &[f32],
+        tokens: usize,
+    ) -> Result<()> {
+        check_hessian_args(h, cols, x, tokens)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        hessian::hessian_update(&self.ctx, h, cols, n_seen, x, tokens)
+    }
+
+    fn gptq_block(
+        &self,
+        w: &mut [f32],
+        rows: usize,
+        cols: usize,
+        block: &GptqBlock,
+        out: &mut GptqBlockOut,
+    ) -> Result<()> {
+        check_gptq_block_args(w, rows, cols, block, out)?;
+        gptq::gptq_block(&self.ctx, w, rows, cols, block, out)
+    }
+
+    fn gptq_update_rest(
+        &self,
+        w: &mut [f32],
+        rows: usize,
+        cols: usize,
+        end: usize,
+        err: &[f32],
+        hinv_rest: &[f32],
+    ) -> Result<()> {
+        check_gptq_rest_args(w, rows, cols, end, err, hinv_rest)?;
+        gptq::gptq_update_rest(&self.ctx, w, rows, cols, end, err, hinv_rest)
     }
 }

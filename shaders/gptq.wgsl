@@ -1,0 +1,178 @@
+// GPTQ update kernels (IST-DASLab/gptq `fasterquant`, the two heavy parts):
+//
+// - quantize_block: one block of columns start..start+len, one invocation
+//   per weight row (rows are independent given Hinv). Column by column:
+//   when a column starts a group, the group's scale/zero come from the
+//   row's current weights (params_from_range, as src/quant/scheme.rs);
+//   q = clamp(floor(w * (1/scale) + 0.5) + zero, 0, maxq) as RTN;
+//   err = (w - scale * (q - zero)) / Hinv[j, j], spread over the rest of the
+//   block: w[k] -= err * Hinv[j, k].
+// - update_rest: the deferred update W[:, end..] -= Err * Hinv[block, end..],
+//   a tiled GEMM (64x64 tile per 16x16 workgroup, 4x4 per invocation).
+//
+// The host splits W by rows to fit the binding limit. CPU reference:
+// src/backend/cpu/gptq.rs. Divisions here may differ from the CPU's by a
+// few ULP, so codes can differ at rounding ties (bounded in tests/gptq.rs).
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    start: u32,
+    len: u32,
+    bits: u32,
+    symmetric: u32,
+    group_len: u32,
+    groups: u32,
+    end: u32,
+    n: u32,
+    // 1: static groups (act-order), group of column j is group_of[j] and
+    // the parameters are given; 0: group j / group_len, computed here.
+    static_groups: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// quantize_block: Hinv[block, block] [len, len]; update_rest: Hinv[block, end..] [len, n].
+@group(0) @binding(1) var<storage, read> hinv: array<f32>;
+// [rows, cols] weights of this chunk of rows.
+@group(0) @binding(2) var<storage, read_write> w: array<f32>;
+// [rows, len] scaled errors: written by quantize_block, read by update_rest.
+@group(0) @binding(3) var<storage, read_write> err: array<f32>;
+// [rows, groups] scales and zero-points; [rows, len] codes of the block.
+@group(0) @binding(4) var<storage, read_write> scales: array<f32>;
+@group(0) @binding(5) var<storage, read_write> zeros: array<u32>;
+@group(0) @binding(6) var<storage, read_write> codes: array<u32>;
+// [cols] group of each column when static_groups == 1.
+@group(0) @binding(7) var<storage, read> group_of: array<u32>;
+
+const WG: u32 = 64u;
+
+// Scale and zero of a group from its range; mirrors params_from_range.
+fn params_from_range(min_in: f32, max_in: f32) -> vec2<f32> {
+    let maxq = f32((1u << p.bits) - 1u);
+    var lo = min(min_in, 0.0);
+    var hi = max(max_in, 0.0);
+    if (p.symmetric != 0u) {
+        hi = max(hi, -lo);
+        lo = -hi;
+    }
+    if (lo == 0.0 && hi == 0.0) {
+        lo = -1.0;
+        hi = 1.0;
+    }
+    let scale = (hi - lo) / maxq;
+    var zero = f32(1u << (p.bits - 1u));
+    if (p.symmetric == 0u) {
+        zero = clamp(floor(-lo / scale + 0.5), 0.0, maxq);
+    }
+    return vec2<f32>(scale, zero);
+}
+
+@compute @workgroup_size(64)
+fn quantize_block(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let r = (wg.x + wg.y * nwg.x) * WG + lid;
+    if (r >= p.rows) {
+        return;
+    }
+    let base = r * p.cols;
+    let maxq = f32((1u << p.bits) - 1u);
+    for (var jj = 0u; jj < p.len; jj++) {
+        let j = p.start + jj;
+        var g = j / p.group_len;
+        if (p.static_groups != 0u) {
+            g = group_of[j];
+        }
+        let gi = r * p.groups + g;
+        if (p.static_groups == 0u && j % p.group_len == 0u) {
+            let last = min(j + p.group_len, p.cols);
+            var lo = w[base + j];
+            var hi = lo;
+            for (var k = j + 1u; k < last; k++) {
+                lo = min(lo, w[base + k]);
+                hi = max(hi, w[base + k]);
+            }
+            let sz = params_from_range(lo, hi);
+            scales[gi] = sz.x;
+            zeros[gi] = u32(sz.y);
+        }
+        let s = scales[gi];
+        let z = f32(zeros[gi]);
+        let x = w[base + j];
+        let q = clamp(floor(x * (1.0 / s) + 0.5) + z, 0.0, maxq);
+        let e = (x - s * (q - z)) / hinv[jj * p.len + jj];
+        codes[r * p.len + jj] = u32(q);
+        err[r * p.len + jj] = e;
+        for (var kk = jj + 1u; kk < p.len; kk++) {
+            w[base + p.start + kk] -= e * hinv[jj * p.len + kk];
+        }
+    }
+}
+
+const TILE: u32 = 64u;
+const TK: u32 = 16u;
+const PER: u32 = 4u;
+
+var<workgroup> ta: array<f32, 1024>; // [TK][TILE] errors of the tile's rows
+var<workgroup> tb: array<f32, 1024>; // [TK][TILE] Hinv rows of the tile's columns
+
+@compute @workgroup_size(16, 16)
+fn update_rest(@builtin(workgroup_id) wg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>,
+               @builtin(local_invocation_index) li: u32) {
+    let r_base = wg.y * TILE;
+    let c_base = wg.x * TILE;
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = 0.0;
+    }
+    for (var k0 = 0u; k0 < p.len; k0 += TK) {
+        for (var l = 0u; l < 4u; l++) {
+            let idx = li + l * 256u;
+            let k = k0 + idx / TILE;
+            let off = idx % TILE;
+            let r = r_base + off;
+            let c = c_base + off;
+            var va = 0.0;
+            var vb = 0.0;
+            if (k < p.len) {
+                if (r < p.rows) {
+                    va = err[r * p.len + k];
+                }
+                if (c < p.n) {
+                    vb = hinv[k * p.n + c];
+                }
+            }
+            ta[idx] = va;
+            tb[idx] = vb;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            var a: array<f32, 4>;
+            var b: array<f32, 4>;
+            for (var i = 0u; i < PER; i++) {
+                a[i] = ta[kk * TILE + lid.y * PER + i];
+                b[i] = tb[kk * TILE + lid.x * PER + i];
+            }
+            for (var i = 0u; i < PER; i++) {
+                for (var j = 0u; j < PER; j++) {
+                    acc[i * PER + j] = fma(a[i], b[j], acc[i * PER + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < PER; i++) {
+        let r = r_base + lid.y * PER + i;
+        if (r >= p.rows) {
+            continue;
+        }
+        for (var j = 0u; j < PER; j++) {
+            let c = c_base + lid.x * PER + j;
+            if (c < p.n) {
+                let at = r * p.cols + p.end + c;
+                w[at] = w[at] - acc[i * PER + j];
+            }
+        }
+    }
+}

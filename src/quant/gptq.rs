@@ -1,0 +1,406 @@
+//! GPTQ (Frantar et al., arXiv 2210.17323), written once over [`Backend`]
+//! and kept as close as possible to IST-DASLab/gptq's `gptq.py`:
+//!
+//! - [`Hessian::add_batch`] is `add_batch`: the running mean
+//!   `H = 2/n · Σ x xᵀ` over the calibration tokens of one linear's input;
+//! - [`quantize`] is `fasterquant`: dead inputs, damping (raised
+//!   automatically when Cholesky fails), the upper Cholesky factor of H⁻¹,
+//!   then 128-column blocks quantized column by column with error feedback
+//!   and a deferred update of the remaining columns.
+//!
+//! The heavy parts are backend kernels: [`Backend::hessian_update`],
+//! [`Backend::gptq_block`] (one block, rows in parallel) and
+//! [`Backend::gptq_update_rest`] (the deferred GEMM). Cholesky and the
+//! inverse run on the host in f64 (`faer`).
+//!
+//! Groups: by default GPTQ's dynamic groups (`static_groups=False`): the
+//! scale and zero of a group come from the current, already updated
+//! weights when the group's first column is reached. With act-order
+//! (`actorder=True, static_groups=True`) the columns are quantized in
+//! order of decreasing `diag(H)` and every group's parameters are fixed
+//! beforehand from the original weights (so they equal RTN's), which keeps
+//! `g_idx = j / group_size`: the codes are stored in the original column
+//! order and inference needs no gather; the permutation is reported.
+//! Codes use the same [`params_from_range`] and
+//! [`quantize_value`](super::scheme::quantize_value) as RTN, and the result
+//! is a [`QuantizedTensor`] in the usual packed layout, so the writers and
+//! the packed forward take it unchanged. Not supported: per-tensor
+//! granularity.
+
+use super::packed::QuantizedTensor;
+use super::rtn::check_finite;
+use super::scheme::{params_from_range, Granularity, QuantScheme};
+use crate::backend::cpu::gemm::dense_xwt;
+use crate::backend::{Backend, GptqBlock, GptqBlockOut};
+use crate::error::{Error, Result};
+use faer::linalg::solvers::DenseSolveCore;
+use faer::{Mat, Side};
+use rayon::prelude::*;
+use serde::Serialize;
+
+/// The Hessian of one linear layer's inputs, accumulated batch by batch.
+#[derive(Clone, Debug)]
+pub struct Hessian {
+    pub cols: usize,
+    /// Calibration tokens seen so far.
+    pub samples: usize,
+    /// `[cols, cols]`, f32, `2/n · Σ x xᵀ`.
+    pub h: Vec<f32>,
+}
+
+impl Hessian {
+    pub fn new(cols: usize) -> Self {
+        Self {
+            cols,
+            samples: 0,
+            h: vec![0.0; cols * cols],
+        }
+    }
+
+    /// Adds `x` `[tokens, cols]` (the inputs of the linear named `name`):
+    /// `H *= n/(n+b); H += 2/(n+b) · XᵀX`.
+    pub fn add_batch(
+        &mut self,
+        backend: &dyn Backend,
+        name: &str,
+        x: &[f32],
+        tokens: usize,
+    ) -> Result<()> {
+        check_finite(&format!("{name} (calibration input)"), x)?;
+        backend.hessian_update(&mut self.h, self.cols, self.samples, x, tokens)?;
+        self.samples += tokens;
+        Ok(())
+    }
+}
+
+/// GPTQ settings (gptq.py's `fasterquant` arguments).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GptqOptions {
+    /// Damping as a fraction of the mean diagonal of H (`percdamp`).
+    pub damp: f64,
+    /// Columns per block (`blocksize`).
+    pub block: usize,
+    /// How many times the damping may be raised when Cholesky fails.
+    pub max_damp_retries: u32,
+    /// Quantize columns in order of decreasing `diag(H)` (`actorder`),
+    /// with static groups.
+    pub act_order: bool,
+}
+
+impl Default for GptqOptions {
+    fn default() -> Self {
+        Self {
+            damp: 0.01,
+            block: 128,
+            max_damp_retries: 16,
+            act_order: false,
+        }
+    }
+}
+
+/// What happened while quantizing one linear.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GptqReport {
+    /// Damping asked for and damping used (fractions of the mean diagonal).
+    pub damp_requested: f64,
+    pub damp_used: f64,
+    /// Times Cholesky failed and the damping was raised.
+    pub damp_retries: u32,
+    /// Inputs that were always zero (`H[i, i] == 0`); their weights are zeroed.
+    pub dead_columns: usize,
+    /// `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`: the relative output error
+    /// ‖WX − ŴX‖²/‖WX‖² on the calibration inputs, computed from H.
+    pub proxy_error: f64,
+    /// With act-order, the order the columns were quantized in:
+    /// `perm[k]` is the original index of the k-th column quantized.
+    pub perm: Option<Vec<u32>>,
+}
+
+/// The next damping after a failed Cholesky.
+fn raise_damp(damp: f64) -> f64 {
+    (2.0 * damp).max(1e-3)
+}
+
+/// Quantizes the `[rows, cols]` weight `w` of the linear `name` with GPTQ,
+/// given the Hessian `h` `[cols, cols]` of its inputs.
+#[allow(clippy::too_many_arguments)]
+pub fn quantize(
+    backend: &dyn Backend,
+    name: &str,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &[f32],
+    scheme: &QuantScheme,
+    opts: &GptqOptions,
+) -> Result<(QuantizedTensor, GptqReport)> {
+    scheme.check_shape(name, rows, cols)?;
+    if w.len() != rows * cols || h.len() != cols * cols {
+        return Err(Error::BadTensor {
+            name: name.into(),
+            msg: format!(
+                "{} weights and {} Hessian values for shape [{rows}, {cols}] (need {} and {})",
+                w.len(),
+                h.len(),
+                rows * cols,
+                cols * cols
+            ),
+        });
+    }
+    if scheme.granularity == Granularity::PerTensor {
+        return Err(Error::Config(format!(
+            "GPTQ of '{name}': per-tensor quantization is not supported; use groups or per-channel"
+        )));
+    }
+    if opts.block == 0 || !opts.damp.is_finite() || opts.damp < 0.0 {
+        return Err(Error::Config(format!(
+            "GPTQ of '{name}': block {} and damp {} (need block > 0, damp >= 0)",
+            opts.block, opts.damp
+        )));
+    }
+    check_finite(name, w)?;
+    check_finite(&format!("{name} (Hessian)"), h)?;
+
+    // Dead inputs: a feature that was always zero carries no information;
+    // give it a unit diagonal and zero its weights.
+    let mut hd: Vec<f64> = h.iter().map(|&v| v as f64).collect();
+    let mut wq = w.to_vec();
+    let mut dead_columns = 0;
+    for i in 0..cols {
+        let d = hd[i * cols + i];
+        if d < 0.0 {
+            return Err(Error::BadTensor {
+                name: format!("{name} (Hessian)"),
+                msg: format!("negative diagonal H[{i}, {i}] = {d}; not a Hessian of inputs"),
+            });
+        }
+        if d == 0.0 {
+            hd[i * cols + i] = 1.0;
+            wq.iter_mut().skip(i).step_by(cols).for_each(|x| *x = 0.0);
+            dead_columns += 1;
+        }
+    }
+
+    let group_len = scheme.group_len(cols);
+    let groups = scheme.groups_per_row(cols);
+    let mut codes = vec![0u32; rows * cols];
+    let mut scales = vec![0f32; rows * groups];
+    let mut zeros = vec![0u32; rows * groups];
+
+    // Act-order: static groups from the weights as they are now, then
+    // columns (of W, and rows and columns of H) by decreasing diag(H).
+    let mut perm: Option<Vec<usize>> = None;
+    let mut group_of: Option<Vec<u32>> = None;
+    if opts.act_order {
+        let (mins, maxs) = backend.group_ranges(&wq, rows, cols, group_len)?;
+        for (i, (&lo, &hi)) in mins.iter().zip(&maxs).enumerate() {
+            let (s, z) = params_from_range(lo, hi, scheme.bits, scheme.symmetric);
+            scales[i] = s;
+            zeros[i] = z;
+        }
+        let mut order: Vec<usize> = (0..cols).collect();
+        order.sort_by(|&a, &b| hd[b * cols + b].total_cmp(&hd[a * cols + a]));
+        wq = wq
+            .chunks(cols)
+            .flat_map(|row| order.iter().map(|&c| row[c]))
+            .collect();
+        let permuted: Vec<f64> = order
+            .iter()
+            .flat_map(|&i| order.iter().map(move |&j| (i, j)))
+            .map(|(i, j)| hd[i * cols + j])
+            .collect();
+        hd = permuted;
+        group_of = Some(order.iter().map(|&c| (c / group_len) as u32).collect());
+        perm = Some(order);
+    }
+
+    // Damping, then the upper Cholesky factor of H⁻¹.
+    let (hinv, damp_used, damp_retries) = inverse_cholesky_upper(name, &hd, cols, opts)?;
+
+    // Blocks of columns: quantize inside the block with error feedback,
+    // then apply the block's errors to every later column at once.
+    for start in (0..cols).step_by(opts.block) {
+        let end = (start + opts.block).min(cols);
+        let len = end - start;
+        let block_hinv: Vec<f32> = (start..end)
+            .flat_map(|i| hinv[i * cols + start..i * cols + end].iter().copied())
+            .collect();
+        let mut err = vec![0f32; rows * len];
+        backend.gptq_block(
+            &mut wq,
+            rows,
+            cols,
+            &GptqBlock {
+                bits: scheme.bits,
+                symmetric: scheme.symmetric,
+                group_len,
+                start,
+                end,
+                hinv: &block_hinv,
+                group_of: group_of.as_deref(),
+            },
+            &mut GptqBlockOut {
+                codes: &mut codes,
+                scales: &mut scales,
+                zeros: &mut zeros,
+                err: &mut err,
+            },
+        )?;
+        if end < cols {
+            let rest: Vec<f32> = (start..end)
+                .flat_map(|i| hinv[i * cols + end..(i + 1) * cols].iter().copied())
+                .collect();
+            backend.gptq_update_rest(&mut wq, rows, cols, end, &err, &rest)?;
+        }
+    }
+
+    if let Some(order) = &perm {
+        // Back to the original column order.
+        let permuted = std::mem::take(&mut codes);
+        codes = vec![0u32; rows * cols];
+        for (dst, src) in codes.chunks_mut(cols).zip(permuted.chunks(cols)) {
+            for (&c, &q) in order.iter().zip(src) {
+                dst[c] = q;
+            }
+        }
+    }
+    let q = QuantizedTensor {
+        rows,
+        cols,
+        scheme: *scheme,
+        packed: backend.pack(&codes, rows, cols, scheme.bits)?,
+        scales,
+        zeros: zeros.iter().map(|&z| z as u8).collect(),
+    };
+    let w_hat = backend.dequantize(&q)?;
+    let report = GptqReport {
+        damp_requested: opts.damp,
+        damp_used,
+        damp_retries,
+        dead_columns,
+        proxy_error: proxy_error(w, &w_hat, h, rows, cols),
+        perm: perm.map(|p| p.iter().map(|&c| c as u32).collect()),
+    };
+    Ok((q, report))
+}
+
+/// `U` with `H⁻¹ = UᵀU` for `H + λ·mean(diag H)·I` (gptq.py: cholesky,
+/// cholesky_inverse, cholesky upper), as f32 `[cols, cols]`. When a Cholesky
+/// fails, λ is raised and the factorisation retried, with a warning.
+/// Returns the factor, the λ used and the number of retries.
+fn inverse_cholesky_upper(
+    name: &str,
+    h: &[f64],
+    cols: usize,
+    opts: &GptqOptions,
+) -> Result<(Vec<f32>, f64, u32)> {
+    let mean_diag = (0..cols).map(|i| h[i * cols + i]).sum::<f64>() / cols as f64;
+    let mut damp = opts.damp;
+    let mut retries = 0;
+    loop {
+        let lambda = damp * mean_diag;
+        let damped = Mat::<f64>::from_fn(cols, cols, |i, j| {
+            h[i * cols + j] + if i == j { lambda } else { 0.0 }
+        });
+        let factor = damped
+            .llt(Side::Lower)
+            .map_err(|e| format!("Cholesky of H: {e:?}"))
+            .and_then(|llt| {
+                llt.inverse()
+                    .llt(Side::Lower)
+                    .map_err(|e| format!("Cholesky of H⁻¹: {e:?}"))
+            })
+            .and_then(|llt| {
+                // U = Lᵀ, row-major.
+                let l = llt.L();
+                let mut u = vec![0f32; cols * cols];
+                for (i, row) in u.chunks_mut(cols).enumerate() {
+                    for (j, x) in row.iter_mut().enumerate().skip(i) {
+                        *x = l[(j, i)] as f32;
+                    }
+                }
+                let usable = (0..cols).all(|i| {
+                    let d = u[i * cols + i];
+                    d.is_finite() && d > 0.0
+                }) && u.iter().all(|x| x.is_finite());
+                if usable {
+                    Ok(u)
+                } else {
+                    Err("the inverse factor is not finite and positive in f32".to_string())
+                }
+            });
+        match factor {
+            Ok(u) => {
+                if retries > 0 {
+                    log::warn!(
+                        "{name}: used damping {damp} (asked for {}) after {retries} failed Cholesky attempt(s)",
+                        opts.damp
+                    );
+                }
+                return Ok((u, damp, retries));
+            }
+            Err(why) if retries < opts.max_damp_retries => {
+                let next = raise_damp(damp);
+                log::warn!(
+                    "{name}: Hessian not positive definite with damping {damp} ({why}); retrying with {next}"
+                );
+                damp = next;
+                retries += 1;
+            }
+            Err(why) => {
+                return Err(Error::BadTensor {
+                    name: format!("{name} (Hessian)"),
+                    msg: format!(
+                        "not positive definite even with damping {damp} × mean diagonal after \
+                         {retries} retries ({why}); the calibration inputs are degenerate"
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// `tr(A H Aᵀ)` in f64 accumulation, `a` `[rows, cols]`, `h` symmetric.
+fn quadratic_trace(a: &[f32], h: &[f32], rows: usize, cols: usize) -> f64 {
+    let ah = dense_xwt(a, h, rows, cols, cols);
+    a.par_iter()
+        .zip(ah.par_iter())
+        .map(|(&x, &y)| x as f64 * y as f64)
+        .sum()
+}
+
+/// `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)` with `ΔW = W − Ŵ`: the relative output
+/// error of the quantized weight `w_hat` on the inputs whose Hessian is `h`
+/// (0 when `W H Wᵀ` vanishes).
+pub fn proxy_error(w: &[f32], w_hat: &[f32], h: &[f32], rows: usize, cols: usize) -> f64 {
+    let dw: Vec<f32> = w.iter().zip(w_hat).map(|(a, b)| a - b).collect();
+    let den = quadratic_trace(w, h, rows, cols);
+    if den <= 0.0 {
+        return 0.0;
+    }
+    quadratic_trace(&dw, h, rows, cols) / den
+}
+
+/// `‖X Wᵀ − X Ŵᵀ‖² / ‖X Wᵀ‖²` for inputs `x` `[tokens, cols]`: the true
+/// relative output error of a quantized linear (0 when `X Wᵀ` vanishes).
+pub fn output_error(
+    w: &[f32],
+    w_hat: &[f32],
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+) -> f64 {
+    let y = dense_xwt(x, w, tokens, cols, rows);
+    let y_hat = dense_xwt(x, w_hat, tokens, cols, rows);
+    let (num, den) = y
+        .par_iter()
+        .zip(y_hat.par_iter())
+        .map(|(&a, &b)| (((a - b) as f64).powi(2), (a as f64).powi(2)))
+        .reduce(|| (0.0, 0.0), |p, q| (p.0 + q.0, p.1 + q.1));
+    if den <= 0.0 {
+        0.0
+    } else {
+        num / den
+    }
+}

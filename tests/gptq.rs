@@ -1,0 +1,639 @@
+//! GPTQ core (issue 4): the Hessian kernel on both backends, the algorithm
+//! against RTN on correlated inputs and on a real SmolLM2 layer, damping on
+//! ill-conditioned Hessians, and GPU vs CPU.
+//!
+//! Bounds:
+//! - Hessian, GPU vs CPU (and CPU vs an f64 reference): every entry within
+//!   `1e-5 · max|H|` (f32 sums over a few hundred tokens in another order).
+//! - GPTQ, GPU vs CPU backend on the same W and H: the WGSL kernels divide
+//!   with a few ULP of error and may fuse multiply-adds, so a code can flip at
+//!   a rounding tie and error feedback carries the small difference along
+//!   its row: at most 1% of codes differ, at most 1% of those by more than 1,
+//!   and proxy errors agree to 2% relative. With each backend's own Hessian
+//!   as well: at most 2% of codes differ, proxy errors agree to 5% relative.
+
+mod common;
+
+use llmq_gpu::backend::{Backend, CpuBackend, GpuBackend};
+use llmq_gpu::model::forward::{CpuForward, LinearSite};
+use llmq_gpu::model::{ModelView, Tokenizer};
+use llmq_gpu::quant::gptq::{self, GptqOptions, Hessian};
+use llmq_gpu::quant::packed::unpack_codes;
+use llmq_gpu::quant::rtn;
+use llmq_gpu::{Error, Granularity, QuantScheme};
+use rand::Rng;
+use std::path::PathBuf;
+
+/// Standard normal via Box–Muller.
+fn normal(rng: &mut impl Rng) -> f32 {
+    let u1: f32 = rng.gen::<f32>().max(1e-12);
+    let u2: f32 = rng.gen();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+}
+
+/// Correlated inputs `[tokens, cols]`: rank-`rank` signal plus 10% noise,
+/// with per-feature scales spread over 10x (so H is far from diagonal and
+/// its diagonal uneven, as in real activations).
+fn correlated_inputs(rng: &mut impl Rng, tokens: usize, cols: usize, rank: usize) -> Vec<f32> {
+    let a: Vec<f32> = (0..rank * cols).map(|_| normal(rng)).collect();
+    let scale: Vec<f32> = (0..cols).map(|_| 10f32.powf(rng.gen::<f32>())).collect();
+    let mut x = vec![0f32; tokens * cols];
+    for row in x.chunks_mut(cols) {
+        let z: Vec<f32> = (0..rank).map(|_| normal(rng)).collect();
+        for (c, (v, s)) in row.iter_mut().zip(&scale).enumerate() {
+            let signal: f32 = z
+                .iter()
+                .enumerate()
+                .map(|(k, zk)| zk * a[k * cols + c])
+                .sum();
+            *v = s * (signal + 0.1 * normal(rng));
+        }
+    }
+    x
+}
+
+/// `2/n · XᵀX` in f64.
+fn reference_hessian(x: &[f32], tokens: usize, cols: usize) -> Vec<f64> {
+    let mut h = vec![0f64; cols * cols];
+    for row in x.chunks(cols).take(tokens) {
+        for (hi, &xi) in h.chunks_mut(cols).zip(row) {
+            for (hij, &xj) in hi.iter_mut().zip(row) {
+                *hij += xi as f64 * xj as f64;
+            }
+        }
+    }
+    h.iter().map(|v| v * 2.0 / tokens as f64).collect()
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |m, x| m.max(x.abs()))
+}
+
+fn assert_hessians_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: sizes");
+    let tol = 1e-5 * max_abs(want);
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= tol,
+            "{what}: entry {i}: {a} vs {b} (tolerance {tol})"
+        );
+    }
+}
+
+/// Accumulates `x` in batches of `batch` tokens on `backend`.
+fn hessian_in_batches(
+    backend: &dyn Backend,
+    x: &[f32],
+    tokens: usize,
+    cols: usize,
+    batch: usize,
+) -> Vec<f32> {
+    let mut h = Hessian::new(cols);
+    for (k, chunk) in x.chunks(batch * cols).enumerate() {
+        h.add_batch(backend, &format!("x{k}"), chunk, chunk.len() / cols)
+            .unwrap();
+    }
+    assert_eq!(h.samples, tokens);
+    h.h
+}
+
+#[test]
+fn hessian_cpu_matches_f64_reference() {
+    let mut rng = common::rng("hessian_cpu_matches_f64_reference");
+    for &(tokens, cols, batch) in &[(1, 7, 1), (37, 96, 37), (200, 130, 64), (100, 257, 33)] {
+        let x = correlated_inputs(&mut rng, tokens, cols, 4);
+        let want: Vec<f32> = reference_hessian(&x, tokens, cols)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let got = hessian_in_batches(&CpuBackend, &x, tokens, cols, batch);
+        assert_hessians_close(&format!("cpu {tokens}x{cols}/{batch}"), &got, &want);
+    }
+}
+
+#[test]
+fn hessian_gpu_matches_cpu() {
+    let mut rng = common::rng("hessian_gpu_matches_cpu");
+    let gpu = GpuBackend::new(common::gpu());
+    for &(tokens, cols, batch) in &[(1, 7, 1), (37, 96, 37), (200, 130, 64), (100, 257, 33)] {
+        let x = correlated_inputs(&mut rng, tokens, cols, 4);
+        let c = hessian_in_batches(&CpuBackend, &x, tokens, cols, batch);
+        let g = hessian_in_batches(&gpu, &x, tokens, cols, batch);
+        assert_hessians_close(&format!("gpu {tokens}x{cols}/{batch}"), &g, &c);
+    }
+}
+
+/// H split into row chunks and X into token chunks under a small binding
+/// limit: same result as the CPU.
+#[test]
+fn hessian_gpu_split_path_matches_cpu() {
+    let mut rng = common::rng("hessian_gpu_split_path_matches_cpu");
+    let ctx = common::fresh_gpu();
+    let (tokens, cols) = (150, 96);
+    // 20 rows of H (and 20 tokens of X) per binding: 5 H chunks x 8 X chunks.
+    ctx.set_max_binding((20 * cols * 4) as u64);
+    assert_eq!(ctx.max_binding(), (20 * cols * 4) as u64);
+    let gpu = GpuBackend::new(std::sync::Arc::new(ctx));
+    let x = correlated_inputs(&mut rng, tokens, cols, 6);
+    let c = hessian_in_batches(&CpuBackend, &x, tokens, cols, 70);
+    let g = hessian_in_batches(&gpu, &x, tokens, cols, 70);
+    assert_hessians_close("gpu split", &g, &c);
+}
+
+fn rtn_proxy(w: &[f32], h: &[f32], rows: usize, cols: usize, scheme: &QuantScheme) -> f64 {
+    let q = rtn::quantize(&CpuBackend, "w", w, rows, cols, scheme).unwrap();
+    let w_hat = CpuBackend.dequantize(&q).unwrap();
+    gptq::proxy_error(w, &w_hat, h, rows, cols)
+}
+
+fn gptq_schemes() -> Vec<QuantScheme> {
+    let mut out = vec![];
+    for symmetric in [false, true] {
+        for (bits, gran) in [
+            (4, Granularity::Group(32)),
+            (4, Granularity::Group(128)),
+            (3, Granularity::Group(128)),
+            (4, Granularity::PerChannel),
+        ] {
+            out.push(QuantScheme::new(bits, symmetric, gran).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn gptq_beats_rtn_on_correlated_inputs() {
+    let mut rng = common::rng("gptq_beats_rtn_on_correlated_inputs");
+    // 320 columns: three 128-column blocks, the last one short.
+    let (rows, cols, tokens) = (48, 320, 512);
+    let x = correlated_inputs(&mut rng, tokens, cols, 16);
+    let w = common::random_weights(&mut rng, rows * cols);
+    let mut hess = Hessian::new(cols);
+    hess.add_batch(&CpuBackend, "x", &x, tokens).unwrap();
+    for scheme in gptq_schemes() {
+        let (q, report) = gptq::quantize(
+            &CpuBackend,
+            "w",
+            &w,
+            rows,
+            cols,
+            &hess.h,
+            &scheme,
+            &GptqOptions::default(),
+        )
+        .unwrap();
+        q.validate("gptq").unwrap();
+        let w_hat = CpuBackend.dequantize(&q).unwrap();
+        let true_err = gptq::output_error(&w, &w_hat, &x, rows, cols, tokens);
+        let rtn = rtn_proxy(&w, &hess.h, rows, cols, &scheme);
+        eprintln!(
+            "{}: GPTQ proxy {:.3e} (output error {true_err:.3e}), RTN {rtn:.3e}, ratio {:.3}",
+            scheme.label(),
+            report.proxy_error,
+            report.proxy_error / rtn
+        );
+        assert_eq!(report.damp_retries, 0, "{}", scheme.label());
+        assert_eq!(report.dead_columns, 0, "{}", scheme.label());
+        // The proxy is the output error on the calibration inputs.
+        assert!(
+            (report.proxy_error - true_err).abs() <= 1e-3 * true_err + 1e-9,
+            "{}: proxy {} vs output error {true_err}",
+            scheme.label(),
+            report.proxy_error
+        );
+        assert!(
+            report.proxy_error < 0.8 * rtn,
+            "{}: GPTQ {} not clearly below RTN {rtn}",
+            scheme.label(),
+            report.proxy_error
+        );
+    }
+}
+
+/// Act-order with static groups: the group parameters are RTN's (fixed
+/// from the original weights), the columns are quantized by decreasing
+/// diag(H) (the reported permutation), codes come back in the original
+/// order, and the error is still far below RTN's. GPU and CPU agree.
+#[test]
+fn gptq_act_order_static_groups() {
+    let mut rng = common::rng("gptq_act_order_static_groups");
+    let gpu = GpuBackend::new(common::gpu());
+    let (rows, cols, tokens) = (32, 200, 400);
+    let x = correlated_inputs(&mut rng, tokens, cols, 12);
+    let w = common::random_weights(&mut rng, rows * cols);
+    let mut hess = Hessian::new(cols);
+    hess.add_batch(&CpuBackend, "x", &x, tokens).unwrap();
+    let opts = GptqOptions {
+        act_order: true,
+        block: 64,
+        ..GptqOptions::default()
+    };
+    for scheme in gptq_schemes() {
+        let label = scheme.label();
+        let (q, report) =
+            gptq::quantize(&CpuBackend, "w", &w, rows, cols, &hess.h, &scheme, &opts).unwrap();
+        let rtn_q = rtn::quantize(&CpuBackend, "w", &w, rows, cols, &scheme).unwrap();
+        assert_eq!(q.scales, rtn_q.scales, "{label}: static scales");
+        assert_eq!(q.zeros, rtn_q.zeros, "{label}: static zeros");
+        let perm = report
+            .perm
+            .clone()
+            .expect("act-order reports its permutation");
+        let mut seen = vec![false; cols];
+        perm.iter().for_each(|&c| seen[c as usize] = true);
+        assert!(seen.iter().all(|&s| s), "{label}: not a permutation");
+        let diag = |c: u32| hess.h[c as usize * cols + c as usize];
+        assert!(
+            perm.windows(2).all(|p| diag(p[0]) >= diag(p[1])),
+            "{label}: not by decreasing diag(H)"
+        );
+        let w_hat = CpuBackend.dequantize(&q).unwrap();
+        let true_err = gptq::output_error(&w, &w_hat, &x, rows, cols, tokens);
+        let rtn = rtn_proxy(&w, &hess.h, rows, cols, &scheme);
+        let (_, plain) = gptq::quantize(
+            &CpuBackend,
+            "w",
+            &w,
+            rows,
+            cols,
+            &hess.h,
+            &scheme,
+            &GptqOptions::default(),
+        )
+        .unwrap();
+        eprintln!(
+            "{label}: act-order proxy {:.3e} (output error {true_err:.3e}), natural order {:.3e}, RTN {rtn:.3e}",
+            report.proxy_error, plain.proxy_error
+        );
+        assert!(
+            (report.proxy_error - true_err).abs() <= 1e-3 * true_err + 1e-9,
+            "{label}: proxy {} vs output error {true_err}",
+            report.proxy_error
+        );
+        assert!(
+            report.proxy_error < 0.8 * rtn,
+            "{label}: act-order GPTQ {} not clearly below RTN {rtn}",
+            report.proxy_error
+        );
+        let (qg, rg) = gptq::quantize(&gpu, "w", &w, rows, cols, &hess.h, &scheme, &opts).unwrap();
+        let (share, big, _) = code_diff(&qg, &q);
+        assert!(
+            share <= 0.01 && big <= 1,
+            "{label}: GPU vs CPU {share}, {big}"
+        );
+        assert_eq!(rg.perm, report.perm, "{label}: same permutation");
+        assert!((rg.proxy_error - report.proxy_error).abs() <= 0.02 * report.proxy_error);
+    }
+}
+
+/// Few tokens (< cols), duplicated and always-zero inputs: the Hessian is
+/// singular. With GPTQ's default damping it quantizes; with no damping, or
+/// with an indefinite Hessian (rounding in a long f32 accumulation can make
+/// one), Cholesky fails and the damping is raised automatically.
+#[test]
+fn gptq_ill_conditioned_hessian_raises_damping() {
+    let mut rng = common::rng("gptq_ill_conditioned_hessian_raises_damping");
+    let (rows, cols, tokens) = (16, 64, 8);
+    let mut x: Vec<f32> = (0..tokens * cols).map(|_| normal(&mut rng)).collect();
+    for t in 0..tokens {
+        x[t * cols + 6] = x[t * cols + 5]; // duplicated input
+        for c in 10..15 {
+            x[t * cols + c] = 0.0; // dead inputs
+        }
+    }
+    let w = common::random_weights(&mut rng, rows * cols);
+    let mut hess = Hessian::new(cols);
+    hess.add_batch(&CpuBackend, "x", &x, tokens).unwrap();
+    let scheme = QuantScheme::new(4, false, Granularity::Group(32)).unwrap();
+    let run = |h: &[f32], damp: f64| {
+        let opts = GptqOptions {
+            damp,
+            ..GptqOptions::default()
+        };
+        let (q, report) =
+            gptq::quantize(&CpuBackend, "ill", &w, rows, cols, h, &scheme, &opts).unwrap();
+        q.validate("ill").unwrap();
+        let deq = CpuBackend.dequantize(&q).unwrap();
+        assert!(deq.iter().all(|v| v.is_finite()), "finite weights");
+        assert!(q.scales.iter().all(|s| s.is_finite() && *s > 0.0));
+        assert!(report.proxy_error.is_finite() && report.proxy_error < 1.0);
+        assert_eq!(report.dead_columns, 5);
+        // Dead inputs have their weights zeroed: code == zero-point.
+        for r in 0..rows {
+            for c in 10..15 {
+                assert_eq!(deq[r * cols + c], 0.0, "dead weight [{r}, {c}]");
+            }
+        }
+        eprintln!("damp {damp}: {report:?}");
+        report
+    };
+    let plain = run(&hess.h, 0.01);
+    assert_eq!(plain.damp_used, 0.01);
+
+    let undamped = run(&hess.h, 0.0);
+    assert!(undamped.damp_retries >= 1, "{undamped:?}");
+    assert!(undamped.damp_used > 0.0, "{undamped:?}");
+
+    // Indefinite: subtract c·v·vᵀ with v = (e5 − e6)/√2 in the null space.
+    let mean = (0..cols).map(|i| hess.h[i * cols + i]).sum::<f32>() / cols as f32;
+    let c = 0.05 * mean;
+    let mut h = hess.h.clone();
+    for (i, j, s) in [(5, 5, 1.0), (6, 6, 1.0), (5, 6, -1.0), (6, 5, -1.0)] {
+        h[i * cols + j] -= c * s / 2.0;
+    }
+    let indefinite = run(&h, 0.01);
+    assert!(indefinite.damp_retries >= 1, "{indefinite:?}");
+    assert!(indefinite.damp_used >= 0.05, "{indefinite:?}");
+}
+
+#[test]
+fn gptq_rejects_non_finite_inputs_naming_the_tensor() {
+    let (rows, cols) = (4, 8);
+    let mut w = vec![0.1f32; rows * cols];
+    let mut h = vec![0f32; cols * cols];
+    for i in 0..cols {
+        h[i * cols + i] = 1.0;
+    }
+    let scheme = QuantScheme::new(4, false, Granularity::PerChannel).unwrap();
+    let opts = GptqOptions::default();
+    w[3] = f32::NAN;
+    let e = gptq::quantize(
+        &CpuBackend,
+        "blk.0.attn_q",
+        &w,
+        rows,
+        cols,
+        &h,
+        &scheme,
+        &opts,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, Error::BadTensor { name, .. } if name == "blk.0.attn_q"),
+        "{e}"
+    );
+    w[3] = 0.1;
+    h[9] = f32::INFINITY;
+    let e = gptq::quantize(
+        &CpuBackend,
+        "blk.0.attn_q",
+        &w,
+        rows,
+        cols,
+        &h,
+        &scheme,
+        &opts,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("blk.0.attn_q (Hessian)"), "{e}");
+    let mut hess = Hessian::new(cols);
+    let e = hess
+        .add_batch(&CpuBackend, "blk.0.ffn_down", &[f32::NAN; 8], 1)
+        .unwrap_err();
+    assert!(e.to_string().contains("blk.0.ffn_down"), "{e}");
+}
+
+/// Share of differing codes, how many differ by more than 1, the largest difference.
+fn code_diff(a: &llmq_gpu::QuantizedTensor, b: &llmq_gpu::QuantizedTensor) -> (f64, usize, u32) {
+    let ca = unpack_codes(&a.packed, a.rows, a.cols, a.scheme.bits);
+    let cb = unpack_codes(&b.packed, b.rows, b.cols, b.scheme.bits);
+    let d: Vec<u32> = ca.iter().zip(&cb).map(|(x, y)| x.abs_diff(*y)).collect();
+    let differ = d.iter().filter(|&&v| v > 0).count();
+    let big = d.iter().filter(|&&v| v > 1).count();
+    let max = d.iter().copied().max().unwrap_or(0);
+    (differ as f64 / ca.len() as f64, big, max)
+}
+
+#[test]
+fn gptq_gpu_matches_cpu() {
+    let mut rng = common::rng("gptq_gpu_matches_cpu");
+    let gpu = GpuBackend::new(common::gpu());
+    let (rows, cols, tokens) = (32, 192, 256);
+    let x = correlated_inputs(&mut rng, tokens, cols, 12);
+    let w = common::random_weights(&mut rng, rows * cols);
+    let mut hc = Hessian::new(cols);
+    hc.add_batch(&CpuBackend, "x", &x, tokens).unwrap();
+    let mut hg = Hessian::new(cols);
+    hg.add_batch(&gpu, "x", &x, tokens).unwrap();
+    let opts = GptqOptions::default();
+    for scheme in [
+        QuantScheme::new(4, false, Granularity::Group(64)).unwrap(),
+        QuantScheme::new(3, true, Granularity::Group(128)).unwrap(),
+    ] {
+        let label = scheme.label();
+        let (qc, rc) =
+            gptq::quantize(&CpuBackend, "w", &w, rows, cols, &hc.h, &scheme, &opts).unwrap();
+        // Same W and H.
+        let (qg, rg) = gptq::quantize(&gpu, "w", &w, rows, cols, &hc.h, &scheme, &opts).unwrap();
+        let (share, big, max) = code_diff(&qg, &qc);
+        let differ = share * (rows * cols) as f64;
+        eprintln!(
+            "{label}, same H: {:.4}% codes differ ({big} by more than 1, max {max}), proxy {:.4e} vs {:.4e}",
+            share * 100.0,
+            rg.proxy_error,
+            rc.proxy_error
+        );
+        assert!(share <= 0.01, "{label}: {share} of codes differ");
+        assert!(
+            big as f64 <= 0.01 * differ + 1.0,
+            "{label}: {big} codes differ by > 1"
+        );
+        assert!(
+            (rg.proxy_error - rc.proxy_error).abs() <= 0.02 * rc.proxy_error,
+            "{label}: proxy {} vs {}",
+            rg.proxy_error,
+            rc.proxy_error
+        );
+        // Each backend's own Hessian.
+        let (qg, rg) = gptq::quantize(&gpu, "w", &w, rows, cols, &hg.h, &scheme, &opts).unwrap();
+        let (share, big, max) = code_diff(&qg, &qc);
+        let differ = share * (rows * cols) as f64;
+        eprintln!(
+            "{label}, own H: {:.4}% codes differ ({big} by more than 1, max {max}), proxy {:.4e} vs {:.4e}",
+            share * 100.0,
+            rg.proxy_error,
+            rc.proxy_error
+        );
+        assert!(share <= 0.02, "{label}: {share} of codes differ");
+        assert!(
+            big as f64 <= 0.01 * differ + 1.0,
+            "{label}: {big} codes differ by > 1"
+        );
+        assert!(
+            (rg.proxy_error - rc.proxy_error).abs() <= 0.05 * rc.proxy_error,
+            "{label}: proxy {} vs {}",
+            rg.proxy_error,
+            rc.proxy_error
+        );
+    }
+}
+
+/// W split into row chunks and Hinv's columns split under a small binding
+/// limit, blocks of 24 columns (groups of 32 start inside blocks).
+#[test]
+fn gptq_gpu_split_path_matches_cpu() {
+    let mut rng = common::rng("gptq_gpu_split_path_matches_cpu");
+    let ctx = common::fresh_gpu();
+    let (rows, cols, tokens) = (40, 96, 200);
+    ctx.set_max_binding((10 * cols * 4) as u64); // 10 rows of W per binding
+    let gpu = GpuBackend::new(std::sync::Arc::new(ctx));
+    let x = correlated_inputs(&mut rng, tokens, cols, 8);
+    let w = common::random_weights(&mut rng, rows * cols);
+    let mut h = Hessian::new(cols);
+    h.add_batch(&CpuBackend, "x", &x, tokens).unwrap();
+    let opts = GptqOptions {
+        block: 24,
+        ..GptqOptions::default()
+    };
+    let scheme = QuantScheme::new(4, false, Granularity::Group(32)).unwrap();
+    let (qc, rc) = gptq::quantize(&CpuBackend, "w", &w, rows, cols, &h.h, &scheme, &opts).unwrap();
+    let (qg, rg) = gptq::quantize(&gpu, "w", &w, rows, cols, &h.h, &scheme, &opts).unwrap();
+    let (share, big, max) = code_diff(&qg, &qc);
+    eprintln!(
+        "split: {:.4}% codes differ ({big} by more than 1, max {max}), proxy {:.4e} vs {:.4e}",
+        share * 100.0,
+        rg.proxy_error,
+        rc.proxy_error
+    );
+    assert!(share <= 0.01, "{share} of codes differ");
+    assert!(big <= 1, "{big} codes differ by more than 1");
+    assert!((rg.proxy_error - rc.proxy_error).abs() <= 0.02 * rc.proxy_error);
+    assert!(rg.proxy_error < rtn_proxy(&w, &h.h, rows, cols, &scheme));
+}
+
+/// Inputs of layer 0's q/k/v and down_proj (each `[windows·seq, width]`
+/// with its width) for `windows` windows of `seq` tokens spread over `text`.
+type Inputs = (Vec<f32>, usize);
+fn layer0_inputs(
+    model: &CpuForward,
+    tokenizer: &Tokenizer,
+    text: &str,
+    windows: usize,
+    seq: usize,
+) -> (Inputs, Inputs) {
+    let ids = tokenizer.encode(text, false).expect("encode");
+    assert!(ids.len() >= windows * seq, "text too short");
+    let stride = (ids.len() - seq) / windows;
+    let tokens: Vec<u32> = (0..windows)
+        .flat_map(|k| ids[k * stride..k * stride + seq].iter().copied())
+        .collect();
+    let mut hidden = model.embed(&tokens).expect("embed");
+    let (mut x_qkv, mut x_down) = (None, None);
+    model
+        .layer(0, &mut hidden, seq, &mut |input| match input.site {
+            LinearSite::AttnQkv => x_qkv = Some((input.x.to_vec(), input.width)),
+            LinearSite::MlpDown => x_down = Some((input.x.to_vec(), input.width)),
+            _ => {}
+        })
+        .expect("layer 0");
+    (
+        x_qkv.expect("q/k/v input captured"),
+        x_down.expect("down input captured"),
+    )
+}
+
+fn emma() -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/austen/emma.txt");
+    std::fs::read_to_string(&p).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run scripts/fetch-fixtures.sh to fetch the Austen texts",
+            p.display()
+        )
+    })
+}
+
+/// Layer 0 of SmolLM2-135M, calibrated on windows of 128 Emma tokens: with
+/// 8 windows (1 024 tokens) and with 32 (4 096), GPTQ's true output error
+/// ‖WX − ŴX‖²/‖WX‖² on the calibration inputs is below RTN's for q_proj
+/// and down_proj at W4 g128 and W3 g128 (also with act-order). On 8 held-out windows from later
+/// in the novel it must be below RTN's too with 32 calibration windows;
+/// with 8, fewer tokens than down_proj's 1 536 inputs, GPTQ overfits
+/// down_proj (held-out error about RTN's), so that case is only printed.
+#[test]
+fn gptq_beats_rtn_on_smollm2_layer0() {
+    let view = ModelView::open(common::smollm2_gguf()).expect("SmolLM2 opens");
+    let tokenizer = Tokenizer::from_model(&view).expect("tokenizer");
+    let model = CpuForward::load(&view).expect("weights load");
+    let seq = 128;
+    let text = emma();
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let at = |c: usize| chars.get(c).map_or(text.len(), |&(i, _)| i);
+    // Calibration windows spread over the first 200 000 characters; held
+    // out: 8 windows from characters 400 000 to 600 000.
+    let held_out = layer0_inputs(&model, &tokenizer, &text[at(400_000)..at(600_000)], 8, seq);
+    let layer = &model.weights.layers[0];
+    for windows in [8, 32] {
+        let calib = layer0_inputs(&model, &tokenizer, &text[..at(200_000)], windows, seq);
+        let n = windows * seq;
+        let cases = [
+            ("blk.0.attn_q", &layer.q, &calib.0, &held_out.0),
+            ("blk.0.ffn_down", &layer.down, &calib.1, &held_out.1),
+        ];
+        for (name, linear, (x, width), (x_out, _)) in cases {
+            let (rows, cols) = (linear.rows(), linear.cols());
+            assert_eq!(*width, cols, "{name}: input width");
+            let w = linear.as_dense().expect("dense reference weights");
+            let mut hess = Hessian::new(cols);
+            hess.add_batch(&CpuBackend, name, x, n).unwrap();
+            for (bits, gran) in [(4, Granularity::Group(128)), (3, Granularity::Group(128))] {
+                let scheme = QuantScheme::new(bits, false, gran).unwrap();
+                let label = format!("{name} [{rows}x{cols}] {}, {n} tokens", scheme.label());
+                let rtn_q = rtn::quantize(&CpuBackend, name, w, rows, cols, &scheme).unwrap();
+                let rtn_w = CpuBackend.dequantize(&rtn_q).unwrap();
+                let (gq, report) = gptq::quantize(
+                    &CpuBackend,
+                    name,
+                    w,
+                    rows,
+                    cols,
+                    &hess.h,
+                    &scheme,
+                    &GptqOptions::default(),
+                )
+                .unwrap();
+                let gptq_w = CpuBackend.dequantize(&gq).unwrap();
+                let e_rtn = gptq::output_error(w, &rtn_w, x, rows, cols, n);
+                let e_gptq = gptq::output_error(w, &gptq_w, x, rows, cols, n);
+                let h_rtn = gptq::output_error(w, &rtn_w, x_out, rows, cols, 8 * seq);
+                let h_gptq = gptq::output_error(w, &gptq_w, x_out, rows, cols, 8 * seq);
+                eprintln!(
+                    "{label}: output error GPTQ {e_gptq:.4e} vs RTN {e_rtn:.4e} (ratio {:.3}); \
+                     held out GPTQ {h_gptq:.4e} vs RTN {h_rtn:.4e} (ratio {:.3}); \
+                     proxy {:.4e}, damp {} ({} retries), {} dead inputs",
+                    e_gptq / e_rtn,
+                    h_gptq / h_rtn,
+                    report.proxy_error,
+                    report.damp_used,
+                    report.damp_retries,
+                    report.dead_columns
+                );
+                assert!(
+                    e_gptq < e_rtn,
+                    "{label}: GPTQ {e_gptq} not below RTN {e_rtn}"
+                );
+                // Act-order (static groups) on the same inputs.
+                let act = GptqOptions {
+                    act_order: true,
+                    ..GptqOptions::default()
+                };
+                let (aq, _) =
+                    gptq::quantize(&CpuBackend, name, w, rows, cols, &hess.h, &scheme, &act)
+                        .unwrap();
+                let act_w = CpuBackend.dequantize(&aq).unwrap();
+                let e_act = gptq::output_error(w, &act_w, x, rows, cols, n);
+                let h_act = gptq::output_error(w, &act_w, x_out, rows, cols, 8 * seq);
+                eprintln!("{label}: act-order GPTQ {e_act:.4e}, held out {h_act:.4e}");
+                assert!(
+                    e_act < e_rtn,
+                    "{label}: act-order GPTQ {e_act} not below RTN {e_rtn}"
+                );
+                if n > cols {
+                    assert!(
+                        h_gptq < h_rtn,
+                        "{label}: held out, GPTQ {h_gptq} not below RTN {h_rtn}"
+                    );
+                }
+            }
+        }
+    }
+}
