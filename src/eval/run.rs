@@ -330,21 +330,36 @@ pub fn evaluate(
         Some(r) => Some(load(&r.path, on_progress)?),
         None => None,
     };
-    let mut forwards = Vec::with_capacity(models.len());
+    // A `--model` naming the reference's file shares its loaded weights
+    // (it is still run as a model of its own).
+    let same_file = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    let mut forwards: Vec<Option<Box<dyn Forward>>> = Vec::with_capacity(models.len());
     for m in &models {
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        forwards.push(load(&m.path, on_progress)?);
+        let is_reference = reference
+            .as_ref()
+            .is_some_and(|r| same_file(&r.path, &m.path));
+        forwards.push(match is_reference {
+            true => None,
+            false => Some(load(&m.path, on_progress)?),
+        });
     }
-    let devices: Vec<String> = forwards.iter().map(|f| f.device()).collect();
+    let refs: Vec<&dyn Forward> = forwards
+        .iter()
+        .filter_map(|f| f.as_deref().or(ref_forward.as_deref()))
+        .collect();
+    let devices: Vec<String> = refs.iter().map(|f| f.device()).collect();
     on_progress(EvalProgress::Started {
         chunks: windows.chunks,
         ctx: windows.ctx,
         text_tokens: tokens.len(),
         device: devices[0].clone(),
     });
-    let refs: Vec<&dyn Forward> = forwards.iter().map(|f| f.as_ref()).collect();
     let results = evaluate_forwards(
         &refs,
         ref_forward.as_deref(),
