@@ -13,7 +13,9 @@ fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(4 * rayon::current_num_threads()).max(16)
 }
 
-/// `H ← alpha·H + beta·XᵀX` with `x` `[tokens, cols]`.
+/// `H ← alpha·H + beta·XᵀX` with `x` `[tokens, cols]`. H is symmetric, so
+/// each block of rows computes only its part left of the diagonal block
+/// (about half the FLOPs) and the upper triangle is mirrored afterwards.
 pub fn hessian_update(h: &mut [f32], cols: usize, n_seen: usize, x: &[f32], tokens: usize) {
     if tokens == 0 {
         return;
@@ -26,13 +28,14 @@ pub fn hessian_update(h: &mut [f32], cols: usize, n_seen: usize, x: &[f32], toke
         let r0 = b * br;
         let m = hb.len() / cols;
         // SAFETY: A = X[:, r0..r0+m]ᵀ (m x tokens, strides 1 and cols)
-        // and B = X (tokens x cols) lie inside `x` (tokens·cols values,
-        // r0 + m <= cols); C = hb is m x cols, row-major.
+        // and B = X[:, 0..r0+m] (tokens x (r0+m), strides cols and 1) lie
+        // inside `x` (tokens·cols values, r0 + m <= cols); C is the first
+        // r0+m columns of the m rows of `hb` (row stride cols).
         unsafe {
             matrixmultiply::sgemm(
                 m,
                 tokens,
-                cols,
+                r0 + m,
                 beta,
                 x.as_ptr().add(r0),
                 1,
@@ -47,6 +50,21 @@ pub fn hessian_update(h: &mut [f32], cols: usize, n_seen: usize, x: &[f32], toke
             );
         }
     });
+    mirror_lower(h, cols);
+}
+
+/// Copies the lower triangle of the `[n, n]` matrix `h` onto the upper one.
+fn mirror_lower(h: &mut [f32], n: usize) {
+    const T: usize = 64;
+    for bi in (0..n).step_by(T) {
+        for bj in (bi..n).step_by(T) {
+            for i in bi..(bi + T).min(n) {
+                for j in bj.max(i + 1)..(bj + T).min(n) {
+                    h[i * n + j] = h[j * n + i];
+                }
+            }
+        }
+    }
 }
 
 /// GPTQ inside one block, row by row (see [`crate::backend::Backend::gptq_block`]).

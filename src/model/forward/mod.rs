@@ -162,6 +162,12 @@ struct Names {
 }
 
 impl Names {
+    fn of(view: &ModelView) -> Self {
+        Names {
+            gguf: view.tensors().iter().any(|t| t.name == "token_embd.weight"),
+        }
+    }
+
     fn global(&self, what: &str) -> String {
         let (g, h) = match what {
             "embed" => ("token_embd.weight", "model.embed_tokens.weight"),
@@ -273,65 +279,15 @@ impl LlamaWeights {
     pub fn load(view: &ModelView) -> Result<Self> {
         let arch = view.arch().clone();
         check_arch(view.path().to_path_buf(), &arch)?;
-        let names = Names {
-            gguf: view.tensors().iter().any(|t| t.name == "token_embd.weight"),
-        };
-        let (h, f, v) = (arch.hidden_size, arch.intermediate_size, arch.vocab_size);
-        let kv = arch.num_kv_heads * arch.head_dim();
+        let names = Names::of(view);
+        let (h, v) = (arch.hidden_size, arch.vocab_size);
         let embed = load(view, &names.global("embed"), &[v, h])?;
-        let mut layers = Vec::with_capacity(arch.num_layers);
-        for i in 0..arch.num_layers {
-            let l = |what: &str, shape: &[usize]| load(view, &names.layer(i, what), shape);
-            let lin = |what: &str, r, c| load_linear(view, &names.layer(i, what), r, c);
-            let bias = |what: &str, n: usize| -> Result<Option<Vec<f32>>> {
-                let name = names.layer_param(i, what, "bias");
-                match view.tensors().iter().any(|t| t.name == name) {
-                    true => load(view, &name, &[n]).map(Some),
-                    false => Ok(None),
-                }
-            };
-            let qkv_bias = match (bias("attn_q", h)?, bias("attn_k", kv)?, bias("attn_v", kv)?) {
-                (Some(q), Some(k), Some(v)) => Some(QkvBias { q, k, v }),
-                (None, None, None) => None,
-                _ => {
-                    return Err(Error::format(
-                        view.path(),
-                        format!("layer {i} has biases on some of q/k/v but not all"),
-                    ))
-                }
-            };
-            layers.push(LayerWeights {
-                qkv_bias,
-                attn_norm: l("attn_norm", &[h])?,
-                q: lin("attn_q", h, h)?,
-                k: lin("attn_k", kv, h)?,
-                v: lin("attn_v", kv, h)?,
-                o: lin("attn_output", h, h)?,
-                ffn_norm: l("ffn_norm", &[h])?,
-                gate: lin("ffn_gate", f, h)?,
-                up: lin("ffn_up", f, h)?,
-                down: lin("ffn_down", h, f)?,
-            });
-        }
+        let layers = (0..arch.num_layers)
+            .map(|i| LayerWeights::load(view, i))
+            .collect::<Result<Vec<_>>>()?;
         let final_norm = load(view, &names.global("norm"), &[h])?;
-        let head_name = names.global("head");
-        let has_head = view.tensors().iter().any(|t| t.name == head_name);
-        // Some tied checkpoints still ship lm_head; use it when present.
-        let head = if has_head {
-            Some(load_linear(view, &head_name, v, h)?)
-        } else if arch.tied_embeddings {
-            None
-        } else {
-            return Err(Error::MissingTensor {
-                path: view.path().to_path_buf(),
-                name: head_name,
-            });
-        };
-        let freqs = "rope_freqs.weight";
-        let rope_freq_factors = match view.tensors().iter().any(|t| t.name == freqs) {
-            true => Some(load(view, freqs, &[arch.head_dim() / 2])?),
-            false => None,
-        };
+        let head = load_head(view)?;
+        let rope_freq_factors = load_rope_freq_factors(view)?;
         Ok(Self {
             arch,
             embed,
@@ -340,6 +296,112 @@ impl LlamaWeights {
             head,
             rope_freq_factors,
         })
+    }
+}
+
+/// The name of a global tensor: `embed`, `norm` or `head`.
+pub fn global_tensor_name(view: &ModelView, what: &str) -> String {
+    Names::of(view).global(what)
+}
+
+/// The final norm weight `[hidden]`.
+pub fn load_final_norm(view: &ModelView) -> Result<Vec<f32>> {
+    load(view, &Names::of(view).global("norm"), &[view.arch().hidden_size])
+}
+
+/// The output head, `None` when it is tied to the embeddings.
+pub fn load_head(view: &ModelView) -> Result<Option<Linear>> {
+    let arch = view.arch();
+    let head_name = Names::of(view).global("head");
+    let has_head = view.tensors().iter().any(|t| t.name == head_name);
+    // Some tied checkpoints still ship lm_head; use it when present.
+    if has_head {
+        Ok(Some(load_linear(
+            view,
+            &head_name,
+            arch.vocab_size,
+            arch.hidden_size,
+        )?))
+    } else if arch.tied_embeddings {
+        Ok(None)
+    } else {
+        Err(Error::MissingTensor {
+            path: view.path().to_path_buf(),
+            name: head_name,
+        })
+    }
+}
+
+/// Llama 3.1 GGUF `rope_freqs.weight`, when present.
+pub fn load_rope_freq_factors(view: &ModelView) -> Result<Option<Vec<f32>>> {
+    let freqs = "rope_freqs.weight";
+    match view.tensors().iter().any(|t| t.name == freqs) {
+        true => Ok(Some(load(view, freqs, &[view.arch().head_dim() / 2])?)),
+        false => Ok(None),
+    }
+}
+
+impl LayerWeights {
+    /// Reads the weights of decoder layer `i` alone (GPTQ holds one layer
+    /// at a time).
+    pub fn load(view: &ModelView, i: usize) -> Result<Self> {
+        let arch = view.arch();
+        check_arch(view.path().to_path_buf(), arch)?;
+        if i >= arch.num_layers {
+            return Err(Error::Config(format!(
+                "layer {i} out of range (model has {})",
+                arch.num_layers
+            )));
+        }
+        let names = Names::of(view);
+        let (h, f) = (arch.hidden_size, arch.intermediate_size);
+        let kv = arch.num_kv_heads * arch.head_dim();
+        let l = |what: &str, shape: &[usize]| load(view, &names.layer(i, what), shape);
+        let lin = |what: &str, r, c| load_linear(view, &names.layer(i, what), r, c);
+        let bias = |what: &str, n: usize| -> Result<Option<Vec<f32>>> {
+            let name = names.layer_param(i, what, "bias");
+            match view.tensors().iter().any(|t| t.name == name) {
+                true => load(view, &name, &[n]).map(Some),
+                false => Ok(None),
+            }
+        };
+        let qkv_bias = match (bias("attn_q", h)?, bias("attn_k", kv)?, bias("attn_v", kv)?) {
+            (Some(q), Some(k), Some(v)) => Some(QkvBias { q, k, v }),
+            (None, None, None) => None,
+            _ => {
+                return Err(Error::format(
+                    view.path(),
+                    format!("layer {i} has biases on some of q/k/v but not all"),
+                ))
+            }
+        };
+        Ok(LayerWeights {
+            qkv_bias,
+            attn_norm: l("attn_norm", &[h])?,
+            q: lin("attn_q", h, h)?,
+            k: lin("attn_k", kv, h)?,
+            v: lin("attn_v", kv, h)?,
+            o: lin("attn_output", h, h)?,
+            ffn_norm: l("ffn_norm", &[h])?,
+            gate: lin("ffn_gate", f, h)?,
+            up: lin("ffn_up", f, h)?,
+            down: lin("ffn_down", h, f)?,
+        })
+    }
+
+    /// The file's name of the linear `kind` of layer `i`.
+    pub fn tensor_name(view: &ModelView, i: usize, kind: TensorKind) -> Option<String> {
+        let what = match kind {
+            TensorKind::AttnQ => "attn_q",
+            TensorKind::AttnK => "attn_k",
+            TensorKind::AttnV => "attn_v",
+            TensorKind::AttnOutput => "attn_output",
+            TensorKind::MlpGate => "ffn_gate",
+            TensorKind::MlpUp => "ffn_up",
+            TensorKind::MlpDown => "ffn_down",
+            _ => return None,
+        };
+        Some(Names::of(view).layer(i, what))
     }
 }
 
