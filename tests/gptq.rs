@@ -391,6 +391,20 @@ fn gptq_rejects_non_finite_inputs_naming_the_tensor() {
         .add_batch(&CpuBackend, "blk.0.ffn_down", &[f32::NAN; 8], 1)
         .unwrap_err();
     assert!(e.to_string().contains("blk.0.ffn_down"), "{e}");
+    // The pipeline names a site by layer; the message says what went wrong.
+    let e = hess
+        .add_batch(
+            &CpuBackend,
+            "layer 7 down input",
+            &[1.0, f32::INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            1,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("layer 7 down input") && e.contains("not finite"),
+        "{e}"
+    );
 }
 
 /// Share of differing codes, how many differ by more than 1, the largest difference.

@@ -101,6 +101,15 @@ pub trait Backend: Send + Sync {
     /// returns `[tokens, rows]`. One token is a GEMV, more a GEMM.
     fn matmul(&self, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>;
 
+    /// Bytes of device buffers alive at once at the high-water mark since
+    /// the last [`Backend::reset_memory_peak`]; `None` without device memory.
+    fn memory_peak(&self) -> Option<u64> {
+        None
+    }
+
+    /// Restarts [`Backend::memory_peak`] at what is alive now.
+    fn reset_memory_peak(&self) {}
+
     /// The running Hessian of a linear layer's inputs (gptq.py `add_batch`):
     /// `h` `[cols, cols]` holds the mean over `n_seen` tokens so far; adding
     /// `x` `[tokens, cols]` gives `H ← H·n/(n+b) + (2/(n+b))·XᵀX`, `b = tokens`.

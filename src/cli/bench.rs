@@ -3,10 +3,15 @@
 //! prefill and decode speed against the matmul rate and copy bandwidth.
 
 use llmq_gpu::backend::gpu::{DeviceChoice, GpuContext};
+use llmq_gpu::backend::{Backend, CpuBackend, GpuBackend};
 use llmq_gpu::bench::forward::{run_forward_bench, PeakRates};
+use llmq_gpu::bench::gptq::{bench_model, bench_synthetic, SyntheticLayer};
 use llmq_gpu::bench::{run_matmul_bench, MatmulBenchOptions};
 use llmq_gpu::model::forward::open_forward;
-use llmq_gpu::{Error, Result};
+use llmq_gpu::pipeline::calib::CalibConfig;
+use llmq_gpu::pipeline::gptq::GptqSettings;
+use llmq_gpu::quant::gptq::GptqOptions;
+use llmq_gpu::{Error, Granularity, QuantScheme, QuantizeConfig, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,6 +42,111 @@ pub struct Args {
     /// Tokens decoded one at a time (with --model).
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
+    /// Benchmark GPTQ by phase: the whole --model with --calib, or
+    /// --synthetic-layers of a given shape.
+    #[arg(long)]
+    gptq: bool,
+    /// GPTQ: calibration text for --model.
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    calib_samples: usize,
+    #[arg(long, default_value_t = 512)]
+    calib_len: usize,
+    /// GPTQ: bits and group size (0 = per channel).
+    #[arg(long, default_value_t = 4)]
+    bits: u32,
+    #[arg(long, default_value_t = 128)]
+    group_size: usize,
+    /// GPTQ: run this many synthetic layers instead of a model.
+    #[arg(long)]
+    synthetic_layers: Option<usize>,
+    /// Synthetic layer shape (defaults: Llama-7B, 128 x 512 calibration tokens).
+    #[arg(long, default_value_t = 4096)]
+    hidden: usize,
+    #[arg(long, default_value_t = 11008)]
+    ffn: usize,
+    #[arg(long, default_value_t = 65536)]
+    calib_tokens: usize,
+    /// Layers of the model the synthetic timing is extrapolated to.
+    #[arg(long, default_value_t = 32)]
+    extrapolate_layers: usize,
+}
+
+/// The backend `device` names and its matmul rate measured now.
+fn backend_and_peak(a: &Args, iters: usize) -> Result<(Box<dyn Backend>, PeakRates)> {
+    if a.device != DeviceChoice::Cpu {
+        match GpuContext::new(a.device, a.adapter.as_deref()) {
+            Ok(ctx) => {
+                let ctx = Arc::new(ctx);
+                let peak = PeakRates::gpu(&ctx, iters)?;
+                return Ok((Box::new(GpuBackend::new(ctx)), peak));
+            }
+            Err(e) if a.device == DeviceChoice::Auto => {
+                log::warn!("no GPU adapter ({e}); benchmarking the CPU backend")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((Box::new(CpuBackend), PeakRates::cpu(iters)?))
+}
+
+fn run_gptq(a: &Args) -> Result<()> {
+    let iters = a.iters.unwrap_or(3).max(1);
+    let gran = if a.group_size == 0 {
+        Granularity::PerChannel
+    } else {
+        Granularity::Group(a.group_size)
+    };
+    let scheme = QuantScheme::new(a.bits, false, gran)?;
+    let (backend, peak) = backend_and_peak(a, iters)?;
+    let report = match (&a.model, a.synthetic_layers) {
+        (Some(model), None) => {
+            let calib = a
+                .calib
+                .clone()
+                .ok_or_else(|| Error::Config("bench --gptq --model needs --calib FILE".into()))?;
+            let settings = GptqSettings::new(CalibConfig {
+                file: calib,
+                samples: a.calib_samples,
+                len: a.calib_len,
+                seed: 0,
+            });
+            let config = QuantizeConfig::new(model, "unused", scheme).gptq(settings);
+            bench_model(backend.as_ref(), peak, &config)?
+        }
+        (None, Some(layers)) => {
+            let shape = SyntheticLayer {
+                hidden: a.hidden,
+                kv: a.hidden,
+                ffn: a.ffn,
+                tokens: a.calib_tokens,
+                chunk: 2048,
+            };
+            bench_synthetic(
+                backend.as_ref(),
+                peak,
+                shape,
+                layers,
+                &scheme,
+                &GptqOptions::default(),
+                a.extrapolate_layers,
+            )?
+        }
+        _ => {
+            return Err(Error::Config(
+                "bench --gptq needs either --model M --calib FILE or --synthetic-layers N".into(),
+            ))
+        }
+    };
+    if a.json {
+        let json =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        println!("{json}");
+    } else {
+        println!("{report}");
+    }
+    Ok(())
 }
 
 fn run_forward(a: &Args, model: &Path) -> Result<()> {
@@ -60,6 +170,9 @@ fn run_forward(a: &Args, model: &Path) -> Result<()> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.gptq {
+        return run_gptq(&a);
+    }
     if let Some(model) = &a.model {
         return run_forward(&a, model);
     }

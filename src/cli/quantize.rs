@@ -2,6 +2,9 @@
 
 use super::{human_bytes, DeviceArgs};
 use indicatif::{ProgressBar, ProgressStyle};
+use llmq_gpu::pipeline::calib::CalibConfig;
+use llmq_gpu::pipeline::gptq::{GptqRunReport, GptqSettings, LinearReport};
+use llmq_gpu::quant::gptq::GptqOptions;
 use llmq_gpu::{
     CancelToken, Error, Granularity, Method, Progress, QuantScheme, QuantizeConfig, Result,
 };
@@ -15,9 +18,33 @@ pub struct Args {
     /// Output folder (written atomically: nothing appears unless the run succeeds).
     #[arg(long)]
     out: PathBuf,
-    /// Quantization method.
-    #[arg(long, default_value = "rtn", value_parser = ["rtn"])]
+    /// Quantization method: rtn (round to nearest, no data) or gptq
+    /// (layer by layer on calibration text, needs --calib).
+    #[arg(long, default_value = "rtn", value_parser = ["rtn", "gptq"])]
     method: String,
+    /// GPTQ: calibration text file (UTF-8), tokenized with the model's tokenizer.
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// GPTQ: calibration windows drawn from the text.
+    #[arg(long, default_value_t = 128)]
+    calib_samples: usize,
+    /// GPTQ: tokens per calibration window.
+    #[arg(long, default_value_t = 512)]
+    calib_len: usize,
+    /// GPTQ: seed of the window positions.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// GPTQ: quantize columns in order of decreasing Hessian diagonal
+    /// (static groups, so the output needs no reordering at inference).
+    #[arg(long)]
+    act_order: bool,
+    /// GPTQ: damping added to the Hessian diagonal, as a fraction of its mean
+    /// (raised automatically when the Hessian is not positive definite).
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
+    /// GPTQ: columns per block of the lazy batch update.
+    #[arg(long, default_value_t = 128)]
+    block_size: usize,
     /// Bits per weight: 2 to 8.
     #[arg(long, default_value_t = 4)]
     bits: u32,
@@ -65,9 +92,41 @@ pub fn run(a: Args) -> Result<()> {
     let scheme = QuantScheme::new(a.bits, a.sym, granularity)?;
     let method = match a.method.as_str() {
         "rtn" => Method::Rtn,
+        "gptq" => Method::Gptq,
         other => return Err(Error::Config(format!("unknown method '{other}'"))),
     };
-    let config = QuantizeConfig::new(&a.model, &a.out, scheme)
+    let mut config = QuantizeConfig::new(&a.model, &a.out, scheme);
+    match (method, &a.calib) {
+        (Method::Gptq, Some(file)) => {
+            let mut settings = GptqSettings::new(CalibConfig {
+                file: file.clone(),
+                samples: a.calib_samples,
+                len: a.calib_len,
+                seed: a.seed,
+            });
+            settings.options = GptqOptions {
+                damp: a.damp,
+                block: a.block_size,
+                act_order: a.act_order,
+                ..GptqOptions::default()
+            };
+            config = config.gptq(settings);
+        }
+        (Method::Gptq, None) => {
+            return Err(Error::Config(
+                "--method gptq needs calibration text: --calib FILE (any UTF-8 text \
+                 in the model's language, e.g. a book or a Wikipedia dump)"
+                    .into(),
+            ))
+        }
+        (Method::Rtn, Some(_)) => {
+            return Err(Error::Config(
+                "--calib is for --method gptq; RTN uses no calibration data".into(),
+            ))
+        }
+        (Method::Rtn, None) => {}
+    }
+    let config = config
         .method(method)
         .device(a.device.device)
         .adapter(a.device.adapter.clone())
@@ -81,18 +140,51 @@ pub fn run(a: Args) -> Result<()> {
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
             .expect("static template"),
     );
+    // Lines go above the bar on a terminal, to stderr as plain lines otherwise
+    // (indicatif draws nothing when stderr is not a terminal).
+    let say = |line: String| {
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
     let mut on_progress = |p: Progress| match p {
         Progress::Started { tensors, backend } => {
             bar.set_length(tensors as u64);
-            bar.println(format!(
+            say(format!(
                 "quantizing {} with {} on {backend}",
                 a.model.display(),
                 scheme.label()
             ));
         }
         Progress::Tensor { name, .. } => {
-            bar.inc(1);
+            if method == Method::Rtn {
+                bar.inc(1);
+            }
             bar.set_message(name);
+        }
+        Progress::Calibrated { tokens, layers } => {
+            say(format!(
+                "calibration: {tokens} tokens; GPTQ layer by layer ({layers} layers)"
+            ));
+            bar.set_length(layers as u64);
+            bar.set_position(0);
+        }
+        Progress::Layer {
+            index,
+            total,
+            gptq_error,
+            rtn_error,
+            seconds,
+        } => {
+            bar.inc(1);
+            say(format!(
+                "layer {:>3}/{total}: output error GPTQ {gptq_error:.3e} vs RTN {rtn_error:.3e} \
+                 ({:.2}x)  {seconds:.1} s",
+                index + 1,
+                gptq_error / rtn_error.max(f64::MIN_POSITIVE)
+            ));
         }
         Progress::Writing => bar.set_message("writing"),
     };
@@ -134,5 +226,77 @@ pub fn run(a: Args) -> Result<()> {
             k.kind, k.tensors, k.mean_relative_error
         );
     }
+    if let Some(g) = &report.gptq {
+        print_gptq_summary(g);
+    }
     Ok(())
+}
+
+fn print_gptq_summary(g: &GptqRunReport) {
+    let linears: Vec<_> = g
+        .layers
+        .iter()
+        .flat_map(|l| &l.linears)
+        .chain(&g.head)
+        .collect();
+    let mean = |f: &dyn Fn(&&LinearReport) -> f64| {
+        linears.iter().map(f).sum::<f64>() / linears.len().max(1) as f64
+    };
+    println!(
+        "  GPTQ             {} x {} calibration tokens, damp {}, block {}{}",
+        g.calib.samples,
+        g.calib.len,
+        g.damp,
+        g.block,
+        if g.act_order { ", act-order" } else { "" }
+    );
+    println!(
+        "  output error     mean over {} linears: GPTQ {:.3e}, RTN {:.3e} (‖WX−ŴX‖²/‖WX‖² on the calibration inputs)",
+        linears.len(),
+        mean(&|l| l.gptq_error),
+        mean(&|l| l.rtn_error)
+    );
+    if g.linears_not_better_than_rtn.is_empty() {
+        println!("                   GPTQ is below RTN on every linear");
+    } else {
+        println!(
+            "                   GPTQ is not below RTN on: {}",
+            g.linears_not_better_than_rtn.join(", ")
+        );
+    }
+    let retried: Vec<_> = linears.iter().filter(|l| l.damp_retries > 0).collect();
+    if !retried.is_empty() {
+        println!(
+            "  damping          raised automatically on {} linears (see gptq-report.json)",
+            retried.len()
+        );
+    }
+    let p = &g.phases;
+    println!("  phases           seconds   GFLOP   GFLOP/s");
+    for (name, ph) in [
+        ("forward", p.forward),
+        ("hessian", p.hessian),
+        ("cholesky", p.factor),
+        ("gptq update", p.update),
+        ("error report", p.report),
+        ("total", p.total()),
+    ] {
+        println!(
+            "    {name:<14} {:>7.1} {:>8.1} {:>8.1}",
+            ph.seconds,
+            ph.flops / 1e9,
+            ph.flops / 1e9 / ph.seconds.max(1e-9)
+        );
+    }
+    if let Some(b) = g.peak_host_bytes {
+        println!(
+            "  peak host memory {} (model as f32: {})",
+            human_bytes(b),
+            human_bytes(g.model_f32_bytes)
+        );
+    }
+    if let Some(b) = g.peak_gpu_bytes {
+        println!("  peak GPU memory  {}", human_bytes(b));
+    }
+    println!("  report           gptq-report.json in the output folder");
 }

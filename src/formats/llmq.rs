@@ -288,6 +288,25 @@ impl LlmqWriter {
         Ok(())
     }
 
+    /// Adds a side file (a report, say) to the folder, written with it
+    /// atomically. `name` is a plain file name that is not one the format uses.
+    pub fn add_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let plain = !name.is_empty()
+            && !name.contains(['/', '\\'])
+            && name != "."
+            && name != ".."
+            && !name.ends_with(".safetensors")
+            && !name.ends_with(".data");
+        if !plain || RESERVED.contains(&name) {
+            return Err(Error::Config(format!(
+                "'{name}' cannot be added to an llmq folder: not a plain, unreserved file name"
+            )));
+        }
+        let path = self.staging.path().join(name);
+        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        sync_file(&path)
+    }
+
     /// Writes the metadata files, copies `companions`, syncs everything and
     /// moves the folder into place. Returns the final path.
     pub fn finish(

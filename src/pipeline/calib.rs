@@ -54,7 +54,10 @@ pub fn load_windows(config: &CalibConfig, tokenizer: &Tokenizer) -> Result<Calib
         &config.file,
         &ids,
         config,
-        tokenizer.add_bos_default().then(|| tokenizer.bos_id()).flatten(),
+        tokenizer
+            .add_bos_default()
+            .then(|| tokenizer.bos_id())
+            .flatten(),
     )
 }
 

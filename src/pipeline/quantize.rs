@@ -5,6 +5,7 @@
 //! channel with [`QuantizeJob`]), a [`CancelToken`] stops the run between
 //! tensors, and nothing is printed. A failed or cancelled run leaves no output.
 
+use super::gptq::{self, GptqEvent, GptqRunReport, GptqSettings};
 use crate::backend::gpu::DeviceChoice;
 use crate::backend::{self, Backend, CpuBackend};
 use crate::error::{Error, Result};
@@ -19,17 +20,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Quantization method. Only RTN exists so far; GPTQ and GPTVQ will join.
+/// Quantization method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
+    /// Round to nearest, tensor by tensor; needs no data.
     Rtn,
+    /// GPTQ, layer by layer on calibration data ([`QuantizeConfig::gptq`]).
+    Gptq,
 }
 
 impl Method {
     pub fn name(self) -> &'static str {
         match self {
             Method::Rtn => "rtn",
+            Method::Gptq => "gptq",
         }
     }
 }
@@ -55,6 +60,8 @@ pub struct QuantizeConfig {
     pub overwrite: bool,
     /// Lower the GPU binding limit (testing the split path); `None` keeps the adapter's.
     pub max_binding: Option<u64>,
+    /// Calibration and GPTQ options; required by [`Method::Gptq`].
+    pub gptq: Option<GptqSettings>,
 }
 
 impl QuantizeConfig {
@@ -70,7 +77,14 @@ impl QuantizeConfig {
             strict_groups: false,
             overwrite: false,
             max_binding: None,
+            gptq: None,
         }
+    }
+    /// GPTQ with these settings (sets the method too).
+    pub fn gptq(mut self, settings: GptqSettings) -> Self {
+        self.method = Method::Gptq;
+        self.gptq = Some(settings);
+        self
     }
     pub fn device(mut self, device: DeviceChoice) -> Self {
         self.device = device;
@@ -116,6 +130,20 @@ pub enum Progress {
         total: usize,
         name: String,
         quantized: bool,
+    },
+    /// GPTQ: the calibration windows are embedded.
+    Calibrated {
+        tokens: usize,
+        layers: usize,
+    },
+    /// GPTQ: decoder layer `index` is quantized; `gptq_error` and
+    /// `rtn_error` are its linears' mean relative output errors.
+    Layer {
+        index: usize,
+        total: usize,
+        gptq_error: f64,
+        rtn_error: f64,
+        seconds: f64,
     },
     Writing,
 }
@@ -163,6 +191,10 @@ pub struct QuantizeReport {
     pub bits_per_weight: f64,
     pub errors_by_kind: Vec<KindError>,
     pub seconds: f64,
+    /// GPTQ runs: per-layer errors against RTN, phases, peak memory. Also
+    /// written to `gptq-report.json` in the output folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gptq: Option<GptqRunReport>,
 }
 
 /// Which tensors get quantized: 2-D linear weights of the decoder blocks,
@@ -205,6 +237,58 @@ fn source_bytes(model: &ModelView) -> u64 {
             .unwrap_or(0)
     } else {
         std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// Counts and sizes of what was written.
+#[derive(Default)]
+struct Tally {
+    quantized: usize,
+    kept: usize,
+    q_weights: u64,
+    q_bytes: u64,
+    f16_bytes: u64,
+    errors: BTreeMap<TensorKind, (usize, f64)>,
+}
+
+impl Tally {
+    fn count(&self) -> usize {
+        self.quantized + self.kept
+    }
+
+    fn quantized(
+        &mut self,
+        writer: &mut LlmqWriter,
+        name: &str,
+        shape: &[usize],
+        q: &QuantizedTensor,
+        w: &[f32],
+        method: Method,
+    ) -> Result<()> {
+        let deq = CpuBackend.dequantize(q)?;
+        let e = self.errors.entry(TensorKind::of(name)).or_default();
+        e.0 += 1;
+        e.1 += relative_error(w, &deq);
+        self.f16_bytes += 2 * w.len() as u64;
+        self.q_weights += w.len() as u64;
+        self.q_bytes += q.stored_bytes() as u64;
+        writer.add_quantized(name, shape, q, method.name())?;
+        self.quantized += 1;
+        Ok(())
+    }
+
+    fn kept(
+        &mut self,
+        writer: &mut LlmqWriter,
+        name: &str,
+        shape: &[usize],
+        w: &[f32],
+    ) -> Result<()> {
+        rtn::check_finite(name, w)?;
+        self.f16_bytes += 2 * w.len() as u64;
+        writer.add_kept(name, shape, w)?;
+        self.kept += 1;
+        Ok(())
     }
 }
 
@@ -256,40 +340,92 @@ pub fn quantize_model_with(
         backend: backend.name(),
     });
 
-    let (mut quantized, mut kept) = (0usize, 0usize);
-    let (mut q_weights, mut q_bytes, mut f16_bytes) = (0u64, 0u64, 0u64);
-    let mut errors: BTreeMap<TensorKind, (usize, f64)> = BTreeMap::new();
-    for (index, t) in tensors.iter().enumerate() {
-        if cancel.is_cancelled() {
-            return Err(Error::Cancelled);
+    let mut tally = Tally::default();
+    let mut gptq_report = None;
+    match config.method {
+        Method::Rtn => {
+            for (index, t) in tensors.iter().enumerate() {
+                if cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
+                let w = model.load_f32(&t.name)?;
+                let quantize = should_quantize(t, config);
+                if quantize {
+                    let (rows, cols) = (t.shape[0], t.shape[1]);
+                    let q = rtn::quantize(backend, &t.name, &w, rows, cols, &config.scheme)?;
+                    tally.quantized(&mut writer, &t.name, &t.shape, &q, &w, config.method)?;
+                } else {
+                    tally.kept(&mut writer, &t.name, &t.shape, &w)?;
+                }
+                on_progress(Progress::Tensor {
+                    index,
+                    total: tensors.len(),
+                    name: t.name.clone(),
+                    quantized: quantize,
+                });
+            }
         }
-        let w = model.load_f32(&t.name)?;
-        f16_bytes += 2 * w.len() as u64;
-        let quantize = should_quantize(t, config);
-        if quantize {
-            let (rows, cols) = (t.shape[0], t.shape[1]);
-            let q: QuantizedTensor = match config.method {
-                Method::Rtn => rtn::quantize(backend, &t.name, &w, rows, cols, &config.scheme)?,
+        Method::Gptq => {
+            let settings = config.gptq.as_ref().ok_or_else(|| {
+                Error::Config("GPTQ needs calibration settings (QuantizeConfig::gptq)".into())
+            })?;
+            // Everything GPTQ does not quantize is copied first, one tensor
+            // at a time; then the layers stream their quantized linears.
+            for t in tensors.iter().filter(|t| !should_quantize(t, config)) {
+                if cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
+                let w = model.load_f32(&t.name)?;
+                tally.kept(&mut writer, &t.name, &t.shape, &w)?;
+                on_progress(Progress::Tensor {
+                    index: tally.count() - 1,
+                    total: tensors.len(),
+                    name: t.name.clone(),
+                    quantized: false,
+                });
+            }
+            let mut on_event = |e: GptqEvent| -> Result<()> {
+                match e {
+                    GptqEvent::Calibrated { tokens, layers } => {
+                        on_progress(Progress::Calibrated { tokens, layers })
+                    }
+                    GptqEvent::Tensor { name, shape, q, w } => {
+                        tally.quantized(&mut writer, name, &shape, q, w, Method::Gptq)?;
+                        on_progress(Progress::Tensor {
+                            index: tally.count() - 1,
+                            total: tensors.len(),
+                            name: name.to_string(),
+                            quantized: true,
+                        });
+                    }
+                    GptqEvent::Layer { index, report } => {
+                        let n = report.linears.len().max(1) as f64;
+                        on_progress(Progress::Layer {
+                            index,
+                            total: model.arch().num_layers,
+                            gptq_error: report.linears.iter().map(|l| l.gptq_error).sum::<f64>()
+                                / n,
+                            rtn_error: report.linears.iter().map(|l| l.rtn_error).sum::<f64>() / n,
+                            seconds: report.seconds,
+                        });
+                    }
+                }
+                Ok(())
             };
-            let deq = CpuBackend.dequantize(&q)?;
-            let e = errors.entry(TensorKind::of(&t.name)).or_default();
-            e.0 += 1;
-            e.1 += relative_error(&w, &deq);
-            q_weights += w.len() as u64;
-            q_bytes += q.stored_bytes() as u64;
-            writer.add_quantized(&t.name, &t.shape, &q, config.method.name())?;
-            quantized += 1;
-        } else {
-            rtn::check_finite(&t.name, &w)?;
-            writer.add_kept(&t.name, &t.shape, &w)?;
-            kept += 1;
+            let report = gptq::run(
+                backend,
+                &model,
+                &config.scheme,
+                settings,
+                config.quantize_output_head,
+                &mut on_event,
+                &|| cancel.is_cancelled(),
+            )?;
+            let json = serde_json::to_vec_pretty(&report)
+                .map_err(|e| Error::Config(format!("cannot serialize the GPTQ report: {e}")))?;
+            writer.add_file("gptq-report.json", &json)?;
+            gptq_report = Some(report);
         }
-        on_progress(Progress::Tensor {
-            index,
-            total: tensors.len(),
-            name: t.name.clone(),
-            quantized: quantize,
-        });
     }
     if cancel.is_cancelled() {
         return Err(Error::Cancelled);
@@ -301,18 +437,19 @@ pub fn quantize_model_with(
         method: config.method,
         scheme: config.scheme.label(),
         backend: backend.name(),
-        quantized_tensors: quantized,
+        quantized_tensors: tally.quantized,
         ragged_group_tensors: ragged,
-        kept_tensors: kept,
+        kept_tensors: tally.kept,
         source_bytes: source_bytes(&model),
-        f16_bytes,
+        f16_bytes: tally.f16_bytes,
         output_bytes: writer.bytes_written(),
-        bits_per_weight: if q_weights == 0 {
+        bits_per_weight: if tally.q_weights == 0 {
             0.0
         } else {
-            q_bytes as f64 * 8.0 / q_weights as f64
+            tally.q_bytes as f64 * 8.0 / tally.q_weights as f64
         },
-        errors_by_kind: errors
+        errors_by_kind: tally
+            .errors
             .into_iter()
             .map(|(k, (n, sum))| KindError {
                 kind: k.label().to_string(),
@@ -321,6 +458,7 @@ pub fn quantize_model_with(
             })
             .collect(),
         seconds: 0.0,
+        gptq: gptq_report,
     };
     report.seconds = start.elapsed().as_secs_f64();
     let report_json = serde_json::to_value(&report)

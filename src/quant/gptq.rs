@@ -37,6 +37,7 @@ use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
 use rayon::prelude::*;
 use serde::Serialize;
+use std::time::Instant;
 
 /// The Hessian of one linear layer's inputs, accumulated batch by batch.
 #[derive(Clone, Debug)]
@@ -66,7 +67,23 @@ impl Hessian {
         x: &[f32],
         tokens: usize,
     ) -> Result<()> {
-        check_finite(&format!("{name} (calibration input)"), x)?;
+        // check_finite is the fast (vectorised) scan; the message is ours.
+        let bad = check_finite(name, x)
+            .err()
+            .and_then(|_| x.iter().position(|v| !v.is_finite()));
+        if let Some(i) = bad {
+            return Err(Error::BadTensor {
+                name: name.into(),
+                msg: format!(
+                    "calibration input value {} at token {}, feature {} is not finite; \
+                     earlier layers overflow on this text (check the weights and the \
+                     calibration file)",
+                    x[i],
+                    i / self.cols.max(1),
+                    i % self.cols.max(1)
+                ),
+            });
+        }
         backend.hessian_update(&mut self.h, self.cols, self.samples, x, tokens)?;
         self.samples += tokens;
         Ok(())
@@ -111,14 +128,108 @@ pub struct GptqReport {
     /// `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`: the relative output error
     /// ‖WX − ŴX‖²/‖WX‖² on the calibration inputs, computed from H.
     pub proxy_error: f64,
+    /// `tr(W H Wᵀ)`, the denominator of `proxy_error` (so other
+    /// quantizations of the same weight can be scored against it).
+    pub output_energy: f64,
     /// With act-order, the order the columns were quantized in:
     /// `perm[k]` is the original index of the k-th column quantized.
     pub perm: Option<Vec<u32>>,
+    /// Seconds spent on damping + Cholesky + inverse (host, f64), on the
+    /// blocked column updates (backend kernels and packing), and on
+    /// measuring `proxy_error`.
+    pub seconds_factor: f64,
+    pub seconds_update: f64,
+    pub seconds_error: f64,
 }
 
 /// The next damping after a failed Cholesky.
 fn raise_damp(damp: f64) -> f64 {
     (2.0 * damp).max(1e-3)
+}
+
+/// What GPTQ derives from a Hessian alone, shared by the linears that read
+/// the same inputs (q/k/v, gate/up): dead inputs, the act-order permutation
+/// and the upper Cholesky factor of the damped, permuted H⁻¹.
+#[derive(Clone, Debug)]
+pub struct Factored {
+    pub cols: usize,
+    /// Inputs with `H[i, i] == 0`.
+    pub dead: Vec<usize>,
+    /// With act-order, `perm[k]` is the original index of the k-th column.
+    pub perm: Option<Vec<usize>>,
+    /// `[cols, cols]` f32, upper triangular, in permuted order.
+    pub hinv: Vec<f32>,
+    pub damp_requested: f64,
+    pub damp_used: f64,
+    pub damp_retries: u32,
+    pub seconds: f64,
+}
+
+/// Checks and factors the Hessian `h` `[cols, cols]` of the inputs of the
+/// linear(s) `name` (see [`Factored`]).
+pub fn factor(name: &str, h: &[f32], cols: usize, opts: &GptqOptions) -> Result<Factored> {
+    let t = Instant::now();
+    if h.len() != cols * cols {
+        return Err(Error::BadTensor {
+            name: format!("{name} (Hessian)"),
+            msg: format!("{} values for [{cols}, {cols}]", h.len()),
+        });
+    }
+    if opts.block == 0 || !opts.damp.is_finite() || opts.damp < 0.0 {
+        return Err(Error::Config(format!(
+            "GPTQ of '{name}': block {} and damp {} (need block > 0, damp >= 0)",
+            opts.block, opts.damp
+        )));
+    }
+    if check_finite(name, h).is_err() {
+        return Err(Error::BadTensor {
+            name: format!("{name} (Hessian)"),
+            msg: "has non-finite entries: the calibration inputs overflow f32 when \
+                  squared; check the weights of the earlier layers"
+                .into(),
+        });
+    }
+    // Dead inputs: a feature that was always zero carries no information;
+    // give it a unit diagonal (its weights are zeroed by `quantize_factored`).
+    let mut hd: Vec<f64> = h.iter().map(|&v| v as f64).collect();
+    let mut dead = Vec::new();
+    for i in 0..cols {
+        let d = hd[i * cols + i];
+        if d < 0.0 {
+            return Err(Error::BadTensor {
+                name: format!("{name} (Hessian)"),
+                msg: format!("negative diagonal H[{i}, {i}] = {d}; not a Hessian of inputs"),
+            });
+        }
+        if d == 0.0 {
+            hd[i * cols + i] = 1.0;
+            dead.push(i);
+        }
+    }
+    // Act-order: rows and columns of H by decreasing diag(H).
+    let mut perm = None;
+    if opts.act_order {
+        let mut order: Vec<usize> = (0..cols).collect();
+        order.sort_by(|&a, &b| hd[b * cols + b].total_cmp(&hd[a * cols + a]));
+        hd = order
+            .iter()
+            .flat_map(|&i| order.iter().map(move |&j| (i, j)))
+            .map(|(i, j)| hd[i * cols + j])
+            .collect();
+        perm = Some(order);
+    }
+    // Damping, then the upper Cholesky factor of H⁻¹.
+    let (hinv, damp_used, damp_retries) = inverse_cholesky_upper(name, &hd, cols, opts)?;
+    Ok(Factored {
+        cols,
+        dead,
+        perm,
+        hinv,
+        damp_requested: opts.damp,
+        damp_used,
+        damp_retries,
+        seconds: t.elapsed().as_secs_f64(),
+    })
 }
 
 /// Quantizes the `[rows, cols]` weight `w` of the linear `name` with GPTQ,
@@ -134,6 +245,19 @@ pub fn quantize(
     scheme: &QuantScheme,
     opts: &GptqOptions,
 ) -> Result<(QuantizedTensor, GptqReport)> {
+    check_args(name, w, rows, cols, h, scheme)?;
+    let f = factor(name, h, cols, opts)?;
+    quantize_factored(backend, name, w, rows, cols, h, &f, scheme, opts)
+}
+
+fn check_args(
+    name: &str,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &[f32],
+    scheme: &QuantScheme,
+) -> Result<()> {
     scheme.check_shape(name, rows, cols)?;
     if w.len() != rows * cols || h.len() != cols * cols {
         return Err(Error::BadTensor {
@@ -152,33 +276,39 @@ pub fn quantize(
             "GPTQ of '{name}': per-tensor quantization is not supported; use groups or per-channel"
         )));
     }
-    if opts.block == 0 || !opts.damp.is_finite() || opts.damp < 0.0 {
+    check_finite(name, w)
+}
+
+/// [`quantize`] with the Hessian already factored by [`factor`] (`h` is
+/// still needed for the error report).
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_factored(
+    backend: &dyn Backend,
+    name: &str,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &[f32],
+    f: &Factored,
+    scheme: &QuantScheme,
+    opts: &GptqOptions,
+) -> Result<(QuantizedTensor, GptqReport)> {
+    check_args(name, w, rows, cols, h, scheme)?;
+    if f.cols != cols || f.perm.is_some() != opts.act_order {
         return Err(Error::Config(format!(
-            "GPTQ of '{name}': block {} and damp {} (need block > 0, damp >= 0)",
-            opts.block, opts.damp
+            "GPTQ of '{name}': the factored Hessian is for {} columns{}, the weight has {cols}",
+            f.cols,
+            if f.perm.is_some() {
+                " with act-order"
+            } else {
+                ""
+            }
         )));
     }
-    check_finite(name, w)?;
-    check_finite(&format!("{name} (Hessian)"), h)?;
-
-    // Dead inputs: a feature that was always zero carries no information;
-    // give it a unit diagonal and zero its weights.
-    let mut hd: Vec<f64> = h.iter().map(|&v| v as f64).collect();
+    let t_update = Instant::now();
     let mut wq = w.to_vec();
-    let mut dead_columns = 0;
-    for i in 0..cols {
-        let d = hd[i * cols + i];
-        if d < 0.0 {
-            return Err(Error::BadTensor {
-                name: format!("{name} (Hessian)"),
-                msg: format!("negative diagonal H[{i}, {i}] = {d}; not a Hessian of inputs"),
-            });
-        }
-        if d == 0.0 {
-            hd[i * cols + i] = 1.0;
-            wq.iter_mut().skip(i).step_by(cols).for_each(|x| *x = 0.0);
-            dead_columns += 1;
-        }
+    for &i in &f.dead {
+        wq.iter_mut().skip(i).step_by(cols).for_each(|x| *x = 0.0);
     }
 
     let group_len = scheme.group_len(cols);
@@ -187,35 +317,23 @@ pub fn quantize(
     let mut scales = vec![0f32; rows * groups];
     let mut zeros = vec![0u32; rows * groups];
 
-    // Act-order: static groups from the weights as they are now, then
-    // columns (of W, and rows and columns of H) by decreasing diag(H).
-    let mut perm: Option<Vec<usize>> = None;
+    // Act-order: static groups from the weights as they are now, then the
+    // columns of W in the factor's order.
     let mut group_of: Option<Vec<u32>> = None;
-    if opts.act_order {
+    if let Some(order) = &f.perm {
         let (mins, maxs) = backend.group_ranges(&wq, rows, cols, group_len)?;
         for (i, (&lo, &hi)) in mins.iter().zip(&maxs).enumerate() {
             let (s, z) = params_from_range(lo, hi, scheme.bits, scheme.symmetric);
             scales[i] = s;
             zeros[i] = z;
         }
-        let mut order: Vec<usize> = (0..cols).collect();
-        order.sort_by(|&a, &b| hd[b * cols + b].total_cmp(&hd[a * cols + a]));
         wq = wq
             .chunks(cols)
             .flat_map(|row| order.iter().map(|&c| row[c]))
             .collect();
-        let permuted: Vec<f64> = order
-            .iter()
-            .flat_map(|&i| order.iter().map(move |&j| (i, j)))
-            .map(|(i, j)| hd[i * cols + j])
-            .collect();
-        hd = permuted;
         group_of = Some(order.iter().map(|&c| (c / group_len) as u32).collect());
-        perm = Some(order);
     }
-
-    // Damping, then the upper Cholesky factor of H⁻¹.
-    let (hinv, damp_used, damp_retries) = inverse_cholesky_upper(name, &hd, cols, opts)?;
+    let hinv = &f.hinv;
 
     // Blocks of columns: quantize inside the block with error feedback,
     // then apply the block's errors to every later column at once.
@@ -254,7 +372,7 @@ pub fn quantize(
         }
     }
 
-    if let Some(order) = &perm {
+    if let Some(order) = &f.perm {
         // Back to the original column order.
         let permuted = std::mem::take(&mut codes);
         codes = vec![0u32; rows * cols];
@@ -272,14 +390,27 @@ pub fn quantize(
         scales,
         zeros: zeros.iter().map(|&z| z as u8).collect(),
     };
+    let seconds_update = t_update.elapsed().as_secs_f64();
+    let t_error = Instant::now();
     let w_hat = backend.dequantize(&q)?;
+    let output_energy = quadratic_trace(w, h, rows, cols);
     let report = GptqReport {
-        damp_requested: opts.damp,
-        damp_used,
-        damp_retries,
-        dead_columns,
-        proxy_error: proxy_error(w, &w_hat, h, rows, cols),
-        perm: perm.map(|p| p.iter().map(|&c| c as u32).collect()),
+        damp_requested: f.damp_requested,
+        damp_used: f.damp_used,
+        damp_retries: f.damp_retries,
+        dead_columns: f.dead.len(),
+        proxy_error: relative_to(
+            quadratic_trace_of_diff(w, &w_hat, h, rows, cols),
+            output_energy,
+        ),
+        output_energy,
+        perm: f
+            .perm
+            .as_ref()
+            .map(|p| p.iter().map(|&c| c as u32).collect()),
+        seconds_factor: f.seconds,
+        seconds_update,
+        seconds_error: t_error.elapsed().as_secs_f64(),
     };
     Ok((q, report))
 }
@@ -361,7 +492,7 @@ fn inverse_cholesky_upper(
 }
 
 /// `tr(A H Aᵀ)` in f64 accumulation, `a` `[rows, cols]`, `h` symmetric.
-fn quadratic_trace(a: &[f32], h: &[f32], rows: usize, cols: usize) -> f64 {
+pub fn quadratic_trace(a: &[f32], h: &[f32], rows: usize, cols: usize) -> f64 {
     let ah = dense_xwt(a, h, rows, cols, cols);
     a.par_iter()
         .zip(ah.par_iter())
@@ -369,16 +500,35 @@ fn quadratic_trace(a: &[f32], h: &[f32], rows: usize, cols: usize) -> f64 {
         .sum()
 }
 
+/// `tr(ΔW H ΔWᵀ)` with `ΔW = w − w_hat`.
+pub fn quadratic_trace_of_diff(
+    w: &[f32],
+    w_hat: &[f32],
+    h: &[f32],
+    rows: usize,
+    cols: usize,
+) -> f64 {
+    let dw: Vec<f32> = w.iter().zip(w_hat).map(|(a, b)| a - b).collect();
+    quadratic_trace(&dw, h, rows, cols)
+}
+
+/// `num / den`, 0 when `den` vanishes.
+pub fn relative_to(num: f64, den: f64) -> f64 {
+    if den <= 0.0 {
+        0.0
+    } else {
+        num / den
+    }
+}
+
 /// `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)` with `ΔW = W − Ŵ`: the relative output
 /// error of the quantized weight `w_hat` on the inputs whose Hessian is `h`
 /// (0 when `W H Wᵀ` vanishes).
 pub fn proxy_error(w: &[f32], w_hat: &[f32], h: &[f32], rows: usize, cols: usize) -> f64 {
-    let dw: Vec<f32> = w.iter().zip(w_hat).map(|(a, b)| a - b).collect();
-    let den = quadratic_trace(w, h, rows, cols);
-    if den <= 0.0 {
-        return 0.0;
-    }
-    quadratic_trace(&dw, h, rows, cols) / den
+    relative_to(
+        quadratic_trace_of_diff(w, w_hat, h, rows, cols),
+        quadratic_trace(w, h, rows, cols),
+    )
 }
 
 /// `‖X Wᵀ − X Ŵᵀ‖² / ‖X Wᵀ‖²` for inputs `x` `[tokens, cols]`: the true
@@ -403,4 +553,22 @@ pub fn output_error(
     } else {
         num / den
     }
+}
+
+/// FLOPs of [`quantize`] on a `[rows, cols]` weight, by phase: the f64
+/// factorisation (Cholesky of H, its inverse, Cholesky of H⁻¹: about
+/// `4/3·cols³`, once per Hessian) and the column updates (in-block error feedback plus the
+/// deferred GEMMs, 2 FLOPs per multiply-add).
+pub fn flops(rows: usize, cols: usize, block: usize) -> (f64, f64) {
+    let (r, c) = (rows as f64, cols as f64);
+    // Cholesky c³/3, inverse from the factor 2c³/3, Cholesky c³/3.
+    let factor = 4.0 / 3.0 * c * c * c;
+    let mut update = 0.0;
+    for start in (0..cols).step_by(block.max(1)) {
+        let len = (cols - start).min(block) as f64;
+        let rest = (cols - start) as f64 - len;
+        // Column j of the block updates the len-1-j columns after it.
+        update += r * len * (len - 1.0) + 2.0 * r * len * rest;
+    }
+    (factor, update)
 }

@@ -306,7 +306,11 @@ pub fn global_tensor_name(view: &ModelView, what: &str) -> String {
 
 /// The final norm weight `[hidden]`.
 pub fn load_final_norm(view: &ModelView) -> Result<Vec<f32>> {
-    load(view, &Names::of(view).global("norm"), &[view.arch().hidden_size])
+    load(
+        view,
+        &Names::of(view).global("norm"),
+        &[view.arch().hidden_size],
+    )
 }
 
 /// The output head, `None` when it is tied to the embeddings.

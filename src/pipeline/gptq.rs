@@ -1,0 +1,708 @@
+//! Sequential GPTQ over a whole model, one decoder layer at a time
+//! (GPTQ's `llama_sequential` with `true_sequential`):
+//!
+//! 1. calibration windows are embedded: the hidden state of every window
+//!    `[samples·len, hidden]` is the only activation kept across layers;
+//! 2. per layer, its weights alone are loaded and it is run stage by stage,
+//!    each stage fed by the already-quantized stages before it:
+//!    q/k/v (one Hessian of the normed input), o (Hessian of the attention
+//!    output), gate/up (one Hessian), down (Hessian of `silu(gate)·up`);
+//!    the layer's quantized output becomes the next layer's input;
+//! 3. with `quantize_output_head`, the head gets GPTQ on the final normed
+//!    hidden state.
+//!
+//! Activations go through in chunks of whole windows, so host memory holds
+//! one layer's weights, the hidden state, one hidden-sized stage buffer and
+//! (when under [`GptqSettings::activation_budget`]) the MLP activations; the
+//! GPU holds only what the kernel running needs. Hessians, GPTQ updates and
+//! the quantized linears of the stage forward run on the backend; norms,
+//! RoPE and attention on the CPU.
+//!
+//! Every quantized linear is also quantized with RTN at the same settings
+//! and both are scored by the relative output error ‖WX − ŴX‖²/‖WX‖² on the
+//! calibration inputs (exact from the Hessian: `tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)`).
+
+use super::calib::{load_windows, CalibConfig, CalibWindows};
+use super::memory;
+use crate::backend::{Backend, CpuBackend};
+use crate::error::{Error, Result};
+use crate::model::arch::ArchConfig;
+use crate::model::forward::ops::{self, AttnShape, RopeTable};
+use crate::model::forward::{self, LayerWeights, Linear, LlamaWeights};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::{ModelView, TensorKind};
+use crate::quant::gptq::{self, GptqOptions, Hessian};
+use crate::quant::{rtn, QuantScheme, QuantizedTensor};
+use serde::Serialize;
+use std::time::Instant;
+
+/// GPTQ settings beyond the quantization scheme.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GptqSettings {
+    pub calib: CalibConfig,
+    pub options: GptqOptions,
+    /// Bytes of transient activations per chunk of windows (sets how many
+    /// windows go through a stage at once).
+    pub chunk_budget: usize,
+    /// Keep `silu(gate)·up` of all windows between the down Hessian and the
+    /// down projection when it fits in this many bytes; recompute it
+    /// otherwise.
+    pub activation_budget: usize,
+}
+
+impl GptqSettings {
+    pub fn new(calib: CalibConfig) -> Self {
+        Self {
+            calib,
+            options: GptqOptions::default(),
+            chunk_budget: 256 << 20,
+            activation_budget: 1 << 30,
+        }
+    }
+}
+
+/// Seconds and FLOPs of one phase.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Phase {
+    pub seconds: f64,
+    pub flops: f64,
+}
+
+impl Phase {
+    fn add(&mut self, seconds: f64, flops: f64) {
+        self.seconds += seconds;
+        self.flops += flops;
+    }
+    fn time<T>(&mut self, flops: f64, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = f();
+        self.add(t.elapsed().as_secs_f64(), flops);
+        out
+    }
+}
+
+/// Where the time went. FLOPs count multiply-adds as 2: the calibration
+/// forward's linears and attention (full QKᵀ and PV squares), the Hessians
+/// as symmetric rank-k updates (`tokens·cols·(cols+1)`), the f64
+/// factorisations (`cols³` per Hessian), the GPTQ column updates, and the
+/// error report (three `tr(A H Aᵀ)` per linear, RTN included).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Phases {
+    pub forward: Phase,
+    pub hessian: Phase,
+    pub factor: Phase,
+    pub update: Phase,
+    pub report: Phase,
+}
+
+impl Phases {
+    pub fn total(&self) -> Phase {
+        let all = [
+            self.forward,
+            self.hessian,
+            self.factor,
+            self.update,
+            self.report,
+        ];
+        Phase {
+            seconds: all.iter().map(|p| p.seconds).sum(),
+            flops: all.iter().map(|p| p.flops).sum(),
+        }
+    }
+    fn merge(&mut self, o: &Phases) {
+        for (a, b) in [
+            (&mut self.forward, o.forward),
+            (&mut self.hessian, o.hessian),
+            (&mut self.factor, o.factor),
+            (&mut self.update, o.update),
+            (&mut self.report, o.report),
+        ] {
+            a.add(b.seconds, b.flops);
+        }
+    }
+}
+
+/// One quantized linear.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinearReport {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    /// ‖WX − ŴX‖²/‖WX‖² on the calibration inputs, GPTQ and RTN.
+    pub gptq_error: f64,
+    pub rtn_error: f64,
+    pub damp_used: f64,
+    pub damp_retries: u32,
+    pub dead_columns: usize,
+    /// GPTQ column updates (the shared factorisation is in the phases).
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerReport {
+    pub layer: usize,
+    pub seconds: f64,
+    pub phases: Phases,
+    pub linears: Vec<LinearReport>,
+}
+
+/// Everything a GPTQ run measured; written as JSON next to the output.
+#[derive(Clone, Debug, Serialize)]
+pub struct GptqRunReport {
+    pub calib: CalibConfig,
+    /// Tokens in the calibration text.
+    pub calib_text_tokens: usize,
+    pub damp: f64,
+    pub block: usize,
+    pub act_order: bool,
+    /// Windows per stage chunk, and whether the MLP activations were kept.
+    pub chunk_windows: usize,
+    pub stored_mlp_activations: bool,
+    pub layers: Vec<LayerReport>,
+    pub head: Option<LinearReport>,
+    pub phases: Phases,
+    pub seconds: f64,
+    /// Peak resident host memory of the process during the run (Linux).
+    pub peak_host_bytes: Option<u64>,
+    /// Peak bytes of GPU buffers alive at once (GPU backend).
+    pub peak_gpu_bytes: Option<u64>,
+    /// The model's weights as f32, for comparison with the peaks.
+    pub model_f32_bytes: u64,
+    /// Linears whose GPTQ error is not below RTN's.
+    pub linears_not_better_than_rtn: Vec<String>,
+}
+
+/// What the pipeline tells its caller as it goes.
+pub enum GptqEvent<'a> {
+    /// The calibration windows are embedded; `layers` follow.
+    Calibrated { tokens: usize, layers: usize },
+    /// A linear is quantized: write it. `w` is its original weight.
+    Tensor {
+        name: &'a str,
+        shape: [usize; 2],
+        q: &'a QuantizedTensor,
+        w: &'a [f32],
+    },
+    /// Layer `index` is done.
+    Layer {
+        index: usize,
+        report: &'a LayerReport,
+    },
+}
+
+/// Runs sequential GPTQ on `view`. Quantized tensors are handed to `on_event`
+/// as soon as they exist (nothing else is held), `cancelled` is polled
+/// between linears.
+pub fn run(
+    backend: &dyn Backend,
+    view: &ModelView,
+    scheme: &QuantScheme,
+    settings: &GptqSettings,
+    quantize_head: bool,
+    on_event: &mut dyn FnMut(GptqEvent) -> Result<()>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<GptqRunReport> {
+    let start = Instant::now();
+    memory::reset_host_peak();
+    backend.reset_memory_peak();
+    let arch = view.arch().clone();
+    let tokenizer = Tokenizer::from_model(view)?;
+    let windows = load_windows(&settings.calib, &tokenizer)?;
+    let mut hidden = embed_windows(view, &windows)?;
+    let check = |what: &str| -> Result<()> {
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
+        log::debug!("{what}");
+        Ok(())
+    };
+
+    let (h, f) = (arch.hidden_size, arch.intermediate_size);
+    let widest = f.max(h) + 2 * f;
+    let chunk = (settings.chunk_budget / (windows.len * widest * 4)).clamp(1, windows.samples);
+    let store_mlp = windows.samples * windows.len * f * 4 <= settings.activation_budget;
+    let rope_inv = LlamaWeights {
+        arch: arch.clone(),
+        embed: Vec::new(),
+        layers: Vec::new(),
+        final_norm: Vec::new(),
+        head: None,
+        rope_freq_factors: forward::load_rope_freq_factors(view)?,
+    }
+    .rope_inv_freq();
+    let mut runner = LayerRunner {
+        backend,
+        view,
+        arch: &arch,
+        scheme,
+        opts: &settings.options,
+        rope_inv,
+        seq: windows.len,
+        chunk,
+        store_mlp,
+        phases: Phases::default(),
+    };
+    on_event(GptqEvent::Calibrated {
+        tokens: windows.tokens.len(),
+        layers: arch.num_layers,
+    })?;
+
+    let mut layers = Vec::with_capacity(arch.num_layers);
+    let mut phases = Phases::default();
+    for i in 0..arch.num_layers {
+        check(&format!("layer {i}"))?;
+        let t = Instant::now();
+        runner.phases = Phases::default();
+        let linears = runner.layer(i, &mut hidden, on_event, &check)?;
+        let report = LayerReport {
+            layer: i,
+            seconds: t.elapsed().as_secs_f64(),
+            phases: runner.phases,
+            linears,
+        };
+        phases.merge(&report.phases);
+        on_event(GptqEvent::Layer {
+            index: i,
+            report: &report,
+        })?;
+        layers.push(report);
+    }
+
+    let head = match (quantize_head, forward::load_head(view)?) {
+        (true, Some(head)) => {
+            check("output head")?;
+            runner.phases = Phases::default();
+            let report = runner.head(&head, &hidden, on_event)?;
+            phases.merge(&runner.phases);
+            Some(report)
+        }
+        _ => None,
+    };
+    let not_better = layers
+        .iter()
+        .flat_map(|l| &l.linears)
+        .chain(&head)
+        .filter(|l| l.gptq_error >= l.rtn_error)
+        .map(|l| l.name.clone())
+        .collect();
+    Ok(GptqRunReport {
+        calib: settings.calib.clone(),
+        calib_text_tokens: windows.text_tokens,
+        damp: settings.options.damp,
+        block: settings.options.block,
+        act_order: settings.options.act_order,
+        chunk_windows: chunk,
+        stored_mlp_activations: store_mlp,
+        layers,
+        head,
+        phases,
+        seconds: start.elapsed().as_secs_f64(),
+        peak_host_bytes: memory::host_peak_bytes(),
+        peak_gpu_bytes: backend.memory_peak(),
+        model_f32_bytes: view.tensors().iter().map(|t| t.numel() as u64 * 4).sum(),
+        linears_not_better_than_rtn: not_better,
+    })
+}
+
+/// The embeddings of the calibration tokens, `[samples·len, hidden]`; the
+/// embedding matrix is dropped afterwards.
+fn embed_windows(view: &ModelView, windows: &CalibWindows) -> Result<Vec<f32>> {
+    let a = view.arch();
+    let h = a.hidden_size;
+    let name = forward::global_tensor_name(view, "embed");
+    let embed = view.load_f32(&name)?;
+    if embed.len() != a.vocab_size * h {
+        return Err(Error::format(
+            view.path(),
+            format!(
+                "'{name}' has {} values, the config implies [{}, {h}]",
+                embed.len(),
+                a.vocab_size
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(windows.tokens.len() * h);
+    for &t in &windows.tokens {
+        let t = t as usize;
+        if t >= a.vocab_size {
+            return Err(Error::Config(format!(
+                "calibration token id {t} is outside the model's vocabulary ({} ids); \
+                 the tokenizer does not match the weights",
+                a.vocab_size
+            )));
+        }
+        out.extend_from_slice(&embed[t * h..(t + 1) * h]);
+    }
+    Ok(out)
+}
+
+/// Runs and quantizes one layer at a time.
+struct LayerRunner<'a> {
+    backend: &'a dyn Backend,
+    view: &'a ModelView,
+    arch: &'a ArchConfig,
+    scheme: &'a QuantScheme,
+    opts: &'a GptqOptions,
+    rope_inv: Vec<f64>,
+    /// Tokens per window, windows per chunk.
+    seq: usize,
+    chunk: usize,
+    store_mlp: bool,
+    phases: Phases,
+}
+
+/// The dense f32 weight of a linear (a packed source is dequantized).
+fn dense(linear: &Linear) -> Result<Vec<f32>> {
+    match linear {
+        Linear::Dense { w, .. } => Ok(w.clone()),
+        Linear::Packed(q) => CpuBackend.dequantize(q),
+    }
+}
+
+impl LayerRunner<'_> {
+    /// Row ranges of the chunks of `rows_total` hidden rows.
+    fn chunks(&self, rows_total: usize) -> Vec<std::ops::Range<usize>> {
+        let step = self.chunk * self.seq;
+        (0..rows_total)
+            .step_by(step)
+            .map(|s| s..(s + step).min(rows_total))
+            .collect()
+    }
+
+    fn rms_norm(&mut self, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let flops = 4.0 * x.len() as f64;
+        let eps = self.arch.rms_norm_eps;
+        self.phases.forward.time(flops, || ops::rms_norm(x, w, eps))
+    }
+
+    /// `x · Wᵀ` for a quantized linear, on the backend.
+    fn apply(&mut self, q: &QuantizedTensor, x: &[f32]) -> Result<Vec<f32>> {
+        let tokens = x.len() / q.cols;
+        let flops = 2.0 * (tokens * q.rows * q.cols) as f64;
+        let backend = self.backend;
+        self.phases
+            .forward
+            .time(flops, || backend.matmul(q, x, tokens))
+    }
+
+    fn accumulate(&mut self, hess: &mut Hessian, what: &str, x: &[f32]) -> Result<()> {
+        let tokens = x.len() / hess.cols;
+        let flops = (tokens * hess.cols * (hess.cols + 1)) as f64;
+        let backend = self.backend;
+        self.phases
+            .hessian
+            .time(flops, || hess.add_batch(backend, what, x, tokens))
+    }
+
+    /// GPTQ (and, for the report, RTN) of the linears `kinds` of layer `i`,
+    /// all reading the inputs whose Hessian is `hess`.
+    fn quantize_site(
+        &mut self,
+        lw: &LayerWeights,
+        i: usize,
+        kinds: &[TensorKind],
+        hess: &Hessian,
+        on_event: &mut dyn FnMut(GptqEvent) -> Result<()>,
+        reports: &mut Vec<LinearReport>,
+    ) -> Result<Vec<QuantizedTensor>> {
+        let mut out = Vec::with_capacity(kinds.len());
+        let site = format!("layer {i} {}", site_label(kinds));
+        let factored = self.factor(&site, hess)?;
+        for &kind in kinds {
+            let name = LayerWeights::tensor_name(self.view, i, kind)
+                .expect("site kinds are block linears");
+            let linear = lw.linear(kind).expect("site kinds are block linears");
+            let w = dense(linear)?;
+            let (q, report) = self.quantize_linear(&name, &w, linear, hess, &factored)?;
+            on_event(GptqEvent::Tensor {
+                name: &name,
+                shape: [q.rows, q.cols],
+                q: &q,
+                w: &w,
+            })?;
+            reports.push(report);
+            out.push(q);
+        }
+        Ok(out)
+    }
+
+    /// Factors a Hessian once for all the linears that read its inputs.
+    fn factor(&mut self, site: &str, hess: &Hessian) -> Result<gptq::Factored> {
+        let f = gptq::factor(site, &hess.h, hess.cols, self.opts)?;
+        let (flops, _) = gptq::flops(0, hess.cols, self.opts.block);
+        self.phases.factor.add(f.seconds, flops);
+        if f.damp_retries > 0 {
+            log::info!(
+                "{site}: damping raised to {} after {} failed Cholesky attempt(s)",
+                f.damp_used,
+                f.damp_retries
+            );
+        }
+        Ok(f)
+    }
+
+    fn quantize_linear(
+        &mut self,
+        name: &str,
+        w: &[f32],
+        linear: &Linear,
+        hess: &Hessian,
+        factored: &gptq::Factored,
+    ) -> Result<(QuantizedTensor, LinearReport)> {
+        let (rows, cols) = (linear.rows(), linear.cols());
+        let (q, r) = gptq::quantize_factored(
+            self.backend,
+            name,
+            w,
+            rows,
+            cols,
+            &hess.h,
+            factored,
+            self.scheme,
+            self.opts,
+        )?;
+        let (_, update_flops) = gptq::flops(rows, cols, self.opts.block);
+        self.phases.update.add(r.seconds_update, update_flops);
+        let trace_flops = 2.0 * (rows * cols * cols) as f64;
+        self.phases.report.add(r.seconds_error, 2.0 * trace_flops);
+        let t = Instant::now();
+        let rq = rtn::quantize(self.backend, name, w, rows, cols, self.scheme)?;
+        let rw = self.backend.dequantize(&rq)?;
+        let rtn_error = gptq::relative_to(
+            gptq::quadratic_trace_of_diff(w, &rw, &hess.h, rows, cols),
+            r.output_energy,
+        );
+        self.phases
+            .report
+            .add(t.elapsed().as_secs_f64(), trace_flops);
+        let report = LinearReport {
+            name: name.to_string(),
+            rows,
+            cols,
+            gptq_error: r.proxy_error,
+            rtn_error,
+            damp_used: r.damp_used,
+            damp_retries: r.damp_retries,
+            dead_columns: r.dead_columns,
+            seconds: r.seconds_update,
+        };
+        Ok((q, report))
+    }
+
+    /// Quantizes layer `i` stage by stage and advances `hidden` through it.
+    fn layer(
+        &mut self,
+        i: usize,
+        hidden: &mut [f32],
+        on_event: &mut dyn FnMut(GptqEvent) -> Result<()>,
+        check: &dyn Fn(&str) -> Result<()>,
+    ) -> Result<Vec<LinearReport>> {
+        let lw = LayerWeights::load(self.view, i)?;
+        let a = self.arch;
+        let (h, f) = (a.hidden_size, a.intermediate_size);
+        let chunks = self.chunks(hidden.len() / h);
+        let mut reports = Vec::with_capacity(7);
+
+        // q, k, v: the normed hidden state.
+        let mut hess = Hessian::new(h);
+        for c in &chunks {
+            let x = self.rms_norm(&hidden[c.start * h..c.end * h], &lw.attn_norm);
+            self.accumulate(&mut hess, &format!("layer {i} q/k/v input"), &x)?;
+        }
+        check(&format!("layer {i} q/k/v"))?;
+        let qkv = self.quantize_site(
+            &lw,
+            i,
+            &[TensorKind::AttnQ, TensorKind::AttnK, TensorKind::AttnV],
+            &hess,
+            on_event,
+            &mut reports,
+        )?;
+
+        // o: attention output with the quantized q, k, v.
+        let qw = a.num_heads * a.head_dim();
+        let mut attn = Vec::with_capacity(hidden.len() / h * qw);
+        let mut hess = Hessian::new(qw);
+        for c in &chunks {
+            let x = self.rms_norm(&hidden[c.start * h..c.end * h], &lw.attn_norm);
+            let out = self.attention(&lw, &qkv, &x)?;
+            self.accumulate(&mut hess, &format!("layer {i} attention output"), &out)?;
+            attn.extend_from_slice(&out);
+        }
+        check(&format!("layer {i} o"))?;
+        let o = self.quantize_site(
+            &lw,
+            i,
+            &[TensorKind::AttnOutput],
+            &hess,
+            on_event,
+            &mut reports,
+        )?;
+        for c in &chunks {
+            let y = self.apply(&o[0], &attn[c.start * qw..c.end * qw])?;
+            ops::add_in_place(&mut hidden[c.start * h..c.end * h], &y);
+        }
+        drop(attn);
+
+        // gate, up: the normed hidden state after attention.
+        let mut hess = Hessian::new(h);
+        for c in &chunks {
+            let x = self.rms_norm(&hidden[c.start * h..c.end * h], &lw.ffn_norm);
+            self.accumulate(&mut hess, &format!("layer {i} gate/up input"), &x)?;
+        }
+        check(&format!("layer {i} gate/up"))?;
+        let gate_up = self.quantize_site(
+            &lw,
+            i,
+            &[TensorKind::MlpGate, TensorKind::MlpUp],
+            &hess,
+            on_event,
+            &mut reports,
+        )?;
+
+        // down: silu(gate)·up with the quantized gate and up.
+        let mut hess = Hessian::new(f);
+        let mut kept = Vec::new();
+        for c in &chunks {
+            let act = self.mlp_activation(&lw, &gate_up, &hidden[c.start * h..c.end * h])?;
+            self.accumulate(&mut hess, &format!("layer {i} down input"), &act)?;
+            if self.store_mlp {
+                kept.extend_from_slice(&act);
+            }
+        }
+        check(&format!("layer {i} down"))?;
+        let down = self.quantize_site(
+            &lw,
+            i,
+            &[TensorKind::MlpDown],
+            &hess,
+            on_event,
+            &mut reports,
+        )?;
+        for c in &chunks {
+            let act = match self.store_mlp {
+                true => kept[c.start * f..c.end * f].to_vec(),
+                false => self.mlp_activation(&lw, &gate_up, &hidden[c.start * h..c.end * h])?,
+            };
+            let y = self.apply(&down[0], &act)?;
+            ops::add_in_place(&mut hidden[c.start * h..c.end * h], &y);
+        }
+        check_hidden(i, hidden, h)?;
+        Ok(reports)
+    }
+
+    /// Attention output `[rows, heads·hd]` of the normed input `x` of whole
+    /// windows, with the quantized q, k, v.
+    fn attention(
+        &mut self,
+        lw: &LayerWeights,
+        qkv: &[QuantizedTensor],
+        x: &[f32],
+    ) -> Result<Vec<f32>> {
+        let a = self.arch;
+        let mut q = self.apply(&qkv[0], x)?;
+        let mut k = self.apply(&qkv[1], x)?;
+        let v = self.apply(&qkv[2], x)?;
+        let mut v = v;
+        let shape = AttnShape {
+            heads: a.num_heads,
+            kv_heads: a.num_kv_heads,
+            head_dim: a.head_dim(),
+        };
+        let (seq, inv) = (self.seq, &self.rope_inv);
+        let (qw, kvw) = (
+            shape.heads * shape.head_dim,
+            shape.kv_heads * shape.head_dim,
+        );
+        let windows = q.len() / (seq * qw);
+        let flops = (windows * shape.heads * 4 * seq * seq * shape.head_dim) as f64;
+        self.phases.forward.time(flops, || {
+            if let Some(b) = &lw.qkv_bias {
+                ops::add_bias(&mut q, &b.q);
+                ops::add_bias(&mut k, &b.k);
+                ops::add_bias(&mut v, &b.v);
+            }
+            let rope = RopeTable::new(0, seq, inv);
+            let mut out = Vec::with_capacity(q.len());
+            for b in 0..windows {
+                let qb = &mut q[b * seq * qw..][..seq * qw];
+                let kb = &mut k[b * seq * kvw..][..seq * kvw];
+                rope.apply(qb, shape.heads, a.rope_adjacent_pairs);
+                rope.apply(kb, shape.kv_heads, a.rope_adjacent_pairs);
+                let vb = &v[b * seq * kvw..][..seq * kvw];
+                out.extend_from_slice(&ops::attention(qb, kb, vb, seq, 0, shape));
+            }
+            Ok(out)
+        })
+    }
+
+    /// `silu(gate(x))·up(x)` for `x = rms_norm(hidden)`, quantized gate and up.
+    fn mlp_activation(
+        &mut self,
+        lw: &LayerWeights,
+        gate_up: &[QuantizedTensor],
+        hidden: &[f32],
+    ) -> Result<Vec<f32>> {
+        let x = self.rms_norm(hidden, &lw.ffn_norm);
+        let mut g = self.apply(&gate_up[0], &x)?;
+        let u = self.apply(&gate_up[1], &x)?;
+        let flops = 6.0 * g.len() as f64;
+        self.phases
+            .forward
+            .time(flops, || ops::silu_mul(&mut g, &u));
+        Ok(g)
+    }
+
+    /// GPTQ of the output head on the final normed hidden state.
+    fn head(
+        &mut self,
+        head: &Linear,
+        hidden: &[f32],
+        on_event: &mut dyn FnMut(GptqEvent) -> Result<()>,
+    ) -> Result<LinearReport> {
+        let norm = forward::load_final_norm(self.view)?;
+        let h = self.arch.hidden_size;
+        let mut hess = Hessian::new(h);
+        for c in self.chunks(hidden.len() / h) {
+            let x = self.rms_norm(&hidden[c.start * h..c.end * h], &norm);
+            self.accumulate(&mut hess, "output head input", &x)?;
+        }
+        let name = forward::global_tensor_name(self.view, "head");
+        let factored = self.factor(&name, &hess)?;
+        let w = dense(head)?;
+        let (q, report) = self.quantize_linear(&name, &w, head, &hess, &factored)?;
+        on_event(GptqEvent::Tensor {
+            name: &name,
+            shape: [q.rows, q.cols],
+            q: &q,
+            w: &w,
+        })?;
+        Ok(report)
+    }
+}
+
+/// `q/k/v`, `gate/up`, ... for log and error messages.
+fn site_label(kinds: &[TensorKind]) -> String {
+    kinds
+        .iter()
+        .map(|k| k.label())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The quantized layer's output must stay finite (an overflowing layer would
+/// otherwise poison every later Hessian).
+fn check_hidden(i: usize, hidden: &[f32], width: usize) -> Result<()> {
+    match hidden.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(at) => Err(Error::BadTensor {
+            name: format!("layer {i} output on the calibration windows"),
+            msg: format!(
+                "value {} at row {} is not finite after quantizing the layer; the \
+                 weights or the calibration text produce overflowing activations",
+                hidden[at],
+                at / width.max(1)
+            ),
+        }),
+    }
+}
