@@ -205,7 +205,7 @@ pub(crate) fn cpu_copy_bandwidth(iters: usize) -> Result<DeviceBandwidth> {
 pub(crate) fn gpu_copy_bandwidth(ctx: &GpuContext, iters: usize) -> Result<DeviceBandwidth> {
     let size = (ctx.limits().max_buffer_size / 2).clamp(1 << 20, 256 << 20) & !3;
     let make = |label| {
-        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        ctx.buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
             usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,

@@ -2,6 +2,7 @@
 //! helpers every kernel wrapper needs (buffers, cached pipelines, bounded
 //! waits). Kernels receive a context; they never create one.
 
+use super::buffer::{GpuBuffer, MemoryCounters};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::fmt;
@@ -167,6 +168,8 @@ pub struct GpuContext {
     /// thread's submission.
     submit_lock: Mutex<()>,
     poisoned: AtomicBool,
+    /// Bytes of buffers created through this context and still alive, and their peak.
+    memory: Arc<MemoryCounters>,
 }
 
 impl GpuContext {
@@ -256,6 +259,7 @@ impl GpuContext {
             lost,
             submit_lock: Mutex::new(()),
             poisoned: AtomicBool::new(false),
+            memory: Arc::default(),
         })
     }
 
@@ -280,6 +284,28 @@ impl GpuContext {
         let cap = self.limits.max_storage_buffer_binding_size;
         self.max_binding
             .store(bytes.clamp(256, cap), Ordering::Relaxed);
+    }
+
+    /// Bytes of GPU buffers created through this context that are alive now.
+    pub fn gpu_bytes_live(&self) -> u64 {
+        self.memory.live()
+    }
+
+    /// Most bytes of GPU buffers alive at once since creation or the last
+    /// [`GpuContext::reset_gpu_peak`].
+    pub fn gpu_bytes_peak(&self) -> u64 {
+        self.memory.peak()
+    }
+
+    /// Restarts the peak from the bytes alive now.
+    pub fn reset_gpu_peak(&self) {
+        self.memory.reset_peak();
+    }
+
+    /// Creates a buffer counted in [`GpuContext::gpu_bytes_live`] and the peak.
+    /// Every buffer should come from here.
+    pub fn buffer(&self, desc: &wgpu::BufferDescriptor) -> GpuBuffer {
+        GpuBuffer::new(self.device.create_buffer(desc), self.memory.clone())
     }
 
     pub fn set_timeout(&mut self, timeout: Duration) {
@@ -396,10 +422,10 @@ impl GpuContext {
     }
 
     /// A storage buffer initialised with `data` (at least 4 bytes, so empty inputs still bind).
-    pub fn upload(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+    pub fn upload(&self, label: &str, data: &[u8]) -> Result<GpuBuffer> {
         self.check_size(label, data.len() as u64)?;
         let size = (data.len() as u64).max(4).next_multiple_of(4);
-        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+        let buf = self.buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
             usage: wgpu::BufferUsages::STORAGE
@@ -421,9 +447,9 @@ impl GpuContext {
     }
 
     /// A zeroed read-write storage buffer of `bytes` bytes.
-    pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+    pub fn storage(&self, label: &str, bytes: u64) -> Result<GpuBuffer> {
         self.check_size(label, bytes)?;
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+        Ok(self.buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(4).next_multiple_of(4),
             usage: wgpu::BufferUsages::STORAGE
@@ -434,9 +460,9 @@ impl GpuContext {
     }
 
     /// A uniform buffer holding a `#[repr(C)]` parameter struct.
-    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> GpuBuffer {
         let bytes = bytemuck::bytes_of(value);
-        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+        let buf = self.buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: (bytes.len() as u64).next_multiple_of(16),
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
@@ -541,7 +567,7 @@ impl GpuContext {
     /// Copies `bytes` bytes of `buffer` back to the host.
     pub fn read_bytes(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         let size = bytes.max(4).next_multiple_of(4);
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+        let staging = self.buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,

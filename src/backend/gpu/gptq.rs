@@ -8,7 +8,7 @@
 //! is the pipeline's job (issue 4).
 
 use super::context::{Binding, GpuContext};
-use super::{f32_bytes, row_chunks};
+use super::{f32_bytes, row_chunks, GpuBuffer};
 use crate::backend::{GptqBlock, GptqBlockOut};
 use crate::error::{Error, Result};
 use bytemuck::{Pod, Zeroable};
@@ -144,7 +144,7 @@ pub fn gptq_update_rest(
     let k = ctx.kernel("gptq.update_rest", SOURCE, "update_rest", &REST_BINDINGS)?;
     // Hinv[block, end..] is [len, n]: split its columns if it exceeds a binding.
     let col_ranges = row_chunks(ctx, n, len * 4)?;
-    let hinv: Vec<wgpu::Buffer> = col_ranges
+    let hinv: Vec<GpuBuffer> = col_ranges
         .iter()
         .map(|c| {
             let part: Vec<f32> = hinv_rest

@@ -4,7 +4,7 @@
 //! down_proj Hessian, 11008² f32 = 485 MB, is four chunks on a 128 MiB one).
 
 use super::context::{Binding, GpuContext};
-use super::{f32_bytes, row_chunks};
+use super::{f32_bytes, row_chunks, GpuBuffer};
 use crate::error::{Error, Result};
 use bytemuck::{Pod, Zeroable};
 
@@ -53,7 +53,7 @@ pub fn hessian_update(
         )));
     }
     // X by tokens, uploaded once and reused for every chunk of H rows.
-    let x_chunks: Vec<(usize, wgpu::Buffer)> = row_chunks(ctx, tokens, cols * 4)?
+    let x_chunks: Vec<(usize, GpuBuffer)> = row_chunks(ctx, tokens, cols * 4)?
         .into_iter()
         .map(|r| {
             let buf = ctx.upload("hessian.x", f32_bytes(&x[r.start * cols..r.end * cols]))?;

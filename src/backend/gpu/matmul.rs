@@ -9,7 +9,7 @@
 //! host round trip, [`matmul_resident`] is the host-in/host-out convenience.
 
 use super::context::{Binding, GpuContext, Kernel};
-use super::row_chunks;
+use super::{row_chunks, GpuBuffer};
 use crate::error::{Error, Result};
 use crate::quant::packed::QuantizedTensor;
 use crate::quant::scheme::QuantScheme;
@@ -99,9 +99,9 @@ fn kernel(ctx: &GpuContext, entry: &str, bits: u32, subgroups: bool) -> Result<A
 struct WeightChunk {
     row0: usize,
     rows: usize,
-    packed: wgpu::Buffer,
-    scales: wgpu::Buffer,
-    zeros: wgpu::Buffer,
+    packed: GpuBuffer,
+    scales: GpuBuffer,
+    zeros: GpuBuffer,
 }
 
 /// A quantized weight resident on the GPU: packed codes, f32 scales and u8

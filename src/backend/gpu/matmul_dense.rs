@@ -5,7 +5,7 @@
 //! 113 MB, a 4096-wide model's more than 128 MiB), and stays resident.
 
 use super::context::{Binding, GpuContext};
-use super::{check_buffer, f32_bytes, row_chunks};
+use super::{check_buffer, f32_bytes, row_chunks, GpuBuffer};
 use crate::error::{Error, Result};
 use bytemuck::{Pod, Zeroable};
 
@@ -40,7 +40,7 @@ pub struct GpuDenseWeights {
     pub rows: usize,
     pub cols: usize,
     /// (first row, rows, buffer) per chunk.
-    chunks: Vec<(usize, usize, wgpu::Buffer)>,
+    chunks: Vec<(usize, usize, GpuBuffer)>,
 }
 
 impl GpuDenseWeights {

@@ -2,6 +2,7 @@
 //! One thin wrapper module per kernel family.
 
 pub mod attention;
+pub mod buffer;
 pub mod context;
 pub mod elementwise;
 pub mod gptq;
@@ -11,6 +12,7 @@ pub mod matmul_dense;
 pub mod quantize;
 pub mod rope;
 
+pub use buffer::GpuBuffer;
 pub use context::{list_adapters, AdapterSummary, DeviceChoice, GpuContext};
 
 use super::{
@@ -109,6 +111,14 @@ impl Backend for GpuBackend {
 
     fn matmul(&self, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
         matmul::matmul(&self.ctx, q, x, tokens)
+    }
+
+    fn memory_peak(&self) -> Option<u64> {
+        Some(self.ctx.gpu_bytes_peak())
+    }
+
+    fn reset_memory_peak(&self) {
+        self.ctx.reset_gpu_peak();
     }
 
     fn hessian_update(

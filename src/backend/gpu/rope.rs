@@ -3,7 +3,7 @@
 //! f64, rounded once to f32), so GPU and CPU rotate by identical factors.
 
 use super::context::{Binding, GpuContext};
-use super::{check_buffer, f32_bytes};
+use super::{check_buffer, f32_bytes, GpuBuffer};
 use crate::error::{Error, Result};
 use crate::model::forward::ops::RopeTable;
 use bytemuck::{Pod, Zeroable};
@@ -31,7 +31,7 @@ const BINDINGS: [Binding; 3] = [
 
 /// A RoPE table on the GPU: `(cos, sin)` per position and pair.
 pub struct GpuRopeTable {
-    buffer: wgpu::Buffer,
+    buffer: GpuBuffer,
     positions: usize,
     half: usize,
 }

@@ -17,7 +17,7 @@ use crate::backend::gpu::attention::{self, AttnRows, MAX_HEAD_DIM};
 use crate::backend::gpu::matmul::{encode_matmul, GpuQuantWeights};
 use crate::backend::gpu::matmul_dense::{encode_dense, GpuDenseWeights};
 use crate::backend::gpu::rope::{encode_rope, GpuRopeTable};
-use crate::backend::gpu::{elementwise, f32_bytes, row_chunks, GpuContext};
+use crate::backend::gpu::{elementwise, f32_bytes, row_chunks, GpuBuffer, GpuContext};
 use crate::error::{Error, Result};
 use crate::model::arch::ArchConfig;
 use crate::model::view::ModelView;
@@ -56,14 +56,14 @@ impl GpuLinear {
 }
 
 struct GpuLayer {
-    attn_norm: wgpu::Buffer,
+    attn_norm: GpuBuffer,
     q: GpuLinear,
     k: GpuLinear,
     v: GpuLinear,
     o: GpuLinear,
     /// q, k, v biases (Qwen2).
-    qkv_bias: Option<[wgpu::Buffer; 3]>,
-    ffn_norm: wgpu::Buffer,
+    qkv_bias: Option<[GpuBuffer; 3]>,
+    ffn_norm: GpuBuffer,
     gate: GpuLinear,
     up: GpuLinear,
     down: GpuLinear,
@@ -76,7 +76,7 @@ pub struct GpuForward {
     /// `[vocab, hidden]`, on the host: a call uploads only its tokens' rows.
     embed: Vec<f32>,
     layers: Vec<GpuLayer>,
-    final_norm: wgpu::Buffer,
+    final_norm: GpuBuffer,
     /// The output head, or the embedding uploaded as one when tied.
     head: GpuLinear,
     inv_freq: Vec<f64>,
@@ -86,7 +86,7 @@ pub struct GpuForward {
 /// Keys and values of every layer on the GPU: per layer two
 /// `[capacity, kv_heads · hd]` buffers, filled up to `len`.
 pub struct GpuKvCache {
-    layers: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    layers: Vec<(GpuBuffer, GpuBuffer)>,
     len: usize,
     capacity: usize,
 }
