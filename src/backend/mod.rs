@@ -150,15 +150,6 @@ pub trait Backend: Send + Sync {
         hinv_rest: &[f32],
     ) -> Result<()>;
 
-    /// Bytes of device buffers at their high-water mark since the backend
-    /// was created or [`Backend::reset_memory_peak`] was last called; `None`
-    /// where there is no device memory (the CPU backend).
-    fn memory_peak(&self) -> Option<u64> {
-        None
-    }
-
-    /// Restarts [`Backend::memory_peak`] from the device bytes in use now.
-    fn reset_memory_peak(&self) {}
 }
 
 /// Checks the shapes of a [`Backend::hessian_update`] call.
