@@ -45,6 +45,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         cancel.cancel();
                     }
                 }
+                Progress::Calibrated { tokens, layers } => {
+                    println!("GPTQ: {tokens} calibration tokens, {layers} layers")
+                }
+                Progress::Layer {
+                    index,
+                    total,
+                    gptq_error,
+                    rtn_error,
+                    ..
+                } => println!(
+                    "layer {}/{total}: GPTQ error {gptq_error:.3e} (RTN {rtn_error:.3e})",
+                    index + 1
+                ),
                 Progress::Writing => println!("writing"),
             }
         }
