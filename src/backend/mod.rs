@@ -149,7 +149,6 @@ pub trait Backend: Send + Sync {
         err: &[f32],
         hinv_rest: &[f32],
     ) -> Result<()>;
-
 }
 
 /// Checks the shapes of a [`Backend::hessian_update`] call.
