@@ -49,23 +49,28 @@ pub struct Args {
     /// GPTQ: calibration text for --model.
     #[arg(long)]
     calib: Option<PathBuf>,
+    /// GPTQ: calibration windows (with --model).
     #[arg(long, default_value_t = 128)]
     calib_samples: usize,
+    /// GPTQ: tokens per calibration window (with --model).
     #[arg(long, default_value_t = 512)]
     calib_len: usize,
-    /// GPTQ: bits and group size (0 = per channel).
+    /// GPTQ: bits per weight.
     #[arg(long, default_value_t = 4)]
     bits: u32,
+    /// GPTQ: group size; 0 means per channel.
     #[arg(long, default_value_t = 128)]
     group_size: usize,
     /// GPTQ: run this many synthetic layers instead of a model.
     #[arg(long)]
     synthetic_layers: Option<usize>,
-    /// Synthetic layer shape (defaults: Llama-7B, 128 x 512 calibration tokens).
+    /// Synthetic layers: hidden size (default Llama-7B's).
     #[arg(long, default_value_t = 4096)]
     hidden: usize,
+    /// Synthetic layers: MLP size.
     #[arg(long, default_value_t = 11008)]
     ffn: usize,
+    /// Synthetic layers: calibration tokens (default 128 x 512).
     #[arg(long, default_value_t = 65536)]
     calib_tokens: usize,
     /// Layers of the model the synthetic timing is extrapolated to.
@@ -139,14 +144,7 @@ fn run_gptq(a: &Args) -> Result<()> {
             ))
         }
     };
-    if a.json {
-        let json =
-            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
-        println!("{json}");
-    } else {
-        println!("{report}");
-    }
-    Ok(())
+    super::print_report(&report, a.json)
 }
 
 fn run_forward(a: &Args, model: &Path) -> Result<()> {
@@ -202,12 +200,5 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let report = run_matmul_bench(&opts)?;
-    if a.json {
-        let json =
-            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
-        println!("{json}");
-    } else {
-        println!("{report}");
-    }
-    Ok(())
+    super::print_report(&report, a.json)
 }

@@ -75,3 +75,15 @@ pub fn print_out(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
+
+/// Prints `report` as pretty JSON (`--json`) or through its `Display`.
+pub fn print_report<T: serde::Serialize + std::fmt::Display>(report: &T, json: bool) -> Result<()> {
+    if json {
+        let text = serde_json::to_string_pretty(report)
+            .map_err(|e| llmq_gpu::Error::Config(e.to_string()))?;
+        println!("{text}");
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
