@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The main job on a real model: fetch SmolLM2-135M-Instruct (GGUF),
-# quantize it with RTN, 4 bits, groups of 128, on the Vulkan device, then
-# measure what that cost (perplexity, KL divergence and top-1 agreement
-# against the original on 8 windows of Persuasion) and let it answer a
-# question. Extra arguments go to `llmq-gpu quantize` (e.g. --bits 8 --per-channel).
-# Evaluation and generation use --device auto: a real GPU if there is one,
-# else the CPU backend (lavapipe would take minutes per window).
+# quantize it at 4 bits, groups of 128, twice: RTN on the Vulkan device, and
+# GPTQ calibrated on 32 windows of 512 tokens of Emma (--device auto: a real
+# GPU if there is one, else the CPU backend; lavapipe would take many
+# minutes). Then measure what each cost (perplexity, KL divergence and
+# top-1 agreement against the original on 8 windows of Persuasion) and let
+# the GPTQ model answer a question. Extra arguments go to both
+# `llmq-gpu quantize` runs (e.g. --bits 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -13,13 +14,16 @@ bash scripts/fetch-fixtures.sh
 cargo build --release
 bin=./target/release/llmq-gpu
 model=$(ls .cache/smollm2/*.gguf | head -1)
-out=.cache/out/smollm2-rtn-w4g128
+rtn=.cache/out/smollm2-rtn-w4g128
+gptq=.cache/out/smollm2-gptq-w4g128
 $bin devices
-$bin quantize --model "$model" --out "$out" --method rtn --bits 4 --group-size 128 \
+$bin quantize --model "$model" --out "$rtn" --method rtn --bits 4 --group-size 128 \
   --device vulkan --overwrite "$@"
-$bin inspect "$out" | head -30
-$bin eval --model "$model" --model "$out" --reference "$model" \
+$bin quantize --model "$model" --out "$gptq" --method gptq --bits 4 --group-size 128 \
+  --calib .cache/austen/emma.txt --calib-samples 32 --calib-len 512 --overwrite "$@"
+$bin inspect "$gptq" | head -30
+$bin eval --model "$model" --model "$rtn" --model "$gptq" --reference "$model" \
   --text .cache/austen/persuasion.txt --ctx 512 --chunks 8 \
   --table .cache/out/demo-eval.md --chart .cache/out/demo-eval.svg
-$bin generate --model "$out" --chat --temperature 0 -n 48 \
+$bin generate --model "$gptq" --chat --temperature 0 -n 48 \
   --prompt "What is the capital of France? Answer in one sentence."
