@@ -149,6 +149,13 @@ pub trait Backend: Send + Sync {
         err: &[f32],
         hinv_rest: &[f32],
     ) -> Result<()>;
+
+    /// The upper triangular `U` with `H⁻¹ = UᵀU` (gptq.py's cholesky,
+    /// cholesky_inverse, cholesky upper), for an already damped symmetric
+    /// `h` `[n, n]`: row-major f32 with zeros below the diagonal.
+    /// `Ok(None)` when H is not positive definite (a non-positive or
+    /// non-finite pivot), so the caller can raise the damping and retry.
+    fn inverse_cholesky_upper(&self, h: &[f32], n: usize) -> Result<Option<Vec<f32>>>;
 }
 
 /// Checks the shapes of a [`Backend::hessian_update`] call.
@@ -213,6 +220,18 @@ pub(crate) fn check_gptq_rest_args(
     {
         return Err(Error::Config(format!(
             "GPTQ update after column {end} of a [{rows}, {cols}] weight: inconsistent buffer sizes"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the shapes of a [`Backend::inverse_cholesky_upper`] call.
+pub(crate) fn check_cholesky_args(h: &[f32], n: usize) -> Result<()> {
+    if n == 0 || h.len() != n * n {
+        return Err(Error::Config(format!(
+            "inverse Cholesky: H has {} values for [{n}, {n}] (need {} and n > 0)",
+            h.len(),
+            n * n
         )));
     }
     Ok(())

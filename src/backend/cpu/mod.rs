@@ -1,14 +1,15 @@
 //! The CPU backend: rayon over rows. It is the reference the GPU kernels are
 //! tested against, and a real choice on machines without a GPU.
 
+pub mod cholesky;
 pub mod gemm;
 pub mod gptq;
 pub mod matmul;
 mod simd;
 
 use super::{
-    check_gptq_block_args, check_gptq_rest_args, check_hessian_args, Backend, GptqBlock,
-    GptqBlockOut, GroupParams,
+    check_cholesky_args, check_gptq_block_args, check_gptq_rest_args, check_hessian_args, Backend,
+    GptqBlock, GptqBlockOut, GroupParams,
 };
 use crate::error::Result;
 use crate::quant::packed::{pack_row, unpack_codes, unpack_row, words_per_row, QuantizedTensor};
@@ -145,6 +146,11 @@ impl Backend for CpuBackend {
         check_gptq_rest_args(w, rows, cols, end, err, hinv_rest)?;
         gptq::gptq_update_rest(w, cols, end, err, hinv_rest);
         Ok(())
+    }
+
+    fn inverse_cholesky_upper(&self, h: &[f32], n: usize) -> Result<Option<Vec<f32>>> {
+        check_cholesky_args(h, n)?;
+        Ok(cholesky::inverse_cholesky_upper(h, n))
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod buffer;
+pub mod cholesky;
 pub mod context;
 pub mod elementwise;
 pub mod gptq;
@@ -16,8 +17,8 @@ pub use buffer::GpuBuffer;
 pub use context::{list_adapters, AdapterSummary, DeviceChoice, GpuContext};
 
 use super::{
-    check_gptq_block_args, check_gptq_rest_args, check_hessian_args, Backend, GptqBlock,
-    GptqBlockOut, GroupParams,
+    check_cholesky_args, check_gptq_block_args, check_gptq_rest_args, check_hessian_args, Backend,
+    GptqBlock, GptqBlockOut, GroupParams,
 };
 use crate::error::Result;
 use crate::quant::packed::QuantizedTensor;
@@ -159,5 +160,10 @@ impl Backend for GpuBackend {
     ) -> Result<()> {
         check_gptq_rest_args(w, rows, cols, end, err, hinv_rest)?;
         gptq::gptq_update_rest(&self.ctx, w, rows, cols, end, err, hinv_rest)
+    }
+
+    fn inverse_cholesky_upper(&self, h: &[f32], n: usize) -> Result<Option<Vec<f32>>> {
+        check_cholesky_args(h, n)?;
+        cholesky::inverse_cholesky_upper(&self.ctx, h, n)
     }
 }
