@@ -200,7 +200,7 @@ pub fn bench_synthetic(
                 phases.hessian.flops += (n * cols * (cols + 1)) as f64;
                 done += n;
             }
-            let f = gptq::factor(&name, &hess.h, cols, opts)?;
+            let f = gptq::factor(backend, &name, &hess.h, cols, opts)?;
             phases.factor.seconds += f.seconds;
             phases.factor.flops += gptq::flops(0, cols, opts.block).0;
             for &rows in rows_list {

@@ -428,7 +428,7 @@ impl LayerRunner<'_> {
 
     /// Factors a Hessian once for all the linears that read its inputs.
     fn factor(&mut self, site: &str, hess: &Hessian) -> Result<gptq::Factored> {
-        let f = gptq::factor(site, &hess.h, hess.cols, self.opts)?;
+        let f = gptq::factor(self.backend, site, &hess.h, hess.cols, self.opts)?;
         let (flops, _) = gptq::flops(0, hess.cols, self.opts.block);
         self.phases.factor.add(f.seconds, flops);
         if f.damp_retries > 0 {

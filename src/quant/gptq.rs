@@ -10,8 +10,9 @@
 //!
 //! The heavy parts are backend kernels: [`Backend::hessian_update`],
 //! [`Backend::gptq_block`] (one block, rows in parallel) and
-//! [`Backend::gptq_update_rest`] (the deferred GEMM). Cholesky and the
-//! inverse run on the host in f64 (`faer`).
+//! [`Backend::gptq_update_rest`] (the deferred GEMM), and the factor of H⁻¹
+//! ([`Backend::inverse_cholesky_upper`]: f64 `faer` on the CPU, blocked f32
+//! WGSL on the GPU).
 //!
 //! Groups: by default GPTQ's dynamic groups (`static_groups=False`): the
 //! scale and zero of a group come from the current, already updated
@@ -31,10 +32,8 @@ use super::packed::QuantizedTensor;
 use super::rtn::check_finite;
 use super::scheme::{params_from_range, Granularity, QuantScheme};
 use crate::backend::cpu::gemm::dense_xwt;
-use crate::backend::{Backend, GptqBlock, GptqBlockOut};
+use crate::backend::{Backend, CpuBackend, GptqBlock, GptqBlockOut};
 use crate::error::{Error, Result};
-use faer::linalg::solvers::DenseSolveCore;
-use faer::{Mat, Side};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::time::Instant;
@@ -167,7 +166,13 @@ pub struct Factored {
 
 /// Checks and factors the Hessian `h` `[cols, cols]` of the inputs of the
 /// linear(s) `name` (see [`Factored`]).
-pub fn factor(name: &str, h: &[f32], cols: usize, opts: &GptqOptions) -> Result<Factored> {
+pub fn factor(
+    backend: &dyn Backend,
+    name: &str,
+    h: &[f32],
+    cols: usize,
+    opts: &GptqOptions,
+) -> Result<Factored> {
     let t = Instant::now();
     if h.len() != cols * cols {
         return Err(Error::BadTensor {
@@ -219,7 +224,7 @@ pub fn factor(name: &str, h: &[f32], cols: usize, opts: &GptqOptions) -> Result<
         perm = Some(order);
     }
     // Damping, then the upper Cholesky factor of H⁻¹.
-    let (hinv, damp_used, damp_retries) = inverse_cholesky_upper(name, &hd, cols, opts)?;
+    let (hinv, damp_used, damp_retries) = inverse_cholesky_upper(backend, name, &hd, cols, opts)?;
     Ok(Factored {
         cols,
         dead,
@@ -246,7 +251,7 @@ pub fn quantize(
     opts: &GptqOptions,
 ) -> Result<(QuantizedTensor, GptqReport)> {
     check_args(name, w, rows, cols, h, scheme)?;
-    let f = factor(name, h, cols, opts)?;
+    let f = factor(backend, name, h, cols, opts)?;
     quantize_factored(backend, name, w, rows, cols, h, &f, scheme, opts)
 }
 
@@ -416,10 +421,14 @@ pub fn quantize_factored(
 }
 
 /// `U` with `H⁻¹ = UᵀU` for `H + λ·mean(diag H)·I` (gptq.py: cholesky,
-/// cholesky_inverse, cholesky upper), as f32 `[cols, cols]`. When a Cholesky
-/// fails, λ is raised and the factorisation retried, with a warning.
+/// cholesky_inverse, cholesky upper), as f32 `[cols, cols]`, by the
+/// backend's [`Backend::inverse_cholesky_upper`] (one Cholesky and one
+/// triangular inverse). When the factorisation fails, λ is raised and it is
+/// retried, with a warning; a GPU (f32) failure is first retried in f64 on
+/// the CPU so the damping used does not depend on the device.
 /// Returns the factor, the λ used and the number of retries.
 fn inverse_cholesky_upper(
+    backend: &dyn Backend,
     name: &str,
     h: &[f64],
     cols: usize,
@@ -430,38 +439,17 @@ fn inverse_cholesky_upper(
     let mut retries = 0;
     loop {
         let lambda = damp * mean_diag;
-        let damped = Mat::<f64>::from_fn(cols, cols, |i, j| {
-            h[i * cols + j] + if i == j { lambda } else { 0.0 }
-        });
-        let factor = damped
-            .llt(Side::Lower)
-            .map_err(|e| format!("Cholesky of H: {e:?}"))
-            .and_then(|llt| {
-                llt.inverse()
-                    .llt(Side::Lower)
-                    .map_err(|e| format!("Cholesky of H⁻¹: {e:?}"))
-            })
-            .and_then(|llt| {
-                // U = Lᵀ, row-major.
-                let l = llt.L();
-                let mut u = vec![0f32; cols * cols];
-                for (i, row) in u.chunks_mut(cols).enumerate() {
-                    for (j, x) in row.iter_mut().enumerate().skip(i) {
-                        *x = l[(j, i)] as f32;
-                    }
-                }
-                let usable = (0..cols).all(|i| {
-                    let d = u[i * cols + i];
-                    d.is_finite() && d > 0.0
-                }) && u.iter().all(|x| x.is_finite());
-                if usable {
-                    Ok(u)
-                } else {
-                    Err("the inverse factor is not finite and positive in f32".to_string())
-                }
-            });
-        match factor {
-            Ok(u) => {
+        let damped: Vec<f32> = h
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| (v + if k % (cols + 1) == 0 { lambda } else { 0.0 }) as f32)
+            .collect();
+        let mut u = backend.inverse_cholesky_upper(&damped, cols)?;
+        if u.is_none() && !backend.name().starts_with("cpu") {
+            u = CpuBackend.inverse_cholesky_upper(&damped, cols)?;
+        }
+        match u {
+            Some(u) => {
                 if retries > 0 {
                     log::warn!(
                         "{name}: used damping {damp} (asked for {}) after {retries} failed Cholesky attempt(s)",
@@ -470,20 +458,20 @@ fn inverse_cholesky_upper(
                 }
                 return Ok((u, damp, retries));
             }
-            Err(why) if retries < opts.max_damp_retries => {
+            None if retries < opts.max_damp_retries => {
                 let next = raise_damp(damp);
                 log::warn!(
-                    "{name}: Hessian not positive definite with damping {damp} ({why}); retrying with {next}"
+                    "{name}: Hessian not positive definite with damping {damp}; retrying with {next}"
                 );
                 damp = next;
                 retries += 1;
             }
-            Err(why) => {
+            None => {
                 return Err(Error::BadTensor {
                     name: format!("{name} (Hessian)"),
                     msg: format!(
                         "not positive definite even with damping {damp} × mean diagonal after \
-                         {retries} retries ({why}); the calibration inputs are degenerate"
+                         {retries} retries; the calibration inputs are degenerate"
                     ),
                 })
             }
@@ -556,13 +544,13 @@ pub fn output_error(
 }
 
 /// FLOPs of [`quantize`] on a `[rows, cols]` weight, by phase: the f64
-/// factorisation (Cholesky of H, its inverse, Cholesky of H⁻¹: about
-/// `4/3·cols³`, once per Hessian) and the column updates (in-block error feedback plus the
+/// factorisation (Cholesky of the reversed H and a triangular inverse: about
+/// `2/3·cols³`, once per Hessian) and the column updates (in-block error feedback plus the
 /// deferred GEMMs, 2 FLOPs per multiply-add).
 pub fn flops(rows: usize, cols: usize, block: usize) -> (f64, f64) {
     let (r, c) = (rows as f64, cols as f64);
-    // Cholesky c³/3, inverse from the factor 2c³/3, Cholesky c³/3.
-    let factor = 4.0 / 3.0 * c * c * c;
+    // Cholesky c³/3 and triangular inverse c³/3.
+    let factor = 2.0 / 3.0 * c * c * c;
     let mut update = 0.0;
     for start in (0..cols).step_by(block.max(1)) {
         let len = (cols - start).min(block) as f64;
