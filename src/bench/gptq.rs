@@ -67,7 +67,7 @@ fn rates(phases: &Phases, peak: &PeakRates) -> Vec<PhaseRate> {
     vec![
         row("calibration forward", phases.forward),
         row("hessian", phases.hessian),
-        row("cholesky (host f64)", phases.factor),
+        row("cholesky + triangular inverse", phases.factor),
         row("gptq updates", phases.update),
         row("error report (RTN too)", phases.report),
         row("total", phases.total()),
