@@ -28,7 +28,7 @@ use crate::backend::{Backend, CpuBackend};
 use crate::error::{Error, Result};
 use crate::model::arch::ArchConfig;
 use crate::model::forward::ops::{self, AttnShape, RopeTable};
-use crate::model::forward::{self, LayerWeights, Linear, LlamaWeights};
+use crate::model::forward::{self, LayerWeights, Linear};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{ModelView, TensorKind};
 use crate::quant::gptq::{self, GptqOptions, Hessian};
@@ -221,15 +221,7 @@ pub fn run(
     let widest = f.max(h) + 2 * f;
     let chunk = (settings.chunk_budget / (windows.len * widest * 4)).clamp(1, windows.samples);
     let store_mlp = windows.samples * windows.len * f * 4 <= settings.activation_budget;
-    let rope_inv = LlamaWeights {
-        arch: arch.clone(),
-        embed: Vec::new(),
-        layers: Vec::new(),
-        final_norm: Vec::new(),
-        head: None,
-        rope_freq_factors: forward::load_rope_freq_factors(view)?,
-    }
-    .rope_inv_freq();
+    let rope_inv = forward::rope_inv_freq(&arch, forward::load_rope_freq_factors(view)?.as_deref());
     let mut runner = LayerRunner {
         backend,
         view,
@@ -602,8 +594,7 @@ impl LayerRunner<'_> {
         let a = self.arch;
         let mut q = self.apply(&qkv[0], x)?;
         let mut k = self.apply(&qkv[1], x)?;
-        let v = self.apply(&qkv[2], x)?;
-        let mut v = v;
+        let mut v = self.apply(&qkv[2], x)?;
         let shape = AttnShape {
             heads: a.num_heads,
             kv_heads: a.num_kv_heads,

@@ -244,18 +244,7 @@ fn load_linear(view: &ModelView, name: &str, rows: usize, cols: usize) -> Result
 impl LlamaWeights {
     /// RoPE inverse frequencies `[head_dim / 2]` with the model's scaling.
     pub fn rope_inv_freq(&self) -> Vec<f64> {
-        let a = &self.arch;
-        let mut f = ops::rope_inv_freq(a.head_dim(), a.rope_theta);
-        if let Some(s) = &a.rope_scaling {
-            // Unsupported schemes are rejected when the weights load.
-            let _ = s.apply(&mut f);
-        }
-        if let Some(factors) = &self.rope_freq_factors {
-            for (f, d) in f.iter_mut().zip(factors) {
-                *f /= *d as f64;
-            }
-        }
-        f
+        rope_inv_freq(&self.arch, self.rope_freq_factors.as_deref())
     }
 
     /// Bytes of all weights as held (packed linears count packed).
@@ -297,6 +286,22 @@ impl LlamaWeights {
             rope_freq_factors,
         })
     }
+}
+
+/// RoPE inverse frequencies `[head_dim / 2]` of `arch` with its scaling and,
+/// when given, Llama 3.1's per-frequency divisors (`rope_freqs.weight`).
+pub fn rope_inv_freq(arch: &ArchConfig, freq_factors: Option<&[f32]>) -> Vec<f64> {
+    let mut f = ops::rope_inv_freq(arch.head_dim(), arch.rope_theta);
+    if let Some(s) = &arch.rope_scaling {
+        // Unsupported schemes are rejected when the weights load.
+        let _ = s.apply(&mut f);
+    }
+    if let Some(factors) = freq_factors {
+        for (f, d) in f.iter_mut().zip(factors) {
+            *f /= *d as f64;
+        }
+    }
+    f
 }
 
 /// The name of a global tensor: `embed`, `norm` or `head`.
