@@ -7,9 +7,10 @@
 //! last bits, so a code can flip at a tie; GPTQ's error feedback then takes
 //! a different (equally good) path along that row, and changed codes shift
 //! the next layer's inputs. Layer 0 agrees to about 1e-6; over two layers
-//! up to 2.6% of codes differed in the runs made (some by more than 1). The
-//! test allows 5% of codes and 5% relative difference in every linear's
-//! GPTQ output error, and both backends must beat RTN on every linear.
+//! no code differed in 19 of 20 runs made, 2.6% in one (some by more than 1,
+//! with a 2.7% difference in one linear's error). The test allows 10% of
+//! codes and 10% relative difference in every linear's GPTQ output error,
+//! and both backends must beat RTN on every linear.
 
 mod common;
 
@@ -185,14 +186,14 @@ fn pipeline_gpu_matches_cpu() {
             "{}: GPTQ error CPU {:.4e} GPU {:.4e} (rel diff {rel:.2e}); RTN {:.4e}",
             lc.name, lc.gptq_error, lg.gptq_error, lc.rtn_error
         );
-        assert!(rel <= 0.05, "{}: GPU/CPU errors differ by {rel}", lc.name);
+        assert!(rel <= 0.10, "{}: GPU/CPU errors differ by {rel}", lc.name);
         assert!(lc.gptq_error < lc.rtn_error && lg.gptq_error < lg.rtn_error);
     }
     let share = differ as f64 / total as f64;
     eprintln!(
         "GPU vs CPU pipeline: {differ} of {total} codes differ ({share:.4}), {far} by more than 1"
     );
-    assert!(share <= 0.05, "{share} of codes differ (bound 0.05)");
+    assert!(share <= 0.10, "{share} of codes differ (bound 0.10)");
     assert!(
         gg.peak_gpu_bytes.is_some_and(|b| b > 0),
         "GPU peak memory reported"
