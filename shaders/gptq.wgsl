@@ -1,4 +1,5 @@
-// GPTQ update kernels (IST-DASLab/gptq `fasterquant`, the two heavy parts):
+// GPTQ update kernels (IST-DASLab/gptq `fasterquant`, the two heavy parts),
+// on a weight that stays resident from the first block to the last:
 //
 // - quantize_block: one block of columns start..start+len, one invocation
 //   per weight row (rows are independent given Hinv). Column by column:
@@ -38,7 +39,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> w: array<f32>;
 // [rows, len] scaled errors: written by quantize_block, read by update_rest.
 @group(0) @binding(3) var<storage, read_write> err: array<f32>;
-// [rows, groups] scales and zero-points; [rows, len] codes of the block.
+// [rows, groups] scales and zero-points; [rows, cols] codes.
 @group(0) @binding(4) var<storage, read_write> scales: array<f32>;
 @group(0) @binding(5) var<storage, read_write> zeros: array<u32>;
 @group(0) @binding(6) var<storage, read_write> codes: array<u32>;
@@ -101,7 +102,7 @@ fn quantize_block(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         let x = w[base + j];
         let q = clamp(floor(x * (1.0 / s) + 0.5) + z, 0.0, maxq);
         let e = (x - s * (q - z)) / hinv[jj * p.len + jj];
-        codes[r * p.len + jj] = u32(q);
+        codes[base + j] = u32(q);
         err[r * p.len + jj] = e;
         for (var kk = jj + 1u; kk < p.len; kk++) {
             w[base + p.start + kk] -= e * hinv[jj * p.len + kk];

@@ -6,7 +6,8 @@
 // so each chunk fits one storage binding) and one chunk of `tokens` rows of
 // X `[tokens, cols]` (the host splits X by tokens the same way; the first
 // chunk uses alpha = n/(n+b), later ones alpha = 1, all beta = 2/(n+b)).
-// The CPU reference is `hessian_update` in src/backend/cpu/mod.rs.
+// Only tiles touching the lower triangle are computed; the host mirrors it.
+// The CPU reference is `hessian_update` in src/backend/cpu/gptq.rs.
 //
 // Tiling: a 16x16 workgroup computes a 64x64 tile of H, 4x4 per invocation
 // in registers; each step stages 16 tokens of the tile's 64 row-features and
@@ -40,6 +41,12 @@ fn accumulate(@builtin(workgroup_id) wg: vec3<u32>,
               @builtin(local_invocation_index) li: u32) {
     let r_base = wg.y * TILE;
     let c_base = wg.x * TILE;
+    // H is symmetric: tiles wholly above the diagonal are skipped (the
+    // whole workgroup returns, so no barrier diverges) and the host mirrors
+    // the lower triangle when it reads H back.
+    if (c_base > p.row0 + r_base + TILE - 1u) {
+        return;
+    }
     var acc: array<f32, 16>;
     for (var i = 0u; i < 16u; i++) {
         acc[i] = 0.0;

@@ -19,7 +19,7 @@ mod common;
 use llmq_gpu::backend::{Backend, CpuBackend, GpuBackend};
 use llmq_gpu::model::forward::{CpuForward, LinearSite};
 use llmq_gpu::model::{ModelView, Tokenizer};
-use llmq_gpu::quant::gptq::{self, GptqOptions, Hessian};
+use llmq_gpu::quant::gptq::{self, GptqOptions, Hessian, HessianAccumulation};
 use llmq_gpu::quant::packed::unpack_codes;
 use llmq_gpu::quant::rtn;
 use llmq_gpu::{Error, Granularity, QuantScheme};
@@ -83,18 +83,32 @@ fn assert_hessians_close(what: &str, got: &[f32], want: &[f32]) {
 }
 
 /// Accumulates `x` in batches of `batch` tokens on `backend`.
+/// The Hessian of `x` accumulated `batch` tokens at a time; `resident`:
+/// one [`HessianAccumulation`] kept on the backend across batches,
+/// otherwise [`Hessian::add_batch`] per batch (H travels each time).
 fn hessian_in_batches(
     backend: &dyn Backend,
     x: &[f32],
     tokens: usize,
     cols: usize,
     batch: usize,
+    resident: bool,
 ) -> Vec<f32> {
-    let mut h = Hessian::new(cols);
-    for (k, chunk) in x.chunks(batch * cols).enumerate() {
-        h.add_batch(backend, &format!("x{k}"), chunk, chunk.len() / cols)
-            .unwrap();
-    }
+    let h = if resident {
+        let mut acc = HessianAccumulation::new(backend, cols).unwrap();
+        for (k, chunk) in x.chunks(batch * cols).enumerate() {
+            acc.add_batch(&format!("x{k}"), chunk, chunk.len() / cols)
+                .unwrap();
+        }
+        acc.finish().unwrap()
+    } else {
+        let mut h = Hessian::new(cols);
+        for (k, chunk) in x.chunks(batch * cols).enumerate() {
+            h.add_batch(backend, &format!("x{k}"), chunk, chunk.len() / cols)
+                .unwrap();
+        }
+        h
+    };
     assert_eq!(h.samples, tokens);
     h.h
 }
@@ -108,8 +122,10 @@ fn hessian_cpu_matches_f64_reference() {
             .iter()
             .map(|&v| v as f32)
             .collect();
-        let got = hessian_in_batches(&CpuBackend, &x, tokens, cols, batch);
-        assert_hessians_close(&format!("cpu {tokens}x{cols}/{batch}"), &got, &want);
+        for resident in [true, false] {
+            let got = hessian_in_batches(&CpuBackend, &x, tokens, cols, batch, resident);
+            assert_hessians_close(&format!("cpu {tokens}x{cols}/{batch}"), &got, &want);
+        }
     }
 }
 
@@ -119,9 +135,11 @@ fn hessian_gpu_matches_cpu() {
     let gpu = GpuBackend::new(common::gpu());
     for &(tokens, cols, batch) in &[(1, 7, 1), (37, 96, 37), (200, 130, 64), (100, 257, 33)] {
         let x = correlated_inputs(&mut rng, tokens, cols, 4);
-        let c = hessian_in_batches(&CpuBackend, &x, tokens, cols, batch);
-        let g = hessian_in_batches(&gpu, &x, tokens, cols, batch);
-        assert_hessians_close(&format!("gpu {tokens}x{cols}/{batch}"), &g, &c);
+        let c = hessian_in_batches(&CpuBackend, &x, tokens, cols, batch, true);
+        for resident in [true, false] {
+            let g = hessian_in_batches(&gpu, &x, tokens, cols, batch, resident);
+            assert_hessians_close(&format!("gpu {tokens}x{cols}/{batch}"), &g, &c);
+        }
     }
 }
 
@@ -137,8 +155,8 @@ fn hessian_gpu_split_path_matches_cpu() {
     assert_eq!(ctx.max_binding(), (20 * cols * 4) as u64);
     let gpu = GpuBackend::new(std::sync::Arc::new(ctx));
     let x = correlated_inputs(&mut rng, tokens, cols, 6);
-    let c = hessian_in_batches(&CpuBackend, &x, tokens, cols, 70);
-    let g = hessian_in_batches(&gpu, &x, tokens, cols, 70);
+    let c = hessian_in_batches(&CpuBackend, &x, tokens, cols, 70, true);
+    let g = hessian_in_batches(&gpu, &x, tokens, cols, 70, true);
     assert_hessians_close("gpu split", &g, &c);
 }
 

@@ -15,6 +15,7 @@
 mod common;
 
 use llmq_gpu::backend::{Backend, CpuBackend, GpuBackend};
+use llmq_gpu::model::forward::ops::AttnShape;
 use llmq_gpu::pipeline::calib::CalibConfig;
 use llmq_gpu::pipeline::gptq::{GptqRunReport, GptqSettings};
 use llmq_gpu::quant::packed::unpack_codes;
@@ -394,4 +395,84 @@ fn cli_gptq_writes_report_and_needs_calibration() {
         serde_json::from_slice(&std::fs::read(out.join("gptq-report.json")).unwrap()).unwrap();
     assert_eq!(report["act_order"], true);
     assert_eq!(report["layers"].as_array().unwrap().len(), LAYERS);
+}
+
+/// The calibration forward's attention over independent windows: GPU
+/// (windows split under a small binding limit: 3 per dispatch) against the
+/// CPU, grouped-query heads, within 1e-5 of the largest output.
+#[test]
+fn causal_attention_gpu_matches_cpu() {
+    let mut rng = common::rng("causal_attention_gpu_matches_cpu");
+    let shape = AttnShape {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+    };
+    let (windows, seq) = (7, 19);
+    let ctx = common::fresh_gpu();
+    ctx.set_max_binding((3 * seq * 64 * 4) as u64);
+    let gpu = GpuBackend::new(std::sync::Arc::new(ctx));
+    let mut random =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen::<f32>() * 4.0 - 2.0).collect() };
+    let q = random(windows * seq * 64);
+    let k = random(windows * seq * 32);
+    let v = random(windows * seq * 32);
+    let want = CpuBackend
+        .causal_attention(&q, &k, &v, windows, seq, shape)
+        .unwrap();
+    let got = gpu
+        .causal_attention(&q, &k, &v, windows, seq, shape)
+        .unwrap();
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let diff = want
+        .iter()
+        .zip(&got)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("attention: max |GPU - CPU| {diff:.2e} of max |out| {scale:.2}");
+    assert!(diff <= 1e-5 * scale, "GPU attention differs by {diff}");
+    // A shape mismatch is an error, not a panic.
+    let err = gpu
+        .causal_attention(&q[1..], &k, &v, windows, seq, shape)
+        .unwrap_err();
+    assert!(err.to_string().contains("attention"), "{err}");
+}
+
+/// MLP activations recomputed (no activation budget) or kept: the same
+/// computations in the same order, so the same codes and errors (up to the
+/// order of the report's parallel f64 sums).
+#[test]
+fn recomputed_mlp_activations_match_kept_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = common::rng("recomputed_mlp_activations_match_kept_ones");
+    let model = tiny_model(dir.path(), &mut rng, &|_, _| {});
+    let scheme = QuantScheme::new(3, false, Granularity::Group(32)).unwrap();
+    let (kept, recomputed) = (dir.path().join("kept"), dir.path().join("recomputed"));
+    let mut small = settings(dir.path(), 6, 24);
+    small.chunk_budget = 1; // one window per chunk
+    let rk = run(&CpuBackend, &model, &kept, scheme, small.clone()).unwrap();
+    small.activation_budget = 0;
+    let rr = run(&CpuBackend, &model, &recomputed, scheme, small).unwrap();
+    assert!(gptq_report(&rk).stored_mlp_activations);
+    assert!(!gptq_report(&rr).stored_mlp_activations);
+    assert_eq!(gptq_report(&rr).chunk_windows, 1);
+    let (vk, vr) = (
+        ModelView::open(&kept).unwrap(),
+        ModelView::open(&recomputed).unwrap(),
+    );
+    for t in vk.tensors() {
+        if let Some(a) = vk.load_quantized(&t.name).unwrap() {
+            let b = vr.load_quantized(&t.name).unwrap().unwrap();
+            assert_eq!(a.packed, b.packed, "{}", t.name);
+        }
+    }
+    let errors = |r: &QuantizeReport| -> Vec<f64> {
+        gptq_report(r)
+            .layers
+            .iter()
+            .flat_map(|l| l.linears.iter().map(|x| x.gptq_error))
+            .collect()
+    };
+    for (a, b) in errors(&rk).iter().zip(errors(&rr)) {
+        assert!((a - b).abs() <= 1e-12 * a, "errors {a} and {b}");
+    }
 }

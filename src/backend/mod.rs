@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod gpu;
 
 use crate::error::Result;
+use crate::model::forward::ops::AttnShape;
 use crate::quant::packed::QuantizedTensor;
 
 /// Per-group quantization parameters handed to [`Backend::quantize_codes`].
@@ -22,47 +23,93 @@ pub struct GroupParams<'a> {
     pub zeros: &'a [u32],
 }
 
-/// One block of GPTQ columns handed to [`Backend::gptq_block`].
-pub struct GptqBlock<'a> {
+/// What GPTQ's column loop needs besides the weight, fixed for one weight
+/// by [`Backend::gptq_columns`].
+#[derive(Clone, Copy)]
+pub struct GptqSpec<'a> {
     pub bits: u32,
     pub symmetric: bool,
     /// Weights per group along a row (the whole row for per-channel); the
     /// last group of a row may be shorter.
     pub group_len: usize,
-    /// First and one-past-last column of the block.
-    pub start: usize,
-    pub end: usize,
-    /// `Hinv[start..end, start..end]`, row-major `[len, len]`: the block's
-    /// part of the upper Cholesky factor of H⁻¹.
+    /// Columns per block: block `b` is `b·block .. min((b+1)·block, cols)`.
+    pub block: usize,
+    /// `[cols, cols]` row-major upper Cholesky factor of H⁻¹, in the order
+    /// the columns are quantized.
     pub hinv: &'a [f32],
-    /// Static groups (act-order): the group of each of the `cols` columns
-    /// in the order they are quantized; the scales and zeros are set
-    /// beforehand and never recomputed. `None`: column `j` is in group
-    /// `j / group_len`, whose parameters are computed when `j` starts it.
-    pub group_of: Option<&'a [u32]>,
+    /// Act-order's static groups, `None` for GPTQ's dynamic groups (column
+    /// `j` is in group `j / group_len`, whose parameters are computed from
+    /// the current weights when `j` starts it).
+    pub static_groups: Option<StaticGroups<'a>>,
 }
 
-impl GptqBlock<'_> {
-    pub fn len(&self) -> usize {
-        self.end - self.start
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.end == self.start
-    }
-}
-
-/// What [`Backend::gptq_block`] writes: codes of the block's columns, the
-/// parameters of every group whose first column lies in the block, and the
-/// scaled errors the deferred update needs.
-pub struct GptqBlockOut<'a> {
-    /// `[rows, cols]` codes (only the block's columns are written).
-    pub codes: &'a mut [u32],
+/// Groups fixed before GPTQ starts (act-order): the group of each column in
+/// quantization order and every group's parameters, never recomputed.
+#[derive(Clone, Copy)]
+pub struct StaticGroups<'a> {
+    /// `[cols]` group of each column.
+    pub group_of: &'a [u32],
     /// `[rows, groups]` scales and zero-points.
-    pub scales: &'a mut [f32],
-    pub zeros: &'a mut [u32],
-    /// `[rows, len]`: `(w − q) / Hinv[j, j]` per column of the block.
-    pub err: &'a mut [f32],
+    pub scales: &'a [f32],
+    pub zeros: &'a [u32],
+}
+
+impl GptqSpec<'_> {
+    pub fn groups(&self, cols: usize) -> usize {
+        cols.div_ceil(self.group_len.max(1))
+    }
+
+    /// Columns of block `start..` (checked against the spec's block size).
+    pub(crate) fn block_end(&self, cols: usize, start: usize) -> Result<usize> {
+        if self.block == 0 || !start.is_multiple_of(self.block) || start >= cols {
+            return Err(Error::Config(format!(
+                "GPTQ block starting at column {start} of {cols}: not a block of {} columns",
+                self.block
+            )));
+        }
+        Ok((start + self.block).min(cols))
+    }
+}
+
+/// What GPTQ's column loop produced, in quantization order.
+pub struct GptqCodes {
+    /// `[rows, cols]` codes.
+    pub codes: Vec<u32>,
+    /// `[rows, groups]` scales and zero-points.
+    pub scales: Vec<f32>,
+    pub zeros: Vec<u32>,
+}
+
+/// The running Hessian of one linear layer's inputs (gptq.py `add_batch`),
+/// held where the backend keeps it (host memory, GPU buffers) between
+/// batches, so only the inputs travel.
+pub trait HessianAccumulator {
+    /// Adds `x` `[tokens, cols]`: with `n` tokens seen so far and
+    /// `b = tokens`, `H ← H·n/(n+b) + (2/(n+b))·XᵀX` (H stays the mean).
+    fn add(&mut self, x: &[f32], tokens: usize) -> Result<()>;
+
+    /// Waits for the device and returns H `[cols, cols]`, symmetric.
+    fn finish(self: Box<Self>) -> Result<Vec<f32>>;
+}
+
+/// One weight under GPTQ, held where the backend keeps it (host memory,
+/// GPU buffers) from the first block to the last, so nothing travels
+/// between blocks. `quant::gptq` drives it block by block.
+pub trait GptqColumns {
+    /// Quantizes the block of columns starting at `start`, every row
+    /// independently (gptq.py's inner loop): for each column `j`, the
+    /// group's scale/zero come from the row's current weights when `j`
+    /// starts a group (dynamic groups); `q` by
+    /// [`crate::quant::scheme::quantize_value`]; the error
+    /// `(w − q)/Hinv[j, j]` is kept and spread over the rest of the block.
+    fn quantize_block(&mut self, start: usize) -> Result<()>;
+
+    /// GPTQ's deferred update after the block starting at `start` (ending
+    /// at `end`): `W[:, end..] −= Err · Hinv[block, end..]`.
+    fn update_rest(&mut self, start: usize) -> Result<()>;
+
+    /// Waits for the device and returns codes, scales and zeros.
+    fn finish(self: Box<Self>) -> Result<GptqCodes>;
 }
 
 pub trait Backend: Send + Sync {
@@ -101,6 +148,20 @@ pub trait Backend: Send + Sync {
     /// returns `[tokens, rows]`. One token is a GEMV, more a GEMM.
     fn matmul(&self, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>;
 
+    /// Causal grouped-query attention over `windows` independent windows of
+    /// `seq` tokens each (positions 0..seq, rotary embedding already
+    /// applied): `q` `[windows·seq, heads·hd]`, `k` and `v`
+    /// `[windows·seq, kv_heads·hd]`; returns `[windows·seq, heads·hd]`.
+    fn causal_attention(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        windows: usize,
+        seq: usize,
+        shape: AttnShape,
+    ) -> Result<Vec<f32>>;
+
     /// Bytes of device buffers alive at once at the high-water mark since
     /// the last [`Backend::reset_memory_peak`]; `None` without device memory.
     fn memory_peak(&self) -> Option<u64> {
@@ -110,45 +171,26 @@ pub trait Backend: Send + Sync {
     /// Restarts [`Backend::memory_peak`] at what is alive now.
     fn reset_memory_peak(&self) {}
 
-    /// The running Hessian of a linear layer's inputs (gptq.py `add_batch`):
-    /// `h` `[cols, cols]` holds the mean over `n_seen` tokens so far; adding
-    /// `x` `[tokens, cols]` gives `H ← H·n/(n+b) + (2/(n+b))·XᵀX`, `b = tokens`.
-    fn hessian_update(
-        &self,
-        h: &mut [f32],
+    /// Continues the running Hessian `h` `[cols, cols]` of `n_seen` tokens
+    /// of a linear layer's inputs (`h` all zeros and `n_seen` 0 to start
+    /// one), kept where the backend keeps it until
+    /// [`HessianAccumulator::finish`]; see [`HessianAccumulator::add`].
+    fn hessian_accumulator<'a>(
+        &'a self,
+        h: Vec<f32>,
         cols: usize,
         n_seen: usize,
-        x: &[f32],
-        tokens: usize,
-    ) -> Result<()>;
+    ) -> Result<Box<dyn HessianAccumulator + 'a>>;
 
-    /// GPTQ inside one block of columns, every row independently
-    /// (gptq.py's inner loop): for each column `j` of the block, compute the
-    /// group's scale/zero from the current weights of row `w[r]` when `j`
-    /// starts a group, quantize with [`crate::quant::scheme::quantize_value`],
-    /// and spread the error `(w − q)/Hinv[j, j]` over the rest of the block.
-    /// `w` `[rows, cols]` is updated in place (block columns only).
-    fn gptq_block(
-        &self,
-        w: &mut [f32],
+    /// Starts GPTQ on the `[rows, cols]` weight `w` (dead columns already
+    /// zeroed, columns already in quantization order); see [`GptqColumns`].
+    fn gptq_columns<'a>(
+        &'a self,
+        w: Vec<f32>,
         rows: usize,
         cols: usize,
-        block: &GptqBlock,
-        out: &mut GptqBlockOut,
-    ) -> Result<()>;
-
-    /// GPTQ's deferred update after a block ending at column `end`:
-    /// `W[:, end..] −= Err · Hinv[block, end..]`, with `err` `[rows, len]`
-    /// and `hinv_rest` `[len, cols − end]`.
-    fn gptq_update_rest(
-        &self,
-        w: &mut [f32],
-        rows: usize,
-        cols: usize,
-        end: usize,
-        err: &[f32],
-        hinv_rest: &[f32],
-    ) -> Result<()>;
+        spec: GptqSpec<'a>,
+    ) -> Result<Box<dyn GptqColumns + 'a>>;
 
     /// The upper triangular `U` with `H⁻¹ = UᵀU` (gptq.py's cholesky,
     /// cholesky_inverse, cholesky upper), for an already damped symmetric
@@ -158,68 +200,86 @@ pub trait Backend: Send + Sync {
     fn inverse_cholesky_upper(&self, h: &[f32], n: usize) -> Result<Option<Vec<f32>>>;
 }
 
-/// Checks the shapes of a [`Backend::hessian_update`] call.
-pub(crate) fn check_hessian_args(h: &[f32], cols: usize, x: &[f32], tokens: usize) -> Result<()> {
-    if cols == 0 || h.len() != cols * cols || x.len() != tokens * cols {
+/// Checks the shapes of a [`Backend::causal_attention`] call.
+pub(crate) fn check_attention_args(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    windows: usize,
+    seq: usize,
+    s: AttnShape,
+) -> Result<()> {
+    let (qw, kvw) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    let ok = s.heads > 0
+        && s.kv_heads > 0
+        && s.head_dim > 0
+        && s.heads.is_multiple_of(s.kv_heads)
+        && q.len() == windows * seq * qw
+        && k.len() == windows * seq * kvw
+        && v.len() == k.len();
+    if !ok {
         return Err(Error::Config(format!(
-            "Hessian update: H has {} values and X {} for {cols} columns and {tokens} tokens \
-             (need {} and {})",
+            "attention over {windows} windows of {seq} tokens with {s:?}: q/k/v have {}/{}/{} \
+             values (need {}/{}/{}, heads a multiple of kv heads)",
+            q.len(),
+            k.len(),
+            v.len(),
+            windows * seq * qw,
+            windows * seq * kvw,
+            windows * seq * kvw
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the shapes of a [`Backend::hessian_accumulator`] call.
+pub(crate) fn check_hessian_start(h: &[f32], cols: usize) -> Result<()> {
+    if cols == 0 || h.len() != cols * cols {
+        return Err(Error::Config(format!(
+            "Hessian of {cols} columns given {} values (need {} and cols > 0)",
             h.len(),
+            cols * cols
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the shape of a [`HessianAccumulator::add`] call.
+pub(crate) fn check_hessian_batch(cols: usize, x: &[f32], tokens: usize) -> Result<()> {
+    if x.len() != tokens * cols {
+        return Err(Error::Config(format!(
+            "Hessian update: X has {} values for {tokens} tokens of {cols} columns (need {})",
             x.len(),
-            cols * cols,
             tokens * cols
         )));
     }
     Ok(())
 }
 
-/// Checks the shapes of a [`Backend::gptq_block`] call.
-pub(crate) fn check_gptq_block_args(
-    w: &[f32],
-    rows: usize,
-    cols: usize,
-    b: &GptqBlock,
-    out: &GptqBlockOut,
-) -> Result<()> {
-    let groups = cols.div_ceil(b.group_len.max(1));
-    let ok = b.group_len > 0
-        && b.start < b.end
-        && b.end <= cols
+/// Checks the shapes of a [`Backend::gptq_columns`] call.
+pub(crate) fn check_gptq_args(w: &[f32], rows: usize, cols: usize, spec: &GptqSpec) -> Result<()> {
+    let groups = spec.groups(cols);
+    let ok = spec.group_len > 0
+        && spec.block > 0
+        && cols > 0
         && w.len() == rows * cols
-        && b.hinv.len() == b.len() * b.len()
-        && out.codes.len() == rows * cols
-        && out.scales.len() == rows * groups
-        && out.zeros.len() == rows * groups
-        && out.err.len() == rows * b.len()
-        && (2..=8).contains(&b.bits)
-        && b.group_of
-            .is_none_or(|g| g.len() == cols && g.iter().all(|&i| (i as usize) < groups));
+        && spec.hinv.len() == cols * cols
+        && (2..=8).contains(&spec.bits)
+        && spec.static_groups.is_none_or(|s| {
+            s.group_of.len() == cols
+                && s.group_of.iter().all(|&g| (g as usize) < groups)
+                && s.scales.len() == rows * groups
+                && s.zeros.len() == rows * groups
+        });
     if !ok {
         return Err(Error::Config(format!(
-            "GPTQ block {}..{} of a [{rows}, {cols}] weight: inconsistent buffer sizes or settings",
-            b.start, b.end
-        )));
-    }
-    Ok(())
-}
-
-/// Checks the shapes of a [`Backend::gptq_update_rest`] call.
-pub(crate) fn check_gptq_rest_args(
-    w: &[f32],
-    rows: usize,
-    cols: usize,
-    end: usize,
-    err: &[f32],
-    hinv_rest: &[f32],
-) -> Result<()> {
-    let len = err.len().checked_div(rows).unwrap_or(0);
-    if w.len() != rows * cols
-        || end > cols
-        || err.len() != rows * len
-        || hinv_rest.len() != len * (cols - end)
-    {
-        return Err(Error::Config(format!(
-            "GPTQ update after column {end} of a [{rows}, {cols}] weight: inconsistent buffer sizes"
+            "GPTQ of a [{rows}, {cols}] weight ({} values, H⁻¹ factor {} values): inconsistent \
+             buffer sizes or settings (bits {}, group {}, block {})",
+            w.len(),
+            spec.hinv.len(),
+            spec.bits,
+            spec.group_len,
+            spec.block
         )));
     }
     Ok(())

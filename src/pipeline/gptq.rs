@@ -14,9 +14,10 @@
 //! Activations go through in chunks of whole windows, so host memory holds
 //! one layer's weights, the hidden state, one hidden-sized stage buffer and
 //! (when under [`GptqSettings::activation_budget`]) the MLP activations; the
-//! GPU holds only what the kernel running needs. Hessians, GPTQ updates and
-//! the quantized linears of the stage forward run on the backend; norms,
-//! RoPE and attention on the CPU.
+//! GPU holds only the buffers of the kernels running (a Hessian being
+//! accumulated, a weight under GPTQ). Hessians, GPTQ updates, the
+//! quantized linears of the stage forward and attention run on the
+//! backend; norms and RoPE on the CPU.
 //!
 //! Every quantized linear is also quantized with RTN at the same settings
 //! and both are scored by the relative output error ‖WX − ŴX‖²/‖WX‖² on the
@@ -31,7 +32,7 @@ use crate::model::forward::ops::{self, AttnShape, RopeTable};
 use crate::model::forward::{self, LayerWeights, Linear};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{ModelView, TensorKind};
-use crate::quant::gptq::{self, GptqOptions, Hessian};
+use crate::quant::gptq::{self, GptqOptions, Hessian, HessianAccumulation};
 use crate::quant::{rtn, QuantScheme, QuantizedTensor};
 use serde::Serialize;
 use std::time::Instant;
@@ -46,7 +47,8 @@ pub struct GptqSettings {
     pub chunk_budget: usize,
     /// Keep `silu(gate)·up` of all windows between the down Hessian and the
     /// down projection when it fits in this many bytes; recompute it
-    /// otherwise.
+    /// otherwise (the gate and up projections again: a third more forward
+    /// FLOPs). Default: a quarter of the available memory, 1 to 16 GiB.
     pub activation_budget: usize,
 }
 
@@ -56,7 +58,9 @@ impl GptqSettings {
             calib,
             options: GptqOptions::default(),
             chunk_budget: 256 << 20,
-            activation_budget: 1 << 30,
+            activation_budget: memory::available_bytes()
+                .map_or(1 << 30, |a| (a / 4).clamp(1 << 30, 16 << 30))
+                as usize,
         }
     }
 }
@@ -351,7 +355,7 @@ fn dense(linear: &Linear) -> Result<Vec<f32>> {
     }
 }
 
-impl LayerRunner<'_> {
+impl<'a> LayerRunner<'a> {
     /// Row ranges of the chunks of `rows_total` hidden rows.
     fn chunks(&self, rows_total: usize) -> Vec<std::ops::Range<usize>> {
         let step = self.chunk * self.seq;
@@ -377,13 +381,23 @@ impl LayerRunner<'_> {
             .time(flops, || backend.matmul(q, x, tokens))
     }
 
-    fn accumulate(&mut self, hess: &mut Hessian, what: &str, x: &[f32]) -> Result<()> {
-        let tokens = x.len() / hess.cols;
-        let flops = (tokens * hess.cols * (hess.cols + 1)) as f64;
-        let backend = self.backend;
+    /// Adds `x` to a Hessian the backend keeps. Its kernels may still run
+    /// when this returns; [`LayerRunner::finish_hessian`] times the rest.
+    fn accumulate(&mut self, hess: &mut HessianAccumulation, what: &str, x: &[f32]) -> Result<()> {
+        let cols = hess.cols();
+        let tokens = x.len() / cols;
+        let flops = (tokens * cols * (cols + 1)) as f64;
         self.phases
             .hessian
-            .time(flops, || hess.add_batch(backend, what, x, tokens))
+            .time(flops, || hess.add_batch(what, x, tokens))
+    }
+
+    fn start_hessian(&self, cols: usize) -> Result<HessianAccumulation<'a>> {
+        HessianAccumulation::new(self.backend, cols)
+    }
+
+    fn finish_hessian(&mut self, hess: HessianAccumulation) -> Result<Hessian> {
+        self.phases.hessian.time(0.0, || hess.finish())
     }
 
     /// GPTQ (and, for the report, RTN) of the linears `kinds` of layer `i`,
@@ -496,11 +510,12 @@ impl LayerRunner<'_> {
         let mut reports = Vec::with_capacity(7);
 
         // q, k, v: the normed hidden state.
-        let mut hess = Hessian::new(h);
+        let mut hess = self.start_hessian(h)?;
         for c in &chunks {
             let x = self.rms_norm(&hidden[c.start * h..c.end * h], &lw.attn_norm);
             self.accumulate(&mut hess, &format!("layer {i} q/k/v input"), &x)?;
         }
+        let hess = self.finish_hessian(hess)?;
         check(&format!("layer {i} q/k/v"))?;
         let qkv = self.quantize_site(
             &lw,
@@ -514,13 +529,14 @@ impl LayerRunner<'_> {
         // o: attention output with the quantized q, k, v.
         let qw = a.num_heads * a.head_dim();
         let mut attn = Vec::with_capacity(hidden.len() / h * qw);
-        let mut hess = Hessian::new(qw);
+        let mut hess = self.start_hessian(qw)?;
         for c in &chunks {
             let x = self.rms_norm(&hidden[c.start * h..c.end * h], &lw.attn_norm);
             let out = self.attention(&lw, &qkv, &x)?;
             self.accumulate(&mut hess, &format!("layer {i} attention output"), &out)?;
             attn.extend_from_slice(&out);
         }
+        let hess = self.finish_hessian(hess)?;
         check(&format!("layer {i} o"))?;
         let o = self.quantize_site(
             &lw,
@@ -537,11 +553,12 @@ impl LayerRunner<'_> {
         drop(attn);
 
         // gate, up: the normed hidden state after attention.
-        let mut hess = Hessian::new(h);
+        let mut hess = self.start_hessian(h)?;
         for c in &chunks {
             let x = self.rms_norm(&hidden[c.start * h..c.end * h], &lw.ffn_norm);
             self.accumulate(&mut hess, &format!("layer {i} gate/up input"), &x)?;
         }
+        let hess = self.finish_hessian(hess)?;
         check(&format!("layer {i} gate/up"))?;
         let gate_up = self.quantize_site(
             &lw,
@@ -553,7 +570,7 @@ impl LayerRunner<'_> {
         )?;
 
         // down: silu(gate)·up with the quantized gate and up.
-        let mut hess = Hessian::new(f);
+        let mut hess = self.start_hessian(f)?;
         let mut kept = Vec::new();
         for c in &chunks {
             let act = self.mlp_activation(&lw, &gate_up, &hidden[c.start * h..c.end * h])?;
@@ -562,6 +579,7 @@ impl LayerRunner<'_> {
                 kept.extend_from_slice(&act);
             }
         }
+        let hess = self.finish_hessian(hess)?;
         check(&format!("layer {i} down"))?;
         let down = self.quantize_site(
             &lw,
@@ -607,6 +625,7 @@ impl LayerRunner<'_> {
         );
         let windows = q.len() / (seq * qw);
         let flops = (windows * shape.heads * 4 * seq * seq * shape.head_dim) as f64;
+        let backend = self.backend;
         self.phases.forward.time(flops, || {
             if let Some(b) = &lw.qkv_bias {
                 ops::add_bias(&mut q, &b.q);
@@ -614,16 +633,16 @@ impl LayerRunner<'_> {
                 ops::add_bias(&mut v, &b.v);
             }
             let rope = RopeTable::new(0, seq, inv);
-            let mut out = Vec::with_capacity(q.len());
             for b in 0..windows {
-                let qb = &mut q[b * seq * qw..][..seq * qw];
+                rope.apply(
+                    &mut q[b * seq * qw..][..seq * qw],
+                    shape.heads,
+                    a.rope_adjacent_pairs,
+                );
                 let kb = &mut k[b * seq * kvw..][..seq * kvw];
-                rope.apply(qb, shape.heads, a.rope_adjacent_pairs);
                 rope.apply(kb, shape.kv_heads, a.rope_adjacent_pairs);
-                let vb = &v[b * seq * kvw..][..seq * kvw];
-                out.extend_from_slice(&ops::attention(qb, kb, vb, seq, 0, shape));
             }
-            Ok(out)
+            backend.causal_attention(&q, &k, &v, windows, seq, shape)
         })
     }
 
@@ -653,11 +672,12 @@ impl LayerRunner<'_> {
     ) -> Result<LinearReport> {
         let norm = forward::load_final_norm(self.view)?;
         let h = self.arch.hidden_size;
-        let mut hess = Hessian::new(h);
+        let mut hess = self.start_hessian(h)?;
         for c in self.chunks(hidden.len() / h) {
             let x = self.rms_norm(&hidden[c.start * h..c.end * h], &norm);
             self.accumulate(&mut hess, "output head input", &x)?;
         }
+        let hess = self.finish_hessian(hess)?;
         let name = forward::global_tensor_name(self.view, "head");
         let factored = self.factor(&name, &hess)?;
         let w = dense(head)?;

@@ -1,5 +1,6 @@
 //! Host memory high-water mark of this process (Linux `VmHWM`), so runs can
-//! report the peak resident memory they needed. Elsewhere it is unknown.
+//! report the peak resident memory they needed, and the memory still
+//! available, so they can size what they keep. Elsewhere both are unknown.
 
 /// Restarts the high-water mark at the current resident size (Linux ≥ 4.0:
 /// writing 5 to `/proc/self/clear_refs`). Ignored where unsupported.
@@ -15,6 +16,15 @@ pub fn host_peak_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Memory the system can still give this process without swapping (Linux
+/// `MemAvailable`); `None` elsewhere.
+pub fn available_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -26,5 +36,12 @@ mod tests {
         std::hint::black_box(&v);
         let after = super::host_peak_bytes().unwrap();
         assert!(after >= before + (60 << 20), "{before} -> {after}");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn available_memory_is_known_on_linux() {
+        let a = super::available_bytes().expect("MemAvailable on Linux");
+        assert!(a > 16 << 20, "{a} bytes available");
     }
 }

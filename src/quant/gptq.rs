@@ -8,11 +8,11 @@
 //!   then 128-column blocks quantized column by column with error feedback
 //!   and a deferred update of the remaining columns.
 //!
-//! The heavy parts are backend kernels: [`Backend::hessian_update`],
-//! [`Backend::gptq_block`] (one block, rows in parallel) and
-//! [`Backend::gptq_update_rest`] (the deferred GEMM), and the factor of H⁻¹
-//! ([`Backend::inverse_cholesky_upper`]: f64 `faer` on the CPU, blocked f32
-//! WGSL on the GPU).
+//! The heavy parts are backend kernels: [`Backend::hessian_accumulator`], the
+//! factor of H⁻¹ ([`Backend::inverse_cholesky_upper`]: f64 `faer` on the
+//! CPU, blocked f32 WGSL on the GPU) and the column loop over a weight the
+//! backend keeps resident ([`Backend::gptq_columns`]: one block with rows
+//! in parallel, then the deferred GEMM of the later columns).
 //!
 //! Groups: by default GPTQ's dynamic groups (`static_groups=False`): the
 //! scale and zero of a group come from the current, already updated
@@ -32,7 +32,7 @@ use super::packed::QuantizedTensor;
 use super::rtn::check_finite;
 use super::scheme::{params_from_range, Granularity, QuantScheme};
 use crate::backend::cpu::gemm::dense_xwt;
-use crate::backend::{Backend, CpuBackend, GptqBlock, GptqBlockOut};
+use crate::backend::{Backend, CpuBackend, GptqSpec, HessianAccumulator, StaticGroups};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -58,7 +58,8 @@ impl Hessian {
     }
 
     /// Adds `x` `[tokens, cols]` (the inputs of the linear named `name`):
-    /// `H *= n/(n+b); H += 2/(n+b) · XᵀX`.
+    /// `H *= n/(n+b); H += 2/(n+b) · XᵀX`. For many batches, a
+    /// [`HessianAccumulation`] keeps H on the backend between them.
     pub fn add_batch(
         &mut self,
         backend: &dyn Backend,
@@ -66,6 +67,42 @@ impl Hessian {
         x: &[f32],
         tokens: usize,
     ) -> Result<()> {
+        let mut acc = HessianAccumulation::resume(backend, self.clone())?;
+        acc.add_batch(name, x, tokens)?;
+        *self = acc.finish()?;
+        Ok(())
+    }
+}
+
+/// A [`Hessian`] being accumulated on a backend, which keeps H (on the GPU:
+/// resident buffers) between batches.
+pub struct HessianAccumulation<'a> {
+    cols: usize,
+    samples: usize,
+    acc: Box<dyn HessianAccumulator + 'a>,
+}
+
+impl<'a> HessianAccumulation<'a> {
+    pub fn new(backend: &'a dyn Backend, cols: usize) -> Result<Self> {
+        Self::resume(backend, Hessian::new(cols))
+    }
+
+    /// Continues accumulating `h`.
+    pub fn resume(backend: &'a dyn Backend, h: Hessian) -> Result<Self> {
+        Ok(Self {
+            cols: h.cols,
+            samples: h.samples,
+            acc: backend.hessian_accumulator(h.h, h.cols, h.samples)?,
+        })
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Adds `x` `[tokens, cols]`, the inputs of the linear(s) `name`;
+    /// non-finite inputs are an error naming them.
+    pub fn add_batch(&mut self, name: &str, x: &[f32], tokens: usize) -> Result<()> {
         // check_finite is the fast (vectorised) scan; the message is ours.
         let bad = check_finite(name, x)
             .err()
@@ -83,9 +120,18 @@ impl Hessian {
                 ),
             });
         }
-        backend.hessian_update(&mut self.h, self.cols, self.samples, x, tokens)?;
+        self.acc.add(x, tokens)?;
         self.samples += tokens;
         Ok(())
+    }
+
+    /// Waits for the backend and returns the Hessian.
+    pub fn finish(self) -> Result<Hessian> {
+        Ok(Hessian {
+            cols: self.cols,
+            samples: self.samples,
+            h: self.acc.finish()?,
+        })
     }
 }
 
@@ -317,65 +363,50 @@ pub fn quantize_factored(
     }
 
     let group_len = scheme.group_len(cols);
-    let groups = scheme.groups_per_row(cols);
-    let mut codes = vec![0u32; rows * cols];
-    let mut scales = vec![0f32; rows * groups];
-    let mut zeros = vec![0u32; rows * groups];
 
     // Act-order: static groups from the weights as they are now, then the
     // columns of W in the factor's order.
-    let mut group_of: Option<Vec<u32>> = None;
+    let mut fixed: Option<(Vec<u32>, Vec<f32>, Vec<u32>)> = None;
     if let Some(order) = &f.perm {
         let (mins, maxs) = backend.group_ranges(&wq, rows, cols, group_len)?;
-        for (i, (&lo, &hi)) in mins.iter().zip(&maxs).enumerate() {
-            let (s, z) = params_from_range(lo, hi, scheme.bits, scheme.symmetric);
-            scales[i] = s;
-            zeros[i] = z;
-        }
+        let (scales, zeros) = mins
+            .iter()
+            .zip(&maxs)
+            .map(|(&lo, &hi)| params_from_range(lo, hi, scheme.bits, scheme.symmetric))
+            .unzip();
         wq = wq
             .chunks(cols)
             .flat_map(|row| order.iter().map(|&c| row[c]))
             .collect();
-        group_of = Some(order.iter().map(|&c| (c / group_len) as u32).collect());
+        let group_of = order.iter().map(|&c| (c / group_len) as u32).collect();
+        fixed = Some((group_of, scales, zeros));
     }
-    let hinv = &f.hinv;
+    let spec = GptqSpec {
+        bits: scheme.bits,
+        symmetric: scheme.symmetric,
+        group_len,
+        block: opts.block,
+        hinv: &f.hinv,
+        static_groups: fixed
+            .as_ref()
+            .map(|(group_of, scales, zeros)| StaticGroups {
+                group_of,
+                scales,
+                zeros,
+            }),
+    };
 
     // Blocks of columns: quantize inside the block with error feedback,
     // then apply the block's errors to every later column at once.
+    let mut state = backend.gptq_columns(wq, rows, cols, spec)?;
     for start in (0..cols).step_by(opts.block) {
-        let end = (start + opts.block).min(cols);
-        let len = end - start;
-        let block_hinv: Vec<f32> = (start..end)
-            .flat_map(|i| hinv[i * cols + start..i * cols + end].iter().copied())
-            .collect();
-        let mut err = vec![0f32; rows * len];
-        backend.gptq_block(
-            &mut wq,
-            rows,
-            cols,
-            &GptqBlock {
-                bits: scheme.bits,
-                symmetric: scheme.symmetric,
-                group_len,
-                start,
-                end,
-                hinv: &block_hinv,
-                group_of: group_of.as_deref(),
-            },
-            &mut GptqBlockOut {
-                codes: &mut codes,
-                scales: &mut scales,
-                zeros: &mut zeros,
-                err: &mut err,
-            },
-        )?;
-        if end < cols {
-            let rest: Vec<f32> = (start..end)
-                .flat_map(|i| hinv[i * cols + end..(i + 1) * cols].iter().copied())
-                .collect();
-            backend.gptq_update_rest(&mut wq, rows, cols, end, &err, &rest)?;
+        state.quantize_block(start)?;
+        if start + opts.block < cols {
+            state.update_rest(start)?;
         }
     }
+    let out = state.finish()?;
+    let (mut codes, scales, zeros) = (out.codes, out.scales, out.zeros);
 
     if let Some(order) = &f.perm {
         // Back to the original column order.

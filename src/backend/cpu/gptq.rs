@@ -4,19 +4,172 @@
 //! deferred update of the remaining columns (SGEMM per block of rows).
 //! They are the reference the WGSL kernels are tested against.
 
-use crate::backend::{GptqBlock, GptqBlockOut};
+use crate::backend::{check_hessian_batch, GptqCodes, GptqColumns, GptqSpec, HessianAccumulator};
+use crate::error::Result;
 use crate::quant::scheme::{params_from_range, quantize_value};
 use rayon::prelude::*;
+
+/// One block of GPTQ columns handed to [`gptq_block`].
+pub struct GptqBlock<'a> {
+    pub bits: u32,
+    pub symmetric: bool,
+    pub group_len: usize,
+    /// First and one-past-last column of the block.
+    pub start: usize,
+    pub end: usize,
+    /// `Hinv[start..end, start..end]`, row-major `[len, len]`.
+    pub hinv: &'a [f32],
+    /// Static groups: the group of each column; `None`: dynamic groups.
+    pub group_of: Option<&'a [u32]>,
+}
+
+impl GptqBlock<'_> {
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// What [`gptq_block`] writes: codes of the block's columns, the parameters
+/// of every group whose first column lies in the block, and the scaled
+/// errors the deferred update needs.
+pub struct GptqBlockOut<'a> {
+    /// `[rows, cols]` codes (only the block's columns are written).
+    pub codes: &'a mut [u32],
+    /// `[rows, groups]` scales and zero-points.
+    pub scales: &'a mut [f32],
+    pub zeros: &'a mut [u32],
+    /// `[rows, len]`: `(w − q) / Hinv[j, j]` per column of the block.
+    pub err: &'a mut [f32],
+}
+
+/// GPTQ's state on the CPU: W, codes and parameters in host memory; each
+/// block copies its part of H⁻¹'s factor and calls the kernels below.
+pub struct CpuGptqColumns<'a> {
+    w: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    spec: GptqSpec<'a>,
+    codes: Vec<u32>,
+    scales: Vec<f32>,
+    zeros: Vec<u32>,
+    /// Scaled errors of the last quantized block, `[rows, len]`.
+    err: Vec<f32>,
+}
+
+impl<'a> CpuGptqColumns<'a> {
+    /// Arguments already checked by `check_gptq_args`.
+    pub fn new(w: Vec<f32>, rows: usize, cols: usize, spec: GptqSpec<'a>) -> Self {
+        let groups = spec.groups(cols);
+        let (scales, zeros) = match spec.static_groups {
+            Some(s) => (s.scales.to_vec(), s.zeros.to_vec()),
+            None => (vec![0.0; rows * groups], vec![0; rows * groups]),
+        };
+        Self {
+            w,
+            rows,
+            cols,
+            spec,
+            codes: vec![0; rows * cols],
+            scales,
+            zeros,
+            err: Vec::new(),
+        }
+    }
+}
+
+impl GptqColumns for CpuGptqColumns<'_> {
+    fn quantize_block(&mut self, start: usize) -> Result<()> {
+        let (cols, hinv) = (self.cols, self.spec.hinv);
+        let end = self.spec.block_end(cols, start)?;
+        let block_hinv: Vec<f32> = (start..end)
+            .flat_map(|i| hinv[i * cols + start..i * cols + end].iter().copied())
+            .collect();
+        self.err = vec![0.0; self.rows * (end - start)];
+        let block = GptqBlock {
+            bits: self.spec.bits,
+            symmetric: self.spec.symmetric,
+            group_len: self.spec.group_len,
+            start,
+            end,
+            hinv: &block_hinv,
+            group_of: self.spec.static_groups.map(|s| s.group_of),
+        };
+        let mut out = GptqBlockOut {
+            codes: &mut self.codes,
+            scales: &mut self.scales,
+            zeros: &mut self.zeros,
+            err: &mut self.err,
+        };
+        gptq_block(&mut self.w, cols, &block, &mut out);
+        Ok(())
+    }
+
+    fn update_rest(&mut self, start: usize) -> Result<()> {
+        let (cols, hinv) = (self.cols, self.spec.hinv);
+        let end = self.spec.block_end(cols, start)?;
+        if self.err.len() != self.rows * (end - start) {
+            return Err(crate::error::Error::Config(format!(
+                "GPTQ update after block {start}..{end} before the block was quantized"
+            )));
+        }
+        let rest: Vec<f32> = (start..end)
+            .flat_map(|i| hinv[i * cols + end..(i + 1) * cols].iter().copied())
+            .collect();
+        gptq_update_rest(&mut self.w, cols, end, &self.err, &rest);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<GptqCodes> {
+        Ok(GptqCodes {
+            codes: self.codes,
+            scales: self.scales,
+            zeros: self.zeros,
+        })
+    }
+}
 
 /// Rows per parallel task: enough tasks for every core, at least 16.
 fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(4 * rayon::current_num_threads()).max(16)
 }
 
-/// `H ← alpha·H + beta·XᵀX` with `x` `[tokens, cols]`. H is symmetric, so
-/// each block of rows computes only its part left of the diagonal block
-/// (about half the FLOPs) and the upper triangle is mirrored afterwards.
-pub fn hessian_update(h: &mut [f32], cols: usize, n_seen: usize, x: &[f32], tokens: usize) {
+/// The running Hessian in host memory. H is symmetric, so each batch
+/// updates only the lower triangle (with each block of rows' diagonal
+/// block: about half the FLOPs); [`HessianAccumulator::finish`] mirrors it.
+pub struct CpuHessian {
+    h: Vec<f32>,
+    cols: usize,
+    n_seen: usize,
+}
+
+impl CpuHessian {
+    /// `h` already checked; a full symmetric matrix (its lower triangle is used).
+    pub fn new(h: Vec<f32>, cols: usize, n_seen: usize) -> Self {
+        Self { h, cols, n_seen }
+    }
+}
+
+impl HessianAccumulator for CpuHessian {
+    fn add(&mut self, x: &[f32], tokens: usize) -> Result<()> {
+        check_hessian_batch(self.cols, x, tokens)?;
+        hessian_update_lower(&mut self.h, self.cols, self.n_seen, x, tokens);
+        self.n_seen += tokens;
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<Vec<f32>> {
+        mirror_lower(&mut self.h, self.cols);
+        Ok(self.h)
+    }
+}
+
+/// `H ← alpha·H + beta·XᵀX` with `x` `[tokens, cols]` on the lower triangle
+/// of H and the diagonal blocks (the rest of the upper triangle is stale).
+fn hessian_update_lower(h: &mut [f32], cols: usize, n_seen: usize, x: &[f32], tokens: usize) {
     if tokens == 0 {
         return;
     }
@@ -50,11 +203,10 @@ pub fn hessian_update(h: &mut [f32], cols: usize, n_seen: usize, x: &[f32], toke
             );
         }
     });
-    mirror_lower(h, cols);
 }
 
 /// Copies the lower triangle of the `[n, n]` matrix `h` onto the upper one.
-fn mirror_lower(h: &mut [f32], n: usize) {
+pub(crate) fn mirror_lower(h: &mut [f32], n: usize) {
     const T: usize = 64;
     for bi in (0..n).step_by(T) {
         for bj in (bi..n).step_by(T) {

@@ -8,10 +8,11 @@ pub mod matmul;
 mod simd;
 
 use super::{
-    check_cholesky_args, check_gptq_block_args, check_gptq_rest_args, check_hessian_args, Backend,
-    GptqBlock, GptqBlockOut, GroupParams,
+    check_attention_args, check_cholesky_args, check_gptq_args, check_hessian_start, Backend,
+    GptqColumns, GptqSpec, GroupParams, HessianAccumulator,
 };
 use crate::error::Result;
+use crate::model::forward::ops::{self, AttnShape};
 use crate::quant::packed::{pack_row, unpack_codes, unpack_row, words_per_row, QuantizedTensor};
 use crate::quant::scheme::quantize_value;
 use rayon::prelude::*;
@@ -108,44 +109,57 @@ impl Backend for CpuBackend {
         matmul::matmul(q, x, tokens)
     }
 
-    fn hessian_update(
+    fn causal_attention(
         &self,
-        h: &mut [f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        windows: usize,
+        seq: usize,
+        shape: AttnShape,
+    ) -> Result<Vec<f32>> {
+        check_attention_args(q, k, v, windows, seq, shape)?;
+        let (qw, kvw) = (
+            shape.heads * shape.head_dim,
+            shape.kv_heads * shape.head_dim,
+        );
+        let mut out = Vec::with_capacity(q.len());
+        for b in 0..windows {
+            let (qs, ks) = (
+                b * seq * qw..(b + 1) * seq * qw,
+                b * seq * kvw..(b + 1) * seq * kvw,
+            );
+            out.extend(ops::attention(
+                &q[qs],
+                &k[ks.clone()],
+                &v[ks],
+                seq,
+                0,
+                shape,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn hessian_accumulator<'a>(
+        &'a self,
+        h: Vec<f32>,
         cols: usize,
         n_seen: usize,
-        x: &[f32],
-        tokens: usize,
-    ) -> Result<()> {
-        check_hessian_args(h, cols, x, tokens)?;
-        gptq::hessian_update(h, cols, n_seen, x, tokens);
-        Ok(())
+    ) -> Result<Box<dyn HessianAccumulator + 'a>> {
+        check_hessian_start(&h, cols)?;
+        Ok(Box::new(gptq::CpuHessian::new(h, cols, n_seen)))
     }
 
-    fn gptq_block(
-        &self,
-        w: &mut [f32],
+    fn gptq_columns<'a>(
+        &'a self,
+        w: Vec<f32>,
         rows: usize,
         cols: usize,
-        block: &GptqBlock,
-        out: &mut GptqBlockOut,
-    ) -> Result<()> {
-        check_gptq_block_args(w, rows, cols, block, out)?;
-        gptq::gptq_block(w, cols, block, out);
-        Ok(())
-    }
-
-    fn gptq_update_rest(
-        &self,
-        w: &mut [f32],
-        rows: usize,
-        cols: usize,
-        end: usize,
-        err: &[f32],
-        hinv_rest: &[f32],
-    ) -> Result<()> {
-        check_gptq_rest_args(w, rows, cols, end, err, hinv_rest)?;
-        gptq::gptq_update_rest(w, cols, end, err, hinv_rest);
-        Ok(())
+        spec: GptqSpec<'a>,
+    ) -> Result<Box<dyn GptqColumns + 'a>> {
+        check_gptq_args(&w, rows, cols, &spec)?;
+        Ok(Box::new(gptq::CpuGptqColumns::new(w, rows, cols, spec)))
     }
 
     fn inverse_cholesky_upper(&self, h: &[f32], n: usize) -> Result<Option<Vec<f32>>> {

@@ -124,3 +124,36 @@ pub fn attention(
     ctx.submit_and_wait(enc)?;
     ctx.read(&out, q.len())
 }
+
+/// Causal attention over `windows` independent windows of `seq` tokens
+/// (see [`crate::backend::Backend::causal_attention`]; arguments already
+/// checked), as many windows per dispatch as fit one binding.
+pub fn windows(
+    ctx: &GpuContext,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    windows: usize,
+    seq: usize,
+    s: AttnShape,
+) -> Result<Vec<f32>> {
+    let (qw, kvw) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    let mut out = Vec::with_capacity(q.len());
+    for w in super::row_chunks(ctx, windows, seq * qw.max(kvw) * 4)? {
+        let rows = AttnRows {
+            batch: w.len(),
+            seq,
+            start: 0,
+            kv_rows: seq,
+        };
+        out.extend(attention(
+            ctx,
+            &q[w.start * seq * qw..w.end * seq * qw],
+            &k[w.start * seq * kvw..w.end * seq * kvw],
+            &v[w.start * seq * kvw..w.end * seq * kvw],
+            s,
+            rows,
+        )?);
+    }
+    Ok(out)
+}

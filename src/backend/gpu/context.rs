@@ -523,13 +523,32 @@ impl GpuContext {
 
     /// Submits `encoder` and waits for it, bounded by the context's timeout.
     pub fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
-        self.check_alive()?;
         let _guard = self.submit_lock.lock().map_err(|_| poisoned_lock())?;
+        let index = self.submit_locked(encoder)?;
+        self.wait(Some(index))
+    }
+
+    /// Submits `encoder` without waiting: work that stays on the GPU (a
+    /// resident weight updated block after block) is queued back to back;
+    /// [`GpuContext::wait_for`] or a later read waits for it.
+    pub fn submit(&self, encoder: wgpu::CommandEncoder) -> Result<wgpu::SubmissionIndex> {
+        let _guard = self.submit_lock.lock().map_err(|_| poisoned_lock())?;
+        self.submit_locked(encoder)
+    }
+
+    fn submit_locked(&self, encoder: wgpu::CommandEncoder) -> Result<wgpu::SubmissionIndex> {
+        self.check_alive()?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let index = self.queue.submit([encoder.finish()]);
         if let Some(err) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("GPU validation error: {err}")));
         }
+        Ok(index)
+    }
+
+    /// Waits for an earlier [`GpuContext::submit`], bounded by the timeout.
+    pub fn wait_for(&self, index: wgpu::SubmissionIndex) -> Result<()> {
+        let _guard = self.submit_lock.lock().map_err(|_| poisoned_lock())?;
         self.wait(Some(index))
     }
 

@@ -1,12 +1,17 @@
 //! Thin wrapper over `shaders/hessian.wgsl`: the running GPTQ Hessian
-//! `H ← H·n/(n+b) + (2/(n+b))·XᵀX`. H is split by rows and X by tokens so
-//! that every binding fits the context's binding limit (a Llama-7B
-//! down_proj Hessian, 11008² f32 = 485 MB, is four chunks on a 128 MiB one).
+//! `H ← H·n/(n+b) + (2/(n+b))·XᵀX`, resident on the GPU from the first
+//! batch to the last so only the inputs travel. H is split by rows and X by
+//! tokens so that every binding fits the context's binding limit (a
+//! Llama-7B down_proj Hessian, 11008² f32 = 485 MB, is four chunks on a
+//! 128 MiB one). The kernel computes the lower triangle; `finish` mirrors it.
 
-use super::context::{Binding, GpuContext};
+use super::context::{Binding, GpuContext, Kernel};
 use super::{f32_bytes, row_chunks, GpuBuffer};
+use crate::backend::{check_hessian_batch, HessianAccumulator};
 use crate::error::{Error, Result};
 use bytemuck::{Pod, Zeroable};
+use std::ops::Range;
+use std::sync::Arc;
 
 const SOURCE: &str = include_str!("../../../shaders/hessian.wgsl");
 /// Rows and columns of H per workgroup (`TILE` in the shader).
@@ -32,63 +37,119 @@ const BINDINGS: [Binding; 3] = [
     Binding::StorageReadWrite,
 ];
 
-/// See [`crate::backend::Backend::hessian_update`]; arguments already checked.
-pub fn hessian_update(
-    ctx: &GpuContext,
-    h: &mut [f32],
+/// The running Hessian on the GPU; see [`HessianAccumulator`].
+pub struct GpuHessian<'a> {
+    ctx: &'a GpuContext,
     cols: usize,
     n_seen: usize,
-    x: &[f32],
-    tokens: usize,
-) -> Result<()> {
-    let k = ctx.kernel("hessian.accumulate", SOURCE, "accumulate", &BINDINGS)?;
-    let n_total = (n_seen + tokens) as f64;
-    let alpha0 = (n_seen as f64 / n_total) as f32;
-    let beta = (2.0 / n_total) as f32;
-    let col_tiles = cols.div_ceil(TILE);
-    if col_tiles > ctx.max_workgroups() as usize {
-        return Err(Error::Gpu(format!(
-            "Hessian of {cols} columns needs {col_tiles} workgroups in one dimension, more than {}",
-            ctx.max_workgroups()
-        )));
-    }
-    // X by tokens, uploaded once and reused for every chunk of H rows.
-    let x_chunks: Vec<(usize, GpuBuffer)> = row_chunks(ctx, tokens, cols * 4)?
-        .into_iter()
-        .map(|r| {
-            let buf = ctx.upload("hessian.x", f32_bytes(&x[r.start * cols..r.end * cols]))?;
-            Ok((r.len(), buf))
-        })
-        .collect::<Result<_>>()?;
-    for rows in row_chunks(ctx, cols, cols * 4)? {
-        let chunk = &mut h[rows.start * cols..rows.end * cols];
-        let hbuf = ctx.upload("hessian.h", f32_bytes(chunk))?;
-        let row_tiles = rows.len().div_ceil(TILE);
-        // Dispatches in one encoder: wgpu orders passes that write `hbuf`.
-        let mut enc = ctx.encoder();
-        let mut uniforms = Vec::with_capacity(x_chunks.len());
-        for (i, (t, xbuf)) in x_chunks.iter().enumerate() {
-            let params = Params {
-                h_rows: rows.len() as u32,
-                row0: rows.start as u32,
-                cols: cols as u32,
-                tokens: *t as u32,
-                alpha: if i == 0 { alpha0 } else { 1.0 },
-                beta,
-                _pad0: 0,
-                _pad1: 0,
-            };
-            uniforms.push(ctx.uniform("hessian.params", &params));
-            let u = &uniforms[i];
-            ctx.encode(
-                &mut enc,
-                &k,
-                &[u, xbuf, &hbuf],
-                [col_tiles as u32, row_tiles as u32, 1],
-            );
+    /// Row chunks of H and their buffers.
+    chunks: Vec<(Range<usize>, GpuBuffer)>,
+    kernel: Arc<Kernel>,
+    /// The previous batch, still running: waited for before the next one
+    /// is queued, so the host prepares batch k+1 while the GPU runs batch k
+    /// and at most two batches of inputs are staged.
+    pending: Option<wgpu::SubmissionIndex>,
+}
+
+impl<'a> GpuHessian<'a> {
+    /// Uploads `h` (`[cols, cols]`, already checked), or allocates zeros
+    /// when nothing has been seen yet.
+    pub fn new(ctx: &'a GpuContext, h: Vec<f32>, cols: usize, n_seen: usize) -> Result<Self> {
+        let col_tiles = cols.div_ceil(TILE);
+        if col_tiles > ctx.max_workgroups() as usize {
+            return Err(Error::Gpu(format!(
+                "Hessian of {cols} columns needs {col_tiles} workgroups in one dimension, more \
+                 than {}",
+                ctx.max_workgroups()
+            )));
         }
-        ctx.submit_and_wait(enc)?;
-        chunk.copy_from_slice(&ctx.read::<f32>(&hbuf, chunk.len())?);
+        let kernel = ctx.kernel("hessian.accumulate", SOURCE, "accumulate", &BINDINGS)?;
+        let chunks = row_chunks(ctx, cols, cols * 4)?
+            .into_iter()
+            .map(|r| {
+                let buf = match n_seen {
+                    0 => ctx.storage("hessian.h", (r.len() * cols * 4) as u64)?,
+                    _ => ctx.upload("hessian.h", f32_bytes(&h[r.start * cols..r.end * cols]))?,
+                };
+                Ok((r, buf))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            ctx,
+            cols,
+            n_seen,
+            chunks,
+            kernel,
+            pending: None,
+        })
     }
-    Ok(())
+}
+
+impl HessianAccumulator for GpuHessian<'_> {
+    fn add(&mut self, x: &[f32], tokens: usize) -> Result<()> {
+        let (ctx, cols) = (self.ctx, self.cols);
+        check_hessian_batch(cols, x, tokens)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        let n_total = (self.n_seen + tokens) as f64;
+        let alpha0 = (self.n_seen as f64 / n_total) as f32;
+        let beta = (2.0 / n_total) as f32;
+        if let Some(index) = self.pending.take() {
+            ctx.wait_for(index)?;
+        }
+        // X by tokens, uploaded once and used by every chunk of H rows.
+        let x_chunks: Vec<(usize, GpuBuffer)> = row_chunks(ctx, tokens, cols * 4)?
+            .into_iter()
+            .map(|r| {
+                let buf = ctx.upload("hessian.x", f32_bytes(&x[r.start * cols..r.end * cols]))?;
+                Ok((r.len(), buf))
+            })
+            .collect::<Result<_>>()?;
+        // One encoder: wgpu orders the passes that write the same chunk.
+        let mut enc = ctx.encoder();
+        let mut uniforms = Vec::with_capacity(self.chunks.len() * x_chunks.len());
+        for (rows, hbuf) in &self.chunks {
+            for (i, (t, xbuf)) in x_chunks.iter().enumerate() {
+                let params = Params {
+                    h_rows: rows.len() as u32,
+                    row0: rows.start as u32,
+                    cols: cols as u32,
+                    tokens: *t as u32,
+                    alpha: if i == 0 { alpha0 } else { 1.0 },
+                    beta,
+                    _pad0: 0,
+                    _pad1: 0,
+                };
+                uniforms.push(ctx.uniform("hessian.params", &params));
+                let u = &uniforms[uniforms.len() - 1];
+                ctx.encode(
+                    &mut enc,
+                    &self.kernel,
+                    &[u, xbuf, hbuf],
+                    [
+                        cols.div_ceil(TILE) as u32,
+                        rows.len().div_ceil(TILE) as u32,
+                        1,
+                    ],
+                );
+            }
+        }
+        self.pending = Some(ctx.submit(enc)?);
+        self.n_seen += tokens;
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<Vec<f32>> {
+        if let Some(index) = self.pending.take() {
+            self.ctx.wait_for(index)?;
+        }
+        let cols = self.cols;
+        let mut h = Vec::with_capacity(cols * cols);
+        for (rows, buf) in &self.chunks {
+            h.extend(self.ctx.read::<f32>(buf, rows.len() * cols)?);
+        }
+        super::super::cpu::gptq::mirror_lower(&mut h, cols);
+        Ok(h)
+    }
 }

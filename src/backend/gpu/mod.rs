@@ -17,10 +17,11 @@ pub use buffer::GpuBuffer;
 pub use context::{list_adapters, AdapterSummary, DeviceChoice, GpuContext};
 
 use super::{
-    check_cholesky_args, check_gptq_block_args, check_gptq_rest_args, check_hessian_args, Backend,
-    GptqBlock, GptqBlockOut, GroupParams,
+    check_attention_args, check_cholesky_args, check_gptq_args, check_hessian_start, Backend,
+    GptqColumns, GptqSpec, GroupParams, HessianAccumulator,
 };
 use crate::error::Result;
+use crate::model::forward::ops::AttnShape;
 use crate::quant::packed::QuantizedTensor;
 use std::ops::Range;
 use std::sync::Arc;
@@ -122,44 +123,42 @@ impl Backend for GpuBackend {
         self.ctx.reset_gpu_peak();
     }
 
-    fn hessian_update(
+    fn causal_attention(
         &self,
-        h: &mut [f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        windows: usize,
+        seq: usize,
+        shape: AttnShape,
+    ) -> Result<Vec<f32>> {
+        check_attention_args(q, k, v, windows, seq, shape)?;
+        attention::windows(&self.ctx, q, k, v, windows, seq, shape)
+    }
+
+    fn hessian_accumulator<'a>(
+        &'a self,
+        h: Vec<f32>,
         cols: usize,
         n_seen: usize,
-        x: &[f32],
-        tokens: usize,
-    ) -> Result<()> {
-        check_hessian_args(h, cols, x, tokens)?;
-        if tokens == 0 {
-            return Ok(());
-        }
-        hessian::hessian_update(&self.ctx, h, cols, n_seen, x, tokens)
+    ) -> Result<Box<dyn HessianAccumulator + 'a>> {
+        check_hessian_start(&h, cols)?;
+        Ok(Box::new(hessian::GpuHessian::new(
+            &self.ctx, h, cols, n_seen,
+        )?))
     }
 
-    fn gptq_block(
-        &self,
-        w: &mut [f32],
+    fn gptq_columns<'a>(
+        &'a self,
+        w: Vec<f32>,
         rows: usize,
         cols: usize,
-        block: &GptqBlock,
-        out: &mut GptqBlockOut,
-    ) -> Result<()> {
-        check_gptq_block_args(w, rows, cols, block, out)?;
-        gptq::gptq_block(&self.ctx, w, rows, cols, block, out)
-    }
-
-    fn gptq_update_rest(
-        &self,
-        w: &mut [f32],
-        rows: usize,
-        cols: usize,
-        end: usize,
-        err: &[f32],
-        hinv_rest: &[f32],
-    ) -> Result<()> {
-        check_gptq_rest_args(w, rows, cols, end, err, hinv_rest)?;
-        gptq::gptq_update_rest(&self.ctx, w, rows, cols, end, err, hinv_rest)
+        spec: GptqSpec<'a>,
+    ) -> Result<Box<dyn GptqColumns + 'a>> {
+        check_gptq_args(&w, rows, cols, &spec)?;
+        Ok(Box::new(gptq::GpuGptqColumns::new(
+            &self.ctx, w, rows, cols, spec,
+        )?))
     }
 
     fn inverse_cholesky_upper(&self, h: &[f32], n: usize) -> Result<Option<Vec<f32>>> {
