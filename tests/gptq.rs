@@ -674,3 +674,46 @@ fn gptq_beats_rtn_on_smollm2_layer0() {
         }
     }
 }
+
+/// Misusing the column loop (a block out of step, an update before its
+/// block, inconsistent sizes) is an error on both backends, never a panic.
+#[test]
+fn gptq_columns_reject_misuse() {
+    use llmq_gpu::backend::GptqSpec;
+    let gpu = GpuBackend::new(common::gpu());
+    let (rows, cols) = (8, 40);
+    let mut hinv = vec![0f32; cols * cols];
+    for i in 0..cols {
+        hinv[i * cols + i] = 1.0;
+    }
+    let spec = GptqSpec {
+        bits: 4,
+        symmetric: false,
+        group_len: 16,
+        block: 16,
+        hinv: &hinv,
+        static_groups: None,
+    };
+    let w = vec![0.5f32; rows * cols];
+    for backend in [&CpuBackend as &dyn Backend, &gpu] {
+        let name = backend.name();
+        let mut s = backend.gptq_columns(w.clone(), rows, cols, spec).unwrap();
+        assert!(s.update_rest(0).is_err(), "{name}: update before its block");
+        assert!(s.quantize_block(5).is_err(), "{name}: block not on a boundary");
+        assert!(s.quantize_block(48).is_err(), "{name}: block past the end");
+        s.quantize_block(0).unwrap();
+        s.update_rest(0).unwrap();
+        s.quantize_block(16).unwrap();
+        s.update_rest(16).unwrap();
+        s.quantize_block(32).unwrap();
+        let out = s.finish().unwrap();
+        assert_eq!(out.codes.len(), rows * cols);
+        assert_eq!(out.scales.len(), rows * 3);
+        let bad = GptqSpec {
+            hinv: &hinv[1..],
+            ..spec
+        };
+        assert!(backend.gptq_columns(w.clone(), rows, cols, bad).is_err());
+        assert!(backend.gptq_columns(w[1..].to_vec(), rows, cols, spec).is_err());
+    }
+}

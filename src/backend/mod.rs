@@ -171,6 +171,12 @@ pub trait Backend: Send + Sync {
     /// Restarts [`Backend::memory_peak`] at what is alive now.
     fn reset_memory_peak(&self) {}
 
+    /// Bytes copied host → device and device → host so far; `None`
+    /// without a device.
+    fn transfer_bytes(&self) -> Option<(u64, u64)> {
+        None
+    }
+
     /// Continues the running Hessian `h` `[cols, cols]` of `n_seen` tokens
     /// of a linear layer's inputs (`h` all zeros and `n_seen` 0 to start
     /// one), kept where the backend keeps it until

@@ -11,7 +11,7 @@
 use super::forward::PeakRates;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::pipeline::gptq::{Phase, Phases};
+use crate::pipeline::gptq::{transfer_since, Phase, Phases};
 use crate::pipeline::quantize::{quantize_model_with, CancelToken, QuantizeConfig};
 use crate::quant::gptq::{self, GptqOptions, HessianAccumulation};
 use crate::quant::{rtn, QuantScheme};
@@ -48,6 +48,8 @@ pub struct GptqBenchReport {
     pub ratio_to_ideal: f64,
     pub peak_host_bytes: Option<u64>,
     pub peak_gpu_bytes: Option<u64>,
+    /// Host → GPU and GPU → host bytes of the whole run.
+    pub gpu_transfer_bytes: Option<(u64, u64)>,
     /// Synthetic runs: minutes a model of `extrapolate_layers` such layers
     /// would take.
     pub extrapolated: Option<(usize, f64)>,
@@ -117,6 +119,7 @@ pub fn bench_model(
         ratio_to_ideal: seconds / ideal,
         peak_host_bytes: g.peak_host_bytes,
         peak_gpu_bytes: g.peak_gpu_bytes,
+        gpu_transfer_bytes: g.gpu_transfer_bytes,
         extrapolated: None,
     })
 }
@@ -168,6 +171,7 @@ pub fn bench_synthetic(
     }
     crate::pipeline::memory::reset_host_peak();
     backend.reset_memory_peak();
+    let transfers_before = backend.transfer_bytes();
     let mut rng = StdRng::seed_from_u64(7);
     let mut phases = Phases::default();
     let mut per_layer = Vec::with_capacity(layers);
@@ -266,6 +270,7 @@ pub fn bench_synthetic(
         ratio_to_ideal: seconds / ideal,
         peak_host_bytes: crate::pipeline::memory::host_peak_bytes(),
         peak_gpu_bytes: backend.memory_peak(),
+        gpu_transfer_bytes: transfer_since(backend, transfers_before),
         extrapolated: Some((extrapolate_layers, mean * extrapolate_layers as f64 / 60.0)),
     })
 }
@@ -327,6 +332,16 @@ impl fmt::Display for GptqBenchReport {
         }
         if let Some(b) = self.peak_gpu_bytes {
             writeln!(f, "peak GPU memory: {:.1} MiB", b as f64 / (1 << 20) as f64)?;
+        }
+        if let Some((up, down)) = self.gpu_transfer_bytes {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            writeln!(
+                f,
+                "GPU transfers: {:.2} GiB to the GPU, {:.2} GiB back ({:.2} GiB per layer)",
+                gib(up),
+                gib(down),
+                gib(up + down) / self.layers.max(1) as f64
+            )?;
         }
         Ok(())
     }

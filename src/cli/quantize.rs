@@ -298,5 +298,12 @@ fn print_gptq_summary(g: &GptqRunReport) {
     if let Some(b) = g.peak_gpu_bytes {
         println!("  peak GPU memory  {}", human_bytes(b));
     }
+    if let Some((up, down)) = g.gpu_transfer_bytes {
+        println!(
+            "  GPU transfers    {} to the GPU, {} back",
+            human_bytes(up),
+            human_bytes(down)
+        );
+    }
     println!("  report           gptq-report.json in the output folder");
 }

@@ -170,6 +170,8 @@ pub struct GptqRunReport {
     pub peak_host_bytes: Option<u64>,
     /// Peak bytes of GPU buffers alive at once (GPU backend).
     pub peak_gpu_bytes: Option<u64>,
+    /// Bytes copied host → GPU and GPU → host during the run (GPU backend).
+    pub gpu_transfer_bytes: Option<(u64, u64)>,
     /// The model's weights as f32, for comparison with the peaks.
     pub model_f32_bytes: u64,
     /// Linears whose GPTQ error is not below RTN's.
@@ -209,6 +211,7 @@ pub fn run(
     let start = Instant::now();
     memory::reset_host_peak();
     backend.reset_memory_peak();
+    let transfers_before = backend.transfer_bytes();
     let arch = view.arch().clone();
     let tokenizer = Tokenizer::from_model(view)?;
     let windows = load_windows(&settings.calib, &tokenizer)?;
@@ -295,9 +298,16 @@ pub fn run(
         seconds: start.elapsed().as_secs_f64(),
         peak_host_bytes: memory::host_peak_bytes(),
         peak_gpu_bytes: backend.memory_peak(),
+        gpu_transfer_bytes: transfer_since(backend, transfers_before),
         model_f32_bytes: view.tensors().iter().map(|t| t.numel() as u64 * 4).sum(),
         linears_not_better_than_rtn: not_better,
     })
+}
+
+/// Host ↔ device bytes since `before` (a [`Backend::transfer_bytes`] reading).
+pub fn transfer_since(backend: &dyn Backend, before: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    let (now, before) = (backend.transfer_bytes()?, before.unwrap_or((0, 0)));
+    Some((now.0.saturating_sub(before.0), now.1.saturating_sub(before.1)))
 }
 
 /// The embeddings of the calibration tokens, `[samples·len, hidden]`; the

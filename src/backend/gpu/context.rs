@@ -170,6 +170,10 @@ pub struct GpuContext {
     poisoned: AtomicBool,
     /// Bytes of buffers created through this context and still alive, and their peak.
     memory: Arc<MemoryCounters>,
+    /// Bytes copied host → GPU ([`GpuContext::upload`]) and GPU → host
+    /// ([`GpuContext::read_bytes`]) since creation.
+    uploaded: AtomicU64,
+    downloaded: AtomicU64,
 }
 
 impl GpuContext {
@@ -260,6 +264,8 @@ impl GpuContext {
             submit_lock: Mutex::new(()),
             poisoned: AtomicBool::new(false),
             memory: Arc::default(),
+            uploaded: AtomicU64::new(0),
+            downloaded: AtomicU64::new(0),
         })
     }
 
@@ -295,6 +301,15 @@ impl GpuContext {
     /// [`GpuContext::reset_gpu_peak`].
     pub fn gpu_bytes_peak(&self) -> u64 {
         self.memory.peak()
+    }
+
+    /// Bytes copied host → GPU and GPU → host through this context so far
+    /// (uniform parameters aside): what a run costs in bus traffic.
+    pub fn transfer_bytes(&self) -> (u64, u64) {
+        (
+            self.uploaded.load(Ordering::Relaxed),
+            self.downloaded.load(Ordering::Relaxed),
+        )
     }
 
     /// Restarts the peak from the bytes alive now.
@@ -434,6 +449,8 @@ impl GpuContext {
             mapped_at_creation: false,
         });
         if !data.is_empty() {
+            self.uploaded
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
             let padded = data.len().next_multiple_of(4);
             if padded == data.len() {
                 self.queue.write_buffer(&buf, 0, data);
@@ -613,6 +630,7 @@ impl GpuContext {
         staging.unmap();
         let mut data = data;
         data.truncate(bytes as usize);
+        self.downloaded.fetch_add(bytes, Ordering::Relaxed);
         Ok(data)
     }
 

@@ -123,6 +123,10 @@ impl Backend for GpuBackend {
         self.ctx.reset_gpu_peak();
     }
 
+    fn transfer_bytes(&self) -> Option<(u64, u64)> {
+        Some(self.ctx.transfer_bytes())
+    }
+
     fn causal_attention(
         &self,
         q: &[f32],
