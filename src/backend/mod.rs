@@ -204,6 +204,31 @@ pub trait Backend: Send + Sync {
     /// `Ok(None)` when H is not positive definite (a non-positive or
     /// non-finite pivot), so the caller can raise the damping and retry.
     fn inverse_cholesky_upper(&self, h: &[f32], n: usize) -> Result<Option<Vec<f32>>>;
+
+    /// `tr(A H Aᵀ)` for each `A` in `mats`, accumulated in f64, with `h`
+    /// `[cols, cols]` symmetric and each `A` row-major `[len / cols, cols]`
+    /// (the row counts may differ). GPTQ's error report: with `A = W − Ŵ`
+    /// and `H` the Hessian of the inputs `X` it is `‖(W − Ŵ)Xᵀ‖²·2/n`.
+    /// `h` is uploaded once per call, so pass every matrix of a linear at once.
+    fn quadratic_traces(&self, h: &[f32], cols: usize, mats: &[&[f32]]) -> Result<Vec<f64>>;
+}
+
+/// Checks the shapes of a [`Backend::quadratic_traces`] call.
+pub(crate) fn check_trace_args(h: &[f32], cols: usize, mats: &[&[f32]]) -> Result<()> {
+    if cols == 0 || h.len() != cols * cols {
+        return Err(Error::Config(format!(
+            "quadratic traces: H has {} values for [{cols}, {cols}] (need {} and cols > 0)",
+            h.len(),
+            cols * cols
+        )));
+    }
+    if let Some((i, a)) = mats.iter().enumerate().find(|(_, a)| a.len() % cols != 0) {
+        return Err(Error::Config(format!(
+            "quadratic traces: matrix {i} has {} values, not a whole number of rows of {cols}",
+            a.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Checks the shapes of a [`Backend::causal_attention`] call.

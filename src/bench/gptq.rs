@@ -220,16 +220,29 @@ pub fn bench_synthetic(
                     .map(|_| (rng.gen::<f32>() - 0.5) * 0.05)
                     .collect();
                 layer_untimed += t.elapsed().as_secs_f64();
-                let (q, r) = gptq::quantize_factored(
-                    backend, &name, &w, rows, cols, &hess.h, &f, scheme, opts,
-                )?;
-                phases.update.seconds += r.seconds_update;
-                phases.update.flops += gptq::flops(rows, cols, opts.block).1;
+                // RTN, scored against GPTQ in the same trace call, as the
+                // pipeline does.
                 let t = Instant::now();
                 let rq = rtn::quantize(backend, &name, &w, rows, cols, scheme)?;
                 let rw = backend.dequantize(&rq)?;
-                std::hint::black_box(gptq::quadratic_trace_of_diff(&w, &rw, &hess.h, rows, cols));
-                phases.report.seconds += r.seconds_error + t.elapsed().as_secs_f64();
+                let rtn_seconds = t.elapsed().as_secs_f64();
+                let (q, r) = gptq::quantize_factored(
+                    backend,
+                    &name,
+                    &w,
+                    rows,
+                    cols,
+                    &hess.h,
+                    &f,
+                    scheme,
+                    opts,
+                    &[&rw],
+                )?;
+                phases.update.seconds += r.seconds_update;
+                phases.update.flops += gptq::flops(rows, cols, opts.block).1;
+                std::hint::black_box(&r.baseline_errors);
+                phases.report.seconds += rtn_seconds + r.seconds_error;
+                // Three traces (W, GPTQ's ΔW, RTN's ΔW) of 2·rows·cols² each.
                 phases.report.flops += 6.0 * (rows * cols * cols) as f64;
                 // The calibration forward through this linear, chunk by chunk
                 // (the last random chunk stands in for every chunk).

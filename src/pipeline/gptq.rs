@@ -466,6 +466,11 @@ impl<'a> LayerRunner<'a> {
         factored: &gptq::Factored,
     ) -> Result<(QuantizedTensor, LinearReport)> {
         let (rows, cols) = (linear.rows(), linear.cols());
+        // RTN first, so its error is measured in the same trace call as GPTQ's.
+        let t = Instant::now();
+        let rq = rtn::quantize(self.backend, name, w, rows, cols, self.scheme)?;
+        let rw = self.backend.dequantize(&rq)?;
+        let rtn_seconds = t.elapsed().as_secs_f64();
         let (q, r) = gptq::quantize_factored(
             self.backend,
             name,
@@ -476,21 +481,16 @@ impl<'a> LayerRunner<'a> {
             factored,
             self.scheme,
             self.opts,
+            &[&rw],
         )?;
         let (_, update_flops) = gptq::flops(rows, cols, self.opts.block);
         self.phases.update.add(r.seconds_update, update_flops);
+        // Three traces (W, GPTQ's ΔW, RTN's ΔW) of 2·rows·cols² each.
         let trace_flops = 2.0 * (rows * cols * cols) as f64;
-        self.phases.report.add(r.seconds_error, 2.0 * trace_flops);
-        let t = Instant::now();
-        let rq = rtn::quantize(self.backend, name, w, rows, cols, self.scheme)?;
-        let rw = self.backend.dequantize(&rq)?;
-        let rtn_error = gptq::relative_to(
-            gptq::quadratic_trace_of_diff(w, &rw, &hess.h, rows, cols),
-            r.output_energy,
-        );
         self.phases
             .report
-            .add(t.elapsed().as_secs_f64(), trace_flops);
+            .add(rtn_seconds + r.seconds_error, 3.0 * trace_flops);
+        let rtn_error = r.baseline_errors[0];
         let report = LinearReport {
             name: name.to_string(),
             rows,

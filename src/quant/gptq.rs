@@ -10,9 +10,10 @@
 //!
 //! The heavy parts are backend kernels: [`Backend::hessian_accumulator`], the
 //! factor of H⁻¹ ([`Backend::inverse_cholesky_upper`]: f64 `faer` on the
-//! CPU, blocked f32 WGSL on the GPU) and the column loop over a weight the
+//! CPU, blocked f32 WGSL on the GPU), the column loop over a weight the
 //! backend keeps resident ([`Backend::gptq_columns`]: one block with rows
-//! in parallel, then the deferred GEMM of the later columns).
+//! in parallel, then the deferred GEMM of the later columns) and the error
+//! report's traces `tr(ΔW H ΔWᵀ)` ([`Backend::quadratic_traces`]).
 //!
 //! Groups: by default GPTQ's dynamic groups (`static_groups=False`): the
 //! scale and zero of a group come from the current, already updated
@@ -32,6 +33,7 @@ use super::packed::QuantizedTensor;
 use super::rtn::check_finite;
 use super::scheme::{params_from_range, Granularity, QuantScheme};
 use crate::backend::cpu::gemm::dense_xwt;
+use crate::backend::cpu::trace::quadratic_trace;
 use crate::backend::{Backend, CpuBackend, GptqSpec, HessianAccumulator, StaticGroups};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -176,12 +178,16 @@ pub struct GptqReport {
     /// `tr(W H Wᵀ)`, the denominator of `proxy_error` (so other
     /// quantizations of the same weight can be scored against it).
     pub output_energy: f64,
+    /// `proxy_error` of each baseline handed to [`quantize_factored`]
+    /// (e.g. RTN), in order; empty from [`quantize`].
+    pub baseline_errors: Vec<f64>,
     /// With act-order, the order the columns were quantized in:
     /// `perm[k]` is the original index of the k-th column quantized.
     pub perm: Option<Vec<u32>>,
     /// Seconds spent on damping + Cholesky + inverse (host, f64), on the
     /// blocked column updates (backend kernels and packing), and on
-    /// measuring `proxy_error`.
+    /// measuring `proxy_error` and `baseline_errors`
+    /// ([`Backend::quadratic_traces`]).
     pub seconds_factor: f64,
     pub seconds_update: f64,
     pub seconds_error: f64,
@@ -298,7 +304,7 @@ pub fn quantize(
 ) -> Result<(QuantizedTensor, GptqReport)> {
     check_args(name, w, rows, cols, h, scheme)?;
     let f = factor(backend, name, h, cols, opts)?;
-    quantize_factored(backend, name, w, rows, cols, h, &f, scheme, opts)
+    quantize_factored(backend, name, w, rows, cols, h, &f, scheme, opts, &[])
 }
 
 fn check_args(
@@ -331,7 +337,10 @@ fn check_args(
 }
 
 /// [`quantize`] with the Hessian already factored by [`factor`] (`h` is
-/// still needed for the error report).
+/// still needed for the error report). `baselines` are other
+/// quantizations Ŵ of the same weight (`[rows, cols]` each, e.g. RTN's)
+/// scored in the same [`Backend::quadratic_traces`] call as GPTQ's; their
+/// relative errors are [`GptqReport::baseline_errors`].
 #[allow(clippy::too_many_arguments)]
 pub fn quantize_factored(
     backend: &dyn Backend,
@@ -343,8 +352,15 @@ pub fn quantize_factored(
     f: &Factored,
     scheme: &QuantScheme,
     opts: &GptqOptions,
+    baselines: &[&[f32]],
 ) -> Result<(QuantizedTensor, GptqReport)> {
     check_args(name, w, rows, cols, h, scheme)?;
+    if let Some(b) = baselines.iter().find(|b| b.len() != rows * cols) {
+        return Err(Error::Config(format!(
+            "GPTQ of '{name}': a baseline quantization has {} values for [{rows}, {cols}]",
+            b.len()
+        )));
+    }
     if f.cols != cols || f.perm.is_some() != opts.act_order {
         return Err(Error::Config(format!(
             "GPTQ of '{name}': the factored Hessian is for {} columns{}, the weight has {cols}",
@@ -428,18 +444,25 @@ pub fn quantize_factored(
     };
     let seconds_update = t_update.elapsed().as_secs_f64();
     let t_error = Instant::now();
-    let w_hat = backend.dequantize(&q)?;
-    let output_energy = quadratic_trace(w, h, rows, cols);
+    // W, W − Ŵ and W − Ŵ of each baseline, in one backend call.
+    let mut dw = backend.dequantize(&q)?;
+    dw.iter_mut().zip(w).for_each(|(d, &x)| *d = x - *d);
+    let base_dw: Vec<Vec<f32>> = baselines.iter().map(|b| diff(w, b)).collect();
+    let mut mats: Vec<&[f32]> = vec![w, &dw];
+    mats.extend(base_dw.iter().map(Vec::as_slice));
+    let traces = backend.quadratic_traces(h, cols, &mats)?;
+    let output_energy = traces[0];
     let report = GptqReport {
         damp_requested: f.damp_requested,
         damp_used: f.damp_used,
         damp_retries: f.damp_retries,
         dead_columns: f.dead.len(),
-        proxy_error: relative_to(
-            quadratic_trace_of_diff(w, &w_hat, h, rows, cols),
-            output_energy,
-        ),
+        proxy_error: relative_to(traces[1], output_energy),
         output_energy,
+        baseline_errors: traces[2..]
+            .iter()
+            .map(|&t| relative_to(t, output_energy))
+            .collect(),
         perm: f
             .perm
             .as_ref()
@@ -510,25 +533,9 @@ fn inverse_cholesky_upper(
     }
 }
 
-/// `tr(A H Aᵀ)` in f64 accumulation, `a` `[rows, cols]`, `h` symmetric.
-pub fn quadratic_trace(a: &[f32], h: &[f32], rows: usize, cols: usize) -> f64 {
-    let ah = dense_xwt(a, h, rows, cols, cols);
-    a.par_iter()
-        .zip(ah.par_iter())
-        .map(|(&x, &y)| x as f64 * y as f64)
-        .sum()
-}
-
-/// `tr(ΔW H ΔWᵀ)` with `ΔW = w − w_hat`.
-pub fn quadratic_trace_of_diff(
-    w: &[f32],
-    w_hat: &[f32],
-    h: &[f32],
-    rows: usize,
-    cols: usize,
-) -> f64 {
-    let dw: Vec<f32> = w.iter().zip(w_hat).map(|(a, b)| a - b).collect();
-    quadratic_trace(&dw, h, rows, cols)
+/// `w − w_hat`.
+fn diff(w: &[f32], w_hat: &[f32]) -> Vec<f32> {
+    w.iter().zip(w_hat).map(|(a, b)| a - b).collect()
 }
 
 /// `num / den`, 0 when `den` vanishes.
@@ -542,11 +549,13 @@ pub fn relative_to(num: f64, den: f64) -> f64 {
 
 /// `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)` with `ΔW = W − Ŵ`: the relative output
 /// error of the quantized weight `w_hat` on the inputs whose Hessian is `h`
-/// (0 when `W H Wᵀ` vanishes).
+/// (0 when `W H Wᵀ` vanishes), on the host (the CPU backend's
+/// [`quadratic_trace`]); shapes are the caller's to get right.
 pub fn proxy_error(w: &[f32], w_hat: &[f32], h: &[f32], rows: usize, cols: usize) -> f64 {
+    debug_assert_eq!(w.len(), rows * cols);
     relative_to(
-        quadratic_trace_of_diff(w, w_hat, h, rows, cols),
-        quadratic_trace(w, h, rows, cols),
+        quadratic_trace(&diff(w, w_hat), h, cols),
+        quadratic_trace(w, h, cols),
     )
 }
 

@@ -219,7 +219,7 @@ pub(crate) fn mirror_lower(h: &mut [f32], n: usize) {
     }
 }
 
-/// GPTQ inside one block, row by row (see [`crate::backend::Backend::gptq_block`]).
+/// GPTQ inside one block, row by row (see [`crate::backend::GptqColumns::quantize_block`]).
 pub fn gptq_block(w: &mut [f32], cols: usize, b: &GptqBlock, out: &mut GptqBlockOut) {
     let len = b.len();
     let groups = cols.div_ceil(b.group_len);

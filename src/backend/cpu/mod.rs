@@ -6,10 +6,11 @@ pub mod gemm;
 pub mod gptq;
 pub mod matmul;
 mod simd;
+pub mod trace;
 
 use super::{
-    check_attention_args, check_cholesky_args, check_gptq_args, check_hessian_start, Backend,
-    GptqColumns, GptqSpec, GroupParams, HessianAccumulator,
+    check_attention_args, check_cholesky_args, check_gptq_args, check_hessian_start,
+    check_trace_args, Backend, GptqColumns, GptqSpec, GroupParams, HessianAccumulator,
 };
 use crate::error::Result;
 use crate::model::forward::ops::{self, AttnShape};
@@ -165,6 +166,14 @@ impl Backend for CpuBackend {
     fn inverse_cholesky_upper(&self, h: &[f32], n: usize) -> Result<Option<Vec<f32>>> {
         check_cholesky_args(h, n)?;
         Ok(cholesky::inverse_cholesky_upper(h, n))
+    }
+
+    fn quadratic_traces(&self, h: &[f32], cols: usize, mats: &[&[f32]]) -> Result<Vec<f64>> {
+        check_trace_args(h, cols, mats)?;
+        Ok(mats
+            .iter()
+            .map(|a| trace::quadratic_trace(a, h, cols))
+            .collect())
     }
 }
 

@@ -12,13 +12,14 @@ pub mod matmul;
 pub mod matmul_dense;
 pub mod quantize;
 pub mod rope;
+pub mod trace;
 
 pub use buffer::GpuBuffer;
 pub use context::{list_adapters, AdapterSummary, DeviceChoice, GpuContext};
 
 use super::{
-    check_attention_args, check_cholesky_args, check_gptq_args, check_hessian_start, Backend,
-    GptqColumns, GptqSpec, GroupParams, HessianAccumulator,
+    check_attention_args, check_cholesky_args, check_gptq_args, check_hessian_start,
+    check_trace_args, Backend, GptqColumns, GptqSpec, GroupParams, HessianAccumulator,
 };
 use crate::error::Result;
 use crate::model::forward::ops::AttnShape;
@@ -168,5 +169,10 @@ impl Backend for GpuBackend {
     fn inverse_cholesky_upper(&self, h: &[f32], n: usize) -> Result<Option<Vec<f32>>> {
         check_cholesky_args(h, n)?;
         cholesky::inverse_cholesky_upper(&self.ctx, h, n)
+    }
+
+    fn quadratic_traces(&self, h: &[f32], cols: usize, mats: &[&[f32]]) -> Result<Vec<f64>> {
+        check_trace_args(h, cols, mats)?;
+        trace::quadratic_traces(&self.ctx, h, cols, mats)
     }
 }
