@@ -701,7 +701,10 @@ fn gptq_columns_reject_misuse() {
         let name = backend.name();
         let mut s = backend.gptq_columns(w.clone(), rows, cols, spec).unwrap();
         assert!(s.update_rest(0).is_err(), "{name}: update before its block");
-        assert!(s.quantize_block(5).is_err(), "{name}: block not on a boundary");
+        assert!(
+            s.quantize_block(5).is_err(),
+            "{name}: block not on a boundary"
+        );
         assert!(s.quantize_block(48).is_err(), "{name}: block past the end");
         s.quantize_block(0).unwrap();
         s.update_rest(0).unwrap();
@@ -716,6 +719,8 @@ fn gptq_columns_reject_misuse() {
             ..spec
         };
         assert!(backend.gptq_columns(w.clone(), rows, cols, bad).is_err());
-        assert!(backend.gptq_columns(w[1..].to_vec(), rows, cols, spec).is_err());
+        assert!(backend
+            .gptq_columns(w[1..].to_vec(), rows, cols, spec)
+            .is_err());
     }
 }

@@ -307,7 +307,10 @@ pub fn run(
 /// Host ↔ device bytes since `before` (a [`Backend::transfer_bytes`] reading).
 pub fn transfer_since(backend: &dyn Backend, before: Option<(u64, u64)>) -> Option<(u64, u64)> {
     let (now, before) = (backend.transfer_bytes()?, before.unwrap_or((0, 0)));
-    Some((now.0.saturating_sub(before.0), now.1.saturating_sub(before.1)))
+    Some((
+        now.0.saturating_sub(before.0),
+        now.1.saturating_sub(before.1),
+    ))
 }
 
 /// The embeddings of the calibration tokens, `[samples·len, hidden]`; the
