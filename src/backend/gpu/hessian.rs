@@ -153,3 +153,53 @@ impl HessianAccumulator for GpuHessian<'_> {
         Ok(h)
     }
 }
+
+/// Encodes `reps` accumulations of a `[tokens, cols]` X into a `[cols,
+/// cols]` H (both resident, one dispatch each) into one submission and
+/// waits: the kernel's own speed, as the reference GEMM rate of
+/// benchmarks. Returns the elapsed time; the useful FLOPs are
+/// `reps · tokens · cols · (cols + 1)` (the lower triangle).
+pub fn time_accumulate(
+    ctx: &GpuContext,
+    cols: usize,
+    tokens: usize,
+    reps: usize,
+) -> Result<std::time::Duration> {
+    if cols.div_ceil(TILE) > ctx.max_workgroups() as usize
+        || (cols * cols * 4) as u64 > ctx.max_binding()
+        || (tokens * cols * 4) as u64 > ctx.max_binding()
+    {
+        return Err(Error::Gpu(format!(
+            "Hessian timing shape {tokens} x {cols} exceeds the limits of {}",
+            ctx.adapter.short()
+        )));
+    }
+    let kernel = ctx.kernel("hessian.accumulate", SOURCE, "accumulate", &BINDINGS)?;
+    let x: Vec<f32> = (0..tokens * cols)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+        .collect();
+    let xb = ctx.upload("hessian.x", f32_bytes(&x))?;
+    let hb = ctx.storage("hessian.h", (cols * cols * 4) as u64)?;
+    let params = Params {
+        h_rows: cols as u32,
+        row0: 0,
+        cols: cols as u32,
+        tokens: tokens as u32,
+        alpha: 1.0,
+        beta: 1.0 / tokens as f32,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    let uniform = ctx.uniform("hessian.params", &params);
+    let tiles = [cols.div_ceil(TILE) as u32, cols.div_ceil(TILE) as u32, 1];
+    let mut warm = ctx.encoder();
+    ctx.encode(&mut warm, &kernel, &[&uniform, &xb, &hb], tiles);
+    ctx.submit_and_wait(warm)?;
+    let mut enc = ctx.encoder();
+    for _ in 0..reps.max(1) {
+        ctx.encode(&mut enc, &kernel, &[&uniform, &xb, &hb], tiles);
+    }
+    let start = std::time::Instant::now();
+    ctx.submit_and_wait(enc)?;
+    Ok(start.elapsed())
+}
