@@ -248,7 +248,8 @@ pub fn factor(
     }
     // Dead inputs: a feature that was always zero carries no information;
     // give it a unit diagonal (its weights are zeroed by `quantize_factored`).
-    let mut hd: Vec<f64> = h.iter().map(|&v| v as f64).collect();
+    // O(cols²) host passes, in parallel: a 11008² H is 121M values.
+    let mut hd: Vec<f64> = h.par_iter().map(|&v| v as f64).collect();
     let mut dead = Vec::new();
     for i in 0..cols {
         let d = hd[i * cols + i];
@@ -268,11 +269,16 @@ pub fn factor(
     if opts.act_order {
         let mut order: Vec<usize> = (0..cols).collect();
         order.sort_by(|&a, &b| hd[b * cols + b].total_cmp(&hd[a * cols + a]));
-        hd = order
-            .iter()
-            .flat_map(|&i| order.iter().map(move |&j| (i, j)))
-            .map(|(i, j)| hd[i * cols + j])
-            .collect();
+        let mut permuted = vec![0f64; cols * cols];
+        permuted
+            .par_chunks_mut(cols)
+            .zip(order.par_iter())
+            .for_each(|(row, &i)| {
+                for (x, &j) in row.iter_mut().zip(&order) {
+                    *x = hd[i * cols + j];
+                }
+            });
+        hd = permuted;
         perm = Some(order);
     }
     // Damping, then the upper Cholesky factor of H⁻¹.
@@ -494,7 +500,7 @@ fn inverse_cholesky_upper(
     loop {
         let lambda = damp * mean_diag;
         let damped: Vec<f32> = h
-            .iter()
+            .par_iter()
             .enumerate()
             .map(|(k, &v)| (v + if k % (cols + 1) == 0 { lambda } else { 0.0 }) as f32)
             .collect();
