@@ -59,6 +59,20 @@ impl GptqSpec<'_> {
         cols.div_ceil(self.group_len.max(1))
     }
 
+    /// Rows `rows` and columns `span` of H⁻¹'s factor of a `cols`-column
+    /// weight, row-major `[rows.len(), span.len()]`: a block's
+    /// `Hinv[block, block]` or (part of) its `Hinv[block, end..]`.
+    pub(crate) fn hinv_part(
+        &self,
+        cols: usize,
+        rows: std::ops::Range<usize>,
+        span: std::ops::Range<usize>,
+    ) -> Vec<f32> {
+        rows.flat_map(|i| &self.hinv[i * cols + span.start..i * cols + span.end])
+            .copied()
+            .collect()
+    }
+
     /// Columns of block `start..` (checked against the spec's block size).
     pub(crate) fn block_end(&self, cols: usize, start: usize) -> Result<usize> {
         if self.block == 0 || !start.is_multiple_of(self.block) || start >= cols {

@@ -83,11 +83,9 @@ impl<'a> CpuGptqColumns<'a> {
 
 impl GptqColumns for CpuGptqColumns<'_> {
     fn quantize_block(&mut self, start: usize) -> Result<()> {
-        let (cols, hinv) = (self.cols, self.spec.hinv);
+        let cols = self.cols;
         let end = self.spec.block_end(cols, start)?;
-        let block_hinv: Vec<f32> = (start..end)
-            .flat_map(|i| hinv[i * cols + start..i * cols + end].iter().copied())
-            .collect();
+        let block_hinv = self.spec.hinv_part(cols, start..end, start..end);
         self.err = vec![0.0; self.rows * (end - start)];
         let block = GptqBlock {
             bits: self.spec.bits,
@@ -109,16 +107,14 @@ impl GptqColumns for CpuGptqColumns<'_> {
     }
 
     fn update_rest(&mut self, start: usize) -> Result<()> {
-        let (cols, hinv) = (self.cols, self.spec.hinv);
+        let cols = self.cols;
         let end = self.spec.block_end(cols, start)?;
         if self.err.len() != self.rows * (end - start) {
             return Err(crate::error::Error::Config(format!(
                 "GPTQ update after block {start}..{end} before the block was quantized"
             )));
         }
-        let rest: Vec<f32> = (start..end)
-            .flat_map(|i| hinv[i * cols + end..(i + 1) * cols].iter().copied())
-            .collect();
+        let rest = self.spec.hinv_part(cols, start..end, end..cols);
         gptq_update_rest(&mut self.w, cols, end, &self.err, &rest);
         Ok(())
     }

@@ -197,10 +197,7 @@ impl GptqColumns for GpuGptqColumns<'_> {
     fn quantize_block(&mut self, start: usize) -> Result<()> {
         let (ctx, cols) = (self.ctx, self.cols);
         let end = self.spec.block_end(cols, start)?;
-        let hinv = self.spec.hinv;
-        let block: Vec<f32> = (start..end)
-            .flat_map(|i| hinv[i * cols + start..i * cols + end].iter().copied())
-            .collect();
+        let block = self.spec.hinv_part(cols, start..end, start..end);
         let block = ctx.upload("gptq.hinv", f32_bytes(&block))?;
         let mut enc = ctx.encoder();
         let mut uniforms = Vec::with_capacity(self.chunks.len());
@@ -243,14 +240,12 @@ impl GptqColumns for GpuGptqColumns<'_> {
             return Ok(());
         }
         // Hinv[block, end..] is [len, n]: split its columns to fit a binding.
-        let hinv = self.spec.hinv;
         let parts: Vec<(Range<usize>, GpuBuffer)> = row_chunks(ctx, n, len * 4)?
             .into_iter()
             .map(|c| {
-                let part: Vec<f32> = (start..end)
-                    .flat_map(|i| hinv[i * cols + end + c.start..i * cols + end + c.end].iter())
-                    .copied()
-                    .collect();
+                let part = self
+                    .spec
+                    .hinv_part(cols, start..end, end + c.start..end + c.end);
                 Ok((c, ctx.upload("gptq.hinv_rest", f32_bytes(&part))?))
             })
             .collect::<Result<_>>()?;
