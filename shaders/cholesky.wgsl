@@ -151,11 +151,26 @@ fn trsm_panel(@builtin(workgroup_id) wg: vec3<u32>,
     }
 }
 
-const TILE: u32 = 64u;
-const TK: u32 = 16u;
-const PER: u32 = 4u;
-var<workgroup> la: array<f32, 1024>; // [TK][TILE]: L21 rows r_base ..
-var<workgroup> lb: array<f32, 1024>; // [TK][TILE]: L21 rows c_base ..
+// syrk_update's tile: A[k, r] = L21[r, k] and B[k, c] = L21[c, k], the rows
+// s.. of the panel columns p.k..p.k+bs (row-major: neighbouring k are
+// neighbours in memory).
+const TILE_A_K_MAJOR: bool = true;
+const TILE_B_K_MAJOR: bool = true;
+
+fn panel4(k: u32, r: u32) -> vec4<f32> {
+    let s = p.k + p.bs;
+    let m = p.n - s;
+    let i = (s + tile_lanes(r, m)) * p.n + p.k + k;
+    return tile_mask(r, m, vec4<f32>(a[i.x], a[i.y], a[i.z], a[i.w]));
+}
+
+fn tile_load_a(k: u32, r: u32) -> vec4<f32> {
+    return panel4(k, r);
+}
+
+fn tile_load_b(k: u32, c: u32) -> vec4<f32> {
+    return panel4(k, c);
+}
 
 @compute @workgroup_size(16, 16)
 fn syrk_update(@builtin(workgroup_id) wg: vec3<u32>,
@@ -169,54 +184,17 @@ fn syrk_update(@builtin(workgroup_id) wg: vec3<u32>,
     let m = p.n - s;
     let r_base = wg.y * TILE;
     let c_base = wg.x * TILE;
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
-    for (var t0 = 0u; t0 < p.bs; t0 += TK) {
-        for (var q = 0u; q < 4u; q++) {
-            let idx = li + q * 256u;
-            let kk = t0 + idx / TILE;
-            let off = idx % TILE;
-            var va = 0.0;
-            var vb = 0.0;
-            if (kk < p.bs) {
-                if (r_base + off < m) {
-                    va = a[(s + r_base + off) * p.n + p.k + kk];
-                }
-                if (c_base + off < m) {
-                    vb = a[(s + c_base + off) * p.n + p.k + kk];
-                }
-            }
-            la[idx] = va;
-            lb[idx] = vb;
-        }
-        workgroupBarrier();
-        for (var tt = 0u; tt < TK; tt++) {
-            var va: array<f32, 4>;
-            var vb: array<f32, 4>;
-            for (var i = 0u; i < PER; i++) {
-                va[i] = la[tt * TILE + lid.y * PER + i];
-                vb[i] = lb[tt * TILE + lid.x * PER + i];
-            }
-            for (var i = 0u; i < PER; i++) {
-                for (var j = 0u; j < PER; j++) {
-                    acc[i * PER + j] = fma(va[i], vb[j], acc[i * PER + j]);
-                }
-            }
-        }
-        workgroupBarrier();
-    }
-    for (var i = 0u; i < PER; i++) {
-        let r = r_base + lid.y * PER + i;
+    var acc = tile_gemm(p.bs, r_base, c_base, lid, li);
+    for (var i = 0u; i < 4u; i++) {
+        let r = r_base + lid.y * 4u + i;
         if (r >= m) {
             continue;
         }
-        for (var j = 0u; j < PER; j++) {
-            let c = c_base + lid.x * PER + j;
+        for (var j = 0u; j < 4u; j++) {
+            let c = c_base + lid.x * 4u + j;
             if (c < m) {
                 let at = (s + r) * p.n + s + c;
-                a[at] = a[at] - acc[i * PER + j];
+                a[at] = a[at] - acc[i][j];
             }
         }
     }

@@ -110,12 +110,20 @@ fn quantize_block(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     }
 }
 
-const TILE: u32 = 64u;
-const TK: u32 = 16u;
-const PER: u32 = 4u;
+// update_rest's tile: A = Err [rows, len] (row-major: neighbouring k are
+// neighbours in memory), B = Hinv[block, end..] [len, n] (row-major).
+const TILE_A_K_MAJOR: bool = true;
+const TILE_B_K_MAJOR: bool = false;
 
-var<workgroup> ta: array<f32, 1024>; // [TK][TILE] errors of the tile's rows
-var<workgroup> tb: array<f32, 1024>; // [TK][TILE] Hinv rows of the tile's columns
+fn tile_load_a(k: u32, r: u32) -> vec4<f32> {
+    let i = tile_lanes(r, p.rows) * p.len + k;
+    return tile_mask(r, p.rows, vec4<f32>(err[i.x], err[i.y], err[i.z], err[i.w]));
+}
+
+fn tile_load_b(k: u32, c: u32) -> vec4<f32> {
+    let i = k * p.n + tile_lanes(c, p.n);
+    return tile_mask(c, p.n, vec4<f32>(hinv[i.x], hinv[i.y], hinv[i.z], hinv[i.w]));
+}
 
 @compute @workgroup_size(16, 16)
 fn update_rest(@builtin(workgroup_id) wg: vec3<u32>,
@@ -123,56 +131,17 @@ fn update_rest(@builtin(workgroup_id) wg: vec3<u32>,
                @builtin(local_invocation_index) li: u32) {
     let r_base = wg.y * TILE;
     let c_base = wg.x * TILE;
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
-    for (var k0 = 0u; k0 < p.len; k0 += TK) {
-        for (var l = 0u; l < 4u; l++) {
-            let idx = li + l * 256u;
-            let k = k0 + idx / TILE;
-            let off = idx % TILE;
-            let r = r_base + off;
-            let c = c_base + off;
-            var va = 0.0;
-            var vb = 0.0;
-            if (k < p.len) {
-                if (r < p.rows) {
-                    va = err[r * p.len + k];
-                }
-                if (c < p.n) {
-                    vb = hinv[k * p.n + c];
-                }
-            }
-            ta[idx] = va;
-            tb[idx] = vb;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < PER; i++) {
-                a[i] = ta[kk * TILE + lid.y * PER + i];
-                b[i] = tb[kk * TILE + lid.x * PER + i];
-            }
-            for (var i = 0u; i < PER; i++) {
-                for (var j = 0u; j < PER; j++) {
-                    acc[i * PER + j] = fma(a[i], b[j], acc[i * PER + j]);
-                }
-            }
-        }
-        workgroupBarrier();
-    }
-    for (var i = 0u; i < PER; i++) {
-        let r = r_base + lid.y * PER + i;
+    var acc = tile_gemm(p.len, r_base, c_base, lid, li);
+    for (var i = 0u; i < 4u; i++) {
+        let r = r_base + lid.y * 4u + i;
         if (r >= p.rows) {
             continue;
         }
-        for (var j = 0u; j < PER; j++) {
-            let c = c_base + lid.x * PER + j;
+        for (var j = 0u; j < 4u; j++) {
+            let c = c_base + lid.x * 4u + j;
             if (c < p.n) {
                 let at = r * p.cols + p.end + c;
-                w[at] = w[at] - acc[i * PER + j];
+                w[at] = w[at] - acc[i][j];
             }
         }
     }

@@ -9,9 +9,9 @@
 // Only tiles touching the lower triangle are computed; the host mirrors it.
 // The CPU reference is `hessian_update` in src/backend/cpu/gptq.rs.
 //
-// Tiling: a 16x16 workgroup computes a 64x64 tile of H, 4x4 per invocation
-// in registers; each step stages 16 tokens of the tile's 64 row-features and
-// 64 column-features in workgroup memory (2 x 4 KiB).
+// Tiling: shaders/tile_gemm.wgsl (prepended by the host), a 64x64 tile of
+// H per 16x16 workgroup with A = X[:, row0 + r_base ..] and B = X[:, c_base ..],
+// 16 tokens per step.
 
 struct Params {
     h_rows: u32,
@@ -28,12 +28,20 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> h: array<f32>;
 
-const TILE: u32 = 64u;
-const TK: u32 = 16u;
-const PER: u32 = 4u;
+// A[t, r] = X[t, row0 + r] for the rows of H, B[t, c] = X[t, c]; in X
+// neighbouring features are neighbours in memory.
+const TILE_A_K_MAJOR: bool = false;
+const TILE_B_K_MAJOR: bool = false;
 
-var<workgroup> xa: array<f32, 1024>; // [TK][TILE]: features row0 + r_base ..
-var<workgroup> xb: array<f32, 1024>; // [TK][TILE]: features c_base ..
+fn tile_load_a(t: u32, r: u32) -> vec4<f32> {
+    let f = t * p.cols + p.row0 + tile_lanes(r, p.h_rows);
+    return tile_mask(r, p.h_rows, vec4<f32>(x[f.x], x[f.y], x[f.z], x[f.w]));
+}
+
+fn tile_load_b(t: u32, c: u32) -> vec4<f32> {
+    let f = t * p.cols + tile_lanes(c, p.cols);
+    return tile_mask(c, p.cols, vec4<f32>(x[f.x], x[f.y], x[f.z], x[f.w]));
+}
 
 @compute @workgroup_size(16, 16)
 fn accumulate(@builtin(workgroup_id) wg: vec3<u32>,
@@ -47,57 +55,17 @@ fn accumulate(@builtin(workgroup_id) wg: vec3<u32>,
     if (c_base > p.row0 + r_base + TILE - 1u) {
         return;
     }
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
-    for (var t0 = 0u; t0 < p.tokens; t0 += TK) {
-        // 2 x TK*TILE = 2 x 1024 values staged by 256 invocations.
-        for (var k = 0u; k < 4u; k++) {
-            let idx = li + k * 256u;
-            let t = t0 + idx / TILE;
-            let off = idx % TILE;
-            let r = r_base + off;
-            let c = c_base + off;
-            var va = 0.0;
-            var vb = 0.0;
-            if (t < p.tokens) {
-                if (r < p.h_rows) {
-                    va = x[t * p.cols + p.row0 + r];
-                }
-                if (c < p.cols) {
-                    vb = x[t * p.cols + c];
-                }
-            }
-            xa[idx] = va;
-            xb[idx] = vb;
-        }
-        workgroupBarrier();
-        for (var tt = 0u; tt < TK; tt++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < PER; i++) {
-                a[i] = xa[tt * TILE + lid.y * PER + i];
-                b[i] = xb[tt * TILE + lid.x * PER + i];
-            }
-            for (var i = 0u; i < PER; i++) {
-                for (var j = 0u; j < PER; j++) {
-                    acc[i * PER + j] = fma(a[i], b[j], acc[i * PER + j]);
-                }
-            }
-        }
-        workgroupBarrier();
-    }
-    for (var i = 0u; i < PER; i++) {
-        let r = r_base + lid.y * PER + i;
+    var acc = tile_gemm(p.tokens, r_base, c_base, lid, li);
+    for (var i = 0u; i < 4u; i++) {
+        let r = r_base + lid.y * 4u + i;
         if (r >= p.h_rows) {
             continue;
         }
-        for (var j = 0u; j < PER; j++) {
-            let c = c_base + lid.x * PER + j;
+        for (var j = 0u; j < 4u; j++) {
+            let c = c_base + lid.x * 4u + j;
             if (c < p.cols) {
                 let at = r * p.cols + c;
-                h[at] = p.alpha * h[at] + p.beta * acc[i * PER + j];
+                h[at] = p.alpha * h[at] + p.beta * acc[i][j];
             }
         }
     }

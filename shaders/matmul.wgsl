@@ -200,7 +200,14 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
 // [k][m] tokens and [k][n] dequantized weights of one K-step. Scalar arrays:
 // writing one component of a vec4 at a dynamic index is slow on lavapipe.
-var<workgroup> xt: array<f32, BK * BM>;
+// The token rows are padded by 4 values: the loader writes neighbouring k
+// from neighbouring invocations, which a stride of 64 puts in one memory
+// bank (a 32-way conflict on NVIDIA), a stride of 68 in 8 banks; 4 keeps
+// each row's quads 16-byte aligned for vector reads. (The weight loader's
+// 4-way conflict, 4 k's 8 apart per 8 rows, has no aligned padding that
+// removes it.)
+const XT_STRIDE: u32 = BM + 4u;
+var<workgroup> xt: array<f32, BK * XT_STRIDE>;
 var<workgroup> wt: array<f32, BK * BN>;
 
 // Register-tiled GEMM: each of 256 threads owns 4 tokens x 4 rows. Every
@@ -232,7 +239,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             if (m0 + m < p.tokens && k0 + kk < p.cols) {
                 v = x[(m0 + m) * p.cols + k0 + kk];
             }
-            xt[kk * BM + m] = v;
+            xt[kk * XT_STRIDE + m] = v;
         }
         for (var e = 0u; e < 8u; e++) {
             let k = k0 + lk + e;
@@ -245,7 +252,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let ao = kk * BM + tm * 4u;
+            let ao = kk * XT_STRIDE + tm * 4u;
             let bo = kk * BN + tn * 4u;
             let a = vec4<f32>(xt[ao], xt[ao + 1u], xt[ao + 2u], xt[ao + 3u]);
             let b = vec4<f32>(wt[bo], wt[bo + 1u], wt[bo + 2u], wt[bo + 3u]);

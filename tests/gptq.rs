@@ -280,7 +280,10 @@ fn gptq_act_order_static_groups() {
             cols,
             &hess.h,
             &scheme,
-            &GptqOptions::default(),
+            &GptqOptions {
+                act_order: false,
+                ..GptqOptions::default()
+            },
         )
         .unwrap();
         eprintln!(
@@ -451,7 +454,12 @@ fn gptq_gpu_matches_cpu() {
     hc.add_batch(&CpuBackend, "x", &x, tokens).unwrap();
     let mut hg = Hessian::new(cols);
     hg.add_batch(&gpu, "x", &x, tokens).unwrap();
-    let opts = GptqOptions::default();
+    // Dynamic groups, computed on the GPU (act-order's static groups are
+    // cross-checked in gptq_act_order_static_groups).
+    let opts = GptqOptions {
+        act_order: false,
+        ..GptqOptions::default()
+    };
     for scheme in [
         QuantScheme::new(4, false, Granularity::Group(64)).unwrap(),
         QuantScheme::new(3, true, Granularity::Group(128)).unwrap(),
@@ -519,6 +527,7 @@ fn gptq_gpu_split_path_matches_cpu() {
     h.add_batch(&CpuBackend, "x", &x, tokens).unwrap();
     let opts = GptqOptions {
         block: 24,
+        act_order: false,
         ..GptqOptions::default()
     };
     let scheme = QuantScheme::new(4, false, Granularity::Group(32)).unwrap();

@@ -379,7 +379,6 @@ fn cli_gptq_writes_report_and_needs_calibration() {
         "4",
         "--calib-len",
         "16",
-        "--act-order",
     ]);
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(
@@ -395,6 +394,25 @@ fn cli_gptq_writes_report_and_needs_calibration() {
         serde_json::from_slice(&std::fs::read(out.join("gptq-report.json")).unwrap()).unwrap();
     assert_eq!(report["act_order"], true);
     assert_eq!(report["layers"].as_array().unwrap().len(), LAYERS);
+    // Act-order is the default; --no-act-order is plain GPTQ.
+    let plain = base(&[
+        "--calib",
+        calib.to_str().unwrap(),
+        "--calib-samples",
+        "4",
+        "--calib-len",
+        "16",
+        "--no-act-order",
+        "--overwrite",
+    ]);
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("gptq-report.json")).unwrap()).unwrap();
+    assert_eq!(report["act_order"], false);
 }
 
 /// The calibration forward's attention over independent windows: GPU

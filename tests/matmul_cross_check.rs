@@ -14,6 +14,7 @@ mod common;
 use llmq_gpu::backend::cpu::matmul as cpu_matmul;
 use llmq_gpu::backend::gpu::matmul::{self as gpu_matmul, GpuQuantWeights};
 use llmq_gpu::backend::gpu::GpuContext;
+use llmq_gpu::backend::{Backend, CpuBackend, GpuBackend};
 use llmq_gpu::quant::packed::{pack_codes, unpack_code, QuantizedTensor};
 use llmq_gpu::quant::scheme::{Granularity, QuantScheme};
 use rand::Rng;
@@ -225,6 +226,31 @@ fn split_weights_and_tokens_match_reference() {
             &want,
             &magnitudes(&q, &x, tokens),
         );
+    }
+}
+
+/// `Backend::resident_linear` (GPTQ's calibration forward: one upload, many
+/// batches) gives what `Backend::matmul` gives, batch after batch, on both
+/// backends, and reports the weight's shape.
+#[test]
+fn resident_linear_matches_matmul() {
+    let gpu = GpuBackend::new(common::gpu());
+    let mut rng = common::rng("resident_linear_matches_matmul");
+    let s = QuantScheme::new(4, false, Granularity::Group(32)).unwrap();
+    let q = random_tensor(&mut rng, 45, 96, s);
+    let backends: [&dyn Backend; 2] = [&CpuBackend, &gpu];
+    for backend in backends {
+        let linear = backend.resident_linear(&q).unwrap();
+        assert_eq!(linear.shape(), [45, 96]);
+        for tokens in [1, 3, 70] {
+            let x: Vec<f32> = (0..tokens * 96)
+                .map(|_| rng.gen_range(-1.0f32..1.0))
+                .collect();
+            let got = linear.apply(&x, tokens).unwrap();
+            let want = backend.matmul(&q, &x, tokens).unwrap();
+            assert_eq!(got, want, "{}: {tokens} tokens", backend.name());
+        }
+        assert!(linear.apply(&[0.0; 95], 1).is_err(), "wrong input length");
     }
 }
 

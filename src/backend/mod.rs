@@ -126,6 +126,33 @@ pub trait GptqColumns {
     fn finish(self: Box<Self>) -> Result<GptqCodes>;
 }
 
+/// A quantized linear held where the backend computes (GPU buffers), for
+/// `x · Wᵀ` on many batches of activations with one upload.
+pub trait ResidentLinear {
+    /// `[rows, cols]` of W.
+    fn shape(&self) -> [usize; 2];
+
+    /// `y = x · Wᵀ` for `x` `[tokens, cols]`: returns `[tokens, rows]`.
+    fn apply(&self, x: &[f32], tokens: usize) -> Result<Vec<f32>>;
+}
+
+/// [`ResidentLinear`] of a backend whose weights are already where it
+/// computes (the CPU): every call is [`Backend::matmul`].
+struct HostLinear<'a, B: Backend + ?Sized> {
+    backend: &'a B,
+    q: &'a QuantizedTensor,
+}
+
+impl<B: Backend + ?Sized> ResidentLinear for HostLinear<'_, B> {
+    fn shape(&self) -> [usize; 2] {
+        [self.q.rows, self.q.cols]
+    }
+
+    fn apply(&self, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
+        self.backend.matmul(self.q, x, tokens)
+    }
+}
+
 pub trait Backend: Send + Sync {
     /// Human-readable name, e.g. `cpu (rayon, 2 threads)` or `vulkan: llvmpipe`.
     fn name(&self) -> String;
@@ -161,6 +188,17 @@ pub trait Backend: Send + Sync {
     /// `y = x · Wᵀ` with `x` `[tokens, cols]` f32 and `W` the packed weight:
     /// returns `[tokens, rows]`. One token is a GEMV, more a GEMM.
     fn matmul(&self, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>;
+
+    /// `q` kept on the backend for repeated [`ResidentLinear::apply`] (GPTQ's
+    /// calibration forward runs each quantized linear on every chunk of
+    /// windows). The default holds `q` in host memory and calls
+    /// [`Backend::matmul`].
+    fn resident_linear<'a>(
+        &'a self,
+        q: &'a QuantizedTensor,
+    ) -> Result<Box<dyn ResidentLinear + 'a>> {
+        Ok(Box::new(HostLinear { backend: self, q }))
+    }
 
     /// Causal grouped-query attention over `windows` independent windows of
     /// `seq` tokens each (positions 0..seq, rotary embedding already

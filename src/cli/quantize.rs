@@ -34,10 +34,14 @@ pub struct Args {
     /// GPTQ: seed of the window positions.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// GPTQ: quantize columns in order of decreasing Hessian diagonal
-    /// (static groups, so the output needs no reordering at inference).
-    #[arg(long)]
+    /// GPTQ: quantize columns in order of decreasing Hessian diagonal, with
+    /// static groups so the output needs no reordering at inference (the
+    /// default; see --no-act-order).
+    #[arg(long, overrides_with = "no_act_order")]
     act_order: bool,
+    /// GPTQ: quantize columns in their natural order (plain GPTQ).
+    #[arg(long, overrides_with = "act_order")]
+    no_act_order: bool,
     /// GPTQ: damping added to the Hessian diagonal, as a fraction of its mean
     /// (raised automatically when the Hessian is not positive definite).
     #[arg(long, default_value_t = 0.01)]
@@ -107,7 +111,7 @@ pub fn run(a: Args) -> Result<()> {
             settings.options = GptqOptions {
                 damp: a.damp,
                 block: a.block_size,
-                act_order: a.act_order,
+                act_order: a.act_order || !a.no_act_order,
                 ..GptqOptions::default()
             };
             config = config.gptq(settings);

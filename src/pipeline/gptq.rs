@@ -25,7 +25,7 @@
 
 use super::calib::{load_windows, CalibConfig, CalibWindows};
 use super::memory;
-use crate::backend::{Backend, CpuBackend};
+use crate::backend::{Backend, CpuBackend, ResidentLinear};
 use crate::error::{Error, Result};
 use crate::model::arch::ArchConfig;
 use crate::model::forward::ops::{self, AttnShape, RopeTable};
@@ -384,14 +384,27 @@ impl<'a> LayerRunner<'a> {
         self.phases.forward.time(flops, || ops::rms_norm(x, w, eps))
     }
 
+    /// Each of `qs` kept on the backend for the chunks of the forward (one
+    /// upload per layer, not one per chunk).
+    fn resident<'q>(
+        &mut self,
+        qs: &'q [QuantizedTensor],
+    ) -> Result<Vec<Box<dyn ResidentLinear + 'q>>>
+    where
+        'a: 'q,
+    {
+        let backend: &'q dyn Backend = self.backend;
+        self.phases.forward.time(0.0, || {
+            qs.iter().map(|q| backend.resident_linear(q)).collect()
+        })
+    }
+
     /// `x · Wᵀ` for a quantized linear, on the backend.
-    fn apply(&mut self, q: &QuantizedTensor, x: &[f32]) -> Result<Vec<f32>> {
-        let tokens = x.len() / q.cols;
-        let flops = 2.0 * (tokens * q.rows * q.cols) as f64;
-        let backend = self.backend;
-        self.phases
-            .forward
-            .time(flops, || backend.matmul(q, x, tokens))
+    fn apply(&mut self, w: &dyn ResidentLinear, x: &[f32]) -> Result<Vec<f32>> {
+        let [rows, cols] = w.shape();
+        let tokens = x.len() / cols;
+        let flops = 2.0 * (tokens * rows * cols) as f64;
+        self.phases.forward.time(flops, || w.apply(x, tokens))
     }
 
     /// Adds `x` to a Hessian the backend keeps. Its kernels may still run
@@ -538,6 +551,7 @@ impl<'a> LayerRunner<'a> {
             on_event,
             &mut reports,
         )?;
+        let qkv = self.resident(&qkv)?;
 
         // o: attention output with the quantized q, k, v.
         let qw = a.num_heads * a.head_dim();
@@ -559,8 +573,9 @@ impl<'a> LayerRunner<'a> {
             on_event,
             &mut reports,
         )?;
+        let o = self.resident(&o)?;
         for c in &chunks {
-            let y = self.apply(&o[0], &attn[c.start * qw..c.end * qw])?;
+            let y = self.apply(&*o[0], &attn[c.start * qw..c.end * qw])?;
             ops::add_in_place(&mut hidden[c.start * h..c.end * h], &y);
         }
         drop(attn);
@@ -581,6 +596,7 @@ impl<'a> LayerRunner<'a> {
             on_event,
             &mut reports,
         )?;
+        let gate_up = self.resident(&gate_up)?;
 
         // down: silu(gate)·up with the quantized gate and up.
         let mut hess = self.start_hessian(f)?;
@@ -602,12 +618,13 @@ impl<'a> LayerRunner<'a> {
             on_event,
             &mut reports,
         )?;
+        let down = self.resident(&down)?;
         for c in &chunks {
             let act = match self.store_mlp {
                 true => kept[c.start * f..c.end * f].to_vec(),
                 false => self.mlp_activation(&lw, &gate_up, &hidden[c.start * h..c.end * h])?,
             };
-            let y = self.apply(&down[0], &act)?;
+            let y = self.apply(&*down[0], &act)?;
             ops::add_in_place(&mut hidden[c.start * h..c.end * h], &y);
         }
         check_hidden(i, hidden, h)?;
@@ -619,13 +636,13 @@ impl<'a> LayerRunner<'a> {
     fn attention(
         &mut self,
         lw: &LayerWeights,
-        qkv: &[QuantizedTensor],
+        qkv: &[Box<dyn ResidentLinear + '_>],
         x: &[f32],
     ) -> Result<Vec<f32>> {
         let a = self.arch;
-        let mut q = self.apply(&qkv[0], x)?;
-        let mut k = self.apply(&qkv[1], x)?;
-        let mut v = self.apply(&qkv[2], x)?;
+        let mut q = self.apply(&*qkv[0], x)?;
+        let mut k = self.apply(&*qkv[1], x)?;
+        let mut v = self.apply(&*qkv[2], x)?;
         let shape = AttnShape {
             heads: a.num_heads,
             kv_heads: a.num_kv_heads,
@@ -663,12 +680,12 @@ impl<'a> LayerRunner<'a> {
     fn mlp_activation(
         &mut self,
         lw: &LayerWeights,
-        gate_up: &[QuantizedTensor],
+        gate_up: &[Box<dyn ResidentLinear + '_>],
         hidden: &[f32],
     ) -> Result<Vec<f32>> {
         let x = self.rms_norm(hidden, &lw.ffn_norm);
-        let mut g = self.apply(&gate_up[0], &x)?;
-        let u = self.apply(&gate_up[1], &x)?;
+        let mut g = self.apply(&*gate_up[0], &x)?;
+        let u = self.apply(&*gate_up[1], &x)?;
         let flops = 6.0 * g.len() as f64;
         self.phases
             .forward

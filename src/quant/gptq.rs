@@ -146,8 +146,10 @@ pub struct GptqOptions {
     pub block: usize,
     /// How many times the damping may be raised when Cholesky fails.
     pub max_damp_retries: u32,
-    /// Quantize columns in order of decreasing `diag(H)` (`actorder`),
-    /// with static groups.
+    /// Quantize columns in order of decreasing `diag(H)` (`actorder` /
+    /// GPTQModel's `desc_act`), with static groups so the output needs no
+    /// reordering at inference. On by default: it roughly halved what plain
+    /// GPTQ lost on SmolLM2 at every setting measured (README).
     pub act_order: bool,
 }
 
@@ -157,7 +159,7 @@ impl Default for GptqOptions {
             damp: 0.01,
             block: 128,
             max_damp_retries: 16,
-            act_order: false,
+            act_order: true,
         }
     }
 }

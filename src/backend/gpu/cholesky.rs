@@ -12,18 +12,16 @@
 //! and logs it (splitting H across bindings is not implemented).
 
 use super::context::{Binding, GpuContext};
-use super::f32_bytes;
+use super::{f32_bytes, GEMM_TILE};
 use crate::backend::cpu::cholesky as cpu;
 use crate::error::Result;
 use bytemuck::{Pod, Zeroable};
 
-const SOURCE: &str = include_str!("../../../shaders/cholesky.wgsl");
+const SOURCE: &str = with_tile_gemm!("cholesky.wgsl");
 /// Panel width (`NB` in the shader).
 const NB: usize = 32;
 /// Rows of the panel solved per workgroup (`PANEL_WG`).
 const PANEL_WG: usize = 64;
-/// Tile of the trailing update (`TILE`).
-const TILE: usize = 64;
 /// Columns of X per workgroup of the inverse (`XW`).
 const XW: usize = 64;
 /// Workgroup memory of the largest kernel (trtri_step), bytes.
@@ -107,7 +105,7 @@ pub fn inverse_cholesky_upper(ctx: &GpuContext, h: &[f32], n: usize) -> Result<O
                     &buffers,
                     [rest.div_ceil(PANEL_WG) as u32, 1, 1],
                 );
-                let tiles = rest.div_ceil(TILE) as u32;
+                let tiles = rest.div_ceil(GEMM_TILE) as u32;
                 ctx.encode(&mut enc, &syrk, &buffers, [tiles, tiles, 1]);
             }
         }

@@ -10,18 +10,16 @@
 //! when [`GpuGptqColumns::finish`] reads the codes back.
 
 use super::context::{Binding, GpuContext, Kernel};
-use super::{f32_bytes, row_chunks, GpuBuffer};
+use super::{f32_bytes, row_chunks, GpuBuffer, GEMM_TILE};
 use crate::backend::{GptqCodes, GptqColumns, GptqSpec};
 use crate::error::{Error, Result};
 use bytemuck::{Pod, Zeroable};
 use std::ops::Range;
 use std::sync::Arc;
 
-const SOURCE: &str = include_str!("../../../shaders/gptq.wgsl");
+const SOURCE: &str = with_tile_gemm!("gptq.wgsl");
 /// Invocations per workgroup of `quantize_block` (one per row).
 const WG: usize = 64;
-/// Rows and columns of W per workgroup of `update_rest`.
-const TILE: usize = 64;
 
 /// Mirrors `Params` in gptq.wgsl.
 #[repr(C)]
@@ -109,7 +107,7 @@ impl<'a> GpuGptqColumns<'a> {
                 ctx.adapter.short()
             )));
         }
-        let col_tiles = cols.div_ceil(TILE);
+        let col_tiles = cols.div_ceil(GEMM_TILE);
         if col_tiles > ctx.max_workgroups() as usize {
             return Err(Error::Gpu(format!(
                 "GPTQ update of {cols} columns needs {col_tiles} workgroups in one dimension, \
@@ -266,8 +264,8 @@ impl GptqColumns for GpuGptqColumns<'_> {
                     &self.rest,
                     &[uniform, h, &c.w, &c.err],
                     [
-                        cols_part.len().div_ceil(TILE) as u32,
-                        m.div_ceil(TILE) as u32,
+                        cols_part.len().div_ceil(GEMM_TILE) as u32,
+                        m.div_ceil(GEMM_TILE) as u32,
                         1,
                     ],
                 );

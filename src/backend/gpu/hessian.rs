@@ -6,16 +6,14 @@
 //! 128 MiB one). The kernel computes the lower triangle; `finish` mirrors it.
 
 use super::context::{Binding, GpuContext, Kernel};
-use super::{f32_bytes, row_chunks, GpuBuffer};
+use super::{f32_bytes, row_chunks, GpuBuffer, GEMM_TILE};
 use crate::backend::{check_hessian_batch, HessianAccumulator};
 use crate::error::{Error, Result};
 use bytemuck::{Pod, Zeroable};
 use std::ops::Range;
 use std::sync::Arc;
 
-const SOURCE: &str = include_str!("../../../shaders/hessian.wgsl");
-/// Rows and columns of H per workgroup (`TILE` in the shader).
-const TILE: usize = 64;
+const SOURCE: &str = with_tile_gemm!("hessian.wgsl");
 
 /// Mirrors `Params` in hessian.wgsl.
 #[repr(C)]
@@ -55,7 +53,7 @@ impl<'a> GpuHessian<'a> {
     /// Uploads `h` (`[cols, cols]`, already checked), or allocates zeros
     /// when nothing has been seen yet.
     pub fn new(ctx: &'a GpuContext, h: Vec<f32>, cols: usize, n_seen: usize) -> Result<Self> {
-        let col_tiles = cols.div_ceil(TILE);
+        let col_tiles = cols.div_ceil(GEMM_TILE);
         if col_tiles > ctx.max_workgroups() as usize {
             return Err(Error::Gpu(format!(
                 "Hessian of {cols} columns needs {col_tiles} workgroups in one dimension, more \
@@ -128,8 +126,8 @@ impl HessianAccumulator for GpuHessian<'_> {
                     &self.kernel,
                     &[u, xbuf, hbuf],
                     [
-                        cols.div_ceil(TILE) as u32,
-                        rows.len().div_ceil(TILE) as u32,
+                        cols.div_ceil(GEMM_TILE) as u32,
+                        rows.len().div_ceil(GEMM_TILE) as u32,
                         1,
                     ],
                 );
@@ -165,7 +163,7 @@ pub fn time_accumulate(
     tokens: usize,
     reps: usize,
 ) -> Result<std::time::Duration> {
-    if cols.div_ceil(TILE) > ctx.max_workgroups() as usize
+    if cols.div_ceil(GEMM_TILE) > ctx.max_workgroups() as usize
         || (cols * cols * 4) as u64 > ctx.max_binding()
         || (tokens * cols * 4) as u64 > ctx.max_binding()
     {
@@ -191,7 +189,11 @@ pub fn time_accumulate(
         _pad1: 0,
     };
     let uniform = ctx.uniform("hessian.params", &params);
-    let tiles = [cols.div_ceil(TILE) as u32, cols.div_ceil(TILE) as u32, 1];
+    let tiles = [
+        cols.div_ceil(GEMM_TILE) as u32,
+        cols.div_ceil(GEMM_TILE) as u32,
+        1,
+    ];
     let mut warm = ctx.encoder();
     ctx.encode(&mut warm, &kernel, &[&uniform, &xb, &hb], tiles);
     ctx.submit_and_wait(warm)?;

@@ -285,6 +285,22 @@ pub fn matmul_resident(
     Ok(y)
 }
 
+/// A packed linear uploaded once ([`crate::backend::Backend::resident_linear`]).
+pub struct ResidentQuantLinear<'a> {
+    pub ctx: &'a GpuContext,
+    pub w: GpuQuantWeights,
+}
+
+impl crate::backend::ResidentLinear for ResidentQuantLinear<'_> {
+    fn shape(&self) -> [usize; 2] {
+        [self.w.rows, self.w.cols]
+    }
+
+    fn apply(&self, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
+        matmul_resident(self.ctx, &self.w, x, tokens)
+    }
+}
+
 /// Uploads `q` and runs [`matmul_resident`].
 pub fn matmul(ctx: &GpuContext, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
     let w = GpuQuantWeights::upload(ctx, q)?;

@@ -1,6 +1,18 @@
 //! The GPU backend: WGSL kernels from `shaders/` driven through wgpu.
 //! One thin wrapper module per kernel family.
 
+/// The WGSL of `shaders/$file` after `shaders/tile_gemm.wgsl`, the tiled
+/// GEMM it builds on (WGSL has no includes). Every wrapper lives in this
+/// folder, so the relative paths hold wherever the macro is expanded.
+macro_rules! with_tile_gemm {
+    ($file:literal) => {
+        concat!(
+            include_str!("../../../shaders/tile_gemm.wgsl"),
+            include_str!(concat!("../../../shaders/", $file))
+        )
+    };
+}
+
 pub mod attention;
 pub mod buffer;
 pub mod cholesky;
@@ -14,12 +26,17 @@ pub mod quantize;
 pub mod rope;
 pub mod trace;
 
+/// Rows and columns of C per workgroup of the shared tiled GEMM (`TILE` in
+/// `shaders/tile_gemm.wgsl`).
+pub(crate) const GEMM_TILE: usize = 64;
+
 pub use buffer::GpuBuffer;
 pub use context::{list_adapters, AdapterSummary, DeviceChoice, GpuContext};
 
 use super::{
     check_attention_args, check_cholesky_args, check_gptq_args, check_hessian_start,
     check_trace_args, Backend, GptqColumns, GptqSpec, GroupParams, HessianAccumulator,
+    ResidentLinear,
 };
 use crate::error::Result;
 use crate::model::forward::ops::AttnShape;
@@ -114,6 +131,16 @@ impl Backend for GpuBackend {
 
     fn matmul(&self, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
         matmul::matmul(&self.ctx, q, x, tokens)
+    }
+
+    fn resident_linear<'a>(
+        &'a self,
+        q: &'a QuantizedTensor,
+    ) -> Result<Box<dyn ResidentLinear + 'a>> {
+        Ok(Box::new(matmul::ResidentQuantLinear {
+            ctx: &self.ctx,
+            w: matmul::GpuQuantWeights::upload(&self.ctx, q)?,
+        }))
     }
 
     fn memory_peak(&self) -> Option<u64> {

@@ -6,14 +6,12 @@
 //! in f64.
 
 use super::context::{Binding, GpuContext, Kernel};
-use super::{f32_bytes, row_chunks, GpuBuffer};
+use super::{f32_bytes, row_chunks, GpuBuffer, GEMM_TILE};
 use crate::error::{Error, Result};
 use bytemuck::{Pod, Zeroable};
 use std::ops::Range;
 
-const SOURCE: &str = include_str!("../../../shaders/trace.wgsl");
-/// Rows of `A` and columns of `H` per workgroup (`TILE` in the shader).
-const TILE: usize = 64;
+const SOURCE: &str = with_tile_gemm!("trace.wgsl");
 
 /// Mirrors `Params` in trace.wgsl.
 #[repr(C)]
@@ -43,7 +41,7 @@ pub fn quadratic_traces(
 ) -> Result<Vec<f64>> {
     let k = ctx.kernel("trace.partial", SOURCE, "partial_traces", &BINDINGS)?;
     let max_wg = ctx.max_workgroups() as usize;
-    let col_tiles = cols.div_ceil(TILE);
+    let col_tiles = cols.div_ceil(GEMM_TILE);
     if col_tiles > max_wg {
         return Err(Error::Gpu(format!(
             "quadratic trace over {cols} columns needs {col_tiles} workgroups in one dimension, \
@@ -78,7 +76,7 @@ pub fn quadratic_traces(
 /// Row ranges of an `A` with `rows` rows: each fits one binding and at most
 /// `max_workgroups` tiles of rows.
 fn a_chunks(ctx: &GpuContext, rows: usize, cols: usize) -> Result<Vec<Range<usize>>> {
-    let most = ctx.max_workgroups() as usize * TILE;
+    let most = ctx.max_workgroups() as usize * GEMM_TILE;
     Ok(row_chunks(ctx, rows, cols * 4)?
         .into_iter()
         .flat_map(|r| {
@@ -98,7 +96,7 @@ fn chunk_trace(
     h_chunks: &[(Range<usize>, GpuBuffer)],
 ) -> Result<f64> {
     let a_rows = a.len() / cols;
-    let tiles = a_rows.div_ceil(TILE) * cols.div_ceil(TILE);
+    let tiles = a_rows.div_ceil(GEMM_TILE) * cols.div_ceil(GEMM_TILE);
     let abuf = ctx.upload("trace.a", f32_bytes(a))?;
     let n_partials = tiles * h_chunks.len();
     let pbuf = ctx.storage("trace.partials", (n_partials * 4) as u64)?;
@@ -119,7 +117,11 @@ fn chunk_trace(
             &mut enc,
             k,
             &[&uniforms[i], &abuf, hbuf, &pbuf],
-            [cols.div_ceil(TILE) as u32, a_rows.div_ceil(TILE) as u32, 1],
+            [
+                cols.div_ceil(GEMM_TILE) as u32,
+                a_rows.div_ceil(GEMM_TILE) as u32,
+                1,
+            ],
         );
     }
     ctx.submit_and_wait(enc)?;

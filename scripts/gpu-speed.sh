@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Speed on a real GPU, in one go (a few minutes on a data-centre GPU):
+# the adapters wgpu sees, the packed INT4/INT8 matmul kernels against the
+# copy bandwidth measured in the same run, and GPTQ on Llama-7B-shaped
+# layers (4096 hidden, 11008 MLP, 65,536 synthetic calibration tokens), by
+# phase, extrapolated to a 32-layer model.
+#
+#   BIN=target/release/llmq-gpu OUT=logs LAYERS=2 bash scripts/gpu-speed.sh
+#
+# BIN: the binary (default target/release/llmq-gpu, so `cargo build --release`
+# first); OUT: where the three logs go (default: the current folder);
+# LAYERS: synthetic layers to time (default 2). Needs a Vulkan driver for
+# the GPU: on lavapipe the GPTQ part would take hours.
+set -euo pipefail
+BIN=${BIN:-target/release/llmq-gpu}
+OUT=${OUT:-.}
+LAYERS=${LAYERS:-2}
+mkdir -p "$OUT"
+if [ ! -x "$BIN" ]; then
+    echo "no llmq-gpu binary at $BIN: run cargo build --release, or set BIN" >&2
+    exit 1
+fi
+"$BIN" devices | tee "$OUT/devices.txt"
+if ! grep -Eq "type +(DiscreteGpu|IntegratedGpu)" "$OUT/devices.txt"; then
+    echo "no hardware GPU adapter is visible (only software Vulkan?): install the GPU's Vulkan driver" >&2
+    exit 1
+fi
+"$BIN" bench --quick --device vulkan 2>&1 | tee "$OUT/bench-kernels.txt"
+"$BIN" bench --gptq --synthetic-layers "$LAYERS" --device vulkan 2>&1 | tee "$OUT/bench-gptq.txt"
