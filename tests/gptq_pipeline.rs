@@ -494,3 +494,61 @@ fn recomputed_mlp_activations_match_kept_ones() {
         assert!((a - b).abs() <= 1e-12 * a, "errors {a} and {b}");
     }
 }
+
+/// The synthetic-layer benchmark (what a real GPU's 7B figure comes from)
+/// runs every phase, the forward with its norms and attention, and refuses
+/// chunks that are not whole windows.
+#[test]
+fn synthetic_bench_times_every_phase() {
+    use llmq_gpu::bench::forward::PeakRates;
+    use llmq_gpu::bench::gptq::{bench_synthetic, SyntheticLayer};
+    let peak = PeakRates {
+        matmul_gflops: 10.0,
+        copy_gbps: 10.0,
+        detail: "fixed for the test".into(),
+    };
+    let shape = SyntheticLayer {
+        hidden: 128,
+        kv: 64,
+        ffn: 192,
+        tokens: 256,
+        chunk: 128,
+        seq: 64,
+        head_dim: 32,
+    };
+    let scheme = QuantScheme::new(4, false, Granularity::Group(32)).unwrap();
+    let opts = llmq_gpu::quant::gptq::GptqOptions::default();
+    let r = bench_synthetic(&CpuBackend, peak.clone(), shape, 2, &scheme, &opts, 32).unwrap();
+    assert_eq!(r.layers, 2);
+    // Per layer (2 layers): matmuls 2·tokens·rows·cols per linear; the rest
+    // of the forward: four norms, SwiGLU and attention over 4 windows of 64.
+    let linears = [
+        (128, 128),
+        (64, 128),
+        (64, 128),
+        (128, 128),
+        (192, 128),
+        (192, 128),
+        (128, 192),
+    ];
+    let matmul: usize = linears.iter().map(|(r, c)| 2 * 256 * r * c).sum();
+    let host = 16 * 256 * 128 + 6 * 256 * 192 + 4 * 4 * 4 * 64 * 64 * 32;
+    let forward = &r.phases[0];
+    assert_eq!(forward.phase, "calibration forward");
+    assert!(
+        (forward.gflop * 1e9 - (2 * (matmul + host)) as f64).abs() < 1.0,
+        "forward GFLOP {}",
+        forward.gflop
+    );
+    for p in &r.phases {
+        assert!(p.seconds > 0.0 && p.gflop > 0.0, "{p:?}");
+    }
+    let (n, minutes) = r.extrapolated.unwrap();
+    assert_eq!(n, 32);
+    assert!((minutes - r.layer_seconds[0] * 32.0 / 60.0).abs() < 1e-9);
+    let ragged = SyntheticLayer {
+        chunk: 100,
+        ..shape
+    };
+    assert!(bench_synthetic(&CpuBackend, peak, ragged, 1, &scheme, &opts, 32).is_err());
+}

@@ -11,12 +11,14 @@
 use super::forward::PeakRates;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::model::forward::ops::{self, AttnShape, RopeTable};
 use crate::pipeline::gptq::{transfer_since, Phase, Phases};
 use crate::pipeline::quantize::{quantize_model_with, CancelToken, QuantizeConfig};
 use crate::quant::gptq::{self, GptqOptions, HessianAccumulation};
 use crate::quant::{rtn, QuantScheme};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use serde::Serialize;
 use std::fmt;
 use std::time::Instant;
@@ -130,9 +132,12 @@ pub struct SyntheticLayer {
     pub hidden: usize,
     pub kv: usize,
     pub ffn: usize,
-    /// Calibration tokens, and tokens per chunk.
+    /// Calibration tokens, and tokens per chunk (whole windows).
     pub tokens: usize,
     pub chunk: usize,
+    /// Tokens per calibration window, and per attention head.
+    pub seq: usize,
+    pub head_dim: usize,
 }
 
 impl SyntheticLayer {
@@ -144,6 +149,8 @@ impl SyntheticLayer {
             ffn: 11008,
             tokens: 65536,
             chunk: 2048,
+            seq: 512,
+            head_dim: 128,
         }
     }
 }
@@ -151,9 +158,10 @@ impl SyntheticLayer {
 /// `layers` synthetic layers: per layer, the pipeline's kernels on random
 /// weights and activations: Hessians of the four input sites over
 /// `tokens` (in chunks), one factorisation per site, GPTQ of the seven
-/// linears, and each quantized linear applied to every token (the
-/// calibration forward's matmuls; norms and attention are not modelled).
-/// Random data generation is not timed.
+/// linears, each quantized linear applied to every token, and the rest of
+/// the calibration forward (norms, RoPE, SwiGLU and residual adds on the
+/// host, causal attention on the backend) over every token. Random data
+/// generation is not timed.
 pub fn bench_synthetic(
     backend: &dyn Backend,
     peak: PeakRates,
@@ -164,10 +172,14 @@ pub fn bench_synthetic(
     extrapolate_layers: usize,
 ) -> Result<GptqBenchReport> {
     let s = shape;
-    if s.tokens == 0 || s.chunk == 0 || layers == 0 {
-        return Err(Error::Config(
-            "synthetic GPTQ benchmark needs tokens, chunk and layers > 0".into(),
-        ));
+    let heads_fit =
+        s.head_dim > 0 && s.hidden.is_multiple_of(s.head_dim) && s.kv.is_multiple_of(s.head_dim);
+    let whole_windows = s.seq > 0 && s.chunk.is_multiple_of(s.seq);
+    if s.tokens == 0 || s.chunk == 0 || !whole_windows || layers == 0 || !heads_fit {
+        return Err(Error::Config(format!(
+            "synthetic GPTQ benchmark: tokens, windows and layers must be > 0, chunks whole \
+             windows, and hidden/kv multiples of the head size (got {s:?}, {layers} layers)"
+        )));
     }
     crate::pipeline::memory::reset_host_peak();
     backend.reset_memory_peak();
@@ -261,6 +273,7 @@ pub fn bench_synthetic(
                 }
             }
         }
+        layer_untimed += host_forward(backend, &s, &mut rng, &mut phases)?;
         per_layer.push(t_layer.elapsed().as_secs_f64() - layer_untimed);
         untimed += layer_untimed;
     }
@@ -290,6 +303,60 @@ pub fn bench_synthetic(
         gpu_transfer_bytes: transfer_since(backend, transfers_before),
         extrapolated: Some((extrapolate_layers, mean * extrapolate_layers as f64 / 60.0)),
     })
+}
+
+/// The calibration forward of one layer besides its matmuls, chunk by
+/// chunk over every token as the pipeline runs it: four RMSNorms over the
+/// hidden state (q/k/v Hessian, attention, gate/up Hessian, MLP), RoPE of q
+/// and k and causal attention over the chunk's windows, SwiGLU, two
+/// residual adds and the finite check. One random chunk stands in for
+/// every chunk; returns the untimed seconds (making it).
+fn host_forward(
+    backend: &dyn Backend,
+    s: &SyntheticLayer,
+    rng: &mut StdRng,
+    phases: &mut Phases,
+) -> Result<f64> {
+    let t = Instant::now();
+    let n = s.chunk.min(s.tokens).div_ceil(s.seq) * s.seq;
+    let mut uniform =
+        |len: usize| -> Vec<f32> { (0..len).map(|_| rng.gen::<f32>() - 0.5).collect() };
+    let mut hidden = uniform(n * s.hidden);
+    let (mut q, mut k, v) = (uniform(n * s.hidden), uniform(n * s.kv), uniform(n * s.kv));
+    let (mut gate, up) = (uniform(n * s.ffn), uniform(n * s.ffn));
+    let norm_w = vec![1.0f32; s.hidden];
+    let rope = RopeTable::new(0, s.seq, &ops::rope_inv_freq(s.head_dim, 10000.0));
+    let shape = AttnShape {
+        heads: s.hidden / s.head_dim,
+        kv_heads: s.kv / s.head_dim,
+        head_dim: s.head_dim,
+    };
+    let untimed = t.elapsed().as_secs_f64();
+    let windows = n / s.seq;
+    let mut done = 0;
+    while done < s.tokens {
+        let t = Instant::now();
+        for _ in 0..4 {
+            std::hint::black_box(ops::rms_norm(&hidden, &norm_w, 1e-5));
+        }
+        for b in 0..windows {
+            let (qs, ks) = (s.seq * s.hidden, s.seq * s.kv);
+            rope.apply(&mut q[b * qs..(b + 1) * qs], shape.heads, true);
+            rope.apply(&mut k[b * ks..(b + 1) * ks], shape.kv_heads, true);
+        }
+        let attn = backend.causal_attention(&q, &k, &v, windows, s.seq, shape)?;
+        ops::silu_mul(&mut gate, &up);
+        ops::add_in_place(&mut hidden, &attn);
+        ops::add_in_place(&mut hidden, &q);
+        if hidden.par_iter().any(|x| !x.is_finite()) {
+            return Err(Error::Config("synthetic hidden state is not finite".into()));
+        }
+        phases.forward.seconds += t.elapsed().as_secs_f64();
+        phases.forward.flops += (4 * 4 * n * s.hidden + 6 * n * s.ffn) as f64
+            + (windows * shape.heads * 4 * s.seq * s.seq * s.head_dim) as f64;
+        done += n;
+    }
+    Ok(untimed)
 }
 
 /// Activations with a few strong shared directions (like real ones, so the

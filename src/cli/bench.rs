@@ -52,7 +52,7 @@ pub struct Args {
     /// GPTQ: calibration windows (with --model).
     #[arg(long, default_value_t = 128)]
     calib_samples: usize,
-    /// GPTQ: tokens per calibration window (with --model).
+    /// GPTQ: tokens per calibration window (with --model or --synthetic-layers).
     #[arg(long, default_value_t = 512)]
     calib_len: usize,
     /// GPTQ: bits per weight.
@@ -126,7 +126,14 @@ fn run_gptq(a: &Args) -> Result<()> {
                 kv: a.hidden,
                 ffn: a.ffn,
                 tokens: a.calib_tokens,
-                chunk: 2048,
+                // Whole windows of --calib-len, about 2048 tokens.
+                chunk: (2048 / a.calib_len.max(1)).max(1) * a.calib_len,
+                seq: a.calib_len,
+                head_dim: if a.hidden.is_multiple_of(128) {
+                    128
+                } else {
+                    64
+                },
             };
             bench_synthetic(
                 backend.as_ref(),

@@ -34,6 +34,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::model::{ModelView, TensorKind};
 use crate::quant::gptq::{self, GptqOptions, Hessian, HessianAccumulation};
 use crate::quant::{rtn, QuantScheme, QuantizedTensor};
+use rayon::prelude::*;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -734,7 +735,7 @@ fn site_label(kinds: &[TensorKind]) -> String {
 /// The quantized layer's output must stay finite (an overflowing layer would
 /// otherwise poison every later Hessian).
 fn check_hidden(i: usize, hidden: &[f32], width: usize) -> Result<()> {
-    match hidden.iter().position(|x| !x.is_finite()) {
+    match hidden.par_iter().position_first(|x| !x.is_finite()) {
         None => Ok(()),
         Some(at) => Err(Error::BadTensor {
             name: format!("layer {i} output on the calibration windows"),

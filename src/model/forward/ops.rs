@@ -6,14 +6,36 @@ use crate::backend::cpu::gemm;
 use crate::backend::cpu::matmul::dot;
 use rayon::prelude::*;
 
+/// Values per parallel task of the elementwise ops. One task's worth or
+/// less (a decode step) runs on the calling thread; GPTQ's calibration
+/// forward (65 536 tokens × 4096 on a 7B model) spreads over every core.
+const PAR_CHUNK: usize = 1 << 16;
+
+/// Whole rows of `width` per parallel task (at least one).
+fn rows_per_task(width: usize) -> usize {
+    (PAR_CHUNK / width.max(1)).max(1)
+}
+
 /// x · rsqrt(mean(x²) + eps) · w, per row of `x`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let n = w.len();
-    let mut out = Vec::with_capacity(x.len());
-    for row in x.chunks_exact(n) {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
-        let r = 1.0 / (ms + eps).sqrt();
-        out.extend(row.iter().zip(w).map(|(v, w)| v * r * w));
+    let mut out = vec![0f32; x.len() / n.max(1) * n];
+    let norm_rows = |out: &mut [f32], x: &[f32]| {
+        for (o, row) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+            let ms = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
+            let r = 1.0 / (ms + eps).sqrt();
+            for ((o, v), w) in o.iter_mut().zip(row).zip(w) {
+                *o = v * r * w;
+            }
+        }
+    };
+    let block = rows_per_task(n) * n;
+    if out.len() <= block {
+        norm_rows(&mut out, x);
+    } else {
+        out.par_chunks_mut(block)
+            .zip(x.par_chunks(block))
+            .for_each(|(o, x)| norm_rows(o, x));
     }
     out
 }
@@ -22,17 +44,33 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// `gate[i] = silu(gate[i]) * up[i]`: the SwiGLU activation.
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = silu(*g) * u;
+/// `f` over matching pieces of `dst` and `src`, in parallel when they are
+/// longer than one task.
+fn zip_chunks(dst: &mut [f32], src: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) {
+    if dst.len() <= PAR_CHUNK {
+        f(dst, src);
+    } else {
+        dst.par_chunks_mut(PAR_CHUNK)
+            .zip(src.par_chunks(PAR_CHUNK))
+            .for_each(|(d, s)| f(d, s));
     }
 }
 
+/// `gate[i] = silu(gate[i]) * up[i]`: the SwiGLU activation.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    zip_chunks(gate, up, |gate, up| {
+        for (g, u) in gate.iter_mut().zip(up) {
+            *g = silu(*g) * u;
+        }
+    });
+}
+
 pub fn add_in_place(dst: &mut [f32], src: &[f32]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d += s;
-    }
+    zip_chunks(dst, src, |dst, src| {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d += s;
+        }
+    });
 }
 
 /// Adds `bias` to every row of `x`.
@@ -88,21 +126,32 @@ impl RopeTable {
     /// (i, i + hd/2) as in Hugging Face checkpoints.
     pub fn apply(&self, x: &mut [f32], heads: usize, adjacent: bool) {
         let half = self.half;
-        let hd = 2 * half;
-        for (p, row) in x.chunks_exact_mut(heads * hd).enumerate() {
-            let (cos, sin) = (&self.cos[p * half..][..half], &self.sin[p * half..][..half]);
-            for head in row.chunks_exact_mut(hd) {
-                for i in 0..half {
-                    let (a, b) = if adjacent {
-                        (2 * i, 2 * i + 1)
-                    } else {
-                        (i, i + half)
-                    };
-                    let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * cos[i] - x1 * sin[i];
-                    head[b] = x0 * sin[i] + x1 * cos[i];
+        let width = heads * 2 * half;
+        let rotate_rows = |first: usize, rows: &mut [f32]| {
+            for (p, row) in rows.chunks_exact_mut(width).enumerate() {
+                let p = first + p;
+                let (cos, sin) = (&self.cos[p * half..][..half], &self.sin[p * half..][..half]);
+                for head in row.chunks_exact_mut(2 * half) {
+                    for i in 0..half {
+                        let (a, b) = if adjacent {
+                            (2 * i, 2 * i + 1)
+                        } else {
+                            (i, i + half)
+                        };
+                        let (x0, x1) = (head[a], head[b]);
+                        head[a] = x0 * cos[i] - x1 * sin[i];
+                        head[b] = x0 * sin[i] + x1 * cos[i];
+                    }
                 }
             }
+        };
+        let rows = rows_per_task(width);
+        if x.len() <= rows * width {
+            rotate_rows(0, x);
+        } else {
+            x.par_chunks_mut(rows * width)
+                .enumerate()
+                .for_each(|(b, block)| rotate_rows(b * rows, block));
         }
     }
 }
