@@ -621,11 +621,16 @@ impl<'a> LayerRunner<'a> {
         )?;
         let down = self.resident(&down)?;
         for c in &chunks {
+            let recomputed;
             let act = match self.store_mlp {
-                true => kept[c.start * f..c.end * f].to_vec(),
-                false => self.mlp_activation(&lw, &gate_up, &hidden[c.start * h..c.end * h])?,
+                true => &kept[c.start * f..c.end * f],
+                false => {
+                    recomputed =
+                        self.mlp_activation(&lw, &gate_up, &hidden[c.start * h..c.end * h])?;
+                    &recomputed[..]
+                }
             };
-            let y = self.apply(&*down[0], &act)?;
+            let y = self.apply(&*down[0], act)?;
             ops::add_in_place(&mut hidden[c.start * h..c.end * h], &y);
         }
         check_hidden(i, hidden, h)?;

@@ -381,9 +381,15 @@ pub fn quantize_factored(
         )));
     }
     let t_update = Instant::now();
+    // The host passes over W (a 7B MLP weight has 45M values) run over
+    // rows in parallel.
     let mut wq = w.to_vec();
-    for &i in &f.dead {
-        wq.iter_mut().skip(i).step_by(cols).for_each(|x| *x = 0.0);
+    if !f.dead.is_empty() {
+        wq.par_chunks_mut(cols).for_each(|row| {
+            for &i in &f.dead {
+                row[i] = 0.0;
+            }
+        });
     }
 
     let group_len = scheme.group_len(cols);
@@ -398,10 +404,16 @@ pub fn quantize_factored(
             .zip(&maxs)
             .map(|(&lo, &hi)| params_from_range(lo, hi, scheme.bits, scheme.symmetric))
             .unzip();
-        wq = wq
-            .chunks(cols)
-            .flat_map(|row| order.iter().map(|&c| row[c]))
-            .collect();
+        let mut permuted = vec![0f32; rows * cols];
+        permuted
+            .par_chunks_mut(cols)
+            .zip(wq.par_chunks(cols))
+            .for_each(|(dst, row)| {
+                for (d, &c) in dst.iter_mut().zip(order) {
+                    *d = row[c];
+                }
+            });
+        wq = permuted;
         let group_of = order.iter().map(|&c| (c / group_len) as u32).collect();
         fixed = Some((group_of, scales, zeros));
     }
@@ -436,11 +448,14 @@ pub fn quantize_factored(
         // Back to the original column order.
         let permuted = std::mem::take(&mut codes);
         codes = vec![0u32; rows * cols];
-        for (dst, src) in codes.chunks_mut(cols).zip(permuted.chunks(cols)) {
-            for (&c, &q) in order.iter().zip(src) {
-                dst[c] = q;
-            }
-        }
+        codes
+            .par_chunks_mut(cols)
+            .zip(permuted.par_chunks(cols))
+            .for_each(|(dst, src)| {
+                for (&c, &q) in order.iter().zip(src) {
+                    dst[c] = q;
+                }
+            });
     }
     let q = QuantizedTensor {
         rows,
@@ -454,7 +469,7 @@ pub fn quantize_factored(
     let t_error = Instant::now();
     // W, W − Ŵ and W − Ŵ of each baseline, in one backend call.
     let mut dw = backend.dequantize(&q)?;
-    dw.iter_mut().zip(w).for_each(|(d, &x)| *d = x - *d);
+    dw.par_iter_mut().zip(w).for_each(|(d, &x)| *d = x - *d);
     let base_dw: Vec<Vec<f32>> = baselines.iter().map(|b| diff(w, b)).collect();
     let mut mats: Vec<&[f32]> = vec![w, &dw];
     mats.extend(base_dw.iter().map(Vec::as_slice));
@@ -543,7 +558,7 @@ fn inverse_cholesky_upper(
 
 /// `w − w_hat`.
 fn diff(w: &[f32], w_hat: &[f32]) -> Vec<f32> {
-    w.iter().zip(w_hat).map(|(a, b)| a - b).collect()
+    w.par_iter().zip(w_hat).map(|(a, b)| a - b).collect()
 }
 
 /// `num / den`, 0 when `den` vanishes.
