@@ -17,10 +17,8 @@ const GEMV_WG: u32 = 64u;
 const GEMV_ROWS: u32 = 4u; // gemv unrolls 4 rows into a vec4: keep at 4
 const XCH: u32 = 2048u;
 
-// GEMM: BM tokens x BN rows per workgroup, BK codes per K-step, 4x4 per thread.
-const BM: u32 = 64u;
-const BN: u32 = 64u;
-const BK: u32 = 32u;
+// GEMM: a 64-token x 64-row tile per 16x16 workgroup through the tiled
+// GEMM of tile_gemm.wgsl, which the host prepends to this file.
 
 // Mirrors `Params` in src/backend/gpu/matmul.rs.
 struct Params {
@@ -198,78 +196,48 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
 }
 
-// [k][m] tokens and [k][n] dequantized weights of one K-step. Scalar arrays:
-// writing one component of a vec4 at a dynamic index is slow on lavapipe.
-// The token rows are padded by 4 values: the loader writes neighbouring k
-// from neighbouring invocations, which a stride of 64 puts in one memory
-// bank (a 32-way conflict on NVIDIA), a stride of 68 in 8 banks; 4 keeps
-// each row's quads 16-byte aligned for vector reads. (The weight loader's
-// 4-way conflict, 4 k's 8 apart per 8 rows, has no aligned padding that
-// removes it.)
-const XT_STRIDE: u32 = BM + 4u;
-var<workgroup> xt: array<f32, BK * XT_STRIDE>;
-var<workgroup> wt: array<f32, BK * BN>;
+// The GEMM's operands: A[k, t] = x[t, k] (token rows, neighbouring k are
+// neighbours in memory) and B[k, n] = W[n, k], dequantized as it is staged
+// (each weight value once per 64 tokens), rows of codes along k likewise.
+const TILE_A_K_MAJOR: bool = true;
+const TILE_B_K_MAJOR: bool = true;
 
-// Register-tiled GEMM: each of 256 threads owns 4 tokens x 4 rows. Every
-// K-step dequantizes a BN x BK weight tile into workgroup memory once, then
-// all threads reuse it BM times.
-@compute @workgroup_size(256)
+fn tile_load_a(k: u32, t: u32) -> vec4<f32> {
+    let i = tile_lanes(t, p.tokens) * p.cols + k;
+    return tile_mask(t, p.tokens, vec4<f32>(x[i.x], x[i.y], x[i.z], x[i.w]));
+}
+
+// W[row, k] of this chunk, dequantized.
+fn weight_at(row: u32, k: u32) -> f32 {
+    let g = row * p.groups_per_row + k / p.group_len;
+    return scales[g] * (f32(code_at(row * p.words_per_row, k)) - zero_of(g));
+}
+
+fn tile_load_b(k: u32, n: u32) -> vec4<f32> {
+    let r = tile_lanes(n, p.rows);
+    let w = vec4<f32>(weight_at(r.x, k), weight_at(r.y, k), weight_at(r.z, k), weight_at(r.w, k));
+    return tile_mask(n, p.rows, w);
+}
+
+// One workgroup per 64 tokens x 64 rows of y.
+@compute @workgroup_size(16, 16)
 fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
+        @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
     let flat = wg.x + wg.y * nwg.x;
-    let m0 = (flat / p.row_blocks) * BM;
-    let n0 = (flat % p.row_blocks) * BN;
+    let m0 = (flat / p.row_blocks) * TILE;
+    let n0 = (flat % p.row_blocks) * TILE;
     if (m0 >= p.tokens) {
         return;
     }
-    let tm = lid / 16u;
-    let tn = lid % 16u;
-    var acc = array<vec4<f32>, 4>();
-    // Weight loader: 4 threads per row, 8 codes each.
-    let ln = lid / 4u;
-    let lk = (lid % 4u) * 8u;
-    let lrow = n0 + ln;
-    let lbase = lrow * p.words_per_row;
-    for (var k0 = 0u; k0 < p.cols; k0 += BK) {
-        for (var i = 0u; i < 8u; i++) {
-            let e = lid + i * 256u;
-            let m = e / BK;
-            let kk = e % BK;
-            var v = 0.0;
-            if (m0 + m < p.tokens && k0 + kk < p.cols) {
-                v = x[(m0 + m) * p.cols + k0 + kk];
-            }
-            xt[kk * XT_STRIDE + m] = v;
-        }
-        for (var e = 0u; e < 8u; e++) {
-            let k = k0 + lk + e;
-            var v = 0.0;
-            if (lrow < p.rows && k < p.cols) {
-                let g = lrow * p.groups_per_row + k / p.group_len;
-                v = scales[g] * (f32(code_at(lbase, k)) - zero_of(g));
-            }
-            wt[(lk + e) * BN + ln] = v;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let ao = kk * XT_STRIDE + tm * 4u;
-            let bo = kk * BN + tn * 4u;
-            let a = vec4<f32>(xt[ao], xt[ao + 1u], xt[ao + 2u], xt[ao + 3u]);
-            let b = vec4<f32>(wt[bo], wt[bo + 1u], wt[bo + 2u], wt[bo + 3u]);
-            acc[0] += a.x * b;
-            acc[1] += a.y * b;
-            acc[2] += a.z * b;
-            acc[3] += a.w * b;
-        }
-        workgroupBarrier();
-    }
+    var acc = tile_gemm(p.cols, m0, n0, lid, li);
     for (var i = 0u; i < 4u; i++) {
-        let t = m0 + tm * 4u + i;
+        let t = m0 + lid.y * 4u + i;
         if (t >= p.tokens) {
             break;
         }
         for (var j = 0u; j < 4u; j++) {
-            let r = n0 + tn * 4u + j;
+            let r = n0 + lid.x * 4u + j;
             if (r < p.rows) {
                 y[t * p.out_stride + p.row0 + r] = acc[i][j];
             }

@@ -9,7 +9,7 @@
 //! host round trip, [`matmul_resident`] is the host-in/host-out convenience.
 
 use super::context::{Binding, GpuContext, Kernel};
-use super::{row_chunks, GpuBuffer};
+use super::{row_chunks, GpuBuffer, GEMM_TILE};
 use crate::error::{Error, Result};
 use crate::quant::packed::QuantizedTensor;
 use crate::quant::scheme::QuantScheme;
@@ -17,7 +17,7 @@ use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SOURCE: &str = include_str!("../../../shaders/matmul.wgsl");
+const SOURCE: &str = with_tile_gemm!("matmul.wgsl");
 
 /// Up to this many tokens the GEMV kernel (one weight pass per token) beats
 /// the 64-token GEMM tile, most of which would be padding.
@@ -26,8 +26,8 @@ pub const GEMV_MAX_TOKENS: usize = 4;
 // Must match the constants in matmul.wgsl.
 const GEMV_ROWS: usize = 4;
 const GEMV_SHARED_BYTES: u32 = 2048 * 4 + 4 * 64 * 4;
-const GEMM_TILE: usize = 64;
-const GEMM_SHARED_BYTES: u32 = 2 * 32 * 64 * 4;
+/// `tile_a` and `tile_b` of tile_gemm.wgsl: 2 × 16 k × 17 vec4s.
+const GEMM_SHARED_BYTES: u32 = 2 * 16 * 17 * 16;
 
 /// Mirrors `Params` in matmul.wgsl.
 #[repr(C)]
