@@ -372,46 +372,36 @@ fn cli_gptq_writes_report_and_needs_calibration() {
     let err = String::from_utf8_lossy(&no_calib.stderr);
     assert!(err.contains("--calib FILE"), "{err}");
     let calib = dir.path().join("calib.txt");
-    let ok = base(&[
-        "--calib",
-        calib.to_str().unwrap(),
-        "--calib-samples",
-        "4",
-        "--calib-len",
-        "16",
-    ]);
-    let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    // A run on the calibration text with `extra` flags: its stdout and report.
+    let calibrated = |extra: &[&str]| {
+        let mut args = vec![
+            "--calib",
+            calib.to_str().unwrap(),
+            "--calib-samples",
+            "4",
+            "--calib-len",
+            "16",
+        ];
+        args.extend_from_slice(extra);
+        let run = base(&args);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("gptq-report.json")).unwrap()).unwrap();
+        (String::from_utf8_lossy(&run.stdout).into_owned(), report)
+    };
+    let (stdout, report) = calibrated(&[]);
     assert!(
         stdout.contains("GPTQ is below RTN") || stdout.contains("not below RTN"),
         "{stdout}"
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("gptq-report.json")).unwrap()).unwrap();
     assert_eq!(report["act_order"], true);
     assert_eq!(report["layers"].as_array().unwrap().len(), LAYERS);
     // Act-order is the default; --no-act-order is plain GPTQ.
-    let plain = base(&[
-        "--calib",
-        calib.to_str().unwrap(),
-        "--calib-samples",
-        "4",
-        "--calib-len",
-        "16",
-        "--no-act-order",
-        "--overwrite",
-    ]);
-    assert!(
-        plain.status.success(),
-        "{}",
-        String::from_utf8_lossy(&plain.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("gptq-report.json")).unwrap()).unwrap();
+    let (_, report) = calibrated(&["--no-act-order", "--overwrite"]);
     assert_eq!(report["act_order"], false);
 }
 
