@@ -601,7 +601,11 @@ impl<'a> LayerRunner<'a> {
 
         // down: silu(gate)·up with the quantized gate and up.
         let mut hess = self.start_hessian(f)?;
-        let mut kept = Vec::new();
+        let mut kept = Vec::with_capacity(if self.store_mlp {
+            hidden.len() / h * f
+        } else {
+            0
+        });
         for c in &chunks {
             let act = self.mlp_activation(&lw, &gate_up, &hidden[c.start * h..c.end * h])?;
             self.accumulate(&mut hess, &format!("layer {i} down input"), &act)?;
