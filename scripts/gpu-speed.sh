@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Speed on a real GPU, in one go (a few minutes on a data-centre GPU):
-# the adapters wgpu sees, the packed INT4/INT8 matmul kernels against the
-# copy bandwidth measured in the same run, and GPTQ on Llama-7B-shaped
+# the adapters wgpu sees, the packed INT4/INT8 matmul kernels (GEMV on 7B
+# shapes, GEMM at 64 and 128 tokens) against the copy bandwidth and the CPU
+# measured in the same run, and GPTQ on Llama-7B-shaped
 # layers (4096 hidden, 11008 MLP, 65,536 synthetic calibration tokens), by
 # phase, extrapolated to a 32-layer model.
 #
@@ -25,5 +26,5 @@ if ! grep -Eq "type +(DiscreteGpu|IntegratedGpu)" "$OUT/devices.txt"; then
     echo "no hardware GPU adapter is visible (only software Vulkan?): install the GPU's Vulkan driver" >&2
     exit 1
 fi
-"$BIN" bench --quick --device vulkan 2>&1 | tee "$OUT/bench-kernels.txt"
+"$BIN" bench --device vulkan 2>&1 | tee "$OUT/bench-kernels.txt"
 "$BIN" bench --gptq --synthetic-layers "$LAYERS" --device vulkan 2>&1 | tee "$OUT/bench-gptq.txt"
