@@ -1,8 +1,8 @@
-// The register-tiled GEMM shared by hessian.wgsl, trace.wgsl, gptq.wgsl
-// (update_rest) and cholesky.wgsl (syrk_update). WGSL has no includes: the
-// Rust wrappers prepend this file to those sources (`with_tile_gemm` in
-// src/backend/gpu/mod.rs), so the loop that sets their speed is written,
-// and tuned, once.
+// The register-tiled GEMM shared by matmul.wgsl (gemm), hessian.wgsl,
+// trace.wgsl, gptq.wgsl (update_rest) and cholesky.wgsl (syrk_update).
+// WGSL has no includes: the Rust wrappers prepend this file to those
+// sources (`with_tile_gemm` in src/backend/gpu/mod.rs), so the loop that
+// sets their speed is written, and tuned, once.
 //
 // A 16x16 workgroup computes a 64x64 tile C[r, c] = sum_k A[k, r] * B[k, c],
 // r = r_base.., c = c_base... Invocation (lid.x, lid.y) owns rows

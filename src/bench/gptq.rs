@@ -18,7 +18,6 @@ use crate::quant::gptq::{self, GptqOptions, HessianAccumulation};
 use crate::quant::{rtn, QuantScheme};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rayon::prelude::*;
 use serde::Serialize;
 use std::fmt;
 use std::time::Instant;
@@ -348,9 +347,7 @@ fn host_forward(
         ops::silu_mul(&mut gate, &up);
         ops::add_in_place(&mut hidden, &attn);
         ops::add_in_place(&mut hidden, &q);
-        if hidden.par_iter().any(|x| !x.is_finite()) {
-            return Err(Error::Config("synthetic hidden state is not finite".into()));
-        }
+        rtn::check_finite("synthetic hidden state", &hidden)?;
         phases.forward.seconds += t.elapsed().as_secs_f64();
         phases.forward.flops += (4 * 4 * n * s.hidden + 6 * n * s.ffn) as f64
             + (windows * shape.heads * 4 * s.seq * s.seq * s.head_dim) as f64;

@@ -29,14 +29,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
             }
         }
     };
-    let block = rows_per_task(n) * n;
-    if out.len() <= block {
-        norm_rows(&mut out, x);
-    } else {
-        out.par_chunks_mut(block)
-            .zip(x.par_chunks(block))
-            .for_each(|(o, x)| norm_rows(o, x));
-    }
+    zip_chunks(&mut out, x, rows_per_task(n) * n, norm_rows);
     out
 }
 
@@ -44,21 +37,21 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// `f` over matching pieces of `dst` and `src`, in parallel when they are
-/// longer than one task.
-fn zip_chunks(dst: &mut [f32], src: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) {
-    if dst.len() <= PAR_CHUNK {
+/// `f` over matching pieces of `len` values of `dst` and `src`, in
+/// parallel when they are longer than one piece.
+fn zip_chunks(dst: &mut [f32], src: &[f32], len: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) {
+    if dst.len() <= len {
         f(dst, src);
     } else {
-        dst.par_chunks_mut(PAR_CHUNK)
-            .zip(src.par_chunks(PAR_CHUNK))
+        dst.par_chunks_mut(len)
+            .zip(src.par_chunks(len))
             .for_each(|(d, s)| f(d, s));
     }
 }
 
 /// `gate[i] = silu(gate[i]) * up[i]`: the SwiGLU activation.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    zip_chunks(gate, up, |gate, up| {
+    zip_chunks(gate, up, PAR_CHUNK, |gate, up| {
         for (g, u) in gate.iter_mut().zip(up) {
             *g = silu(*g) * u;
         }
@@ -66,7 +59,7 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
 }
 
 pub fn add_in_place(dst: &mut [f32], src: &[f32]) {
-    zip_chunks(dst, src, |dst, src| {
+    zip_chunks(dst, src, PAR_CHUNK, |dst, src| {
         for (d, s) in dst.iter_mut().zip(src) {
             *d += s;
         }
