@@ -1,13 +1,15 @@
 // GPTQ update kernels (IST-DASLab/gptq `fasterquant`, the two heavy parts),
-// on a weight that stays resident from the first block to the last:
+// on a weight that stays resident from the first block to the last, on any
+// grid: the host prepends the grid's WGSL (GRID_PARAMS, grid_fit,
+// grid_round; the contract is in src/encoding/grid.rs) and
+// shaders/tile_gemm.wgsl.
 //
 // - quantize_block: one block of columns start..start+len, one invocation
 //   per weight row (rows are independent given Hinv). Column by column:
-//   when a column starts a group, the group's scale/zero come from the
-//   row's current weights (params_from_range, as src/quant/scheme.rs);
-//   q = clamp(floor(w * (1/scale) + 0.5) + zero, 0, maxq) as RTN;
-//   err = (w - scale * (q - zero)) / Hinv[j, j], spread over the rest of the
-//   block: w[k] -= err * Hinv[j, k].
+//   when a column starts a group (dynamic groups), grid_fit fits the
+//   group's parameters to the row's current weights; grid_round gives the
+//   code and the value w_hat; err = (w - w_hat) / Hinv[j, j], spread over
+//   the rest of the block: w[k] -= err * Hinv[j, k].
 // - update_rest: the deferred update W[:, end..] -= Err * Hinv[block, end..],
 //   a tiled GEMM (64x64 tile per 16x16 workgroup, 4x4 per invocation).
 //
@@ -20,16 +22,16 @@ struct Params {
     cols: u32,
     start: u32,
     len: u32,
-    bits: u32,
-    symmetric: u32,
     group_len: u32,
     groups: u32,
     end: u32,
     n: u32,
     // 1: static groups (act-order), group of column j is group_of[j] and
-    // the parameters are given; 0: group j / group_len, computed here.
+    // the parameters are given; 0: group j / group_len, fitted here.
     static_groups: u32,
+    _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,35 +41,15 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> w: array<f32>;
 // [rows, len] scaled errors: written by quantize_block, read by update_rest.
 @group(0) @binding(3) var<storage, read_write> err: array<f32>;
-// [rows, groups] scales and zero-points; [rows, cols] codes.
-@group(0) @binding(4) var<storage, read_write> scales: array<f32>;
-@group(0) @binding(5) var<storage, read_write> zeros: array<u32>;
-@group(0) @binding(6) var<storage, read_write> codes: array<u32>;
+// [rows, groups, GRID_PARAMS] grid parameters; [rows, cols] codes.
+@group(0) @binding(4) var<storage, read_write> gparams: array<f32>;
+@group(0) @binding(5) var<storage, read_write> codes: array<u32>;
 // [cols] group of each column when static_groups == 1.
-@group(0) @binding(7) var<storage, read> group_of: array<u32>;
+@group(0) @binding(6) var<storage, read> group_of: array<u32>;
+// [cols] diag(H) of each column, in quantization order.
+@group(0) @binding(7) var<storage, read> hdiag: array<f32>;
 
 const WG: u32 = 64u;
-
-// Scale and zero of a group from its range; mirrors params_from_range.
-fn params_from_range(min_in: f32, max_in: f32) -> vec2<f32> {
-    let maxq = f32((1u << p.bits) - 1u);
-    var lo = min(min_in, 0.0);
-    var hi = max(max_in, 0.0);
-    if (p.symmetric != 0u) {
-        hi = max(hi, -lo);
-        lo = -hi;
-    }
-    if (lo == 0.0 && hi == 0.0) {
-        lo = -1.0;
-        hi = 1.0;
-    }
-    let scale = (hi - lo) / maxq;
-    var zero = f32(1u << (p.bits - 1u));
-    if (p.symmetric == 0u) {
-        zero = clamp(floor(-lo / scale + 0.5), 0.0, maxq);
-    }
-    return vec2<f32>(scale, zero);
-}
 
 @compute @workgroup_size(64)
 fn quantize_block(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -77,32 +59,20 @@ fn quantize_block(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         return;
     }
     let base = r * p.cols;
-    let maxq = f32((1u << p.bits) - 1u);
     for (var jj = 0u; jj < p.len; jj++) {
         let j = p.start + jj;
         var g = j / p.group_len;
         if (p.static_groups != 0u) {
             g = group_of[j];
         }
-        let gi = r * p.groups + g;
+        let at = (r * p.groups + g) * GRID_PARAMS;
         if (p.static_groups == 0u && j % p.group_len == 0u) {
-            let last = min(j + p.group_len, p.cols);
-            var lo = w[base + j];
-            var hi = lo;
-            for (var k = j + 1u; k < last; k++) {
-                lo = min(lo, w[base + k]);
-                hi = max(hi, w[base + k]);
-            }
-            let sz = params_from_range(lo, hi);
-            scales[gi] = sz.x;
-            zeros[gi] = u32(sz.y);
+            grid_fit(base, j, min(j + p.group_len, p.cols), at);
         }
-        let s = scales[gi];
-        let z = f32(zeros[gi]);
         let x = w[base + j];
-        let q = clamp(floor(x * (1.0 / s) + 0.5) + z, 0.0, maxq);
-        let e = (x - s * (q - z)) / hinv[jj * p.len + jj];
-        codes[base + j] = u32(q);
+        let q = grid_round(x, at);
+        let e = (x - q.y) / hinv[jj * p.len + jj];
+        codes[base + j] = u32(q.x);
         err[r * p.len + jj] = e;
         for (var kk = jj + 1u; kk < p.len; kk++) {
             w[base + p.start + kk] -= e * hinv[jj * p.len + kk];

@@ -12,6 +12,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod encoding;
 pub mod error;
 pub mod eval;
 pub mod formats;
@@ -21,10 +22,10 @@ pub mod pipeline;
 pub mod quant;
 
 pub use backend::gpu::DeviceChoice;
+pub use encoding::{Encoding, Granularity, QuantScheme, QuantizedTensor};
 pub use error::{Error, Result};
 pub use model::ModelView;
 pub use pipeline::quantize::{
     quantize_model, quantize_model_with, CancelToken, JobResult, Method, Progress, QuantizeConfig,
     QuantizeJob, QuantizeReport,
 };
-pub use quant::{Granularity, QuantScheme, QuantizedTensor};

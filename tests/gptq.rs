@@ -18,43 +18,15 @@
 
 mod common;
 
+use common::{correlated_inputs, normal};
 use llmq_gpu::backend::{Backend, CpuBackend, GpuBackend};
+use llmq_gpu::encoding::affine::packing::unpack_codes;
 use llmq_gpu::model::forward::{CpuForward, LinearSite};
 use llmq_gpu::model::{ModelView, Tokenizer};
 use llmq_gpu::quant::gptq::{self, GptqOptions, Hessian, HessianAccumulation};
-use llmq_gpu::quant::packed::unpack_codes;
 use llmq_gpu::quant::rtn;
 use llmq_gpu::{Error, Granularity, QuantScheme};
-use rand::Rng;
 use std::path::PathBuf;
-
-/// Standard normal via Box–Muller.
-fn normal(rng: &mut impl Rng) -> f32 {
-    let u1: f32 = rng.gen::<f32>().max(1e-12);
-    let u2: f32 = rng.gen();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-}
-
-/// Correlated inputs `[tokens, cols]`: rank-`rank` signal plus 10% noise,
-/// with per-feature scales spread over 10x (so H is far from diagonal and
-/// its diagonal uneven, as in real activations).
-fn correlated_inputs(rng: &mut impl Rng, tokens: usize, cols: usize, rank: usize) -> Vec<f32> {
-    let a: Vec<f32> = (0..rank * cols).map(|_| normal(rng)).collect();
-    let scale: Vec<f32> = (0..cols).map(|_| 10f32.powf(rng.gen::<f32>())).collect();
-    let mut x = vec![0f32; tokens * cols];
-    for row in x.chunks_mut(cols) {
-        let z: Vec<f32> = (0..rank).map(|_| normal(rng)).collect();
-        for (c, (v, s)) in row.iter_mut().zip(&scale).enumerate() {
-            let signal: f32 = z
-                .iter()
-                .enumerate()
-                .map(|(k, zk)| zk * a[k * cols + c])
-                .sum();
-            *v = s * (signal + 0.1 * normal(rng));
-        }
-    }
-    x
-}
 
 /// `2/n · XᵀX` in f64.
 fn reference_hessian(x: &[f32], tokens: usize, cols: usize) -> Vec<f64> {
@@ -697,12 +669,18 @@ fn gptq_columns_reject_misuse() {
     for i in 0..cols {
         hinv[i * cols + i] = 1.0;
     }
-    let spec = GptqSpec {
+    let grid = llmq_gpu::encoding::AffineGrid {
         bits: 4,
         symmetric: false,
+    };
+    let hdiag = vec![1f32; cols];
+    let spec = GptqSpec {
+        grid: &grid,
         group_len: 16,
         block: 16,
         hinv: &hinv,
+        hdiag: &hdiag,
+        perm: None,
         static_groups: None,
     };
     let w = vec![0.5f32; rows * cols];
@@ -721,8 +699,12 @@ fn gptq_columns_reject_misuse() {
         s.update_rest(16).unwrap();
         s.quantize_block(32).unwrap();
         let out = s.finish().unwrap();
-        assert_eq!(out.codes.len(), rows * cols);
-        assert_eq!(out.scales.len(), rows * 3);
+        assert_eq!(out.packed.len(), rows * cols * 4 / 32, "4-bit codes packed");
+        assert_eq!(
+            out.params.len(),
+            rows * 3 * 2,
+            "a scale and a zero per group"
+        );
         let bad = GptqSpec {
             hinv: &hinv[1..],
             ..spec

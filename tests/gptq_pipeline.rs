@@ -15,10 +15,10 @@
 mod common;
 
 use llmq_gpu::backend::{Backend, CpuBackend, GpuBackend};
+use llmq_gpu::encoding::affine::packing::unpack_codes;
 use llmq_gpu::model::forward::ops::AttnShape;
 use llmq_gpu::pipeline::calib::CalibConfig;
 use llmq_gpu::pipeline::gptq::{GptqRunReport, GptqSettings};
-use llmq_gpu::quant::packed::unpack_codes;
 use llmq_gpu::{
     quantize_model_with, CancelToken, Error, Granularity, ModelView, QuantScheme, QuantizeConfig,
     QuantizeReport,

@@ -5,8 +5,9 @@
 mod common;
 
 use llmq_gpu::backend::{Backend, CpuBackend, GpuBackend};
-use llmq_gpu::quant::packed::{pack_codes, QuantizedTensor};
-use llmq_gpu::quant::scheme::{Granularity, QuantScheme};
+use llmq_gpu::encoding::affine::packing::pack_codes;
+use llmq_gpu::encoding::affine::scheme::{Granularity, QuantScheme};
+use llmq_gpu::encoding::QuantizedTensor;
 use std::sync::Arc;
 
 #[test]

@@ -3,10 +3,11 @@
 //! not at all.
 
 use half::f16;
+use llmq_gpu::encoding::affine::packing::pack_codes;
+use llmq_gpu::encoding::affine::scheme::{Granularity, QuantScheme};
+use llmq_gpu::encoding::QuantizedTensor;
 use llmq_gpu::formats::llmq::{LlmqModel, LlmqWriter, StoredKind};
 use llmq_gpu::model::{ArchConfig, ModelView, TensorSource};
-use llmq_gpu::quant::packed::{pack_codes, QuantizedTensor};
-use llmq_gpu::quant::scheme::{Granularity, QuantScheme};
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 

@@ -11,7 +11,7 @@ mod common;
 use llmq_gpu::backend::cpu::CpuBackend;
 use llmq_gpu::backend::gpu::GpuBackend;
 use llmq_gpu::backend::Backend;
-use llmq_gpu::quant::packed::{pack_codes, unpack_codes};
+use llmq_gpu::encoding::affine::packing::{pack_codes, unpack_codes};
 use llmq_gpu::quant::rtn;
 use llmq_gpu::quant::{Granularity, QuantScheme};
 use rand::Rng;

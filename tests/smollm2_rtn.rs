@@ -10,8 +10,8 @@
 mod common;
 
 use llmq_gpu::backend::{Backend, CpuBackend, GpuBackend};
+use llmq_gpu::encoding::affine::packing::unpack_codes;
 use llmq_gpu::model::TensorKind;
-use llmq_gpu::quant::packed::unpack_codes;
 use llmq_gpu::quant::rtn;
 use llmq_gpu::{Granularity, ModelView, QuantScheme};
 

@@ -8,9 +8,9 @@
 pub mod cpu;
 pub mod gpu;
 
+use crate::encoding::{Grid, GridCodes, QuantizedTensor};
 use crate::error::Result;
 use crate::model::forward::ops::AttnShape;
-use crate::quant::packed::QuantizedTensor;
 
 /// Per-group quantization parameters handed to [`Backend::quantize_codes`].
 pub struct GroupParams<'a> {
@@ -27,8 +27,8 @@ pub struct GroupParams<'a> {
 /// by [`Backend::gptq_columns`].
 #[derive(Clone, Copy)]
 pub struct GptqSpec<'a> {
-    pub bits: u32,
-    pub symmetric: bool,
+    /// The grid weights are rounded onto ([`crate::encoding::grid`]).
+    pub grid: &'a dyn Grid,
     /// Weights per group along a row (the whole row for per-channel); the
     /// last group of a row may be shorter.
     pub group_len: usize,
@@ -37,21 +37,26 @@ pub struct GptqSpec<'a> {
     /// `[cols, cols]` row-major upper Cholesky factor of H⁻¹, in the order
     /// the columns are quantized.
     pub hinv: &'a [f32],
+    /// `[cols]` `diag(H)` in the order the columns are quantized (what a
+    /// grid may weight its fit by).
+    pub hdiag: &'a [f32],
+    /// With act-order, `perm[k]` is the original index of the k-th column
+    /// quantized; the codes come back packed in the original order.
+    pub perm: Option<&'a [u32]>,
     /// Act-order's static groups, `None` for GPTQ's dynamic groups (column
-    /// `j` is in group `j / group_len`, whose parameters are computed from
+    /// `j` is in group `j / group_len`, whose parameters the grid fits from
     /// the current weights when `j` starts it).
     pub static_groups: Option<StaticGroups<'a>>,
 }
 
 /// Groups fixed before GPTQ starts (act-order): the group of each column in
-/// quantization order and every group's parameters, never recomputed.
+/// quantization order and every group's grid parameters, never refitted.
 #[derive(Clone, Copy)]
 pub struct StaticGroups<'a> {
     /// `[cols]` group of each column.
     pub group_of: &'a [u32],
-    /// `[rows, groups]` scales and zero-points.
-    pub scales: &'a [f32],
-    pub zeros: &'a [u32],
+    /// `[rows, groups, params_per_group]`.
+    pub params: &'a [f32],
 }
 
 impl GptqSpec<'_> {
@@ -85,15 +90,6 @@ impl GptqSpec<'_> {
     }
 }
 
-/// What GPTQ's column loop produced, in quantization order.
-pub struct GptqCodes {
-    /// `[rows, cols]` codes.
-    pub codes: Vec<u32>,
-    /// `[rows, groups]` scales and zero-points.
-    pub scales: Vec<f32>,
-    pub zeros: Vec<u32>,
-}
-
 /// The running Hessian of one linear layer's inputs (gptq.py `add_batch`),
 /// held where the backend keeps it (host memory, GPU buffers) between
 /// batches, so only the inputs travel.
@@ -114,7 +110,7 @@ pub trait GptqColumns {
     /// independently (gptq.py's inner loop): for each column `j`, the
     /// group's scale/zero come from the row's current weights when `j`
     /// starts a group (dynamic groups); `q` by
-    /// [`crate::quant::scheme::quantize_value`]; the error
+    /// [`crate::encoding::affine::scheme::quantize_value`]; the error
     /// `(w − q)/Hinv[j, j]` is kept and spread over the rest of the block.
     fn quantize_block(&mut self, start: usize) -> Result<()>;
 
@@ -122,8 +118,9 @@ pub trait GptqColumns {
     /// at `end`): `W[:, end..] −= Err · Hinv[block, end..]`.
     fn update_rest(&mut self, start: usize) -> Result<()>;
 
-    /// Waits for the device and returns codes, scales and zeros.
-    fn finish(self: Box<Self>) -> Result<GptqCodes>;
+    /// Waits for the device and returns the codes, packed (on the device)
+    /// in the original column order, and the group parameters.
+    fn finish(self: Box<Self>) -> Result<GridCodes>;
 }
 
 /// A quantized linear held where the backend computes (GPU buffers), for
@@ -167,7 +164,7 @@ pub trait Backend: Send + Sync {
         group_len: usize,
     ) -> Result<(Vec<f32>, Vec<f32>)>;
 
-    /// Quantizes and packs `w` (see [`crate::quant::packed`] for the layout).
+    /// Quantizes and packs `w` (see [`crate::encoding::affine::packing`] for the layout).
     fn quantize_codes(
         &self,
         w: &[f32],
@@ -342,25 +339,35 @@ pub(crate) fn check_hessian_batch(cols: usize, x: &[f32], tokens: usize) -> Resu
 /// Checks the shapes of a [`Backend::gptq_columns`] call.
 pub(crate) fn check_gptq_args(w: &[f32], rows: usize, cols: usize, spec: &GptqSpec) -> Result<()> {
     let groups = spec.groups(cols);
+    let per_group = spec.grid.params_per_group();
+    let is_perm = |p: &[u32]| {
+        let mut seen = vec![false; cols];
+        p.len() == cols
+            && p.iter()
+                .all(|&c| (c as usize) < cols && !std::mem::replace(&mut seen[c as usize], true))
+    };
     let ok = spec.group_len > 0
         && spec.block > 0
         && cols > 0
         && w.len() == rows * cols
         && spec.hinv.len() == cols * cols
-        && (2..=8).contains(&spec.bits)
+        && spec.hdiag.len() == cols
+        && (1..=8).contains(&spec.grid.code_bits())
+        && per_group > 0
+        && spec.perm.is_none_or(is_perm)
         && spec.static_groups.is_none_or(|s| {
             s.group_of.len() == cols
                 && s.group_of.iter().all(|&g| (g as usize) < groups)
-                && s.scales.len() == rows * groups
-                && s.zeros.len() == rows * groups
+                && s.params.len() == rows * groups * per_group
         });
     if !ok {
         return Err(Error::Config(format!(
-            "GPTQ of a [{rows}, {cols}] weight ({} values, H⁻¹ factor {} values): inconsistent \
-             buffer sizes or settings (bits {}, group {}, block {})",
+            "GPTQ of a [{rows}, {cols}] weight ({} values, H⁻¹ factor {} values, diag(H) {} \
+             values): inconsistent buffer sizes or settings (grid {}, group {}, block {})",
             w.len(),
             spec.hinv.len(),
-            spec.bits,
+            spec.hdiag.len(),
+            spec.grid.key(),
             spec.group_len,
             spec.block
         )));

@@ -9,6 +9,7 @@ use crate::backend::gpu::hessian;
 use crate::backend::gpu::matmul_dense::{encode_dense, GpuDenseWeights};
 use crate::backend::gpu::GpuContext;
 use crate::error::Result;
+use crate::eval::size::LinearStorage;
 use crate::model::forward::Forward;
 use serde::Serialize;
 use std::fmt;
@@ -101,11 +102,16 @@ pub struct ForwardBenchReport {
     pub prefill_share_of_matmul: f64,
     pub decode_tokens: usize,
     pub decode_tokens_per_second: f64,
-    /// Weight bytes read per decoded token over its time.
+    /// Resident weight bytes read per decoded token
+    /// ([`crate::model::forward::Forward::weight_bytes`] less the embedding
+    /// table) over its time.
     pub decode_gbps: f64,
     /// `decode_gbps / peak.copy_gbps`.
     pub decode_share_of_copy: f64,
     pub peak: PeakRates,
+    /// What the model file's block linears store, when the caller knows
+    /// the file.
+    pub linears: Option<LinearStorage>,
 }
 
 impl fmt::Display for ForwardBenchReport {
@@ -123,12 +129,16 @@ impl fmt::Display for ForwardBenchReport {
         )?;
         write!(
             f,
-            "decode {} tokens: {:.1} tok/s, {:.2} GB/s of weights = {:.0}% of copy bandwidth",
+            "decode {} tokens: {:.1} tok/s, {:.2} GB/s of resident weights = {:.0}% of copy bandwidth",
             self.decode_tokens,
             self.decode_tokens_per_second,
             self.decode_gbps,
             100.0 * self.decode_share_of_copy
-        )
+        )?;
+        if let Some(s) = &self.linears {
+            write!(f, "\n{s}")?;
+        }
+        Ok(())
     }
 }
 
@@ -193,5 +203,6 @@ pub fn run_forward_bench(
         decode_gbps,
         decode_share_of_copy: decode_gbps / peak.copy_gbps,
         peak,
+        linears: None,
     })
 }

@@ -5,9 +5,10 @@
 use crate::backend::cpu::matmul as cpu_matmul;
 use crate::backend::gpu::matmul::{time_matmul, GpuQuantWeights};
 use crate::backend::gpu::GpuContext;
+use crate::encoding::affine::packing::pack_codes;
+use crate::encoding::affine::scheme::{Granularity, QuantScheme};
+use crate::encoding::QuantizedTensor;
 use crate::error::{Error, Result};
-use crate::quant::packed::{pack_codes, QuantizedTensor};
-use crate::quant::scheme::{Granularity, QuantScheme};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::fmt;
@@ -297,10 +298,10 @@ pub fn run_matmul_bench(opts: &MatmulBenchOptions) -> Result<MatmulBenchReport> 
                 .collect();
             let mut cpu_time = None;
             if opts.cpu {
-                let stored = (q.packed.len() * 4 + q.scales.len() * 4 + q.zeros.len()) as f64;
+                let resident = q.resident_bytes() as f64;
                 let time = best_of(opts.iters, || cpu_matmul::matmul(&q, &x, t).map(|_| ()))?;
                 cpu_time = Some(time);
-                rows.push(row(cpu_name(), bits, shape, time, stored, cpu_bw, None));
+                rows.push(row(cpu_name(), bits, shape, time, resident, cpu_bw, None));
             }
             if let Some(ctx) = &opts.gpu {
                 let w = GpuQuantWeights::upload(ctx, &q)?;
@@ -311,7 +312,7 @@ pub fn run_matmul_bench(opts: &MatmulBenchOptions) -> Result<MatmulBenchReport> 
                     bits,
                     shape,
                     time,
-                    w.bytes() as f64,
+                    w.resident_bytes() as f64,
                     gpu_bw,
                     speedup,
                 ));

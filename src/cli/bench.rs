@@ -11,7 +11,7 @@ use llmq_gpu::model::forward::open_forward;
 use llmq_gpu::pipeline::calib::CalibConfig;
 use llmq_gpu::pipeline::gptq::GptqSettings;
 use llmq_gpu::quant::gptq::GptqOptions;
-use llmq_gpu::{Error, Granularity, QuantScheme, QuantizeConfig, Result};
+use llmq_gpu::{Error, Granularity, ModelView, QuantScheme, QuantizeConfig, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -163,7 +163,8 @@ fn run_forward(a: &Args, model: &Path) -> Result<()> {
         let ctx = GpuContext::new(a.device, a.adapter.as_deref())?;
         PeakRates::gpu(&ctx, iters)?
     };
-    let report = run_forward_bench(m.as_ref(), peak, a.prompt_tokens, a.decode_tokens, iters)?;
+    let mut report = run_forward_bench(m.as_ref(), peak, a.prompt_tokens, a.decode_tokens, iters)?;
+    report.linears = llmq_gpu::eval::size::linear_storage(&ModelView::open(model)?).ok();
     if a.json {
         let json =
             serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;

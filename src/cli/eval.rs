@@ -139,6 +139,7 @@ fn summary(r: &EvalReport) -> String {
         "  bits per weight  {:.3} (decoder linear layers)\n",
         r.bits_per_weight
     );
+    s += &format!("  {}\n", r.linears);
     s += &format!(
         "  speed            {:.1} tokens/s ({} tokens in {:.1} s of forward passes)\n",
         r.tokens_per_second, r.tokens_evaluated, r.forward_seconds

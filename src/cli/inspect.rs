@@ -67,6 +67,10 @@ pub fn run(a: Args) -> Result<()> {
     for t in tensors {
         writeln!(out, "  {:<48} {:<16} {:?}", t.name, t.dtype, t.shape).ok();
     }
+    // Models without decoder linears (or of unknown types) just lack the line.
+    if let Ok(s) = llmq_gpu::eval::size::linear_storage(&model) {
+        writeln!(out, "{s}").ok();
+    }
     print_out(&out);
     Ok(())
 }

@@ -222,6 +222,7 @@ pub fn run(a: Args) -> Result<()> {
         "  bits per weight  {:.3} (quantized tensors: codes + scales + zeros)",
         report.bits_per_weight
     );
+    println!("  {}", report.linears);
     println!("  time             {:.1} s", report.seconds);
     println!("  mean relative reconstruction error ‖W−Ŵ‖/‖W‖ by kind:");
     for k in &report.errors_by_kind {

@@ -122,6 +122,8 @@ pub struct EvalReport {
     pub size_bytes: u64,
     /// Stored bits per weight of the decoder blocks' linear layers.
     pub bits_per_weight: f64,
+    /// What those linears store ([`size::linear_storage`]).
+    pub linears: size::LinearStorage,
     /// Tokens run through the model (scored and unscored) per second of its forward time.
     pub tokens_per_second: f64,
     pub device: String,
@@ -315,10 +317,7 @@ pub fn evaluate(
 
     let mut sizes = Vec::with_capacity(models.len());
     for m in &models {
-        sizes.push((
-            size::size_on_disk(&m.path)?,
-            size::bits_per_weight(&m.view)?,
-        ));
+        sizes.push((size::size_on_disk(&m.path)?, size::linear_storage(&m.view)?));
     }
     let load = |p: &Path, on_progress: &mut dyn FnMut(EvalProgress)| {
         on_progress(EvalProgress::Loading {
@@ -383,7 +382,7 @@ pub fn evaluate(
         .zip(results)
         .zip(sizes)
         .zip(devices)
-        .map(|(((m, r), (size_bytes, bits_per_weight)), device)| {
+        .map(|(((m, r), (size_bytes, linears)), device)| {
             let s = r.scores;
             let opt = |v: f64| with_ref.then_some(v);
             EvalReport {
@@ -403,7 +402,8 @@ pub fn evaluate(
                 top1_agreement: opt(s.top1.mean()),
                 top1_stderr: opt(s.top1.stderr()),
                 size_bytes,
-                bits_per_weight,
+                bits_per_weight: linears.bits_per_weight(),
+                linears,
                 tokens_per_second: if r.forward_seconds > 0.0 {
                     evaluated as f64 / r.forward_seconds
                 } else {

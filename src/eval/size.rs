@@ -1,11 +1,11 @@
 //! How big a model is: bytes on disk and stored bits per weight of the
 //! decoder blocks' linear layers (the ones quantization changes).
 
+use crate::encoding::Encoding;
 use crate::error::{Error, Result};
 use crate::formats::gguf::GgmlType;
 use crate::formats::llmq::{LlmqModel, StoredKind};
 use crate::model::{ModelView, TensorKind};
-use crate::quant::packed::words_per_row;
 use std::path::Path;
 
 /// Bytes of the model's weight files: the file itself for a single file;
@@ -47,63 +47,91 @@ pub fn dtype_bits(dtype: &str) -> Option<f64> {
         .map(|t| t.type_size() as f64 * 8.0 / t.block_size() as f64)
 }
 
-/// Bits per weight of the block linears (`q/k/v/o/gate/up/down`), averaged
-/// over their weights. llmq folders: the quantizer's figure from `llmq.json`
-/// (codes + scales + zeros), recomputed from the per-tensor schemes when the
-/// report lacks it; GGUF and safetensors: from each tensor's stored type.
-pub fn bits_per_weight(view: &ModelView) -> Result<f64> {
-    if view.format_name() == "llmq" {
-        let llmq = LlmqModel::open(view.path())?;
-        if let Some(b) = llmq
-            .report()
-            .get("bits_per_weight")
-            .and_then(|v| v.as_f64())
-        {
-            return Ok(b);
-        }
-        return average(view, |name, dtype, shape| {
-            let m = llmq.tensor_meta(name)?;
-            match (m.kind, m.scheme()) {
-                (StoredKind::Quantized, Some(s)) => {
-                    let cols = *shape.last()?;
-                    let rows = shape.iter().product::<usize>() / cols.max(1);
-                    let groups = s.groups_per_row(cols);
-                    let zero_bits = if s.symmetric { 0 } else { 8 };
-                    let bits =
-                        rows * (words_per_row(cols, s.bits) * 32 + groups * (16 + zero_bits));
-                    Some(bits as f64 / (rows * cols) as f64)
-                }
-                _ => dtype_bits(dtype),
-            }
-        });
-    }
-    average(view, |_, dtype, _| dtype_bits(dtype))
+/// What the decoder blocks' linear layers (`q/k/v/o/gate/up/down`, the
+/// ones quantization changes) store in a model file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct LinearStorage {
+    pub weights: u64,
+    /// Bytes in the file: [`crate::encoding::Encoding::stored_bytes`] of
+    /// each quantized linear; from the tensor type for GGUF and safetensors.
+    pub stored_bytes: u64,
 }
 
-/// Weight-averaged bits of the block linears; `bits` gives one tensor's.
-fn average(view: &ModelView, bits: impl Fn(&str, &str, &[usize]) -> Option<f64>) -> Result<f64> {
-    let (mut weights, mut total) = (0f64, 0f64);
+impl LinearStorage {
+    pub fn bits_per_weight(&self) -> f64 {
+        if self.weights == 0 {
+            0.0
+        } else {
+            self.stored_bytes as f64 * 8.0 / self.weights as f64
+        }
+    }
+}
+
+/// The line every command prints for it, e.g. `block linears: 4718592
+/// weights, 2654208 bytes stored (4.5000 bits/weight)`.
+impl std::fmt::Display for LinearStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "block linears: {} weights, {} bytes stored ({:.4} bits/weight)",
+            self.weights,
+            self.stored_bytes,
+            self.bits_per_weight()
+        )
+    }
+}
+
+/// [`LinearStorage`] of a model file, from its tensor list (llmq folders:
+/// each quantized tensor's encoding; GGUF and safetensors: each tensor's
+/// stored type).
+pub fn linear_storage(view: &ModelView) -> Result<LinearStorage> {
+    let llmq = match view.format_name() {
+        "llmq" => Some(LlmqModel::open(view.path())?),
+        _ => None,
+    };
+    let (mut weights, mut bits) = (0u64, 0f64);
     for t in view.tensors() {
         if !TensorKind::of(&t.name).is_block_linear() {
             continue;
         }
-        let b = bits(&t.name, &t.dtype, &t.shape).ok_or_else(|| {
+        let n = t.numel() as u64;
+        let stored = llmq
+            .as_ref()
+            .and_then(|m| m.tensor_meta(&t.name))
+            .filter(|m| m.kind == StoredKind::Quantized)
+            .map(|m| {
+                let cols = *m.shape.last()?;
+                let rows = m.shape.iter().product::<usize>() / cols.max(1);
+                Some(Encoding::Affine(m.scheme()?).stored_bytes(rows, cols) as f64 * 8.0)
+            });
+        let b = match stored {
+            Some(b) => b,
+            None => dtype_bits(&t.dtype).map(|b| b * n as f64),
+        }
+        .ok_or_else(|| {
             Error::unsupported(
                 view.path(),
                 format!("tensor '{}': unknown size of type '{}'", t.name, t.dtype),
             )
         })?;
-        let n = t.numel() as f64;
         weights += n;
-        total += n * b;
+        bits += b;
     }
-    if weights == 0.0 {
+    if weights == 0 {
         return Err(Error::format(
             view.path(),
             "no linear layers of decoder blocks found",
         ));
     }
-    Ok(total / weights)
+    Ok(LinearStorage {
+        weights,
+        stored_bytes: (bits / 8.0).ceil() as u64,
+    })
+}
+
+/// Stored bits per weight of the block linears (see [`linear_storage`]).
+pub fn bits_per_weight(view: &ModelView) -> Result<f64> {
+    Ok(linear_storage(view)?.bits_per_weight())
 }
 
 #[cfg(test)]

@@ -2,10 +2,9 @@
 //!
 //! - `model.safetensors` (or shards `model-0000i-of-0000n.safetensors` plus
 //!   `model.safetensors.index.json`): for each quantized tensor `NAME`,
-//!   `NAME.qweight` (U32 `[rows, words_per_row]`, the layout of
-//!   [`crate::quant::packed`]), `NAME.scales` (F16 `[rows, n_groups]`) and,
-//!   for asymmetric schemes only, `NAME.zeros` (U8 `[rows, n_groups]`;
-//!   symmetric zero-points are always `2^(bits-1)`). Kept tensors are F16
+//!   the parts its encoding stores (for linear integer codes `NAME.qweight`,
+//!   `NAME.scales` and, asymmetric only, `NAME.zeros`: see
+//!   [`crate::encoding::affine`], which owns them). Kept tensors are F16
 //!   under their own name.
 //! - `llmq.json`: format, version, source, architecture, per-tensor schemes
 //!   and the caller's report.
@@ -18,12 +17,9 @@
 use super::atomic::{sync_file, StagingDir};
 use super::hf_config::companion_files_in;
 use super::safetensors_model::{SafetensorsFiles, INDEX_FILE, SINGLE_FILE};
-use crate::backend::cpu::CpuBackend;
-use crate::backend::Backend;
+use crate::encoding::{to_f16, Encoding, Granularity, QuantScheme, QuantizedTensor};
 use crate::error::{Error, Result};
 use crate::model::{ArchConfig, TensorInfo, TensorSource};
-use crate::quant::packed::{words_per_row, QuantizedTensor};
-use crate::quant::scheme::{Granularity, QuantScheme};
 use half::f16;
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
@@ -93,17 +89,6 @@ impl LlmqTensorMeta {
     }
 }
 
-/// Label stored as a quantized tensor's dtype, e.g. `int4 g128 asym`.
-pub fn quantized_dtype_label(s: &QuantScheme) -> String {
-    let gran = match s.granularity {
-        Granularity::Group(g) => format!("g{g}"),
-        Granularity::PerChannel => "per-channel".into(),
-        Granularity::PerTensor => "per-tensor".into(),
-    };
-    let sym = if s.symmetric { "sym" } else { "asym" };
-    format!("int{} {gran} {sym}", s.bits)
-}
-
 /// The whole `llmq.json`.
 #[derive(Debug, Serialize, Deserialize)]
 struct LlmqFile {
@@ -117,14 +102,22 @@ struct LlmqFile {
     report: Value,
 }
 
-fn qweight_name(name: &str) -> String {
-    format!("{name}.qweight")
+/// The first part of a quantized tensor, which orders it among the others.
+fn first_part_name(name: &str, m: &LlmqTensorMeta) -> Option<String> {
+    let (scheme, rows, cols) = quantized_shape(m)?;
+    let part = Encoding::Affine(scheme)
+        .parts(rows, cols)
+        .into_iter()
+        .next()?;
+    Some(part.name(name))
 }
-fn scales_name(name: &str) -> String {
-    format!("{name}.scales")
-}
-fn zeros_name(name: &str) -> String {
-    format!("{name}.zeros")
+
+/// The scheme and `[rows, cols]` of a quantized entry.
+fn quantized_shape(m: &LlmqTensorMeta) -> Option<(QuantScheme, usize, usize)> {
+    let scheme = m.scheme()?;
+    let cols = *m.shape.last()?;
+    let rows = m.shape.iter().product::<usize>() / cols.max(1);
+    Some((scheme, rows, cols))
 }
 
 // ---------------------------------------------------------------- writer
@@ -199,35 +192,11 @@ impl LlmqWriter {
         self.check_new(name)?;
         q.validate(name)?;
         check_shape_matches(name, shape, q)?;
-        let half_scales = scales_to_f16(name, &q.scales)?;
-        let sym = q.scheme.symmetric;
-        if sym {
-            let mid = 1u32 << (q.scheme.bits - 1);
-            if q.zeros.iter().any(|&z| z as u32 != mid) {
-                return Err(Error::BadTensor {
-                    name: name.into(),
-                    msg: format!("symmetric scheme but a zero-point is not {mid}"),
-                });
-            }
-        }
-        let params = q.rows * q.n_groups();
-        let total = (q.packed.len() * 4 + params * 2 + if sym { 0 } else { params }) as u64;
-        self.reserve(total)?;
-        let wpr = q.words_per_row();
-        let groups = q.n_groups();
-        self.write_tensor(&qweight_name(name), Dtype::U32, &[q.rows, wpr], |w| {
-            q.packed
-                .iter()
-                .try_for_each(|v| w.write_all(&v.to_le_bytes()))
-        })?;
-        self.write_tensor(&scales_name(name), Dtype::F16, &[q.rows, groups], |w| {
-            half_scales
-                .iter()
-                .try_for_each(|h| w.write_all(&h.to_bits().to_le_bytes()))
-        })?;
-        if !sym {
-            self.write_tensor(&zeros_name(name), Dtype::U8, &[q.rows, groups], |w| {
-                w.write_all(&q.zeros)
+        let parts = q.stored_parts(name)?;
+        self.reserve(parts.iter().map(|(p, _)| p.bytes()).sum())?;
+        for (part, bytes) in &parts {
+            self.write_tensor(&part.name(name), part.dtype, &part.shape, |w| {
+                w.write_all(bytes)
             })?;
         }
         let s = q.scheme;
@@ -244,7 +213,7 @@ impl LlmqWriter {
                 granularity: Some(s.granularity),
                 symmetric: Some(s.symmetric),
                 shape: shape.to_vec(),
-                dtype: quantized_dtype_label(&s),
+                dtype: s.dtype_label(),
             },
         );
         Ok(())
@@ -265,7 +234,7 @@ impl LlmqWriter {
         }
         // Check everything first so a bad value never leaves half a tensor in the shard.
         for &v in data {
-            check_f16(name, v)?;
+            to_f16(name, v)?;
         }
         self.reserve(data.len() as u64 * 2)?;
         self.write_tensor(name, Dtype::F16, shape, |w| {
@@ -508,29 +477,6 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     file.sync_all().map_err(|e| Error::io(path, e))
 }
 
-fn check_f16(name: &str, v: f32) -> Result<()> {
-    if !v.is_finite() {
-        return Err(Error::BadTensor {
-            name: name.into(),
-            msg: format!("value {v} is not finite"),
-        });
-    }
-    if f16::from_f32(v).is_infinite() {
-        return Err(Error::BadTensor {
-            name: name.into(),
-            msg: format!("value {v} overflows f16 (largest is 65504); it cannot be stored"),
-        });
-    }
-    Ok(())
-}
-
-fn scales_to_f16(name: &str, scales: &[f32]) -> Result<Vec<f16>> {
-    scales
-        .iter()
-        .map(|&s| check_f16(name, s).map(|_| f16::from_f32(s)))
-        .collect()
-}
-
 /// The original shape must flatten to `[rows, cols]` with `cols` innermost.
 fn check_shape_matches(name: &str, shape: &[usize], q: &QuantizedTensor) -> Result<()> {
     let numel: usize = shape.iter().product();
@@ -600,9 +546,12 @@ impl LlmqModel {
             .map(|(i, n)| (n.as_str(), i))
             .collect();
         let key = |t: &TensorInfo| {
-            let q = qweight_name(&t.name);
+            let first = file
+                .tensors
+                .get(&t.name)
+                .and_then(|m| first_part_name(&t.name, m));
             pos.get(t.name.as_str())
-                .or_else(|| pos.get(q.as_str()))
+                .or_else(|| first.and_then(|q| pos.get(q.as_str())))
                 .copied()
                 .unwrap_or(usize::MAX)
         };
@@ -644,39 +593,15 @@ impl LlmqModel {
             return Ok(None);
         }
         let bad = |msg: String| Error::format(&self.path, format!("tensor '{name}': {msg}"));
-        let scheme = m
-            .scheme()
+        let (scheme, rows, cols) = quantized_shape(m)
             .ok_or_else(|| bad("incomplete or invalid quantization settings".into()))?;
-        let cols = *m.shape.last().unwrap_or(&0);
-        let rows = m.shape.iter().product::<usize>() / cols.max(1);
-        let raw = |n: String| {
+        let q = QuantizedTensor::from_stored_parts(name, scheme, rows, cols, |part| {
+            let n = part.name(name);
             self.files
                 .bytes(&n)
                 .map(|(_, b)| b)
                 .ok_or_else(|| bad(format!("component '{n}' is missing")))
-        };
-        let packed = raw(qweight_name(name))?
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let scales: Vec<f32> = raw(scales_name(name))?
-            .chunks_exact(2)
-            .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-            .collect();
-        let zeros = if scheme.symmetric {
-            vec![(1u32 << (scheme.bits - 1)) as u8; scales.len()]
-        } else {
-            raw(zeros_name(name))?.to_vec()
-        };
-        let q = QuantizedTensor {
-            rows,
-            cols,
-            scheme,
-            packed,
-            scales,
-            zeros,
-        };
-        q.validate(name)?;
+        })?;
         Ok(Some(q))
     }
 }
@@ -728,17 +653,10 @@ fn check_components(
                     ),
                 ));
             }
-            let groups = scheme.groups_per_row(cols);
-            want(
-                &qweight_name(name),
-                Dtype::U32,
-                &[rows, words_per_row(cols, scheme.bits)],
-            )?;
-            want(&scales_name(name), Dtype::F16, &[rows, groups])?;
-            if !scheme.symmetric {
-                want(&zeros_name(name), Dtype::U8, &[rows, groups])?;
-            }
-            Ok(())
+            Encoding::Affine(scheme)
+                .parts(rows, cols)
+                .iter()
+                .try_for_each(|p| want(&p.name(name), p.dtype, &p.shape))
         }
     }
 }
@@ -761,7 +679,7 @@ impl TensorSource for LlmqModel {
     }
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
         match LlmqModel::load_quantized(self, name)? {
-            Some(q) => CpuBackend.dequantize(&q),
+            Some(q) => q.dequantize(),
             None => self.files.load_f32(name, &self.path),
         }
     }

@@ -7,8 +7,9 @@
 
 use super::gptq::{self, GptqEvent, GptqRunReport, GptqSettings};
 use crate::backend::gpu::DeviceChoice;
-use crate::backend::{self, Backend, CpuBackend};
+use crate::backend::{self, Backend};
 use crate::error::{Error, Result};
+use crate::eval::size::LinearStorage;
 use crate::formats::llmq::LlmqWriter;
 use crate::model::{ModelView, TensorInfo, TensorKind};
 use crate::quant::{rtn, QuantScheme, QuantizedTensor};
@@ -189,6 +190,9 @@ pub struct QuantizeReport {
     pub output_bytes: u64,
     /// Stored bits (codes + scales + zeros) per weight of the quantized tensors.
     pub bits_per_weight: f64,
+    /// What the decoder blocks' linears store (the figure `inspect`,
+    /// `eval` and `bench --model` give for the output).
+    pub linears: LinearStorage,
     pub errors_by_kind: Vec<KindError>,
     pub seconds: f64,
     /// GPTQ runs: per-layer errors against RTN, phases, peak memory. Also
@@ -247,6 +251,7 @@ struct Tally {
     kept: usize,
     q_weights: u64,
     q_bytes: u64,
+    linears: LinearStorage,
     f16_bytes: u64,
     errors: BTreeMap<TensorKind, (usize, f64)>,
 }
@@ -265,13 +270,17 @@ impl Tally {
         w: &[f32],
         method: Method,
     ) -> Result<()> {
-        let deq = CpuBackend.dequantize(q)?;
+        let deq = q.dequantize()?;
         let e = self.errors.entry(TensorKind::of(name)).or_default();
         e.0 += 1;
         e.1 += relative_error(w, &deq);
         self.f16_bytes += 2 * w.len() as u64;
         self.q_weights += w.len() as u64;
-        self.q_bytes += q.stored_bytes() as u64;
+        self.q_bytes += q.stored_bytes();
+        if TensorKind::of(name).is_block_linear() {
+            self.linears.weights += w.len() as u64;
+            self.linears.stored_bytes += q.stored_bytes();
+        }
         writer.add_quantized(name, shape, q, method.name())?;
         self.quantized += 1;
         Ok(())
@@ -448,6 +457,7 @@ pub fn quantize_model_with(
         } else {
             tally.q_bytes as f64 * 8.0 / tally.q_weights as f64
         },
+        linears: tally.linears,
         errors_by_kind: tally
             .errors
             .into_iter()

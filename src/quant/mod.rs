@@ -1,9 +1,8 @@
-//! Quantization: schemes, packed layouts and the algorithms (RTN, GPTQ).
+//! Quantization algorithms (RTN, GPTQ), written once over
+//! [`crate::backend::Backend`]; what they produce is an encoding of
+//! [`crate::encoding`].
 
 pub mod gptq;
-pub mod packed;
 pub mod rtn;
-pub mod scheme;
 
-pub use packed::QuantizedTensor;
-pub use scheme::{Granularity, QuantScheme};
+pub use crate::encoding::{Granularity, QuantScheme, QuantizedTensor};

@@ -6,9 +6,9 @@
 //!    [`params_from_range`], so both backends agree exactly),
 //! 4. the backend quantizes and packs.
 
-use super::packed::QuantizedTensor;
-use super::scheme::{params_from_range, Granularity, QuantScheme};
 use crate::backend::{Backend, GroupParams};
+use crate::encoding::affine::scheme::{params_from_range, Granularity, QuantScheme};
+use crate::encoding::QuantizedTensor;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 

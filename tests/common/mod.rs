@@ -158,3 +158,31 @@ pub fn write_f32_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f3
         .collect();
     serialize_to_file(views, None, path).unwrap();
 }
+
+/// Standard normal via Box–Muller.
+pub fn normal(rng: &mut impl Rng) -> f32 {
+    let u1: f32 = rng.gen::<f32>().max(1e-12);
+    let u2: f32 = rng.gen();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+}
+
+/// Correlated inputs `[tokens, cols]`: rank-`rank` signal plus 10% noise,
+/// with per-feature scales spread over 10x (so H is far from diagonal and
+/// its diagonal uneven, as in real activations).
+pub fn correlated_inputs(rng: &mut impl Rng, tokens: usize, cols: usize, rank: usize) -> Vec<f32> {
+    let a: Vec<f32> = (0..rank * cols).map(|_| normal(rng)).collect();
+    let scale: Vec<f32> = (0..cols).map(|_| 10f32.powf(rng.gen::<f32>())).collect();
+    let mut x = vec![0f32; tokens * cols];
+    for row in x.chunks_mut(cols) {
+        let z: Vec<f32> = (0..rank).map(|_| normal(rng)).collect();
+        for (c, (v, s)) in row.iter_mut().zip(&scale).enumerate() {
+            let signal: f32 = z
+                .iter()
+                .enumerate()
+                .map(|(k, zk)| zk * a[k * cols + c])
+                .sum();
+            *v = s * (signal + 0.1 * normal(rng));
+        }
+    }
+    x
+}

@@ -1,24 +1,26 @@
 //! CPU kernels for GPTQ: the running Hessian (SGEMM through
 //! `matrixmultiply`, parallel over blocks of H rows), the in-block
-//! quantization with error feedback (rayon over weight rows) and the
+//! quantization with error feedback on any [`Grid`] (rayon over weight rows) and the
 //! deferred update of the remaining columns (SGEMM per block of rows).
 //! They are the reference the WGSL kernels are tested against.
 
-use crate::backend::{check_hessian_batch, GptqCodes, GptqColumns, GptqSpec, HessianAccumulator};
+use crate::backend::{check_hessian_batch, GptqColumns, GptqSpec, HessianAccumulator};
+use crate::encoding::affine::packing::pack_in_order;
+use crate::encoding::{Grid, GridCodes};
 use crate::error::Result;
-use crate::quant::scheme::{params_from_range, quantize_value};
 use rayon::prelude::*;
 
 /// One block of GPTQ columns handed to [`gptq_block`].
 pub struct GptqBlock<'a> {
-    pub bits: u32,
-    pub symmetric: bool,
+    pub grid: &'a dyn Grid,
     pub group_len: usize,
     /// First and one-past-last column of the block.
     pub start: usize,
     pub end: usize,
     /// `Hinv[start..end, start..end]`, row-major `[len, len]`.
     pub hinv: &'a [f32],
+    /// `[cols]` `diag(H)` in quantization order.
+    pub hdiag: &'a [f32],
     /// Static groups: the group of each column; `None`: dynamic groups.
     pub group_of: Option<&'a [u32]>,
 }
@@ -39,10 +41,9 @@ impl GptqBlock<'_> {
 pub struct GptqBlockOut<'a> {
     /// `[rows, cols]` codes (only the block's columns are written).
     pub codes: &'a mut [u32],
-    /// `[rows, groups]` scales and zero-points.
-    pub scales: &'a mut [f32],
-    pub zeros: &'a mut [u32],
-    /// `[rows, len]`: `(w − q) / Hinv[j, j]` per column of the block.
+    /// `[rows, groups, params_per_group]` grid parameters.
+    pub params: &'a mut [f32],
+    /// `[rows, len]`: `(w − ŵ) / Hinv[j, j]` per column of the block.
     pub err: &'a mut [f32],
 }
 
@@ -54,8 +55,7 @@ pub struct CpuGptqColumns<'a> {
     cols: usize,
     spec: GptqSpec<'a>,
     codes: Vec<u32>,
-    scales: Vec<f32>,
-    zeros: Vec<u32>,
+    params: Vec<f32>,
     /// Scaled errors of the last quantized block, `[rows, len]`.
     err: Vec<f32>,
 }
@@ -63,10 +63,9 @@ pub struct CpuGptqColumns<'a> {
 impl<'a> CpuGptqColumns<'a> {
     /// Arguments already checked by `check_gptq_args`.
     pub fn new(w: Vec<f32>, rows: usize, cols: usize, spec: GptqSpec<'a>) -> Self {
-        let groups = spec.groups(cols);
-        let (scales, zeros) = match spec.static_groups {
-            Some(s) => (s.scales.to_vec(), s.zeros.to_vec()),
-            None => (vec![0.0; rows * groups], vec![0; rows * groups]),
+        let params = match spec.static_groups {
+            Some(s) => s.params.to_vec(),
+            None => vec![0.0; rows * spec.groups(cols) * spec.grid.params_per_group()],
         };
         Self {
             w,
@@ -74,8 +73,7 @@ impl<'a> CpuGptqColumns<'a> {
             cols,
             spec,
             codes: vec![0; rows * cols],
-            scales,
-            zeros,
+            params,
             err: Vec::new(),
         }
     }
@@ -88,18 +86,17 @@ impl GptqColumns for CpuGptqColumns<'_> {
         let block_hinv = self.spec.hinv_part(cols, start..end, start..end);
         self.err = vec![0.0; self.rows * (end - start)];
         let block = GptqBlock {
-            bits: self.spec.bits,
-            symmetric: self.spec.symmetric,
+            grid: self.spec.grid,
             group_len: self.spec.group_len,
             start,
             end,
             hinv: &block_hinv,
+            hdiag: self.spec.hdiag,
             group_of: self.spec.static_groups.map(|s| s.group_of),
         };
         let mut out = GptqBlockOut {
             codes: &mut self.codes,
-            scales: &mut self.scales,
-            zeros: &mut self.zeros,
+            params: &mut self.params,
             err: &mut self.err,
         };
         gptq_block(&mut self.w, cols, &block, &mut out);
@@ -119,11 +116,11 @@ impl GptqColumns for CpuGptqColumns<'_> {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<GptqCodes> {
-        Ok(GptqCodes {
-            codes: self.codes,
-            scales: self.scales,
-            zeros: self.zeros,
+    fn finish(self: Box<Self>) -> Result<GridCodes> {
+        let bits = self.spec.grid.code_bits();
+        Ok(GridCodes {
+            packed: pack_in_order(&self.codes, self.rows, self.cols, bits, self.spec.perm),
+            params: self.params,
         })
     }
 }
@@ -218,37 +215,29 @@ pub(crate) fn mirror_lower(h: &mut [f32], n: usize) {
 /// GPTQ inside one block, row by row (see [`crate::backend::GptqColumns::quantize_block`]).
 pub fn gptq_block(w: &mut [f32], cols: usize, b: &GptqBlock, out: &mut GptqBlockOut) {
     let len = b.len();
-    let groups = cols.div_ceil(b.group_len);
-    let maxq = (1u32 << b.bits) - 1;
+    let per_group = b.grid.params_per_group();
+    let row_params = cols.div_ceil(b.group_len) * per_group;
     w.par_chunks_mut(cols)
         .zip(out.codes.par_chunks_mut(cols))
-        .zip(out.scales.par_chunks_mut(groups))
-        .zip(out.zeros.par_chunks_mut(groups))
+        .zip(out.params.par_chunks_mut(row_params))
         .zip(out.err.par_chunks_mut(len))
-        .for_each(|((((row, codes), scales), zeros), err)| {
+        .for_each(|(((row, codes), params), err)| {
             for (jj, e_out) in err.iter_mut().enumerate() {
                 let j = b.start + jj;
                 let g = match b.group_of {
                     Some(map) => map[j] as usize,
                     None => j / b.group_len,
                 };
+                let params = &mut params[g * per_group..(g + 1) * per_group];
                 if b.group_of.is_none() && j.is_multiple_of(b.group_len) {
-                    // A group starts: its parameters come from the current weights.
+                    // A group starts: the grid fits it to the current weights.
                     let last = (j + b.group_len).min(cols);
-                    let (lo, hi) = row[j..last]
-                        .iter()
-                        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
-                            (lo.min(x), hi.max(x))
-                        });
-                    let (s, z) = params_from_range(lo, hi, b.bits, b.symmetric);
-                    scales[g] = s;
-                    zeros[g] = z;
+                    b.grid.fit(&row[j..last], &b.hdiag[j..last], params);
                 }
-                let (s, z) = (scales[g], zeros[g]);
                 let x = row[j];
-                let q = quantize_value(x, 1.0 / s, z, maxq);
+                let (q, x_hat) = b.grid.round(x, params);
                 let hrow = &b.hinv[jj * len..(jj + 1) * len];
-                let e = (x - s * (q as f32 - z as f32)) / hrow[jj];
+                let e = (x - x_hat) / hrow[jj];
                 codes[j] = q;
                 *e_out = e;
                 for (wk, &hk) in row[j + 1..b.end].iter_mut().zip(&hrow[jj + 1..]) {

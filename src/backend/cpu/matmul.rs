@@ -15,8 +15,9 @@
 //! a cache-sized scratch and multiplied by SGEMM (`gemm.rs`).
 
 use super::{gemm, simd};
+use crate::encoding::affine::packing::unpack_code;
+use crate::encoding::QuantizedTensor;
 use crate::error::{Error, Result};
-use crate::quant::packed::{unpack_code, QuantizedTensor};
 use rayon::prelude::*;
 
 /// Rows unpacked together: their codes stay in L2 while every token's `x`
@@ -63,7 +64,7 @@ pub fn matmul_with(q: &QuantizedTensor, x: &[f32], tokens: usize, simd: bool) ->
         return Ok(gemm::blocked_xwt(x, tokens, cols, rows, &|r0, n, wb| {
             let mut codes = vec![0u32; cols];
             for (i, out) in wb.chunks_exact_mut(cols).take(n).enumerate() {
-                super::dequantize_row(q, r0 + i, &mut codes, out);
+                q.dequantize_row(r0 + i, &mut codes, out);
             }
         }));
     }

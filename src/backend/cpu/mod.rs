@@ -12,10 +12,11 @@ use super::{
     check_attention_args, check_cholesky_args, check_gptq_args, check_hessian_start,
     check_trace_args, Backend, GptqColumns, GptqSpec, GroupParams, HessianAccumulator,
 };
+use crate::encoding::affine::packing::{pack_row, unpack_codes, words_per_row};
+use crate::encoding::affine::scheme::quantize_value;
+use crate::encoding::QuantizedTensor;
 use crate::error::Result;
 use crate::model::forward::ops::{self, AttnShape};
-use crate::quant::packed::{pack_row, unpack_codes, unpack_row, words_per_row, QuantizedTensor};
-use crate::quant::scheme::quantize_value;
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -97,13 +98,7 @@ impl Backend for CpuBackend {
     }
 
     fn dequantize(&self, q: &QuantizedTensor) -> Result<Vec<f32>> {
-        q.validate("dequantize input")?;
-        let mut out = vec![0f32; q.rows * q.cols];
-        out.par_chunks_mut(q.cols).enumerate().for_each_init(
-            || vec![0u32; q.cols],
-            |codes, (r, row)| dequantize_row(q, r, codes, row),
-        );
-        Ok(out)
+        q.dequantize()
     }
 
     fn matmul(&self, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
@@ -174,23 +169,5 @@ impl Backend for CpuBackend {
             .iter()
             .map(|a| trace::quadratic_trace(a, h, cols))
             .collect())
-    }
-}
-
-/// Row `r` of a validated `q` as f32 into `out` (`cols` values); `codes` is
-/// scratch of at least `cols`.
-pub(crate) fn dequantize_row(q: &QuantizedTensor, r: usize, codes: &mut [u32], out: &mut [f32]) {
-    let (wpr, groups, glen) = (q.words_per_row(), q.n_groups(), q.scheme.group_len(q.cols));
-    let codes = &mut codes[..q.cols];
-    unpack_row(&q.packed[r * wpr..(r + 1) * wpr], q.scheme.bits, codes);
-    for (g, (y, c)) in out[..q.cols]
-        .chunks_mut(glen)
-        .zip(codes.chunks(glen))
-        .enumerate()
-    {
-        let (s, z) = (q.scales[r * groups + g], q.zeros[r * groups + g] as f32);
-        for (y, &c) in y.iter_mut().zip(c.iter()) {
-            *y = s * (c as f32 - z);
-        }
     }
 }

@@ -7,19 +7,30 @@
 //! independent in both kernels). Each block uploads only its rows of H⁻¹'s
 //! factor (`Hinv[block, block]`, then `Hinv[block, end..]` split by columns
 //! to fit a binding) and is submitted without waiting; the host waits once,
-//! when [`GpuGptqColumns::finish`] reads the codes back.
+//! when [`GpuGptqColumns::finish`] has packed the codes on the device
+//! (`shaders/gptq_pack.wgsl`, in the original column order) and reads
+//! them back with the group parameters.
+//!
+//! The kernels are assembled from the grid's WGSL (see
+//! [`crate::encoding::grid`]) and cached under the grid's key.
 
 use super::context::{Binding, GpuContext, Kernel};
 use super::{f32_bytes, row_chunks, GpuBuffer, GEMM_TILE};
-use crate::backend::{GptqCodes, GptqColumns, GptqSpec};
+use crate::backend::{GptqColumns, GptqSpec};
+use crate::encoding::affine::packing::words_per_row;
+use crate::encoding::GridCodes;
 use crate::error::{Error, Result};
 use bytemuck::{Pod, Zeroable};
 use std::ops::Range;
 use std::sync::Arc;
 
+/// The grid-independent part of the kernels; the grid's WGSL goes first.
 const SOURCE: &str = with_tile_gemm!("gptq.wgsl");
-/// Invocations per workgroup of `quantize_block` (one per row).
+const PACK_SOURCE: &str = include_str!("../../../shaders/gptq_pack.wgsl");
+/// Invocations per workgroup of `quantize_block` (one per row) and of
+/// `pack_in_order` (one per packed word).
 const WG: usize = 64;
+const PACK_WG: usize = 256;
 
 /// Mirrors `Params` in gptq.wgsl.
 #[repr(C)]
@@ -29,15 +40,32 @@ struct Params {
     cols: u32,
     start: u32,
     len: u32,
-    bits: u32,
-    symmetric: u32,
     group_len: u32,
     groups: u32,
     end: u32,
     n: u32,
     static_groups: u32,
-    _pad1: u32,
+    _pad: [u32; 3],
 }
+
+/// Mirrors `Params` in gptq_pack.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+struct PackParams {
+    rows: u32,
+    cols: u32,
+    bits: u32,
+    words_per_row: u32,
+    permuted: u32,
+    _pad: [u32; 3],
+}
+
+const PACK_BINDINGS: [Binding; 4] = [
+    Binding::Uniform,
+    Binding::StorageRead,
+    Binding::StorageRead,
+    Binding::StorageReadWrite,
+];
 
 const BLOCK_BINDINGS: [Binding; 8] = [
     Binding::Uniform,
@@ -46,7 +74,7 @@ const BLOCK_BINDINGS: [Binding; 8] = [
     Binding::StorageReadWrite,
     Binding::StorageReadWrite,
     Binding::StorageReadWrite,
-    Binding::StorageReadWrite,
+    Binding::StorageRead,
     Binding::StorageRead,
 ];
 
@@ -64,10 +92,9 @@ struct RowChunk {
     w: GpuBuffer,
     /// `[n, block]` scaled errors of the last quantized block.
     err: GpuBuffer,
-    /// `[n, groups]`.
-    scales: GpuBuffer,
-    zeros: GpuBuffer,
-    /// `[n, cols]`.
+    /// `[n, groups, params_per_group]` grid parameters.
+    params: GpuBuffer,
+    /// `[n, cols]`, in quantization order.
     codes: GpuBuffer,
 }
 
@@ -81,10 +108,16 @@ pub struct GpuGptqColumns<'a> {
     /// `[cols]` group of each column (one unused value for dynamic groups:
     /// every binding must exist).
     group_of: GpuBuffer,
+    /// `[cols]` diag(H) in quantization order.
+    hdiag: GpuBuffer,
+    /// `[cols]` where each original column was quantized (one unused value
+    /// without act-order).
+    position: GpuBuffer,
     /// The first column of the last quantized block.
     quantized: Option<usize>,
     quantize: Arc<Kernel>,
     rest: Arc<Kernel>,
+    pack: Arc<Kernel>,
     last: Option<wgpu::SubmissionIndex>,
 }
 
@@ -115,40 +148,59 @@ impl<'a> GpuGptqColumns<'a> {
                 ctx.max_workgroups()
             )));
         }
-        let groups = spec.groups(cols);
+        let row_params = spec.groups(cols) * spec.grid.params_per_group();
+        let source = format!("{}\n{SOURCE}", spec.grid.wgsl());
+        let key = spec.grid.key();
         let quantize = ctx.kernel(
-            "gptq.quantize_block",
-            SOURCE,
+            &format!("gptq.quantize_block/{key}"),
+            &source,
             "quantize_block",
             &BLOCK_BINDINGS,
         )?;
-        let rest = ctx.kernel("gptq.update_rest", SOURCE, "update_rest", &REST_BINDINGS)?;
+        let rest = ctx.kernel(
+            &format!("gptq.update_rest/{key}"),
+            &source,
+            "update_rest",
+            &REST_BINDINGS,
+        )?;
+        let pack = ctx.kernel(
+            "gptq.pack_in_order",
+            PACK_SOURCE,
+            "pack_in_order",
+            &PACK_BINDINGS,
+        )?;
         let fixed = spec.static_groups;
         let group_of = ctx.upload(
             "gptq.group_of",
             bytemuck::cast_slice(fixed.map_or(&[0][..], |s| s.group_of)),
         )?;
-        let chunks = row_chunks(ctx, rows, cols * 4)?
+        let hdiag = ctx.upload("gptq.hdiag", f32_bytes(spec.hdiag))?;
+        let position = match spec.perm {
+            Some(perm) => {
+                let mut at = vec![0u32; cols];
+                for (k, &c) in perm.iter().enumerate() {
+                    at[c as usize] = k as u32;
+                }
+                ctx.upload("gptq.position", bytemuck::cast_slice(&at))?
+            }
+            None => ctx.upload("gptq.position", bytemuck::cast_slice(&[0u32]))?,
+        };
+        let chunks = row_chunks(ctx, rows, cols.max(row_params) * 4)?
             .into_iter()
             .map(|r| {
                 let n = r.len();
-                let g = r.start * groups..r.end * groups;
-                let (scales, zeros) = match fixed {
-                    Some(s) => (
-                        ctx.upload("gptq.scales", f32_bytes(&s.scales[g.clone()]))?,
-                        ctx.upload("gptq.zeros", bytemuck::cast_slice(&s.zeros[g]))?,
-                    ),
-                    None => (
-                        ctx.storage("gptq.scales", (n * groups * 4) as u64)?,
-                        ctx.storage("gptq.zeros", (n * groups * 4) as u64)?,
-                    ),
+                let params = match fixed {
+                    Some(s) => ctx.upload(
+                        "gptq.params",
+                        f32_bytes(&s.params[r.start * row_params..r.end * row_params]),
+                    )?,
+                    None => ctx.storage("gptq.params", (n * row_params * 4) as u64)?,
                 };
                 Ok(RowChunk {
                     w: ctx.upload("gptq.w", f32_bytes(&w[r.start * cols..r.end * cols]))?,
                     err: ctx.storage("gptq.err", (n * spec.block.min(cols) * 4) as u64)?,
                     codes: ctx.storage("gptq.codes", (n * cols * 4) as u64)?,
-                    scales,
-                    zeros,
+                    params,
                     rows: r,
                 })
             })
@@ -160,9 +212,12 @@ impl<'a> GpuGptqColumns<'a> {
             spec,
             chunks,
             group_of,
+            hdiag,
+            position,
             quantized: None,
             quantize,
             rest,
+            pack,
             last: None,
         })
     }
@@ -174,8 +229,6 @@ impl<'a> GpuGptqColumns<'a> {
             cols: self.cols as u32,
             start: start as u32,
             len: (end - start) as u32,
-            bits: s.bits,
-            symmetric: s.symmetric as u32,
             group_len: s.group_len as u32,
             groups: s.groups(self.cols) as u32,
             static_groups: s.static_groups.is_some() as u32,
@@ -211,10 +264,10 @@ impl GptqColumns for GpuGptqColumns<'_> {
                     &block,
                     &c.w,
                     &c.err,
-                    &c.scales,
-                    &c.zeros,
+                    &c.params,
                     &c.codes,
                     &self.group_of,
+                    &self.hdiag,
                 ],
                 ctx.grid(n.div_ceil(WG) as u32),
             );
@@ -276,22 +329,53 @@ impl GptqColumns for GpuGptqColumns<'_> {
         Ok(())
     }
 
-    fn finish(mut self: Box<Self>) -> Result<GptqCodes> {
+    fn finish(mut self: Box<Self>) -> Result<GridCodes> {
+        let (ctx, cols) = (self.ctx, self.cols);
+        let bits = self.spec.grid.code_bits();
+        let wpr = words_per_row(cols, bits);
+        let row_params = self.spec.groups(cols) * self.spec.grid.params_per_group();
+        // Pack every chunk's codes on the device, then read back words and
+        // parameters only.
+        let mut enc = ctx.encoder();
+        let mut packed = Vec::with_capacity(self.chunks.len());
+        let mut uniforms = Vec::with_capacity(self.chunks.len());
+        for c in &self.chunks {
+            let n = c.rows.len();
+            let out = ctx.storage("gptq.packed", (n * wpr * 4) as u64)?;
+            uniforms.push(ctx.uniform(
+                "gptq.pack_params",
+                &PackParams {
+                    rows: n as u32,
+                    cols: cols as u32,
+                    bits,
+                    words_per_row: wpr as u32,
+                    permuted: self.spec.perm.is_some() as u32,
+                    ..PackParams::default()
+                },
+            ));
+            let uniform = &uniforms[uniforms.len() - 1];
+            ctx.encode(
+                &mut enc,
+                &self.pack,
+                &[uniform, &c.codes, &self.position, &out],
+                ctx.grid((n * wpr).div_ceil(PACK_WG) as u32),
+            );
+            packed.push(out);
+        }
+        self.submit(enc)?;
+        drop(uniforms);
         if let Some(index) = self.last.take() {
             self.ctx.wait_for(index)?;
         }
-        let (ctx, cols) = (self.ctx, self.cols);
-        let groups = self.spec.groups(cols);
-        let mut out = GptqCodes {
-            codes: Vec::with_capacity(self.rows * cols),
-            scales: Vec::with_capacity(self.rows * groups),
-            zeros: Vec::with_capacity(self.rows * groups),
+        let mut out = GridCodes {
+            packed: Vec::with_capacity(self.rows * wpr),
+            params: Vec::with_capacity(self.rows * row_params),
         };
-        for c in &self.chunks {
+        for (c, words) in self.chunks.iter().zip(&packed) {
             let n = c.rows.len();
-            out.codes.extend(ctx.read::<u32>(&c.codes, n * cols)?);
-            out.scales.extend(ctx.read::<f32>(&c.scales, n * groups)?);
-            out.zeros.extend(ctx.read::<u32>(&c.zeros, n * groups)?);
+            out.packed.extend(ctx.read::<u32>(words, n * wpr)?);
+            out.params
+                .extend(ctx.read::<f32>(&c.params, n * row_params)?);
         }
         Ok(out)
     }

@@ -10,9 +10,9 @@
 
 use super::context::{Binding, GpuContext, Kernel};
 use super::{row_chunks, GpuBuffer, GEMM_TILE};
+use crate::encoding::affine::scheme::QuantScheme;
+use crate::encoding::QuantizedTensor;
 use crate::error::{Error, Result};
-use crate::quant::packed::QuantizedTensor;
-use crate::quant::scheme::QuantScheme;
 use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -154,10 +154,10 @@ impl GpuQuantWeights {
         self.chunks.len()
     }
 
-    /// Bytes one matmul reads from the weight buffers (codes + f32 scales + u8 zeros).
-    pub fn bytes(&self) -> u64 {
-        let params = (self.rows * self.groups_per_row) as u64;
-        (self.rows * self.words_per_row) as u64 * 4 + params * 5
+    /// Bytes one matmul reads from the weight buffers
+    /// ([`crate::encoding::Encoding::resident_bytes`]).
+    pub fn resident_bytes(&self) -> u64 {
+        crate::encoding::Encoding::Affine(self.scheme).resident_bytes(self.rows, self.cols)
     }
 }
 

@@ -5,8 +5,9 @@
 use super::context::{Binding, GpuContext, Kernel};
 use super::row_chunks;
 use crate::backend::GroupParams;
+use crate::encoding::affine::packing::words_per_row;
+use crate::encoding::QuantizedTensor;
 use crate::error::Result;
-use crate::quant::packed::{words_per_row, QuantizedTensor};
 use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
 

@@ -5,8 +5,8 @@
 
 use super::ops::matmul_t;
 use crate::backend::cpu::matmul as packed_matmul;
+use crate::encoding::QuantizedTensor;
 use crate::error::{Error, Result};
-use crate::quant::packed::QuantizedTensor;
 
 #[derive(Clone, Debug)]
 pub enum Linear {
@@ -46,11 +46,12 @@ impl Linear {
         }
     }
 
-    /// Bytes the weight takes in memory (codes, scales and zeros when packed).
-    pub fn bytes(&self) -> usize {
+    /// Bytes a matmul reads from the weight as held: f32 when dense, the
+    /// encoding's [`crate::encoding::Encoding::resident_bytes`] when packed.
+    pub fn resident_bytes(&self) -> usize {
         match self {
             Linear::Dense { w, .. } => w.len() * 4,
-            Linear::Packed(q) => q.stored_bytes(),
+            Linear::Packed(q) => q.resident_bytes() as usize,
         }
     }
 

@@ -64,7 +64,8 @@ pub trait Forward: Send + Sync {
     fn arch(&self) -> &ArchConfig;
     /// Where it runs, e.g. `cpu (2 threads)` or `vulkan: NVIDIA H100`.
     fn device(&self) -> String;
-    /// Bytes of weights held for the run (packed linears count packed).
+    /// Bytes of weights held for the run: what a pass reads (packed
+    /// linears count [`crate::encoding::Encoding::resident_bytes`]).
     fn weight_bytes(&self) -> usize;
     /// Logits `[tokens.len(), vocab]` of one sequence starting at position 0.
     fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>>;
@@ -247,7 +248,8 @@ impl LlamaWeights {
         rope_inv_freq(&self.arch, self.rope_freq_factors.as_deref())
     }
 
-    /// Bytes of all weights as held (packed linears count packed).
+    /// Bytes of all weights as held (packed linears count their resident
+    /// bytes, [`Linear::resident_bytes`]).
     pub fn bytes(&self) -> usize {
         let f = |v: &Vec<f32>| v.len() * 4;
         let layers: usize = self
@@ -256,10 +258,16 @@ impl LlamaWeights {
             .map(|l| {
                 f(&l.attn_norm)
                     + f(&l.ffn_norm)
-                    + l.linears().iter().map(|w| w.bytes()).sum::<usize>()
+                    + l.linears()
+                        .iter()
+                        .map(|w| w.resident_bytes())
+                        .sum::<usize>()
             })
             .sum();
-        f(&self.embed) + f(&self.final_norm) + layers + self.head.as_ref().map_or(0, Linear::bytes)
+        f(&self.embed)
+            + f(&self.final_norm)
+            + layers
+            + self.head.as_ref().map_or(0, Linear::resident_bytes)
     }
 }
 

@@ -1,9 +1,9 @@
 //! What a linear quantization is: bit width, symmetry and granularity.
 //!
 //! Codes are always unsigned, `0..=2^bits-1`, and dequantize as
-//! `w = scale * (q - zero)`. Symmetric schemes fix `zero = 2^(bits-1)` (the
-//! GPTQ convention, which the GPTQ checkpoint layout stores), asymmetric ones
-//! choose it per group from the range.
+//! `w = scale * (q - zero)`. Symmetric schemes fix `zero = 2^(bits-1)`
+//! ([`symmetric_zero`]: the GPTQ convention, which the GPTQ checkpoint
+//! layout stores), asymmetric ones choose it per group from the range.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -88,23 +88,40 @@ impl QuantScheme {
         }
     }
 
-    /// Short label such as `W4 g128 asym`.
+    /// Short label for people, such as `W4 g128 asym`.
     pub fn label(&self) -> String {
+        format!("W{} {}", self.bits, self.layout_words())
+    }
+
+    /// The dtype an llmq file records for a tensor of this scheme, such as
+    /// `int4 g128 asym` (a stored name: changing it changes files).
+    pub fn dtype_label(&self) -> String {
+        format!("int{} {}", self.bits, self.layout_words())
+    }
+
+    /// `g128 asym`, `per-channel sym`, ...
+    fn layout_words(&self) -> String {
         let gran = match self.granularity {
             Granularity::PerTensor => "per-tensor".to_string(),
             Granularity::PerChannel => "per-channel".to_string(),
             Granularity::Group(g) => format!("g{g}"),
         };
         let sym = if self.symmetric { "sym" } else { "asym" };
-        format!("W{} {gran} {sym}", self.bits)
+        format!("{gran} {sym}")
     }
+}
+
+/// The zero-point every group of a symmetric `bits`-bit scheme has.
+pub fn symmetric_zero(bits: u32) -> u32 {
+    1 << (bits - 1)
 }
 
 /// Scale and zero-point of one group, from the group's range.
 ///
 /// Follows GPTQ's `quant.py`: the range always contains 0, an all-zero group
-/// gets the range [-1, 1], symmetric uses `zero = 2^(bits-1)`. Both backends
-/// must compute exactly this; the WGSL `params_from_range` mirrors it.
+/// gets the range [-1, 1], symmetric uses [`symmetric_zero`]. Both backends
+/// must compute exactly this; the affine grid's WGSL
+/// (`shaders/affine_grid.wgsl`) mirrors it.
 pub fn params_from_range(min: f32, max: f32, bits: u32, symmetric: bool) -> (f32, u32) {
     let maxq = ((1u32 << bits) - 1) as f32;
     let mut lo = min.min(0.0);
@@ -119,7 +136,7 @@ pub fn params_from_range(min: f32, max: f32, bits: u32, symmetric: bool) -> (f32
     }
     let scale = (hi - lo) / maxq;
     let zero = if symmetric {
-        1u32 << (bits - 1)
+        symmetric_zero(bits)
     } else {
         round_half_up(-lo / scale).clamp(0.0, maxq) as u32
     };

@@ -1,68 +1,15 @@
-//! Packed quantized tensors and the bit layout of their codes.
+//! The bit layout of linear integer codes (stored as `NAME.qweight`).
 //!
 //! Layout: codes of each row are a dense little-endian bit stream, value `j`
 //! at bits `[j*bits, (j+1)*bits)`, rows padded to whole `u32` words. For 8, 4
 //! and 2 bits that is the usual "4/8/16 values per u32, low bits first";
 //! 3-bit codes cross word boundaries (32 values in 3 words).
 
-use super::scheme::QuantScheme;
-use crate::error::{Error, Result};
-
-/// A `[rows, cols]` weight matrix (PyTorch order: rows = output channels)
-/// quantized with one scheme.
-#[derive(Clone, Debug, PartialEq)]
-pub struct QuantizedTensor {
-    pub rows: usize,
-    pub cols: usize,
-    pub scheme: QuantScheme,
-    /// `rows * words_per_row(cols, bits)` packed codes.
-    pub packed: Vec<u32>,
-    /// `rows * n_groups` scales, row-major.
-    pub scales: Vec<f32>,
-    /// `rows * n_groups` zero-points (codes), row-major.
-    pub zeros: Vec<u8>,
-}
+use rayon::prelude::*;
 
 /// u32 words holding one row of `cols` codes of `bits` bits.
 pub fn words_per_row(cols: usize, bits: u32) -> usize {
     (cols * bits as usize).div_ceil(32)
-}
-
-impl QuantizedTensor {
-    /// Scale/zero pairs per row (the last group may be shorter).
-    pub fn n_groups(&self) -> usize {
-        self.scheme.groups_per_row(self.cols)
-    }
-
-    pub fn words_per_row(&self) -> usize {
-        words_per_row(self.cols, self.scheme.bits)
-    }
-
-    /// Bytes of codes plus f16 scales plus u8 zeros (asymmetric only), as stored.
-    pub fn stored_bytes(&self) -> usize {
-        let params = self.rows * self.n_groups();
-        let zero_bytes = if self.scheme.symmetric { 0 } else { params };
-        self.packed.len() * 4 + params * 2 + zero_bytes
-    }
-
-    /// Checks that the buffer lengths agree with the shape and scheme.
-    pub fn validate(&self, name: &str) -> Result<()> {
-        self.scheme.check_shape(name, self.rows, self.cols)?;
-        let params = self.rows * self.n_groups();
-        let want = self.rows * self.words_per_row();
-        if self.packed.len() != want || self.scales.len() != params || self.zeros.len() != params {
-            return Err(Error::BadTensor {
-                name: name.into(),
-                msg: format!(
-                    "inconsistent quantized buffers: {} code words (want {want}), {} scales and {} zeros (want {params})",
-                    self.packed.len(),
-                    self.scales.len(),
-                    self.zeros.len()
-                ),
-            });
-        }
-        Ok(())
-    }
 }
 
 /// Packs one row of codes into `out` (which must be zeroed, `words_per_row` long).
@@ -128,6 +75,35 @@ pub fn unpack_codes(packed: &[u32], rows: usize, cols: usize, bits: u32) -> Vec<
     for (r, o) in out.chunks_mut(cols).enumerate() {
         unpack_row(&packed[r * wpr..(r + 1) * wpr], bits, o);
     }
+    out
+}
+
+/// Packs `rows * cols` codes given in the order GPTQ quantized the columns:
+/// with `perm` (`perm[k]` the original index of the k-th column) they are
+/// put back in the original order first.
+pub fn pack_in_order(
+    codes: &[u32],
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    perm: Option<&[u32]>,
+) -> Vec<u32> {
+    let Some(perm) = perm else {
+        return pack_codes(codes, rows, cols, bits);
+    };
+    let wpr = words_per_row(cols, bits);
+    let mut out = vec![0u32; rows * wpr];
+    out.par_chunks_mut(wpr)
+        .zip(codes.par_chunks(cols))
+        .for_each_init(
+            || vec![0u32; cols],
+            |row, (packed, src)| {
+                for (&c, &q) in perm.iter().zip(src) {
+                    row[c as usize] = q;
+                }
+                pack_row(row, bits, packed);
+            },
+        );
     out
 }
 

@@ -1,0 +1,109 @@
+//! Stored encodings of weights: how a `[rows, cols]` linear weight is kept
+//! on disk and in memory, one module per encoding.
+//!
+//! Each encoding owns the parts it stores (name suffix, dtype, shape), its
+//! exact byte counts, its reference dequantization and, through [`Grid`],
+//! the grid GPTQ rounds onto. Everything else (the llmq writer and reader,
+//! the forward pass's linears, `bench`, `eval`'s size report) asks
+//! [`Encoding`] instead of knowing a layout:
+//!
+//! - [`Encoding::stored_bytes`]: bytes in a file (what `quantize`,
+//!   `inspect`, `eval` and `bench` report as the stored size);
+//! - [`Encoding::resident_bytes`]: bytes a matmul reads when the weight is
+//!   resident on a backend (what bandwidth figures count).
+//!
+//! Today there is one encoding, linear integer codes with a scale and
+//! zero-point per group ([`affine`]); vector-quantized codebooks and the
+//! GGML block types join as siblings. This module is a leaf of the crate:
+//! it depends on nothing else in it but the error type.
+
+pub mod affine;
+pub mod grid;
+
+pub use affine::{AffineGrid, Granularity, QuantScheme, QuantizedTensor};
+pub use grid::{Grid, GridCodes};
+pub use safetensors::Dtype;
+
+use crate::error::{Error, Result};
+
+/// One stored part of an encoded weight, e.g. `NAME.qweight`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Part {
+    /// Appended to the weight's name after a dot.
+    pub suffix: &'static str,
+    pub dtype: Dtype,
+    pub shape: [usize; 2],
+}
+
+impl Part {
+    /// The tensor name this part is stored under for weight `weight`.
+    pub fn name(&self, weight: &str) -> String {
+        format!("{weight}.{}", self.suffix)
+    }
+
+    /// Bytes the part stores.
+    pub fn bytes(&self) -> u64 {
+        (self.shape[0] * self.shape[1] * self.dtype.bitsize() / 8) as u64
+    }
+}
+
+/// `v` as f16, or an error naming `tensor` when it is not finite or
+/// overflows f16 (so nothing is stored as infinity).
+pub fn to_f16(tensor: &str, v: f32) -> Result<half::f16> {
+    if !v.is_finite() {
+        return Err(Error::BadTensor {
+            name: tensor.into(),
+            msg: format!("value {v} is not finite"),
+        });
+    }
+    let h = half::f16::from_f32(v);
+    if h.is_infinite() {
+        return Err(Error::BadTensor {
+            name: tensor.into(),
+            msg: format!("value {v} overflows f16 (largest is 65504); it cannot be stored"),
+        });
+    }
+    Ok(h)
+}
+
+/// How one stored weight is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// Linear integer codes, `w = scale · (q − zero)` per group.
+    Affine(QuantScheme),
+}
+
+impl Encoding {
+    /// Short human label such as `W4 g128 asym`.
+    pub fn label(&self) -> String {
+        match self {
+            Encoding::Affine(s) => s.label(),
+        }
+    }
+
+    /// The parts a `[rows, cols]` weight stores, in the order they are written.
+    pub fn parts(&self, rows: usize, cols: usize) -> Vec<Part> {
+        match self {
+            Encoding::Affine(s) => affine::parts(s, rows, cols),
+        }
+    }
+
+    /// Bytes a `[rows, cols]` weight stores in a file: the sum of its parts.
+    pub fn stored_bytes(&self, rows: usize, cols: usize) -> u64 {
+        self.parts(rows, cols).iter().map(Part::bytes).sum()
+    }
+
+    /// Bits per weight as stored: [`Encoding::stored_bytes`] over the weights.
+    pub fn stored_bits_per_weight(&self, rows: usize, cols: usize) -> f64 {
+        self.stored_bytes(rows, cols) as f64 * 8.0 / (rows * cols).max(1) as f64
+    }
+
+    /// Bytes one matmul reads from a `[rows, cols]` weight resident on a
+    /// backend (the CPU and the GPU keep the same form): what bandwidth
+    /// figures count.
+    pub fn resident_bytes(&self, rows: usize, cols: usize) -> u64 {
+        match self {
+            Encoding::Affine(s) => affine::resident_bytes(s, rows, cols),
+        }
+    }
+}
