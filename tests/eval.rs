@@ -394,6 +394,84 @@ fn several_models_write_a_table_and_a_chart() {
     assert_eq!(svg.matches("<circle").count(), 2);
 }
 
+/// `quantize`, `inspect`, `eval` and `bench --model` print the same stored
+/// size of the block linears for the same file, and it is the bytes their
+/// parts take in the file's safetensors header.
+#[test]
+fn every_command_prints_the_same_stored_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny(dir.path(), false);
+    let t = text(dir.path(), 200);
+    for (bits, group, sym) in [("4", "32", false), ("3", "0", true)] {
+        let q = dir.path().join(format!("tiny-w{bits}"));
+        let mut args = vec!["quantize", "--model", s(&m), "--out", s(&q), "--bits", bits];
+        args.extend(["--group-size", group, "--device", "cpu", "--overwrite"]);
+        if group == "0" {
+            args.retain(|a| *a != "--group-size" && *a != "0");
+            args.push("--per-channel");
+        }
+        if sym {
+            args.push("--sym");
+        }
+        let cli = |args: &[&str]| {
+            let o = Command::new(env!("CARGO_BIN_EXE_llmq-gpu"))
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            let line = out
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("block linears:"))
+                .unwrap_or_else(|| panic!("{args:?} prints no stored size: {out}"))
+                .to_string();
+            line
+        };
+        let quantize = cli(&args);
+        let inspect = cli(&["inspect", s(&q)]);
+        let eval = cli(&["eval", "--model", s(&q), "--text", s(&t), "--ctx", "32"]);
+        let bench = cli(&[
+            "bench",
+            "--model",
+            s(&q),
+            "--prompt-tokens",
+            "8",
+            "--decode-tokens",
+            "2",
+            "--iters",
+            "1",
+            "--device",
+            "cpu",
+        ]);
+        assert_eq!(quantize, inspect, "W{bits}");
+        assert_eq!(quantize, eval, "W{bits}");
+        assert_eq!(quantize, bench, "W{bits}");
+        // The parts of the block linears as the file's header lists them.
+        let bytes = std::fs::read(q.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let linear = [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ];
+        let stored: usize = st
+            .tensors()
+            .iter()
+            .filter(|(n, _)| n.starts_with("model.layers.") && linear.iter().any(|l| n.contains(l)))
+            .map(|(_, v)| v.data().len())
+            .sum();
+        assert!(
+            quantize.contains(&format!(" {stored} bytes stored")),
+            "W{bits}: {quantize}, the file's parts hold {stored} bytes"
+        );
+    }
+}
+
 #[test]
 fn human_summary_names_the_numbers() {
     let dir = tempfile::tempdir().unwrap();
