@@ -1,9 +1,8 @@
 // Packs GPTQ's codes on the device, in the weight's original column order:
 // codes arrive [rows, cols] in the order the columns were quantized
 // (act-order permutes them); position[c] is where original column c was
-// quantized. The layout is src/encoding/affine/packing.rs's (as
-// pack_codes in shaders/quantize.wgsl): value c at bits [c*bits, (c+1)*bits)
-// of its row, rows padded to whole u32 words.
+// quantized. The host prepends shaders/pack_word.wgsl, the layout of
+// src/encoding/affine/packing.rs.
 
 struct Params {
     rows: u32,
@@ -24,8 +23,15 @@ struct Params {
 
 const WG: u32 = 256u;
 
-// One invocation per output word: gathers every value whose bits touch it,
-// so no two invocations write the same word.
+fn packed_code(r: u32, c: u32) -> u32 {
+    var at = c;
+    if (p.permuted != 0u) {
+        at = position[c];
+    }
+    return codes[r * p.cols + at];
+}
+
+// One invocation per output word (shaders/pack_word.wgsl).
 @compute @workgroup_size(256)
 fn pack_in_order(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
@@ -33,24 +39,5 @@ fn pack_in_order(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     if (idx >= p.rows * p.words_per_row) {
         return;
     }
-    let r = idx / p.words_per_row;
-    let k = idx % p.words_per_row;
-    let first_bit = k * 32u;
-    let c0 = first_bit / p.bits;
-    let c1 = min((first_bit + 31u) / p.bits, p.cols - 1u);
-    var word = 0u;
-    for (var c = c0; c <= c1; c++) {
-        var at = c;
-        if (p.permuted != 0u) {
-            at = position[c];
-        }
-        let code = codes[r * p.cols + at];
-        let bit = c * p.bits;
-        if (bit >= first_bit) {
-            word |= code << (bit - first_bit);
-        } else {
-            word |= code >> (first_bit - bit);
-        }
-    }
-    packed[idx] = word;
+    packed[idx] = pack_word(idx / p.words_per_row, idx % p.words_per_row, p.bits, p.cols);
 }

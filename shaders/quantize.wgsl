@@ -45,8 +45,12 @@ fn code_of(r: u32, j: u32) -> u32 {
     return u32(clamp(q, 0.0, f32(maxq)));
 }
 
-// One invocation per output word: gathers every value whose bits touch it,
-// so no two invocations write the same word.
+fn packed_code(r: u32, j: u32) -> u32 {
+    return code_of(r, j);
+}
+
+// One invocation per output word (shaders/pack_word.wgsl, which the host
+// prepends).
 @compute @workgroup_size(256)
 fn pack_codes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
@@ -54,22 +58,7 @@ fn pack_codes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     if (idx >= p.rows * p.words_per_row) {
         return;
     }
-    let r = idx / p.words_per_row;
-    let k = idx % p.words_per_row;
-    let first_bit = k * 32u;
-    let j0 = first_bit / p.bits;
-    let j1 = min((first_bit + 31u) / p.bits, p.cols - 1u);
-    var word = 0u;
-    for (var j = j0; j <= j1; j++) {
-        let code = code_of(r, j);
-        let bit = j * p.bits;
-        if (bit >= first_bit) {
-            word |= code << (bit - first_bit);
-        } else {
-            word |= code >> (first_bit - bit);
-        }
-    }
-    dst[idx] = word;
+    dst[idx] = pack_word(idx / p.words_per_row, idx % p.words_per_row, p.bits, p.cols);
 }
 
 // One invocation per value.

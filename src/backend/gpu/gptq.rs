@@ -26,7 +26,10 @@ use std::sync::Arc;
 
 /// The grid-independent part of the kernels; the grid's WGSL goes first.
 const SOURCE: &str = with_tile_gemm!("gptq.wgsl");
-const PACK_SOURCE: &str = include_str!("../../../shaders/gptq_pack.wgsl");
+const PACK_SOURCE: &str = concat!(
+    include_str!("../../../shaders/pack_word.wgsl"),
+    include_str!("../../../shaders/gptq_pack.wgsl")
+);
 /// Invocations per workgroup of `quantize_block` (one per row) and of
 /// `pack_in_order` (one per packed word).
 const WG: usize = 64;

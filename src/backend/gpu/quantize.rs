@@ -11,7 +11,10 @@ use crate::error::Result;
 use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
 
-const SOURCE: &str = include_str!("../../../shaders/quantize.wgsl");
+const SOURCE: &str = concat!(
+    include_str!("../../../shaders/pack_word.wgsl"),
+    include_str!("../../../shaders/quantize.wgsl")
+);
 const WG: usize = 256;
 
 /// Mirrors `Params` in quantize.wgsl.

@@ -1,371 +1,39 @@
-//! Sequential GPTQ over a whole model, one decoder layer at a time
-//! (GPTQ's `llama_sequential` with `true_sequential`):
-//!
-//! 1. calibration windows are embedded: the hidden state of every window
-//!    `[samples·len, hidden]` is the only activation kept across layers;
-//! 2. per layer, its weights alone are loaded and it is run stage by stage,
-//!    each stage fed by the already-quantized stages before it:
-//!    q/k/v (one Hessian of the normed input), o (Hessian of the attention
-//!    output), gate/up (one Hessian), down (Hessian of `silu(gate)·up`);
-//!    the layer's quantized output becomes the next layer's input;
-//! 3. with `quantize_output_head`, the head gets GPTQ on the final normed
-//!    hidden state.
-//!
-//! Activations go through in chunks of whole windows, so host memory holds
-//! one layer's weights, the hidden state, one hidden-sized stage buffer and
-//! (when under [`GptqSettings::activation_budget`]) the MLP activations; the
-//! GPU holds only the buffers of the kernels running (a Hessian being
-//! accumulated, a weight under GPTQ). Hessians, GPTQ updates, the
-//! quantized linears of the stage forward and attention run on the
-//! backend; norms and RoPE on the CPU.
-//!
-//! Every quantized linear is also quantized with RTN at the same settings
-//! and both are scored by the relative output error ‖WX − ŴX‖²/‖WX‖² on the
-//! calibration inputs (exact from the Hessian: `tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)`).
+//! One decoder layer of the calibration forward, run and quantized stage by
+//! stage (each stage fed by the already-quantized stages before it).
 
-use super::calib::{load_windows, CalibConfig, CalibWindows};
-use super::memory;
-use crate::backend::{Backend, CpuBackend, ResidentLinear};
+use super::report::{LinearReport, Phases};
+use super::GptqEvent;
+use crate::backend::{Backend, ResidentLinear};
 use crate::error::{Error, Result};
 use crate::model::arch::ArchConfig;
 use crate::model::forward::ops::{self, AttnShape, RopeTable};
 use crate::model::forward::{self, LayerWeights, Linear};
-use crate::model::tokenizer::Tokenizer;
 use crate::model::{ModelView, TensorKind};
 use crate::quant::gptq::{self, GptqOptions, Hessian, HessianAccumulation};
 use crate::quant::{rtn, QuantScheme, QuantizedTensor};
 use rayon::prelude::*;
-use serde::Serialize;
 use std::time::Instant;
 
-/// GPTQ settings beyond the quantization scheme.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GptqSettings {
-    pub calib: CalibConfig,
-    pub options: GptqOptions,
-    /// Bytes of transient activations per chunk of windows (sets how many
-    /// windows go through a stage at once).
-    pub chunk_budget: usize,
-    /// Keep `silu(gate)·up` of all windows between the down Hessian and the
-    /// down projection when it fits in this many bytes; recompute it
-    /// otherwise (the gate and up projections again: a third more forward
-    /// FLOPs). Default: a quarter of the available memory, 1 to 16 GiB.
-    pub activation_budget: usize,
-}
-
-impl GptqSettings {
-    pub fn new(calib: CalibConfig) -> Self {
-        Self {
-            calib,
-            options: GptqOptions::default(),
-            chunk_budget: 256 << 20,
-            activation_budget: memory::available_bytes()
-                .map_or(1 << 30, |a| (a / 4).clamp(1 << 30, 16 << 30))
-                as usize,
-        }
-    }
-}
-
-/// Seconds and FLOPs of one phase.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct Phase {
-    pub seconds: f64,
-    pub flops: f64,
-}
-
-impl Phase {
-    fn add(&mut self, seconds: f64, flops: f64) {
-        self.seconds += seconds;
-        self.flops += flops;
-    }
-    fn time<T>(&mut self, flops: f64, f: impl FnOnce() -> T) -> T {
-        let t = Instant::now();
-        let out = f();
-        self.add(t.elapsed().as_secs_f64(), flops);
-        out
-    }
-}
-
-/// Where the time went. FLOPs count multiply-adds as 2: the calibration
-/// forward's linears and attention (full QKᵀ and PV squares), the Hessians
-/// as symmetric rank-k updates (`tokens·cols·(cols+1)`), the f64
-/// factorisations (`cols³` per Hessian), the GPTQ column updates, and the
-/// error report (three `tr(A H Aᵀ)` per linear, RTN included).
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct Phases {
-    pub forward: Phase,
-    pub hessian: Phase,
-    pub factor: Phase,
-    pub update: Phase,
-    pub report: Phase,
-}
-
-impl Phases {
-    pub fn total(&self) -> Phase {
-        let all = [
-            self.forward,
-            self.hessian,
-            self.factor,
-            self.update,
-            self.report,
-        ];
-        Phase {
-            seconds: all.iter().map(|p| p.seconds).sum(),
-            flops: all.iter().map(|p| p.flops).sum(),
-        }
-    }
-    fn merge(&mut self, o: &Phases) {
-        for (a, b) in [
-            (&mut self.forward, o.forward),
-            (&mut self.hessian, o.hessian),
-            (&mut self.factor, o.factor),
-            (&mut self.update, o.update),
-            (&mut self.report, o.report),
-        ] {
-            a.add(b.seconds, b.flops);
-        }
-    }
-}
-
-/// One quantized linear.
-#[derive(Clone, Debug, Serialize)]
-pub struct LinearReport {
-    pub name: String,
-    pub rows: usize,
-    pub cols: usize,
-    /// ‖WX − ŴX‖²/‖WX‖² on the calibration inputs, GPTQ and RTN.
-    pub gptq_error: f64,
-    pub rtn_error: f64,
-    pub damp_used: f64,
-    pub damp_retries: u32,
-    pub dead_columns: usize,
-    /// GPTQ column updates (the shared factorisation is in the phases).
-    pub seconds: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct LayerReport {
-    pub layer: usize,
-    pub seconds: f64,
-    pub phases: Phases,
-    pub linears: Vec<LinearReport>,
-}
-
-/// Everything a GPTQ run measured; written as JSON next to the output.
-#[derive(Clone, Debug, Serialize)]
-pub struct GptqRunReport {
-    pub calib: CalibConfig,
-    /// Tokens in the calibration text.
-    pub calib_text_tokens: usize,
-    pub damp: f64,
-    pub block: usize,
-    pub act_order: bool,
-    /// Windows per stage chunk, and whether the MLP activations were kept.
-    pub chunk_windows: usize,
-    pub stored_mlp_activations: bool,
-    pub layers: Vec<LayerReport>,
-    pub head: Option<LinearReport>,
-    pub phases: Phases,
-    pub seconds: f64,
-    /// Peak resident host memory of the process during the run (Linux).
-    pub peak_host_bytes: Option<u64>,
-    /// Peak bytes of GPU buffers alive at once (GPU backend).
-    pub peak_gpu_bytes: Option<u64>,
-    /// Bytes copied host → GPU and GPU → host during the run (GPU backend).
-    pub gpu_transfer_bytes: Option<(u64, u64)>,
-    /// The model's weights as f32, for comparison with the peaks.
-    pub model_f32_bytes: u64,
-    /// Linears whose GPTQ error is not below RTN's.
-    pub linears_not_better_than_rtn: Vec<String>,
-}
-
-/// What the pipeline tells its caller as it goes.
-pub enum GptqEvent<'a> {
-    /// The calibration windows are embedded; `layers` follow.
-    Calibrated { tokens: usize, layers: usize },
-    /// A linear is quantized: write it. `w` is its original weight.
-    Tensor {
-        name: &'a str,
-        shape: [usize; 2],
-        q: &'a QuantizedTensor,
-        w: &'a [f32],
-    },
-    /// Layer `index` is done.
-    Layer {
-        index: usize,
-        report: &'a LayerReport,
-    },
-}
-
-/// Runs sequential GPTQ on `view`. Quantized tensors are handed to `on_event`
-/// as soon as they exist (nothing else is held), `cancelled` is polled
-/// between linears.
-pub fn run(
-    backend: &dyn Backend,
-    view: &ModelView,
-    scheme: &QuantScheme,
-    settings: &GptqSettings,
-    quantize_head: bool,
-    on_event: &mut dyn FnMut(GptqEvent) -> Result<()>,
-    cancelled: &dyn Fn() -> bool,
-) -> Result<GptqRunReport> {
-    let start = Instant::now();
-    memory::reset_host_peak();
-    backend.reset_memory_peak();
-    let transfers_before = backend.transfer_bytes();
-    let arch = view.arch().clone();
-    let tokenizer = Tokenizer::from_model(view)?;
-    let windows = load_windows(&settings.calib, &tokenizer)?;
-    let mut hidden = embed_windows(view, &windows)?;
-    let check = |what: &str| -> Result<()> {
-        if cancelled() {
-            return Err(Error::Cancelled);
-        }
-        log::debug!("{what}");
-        Ok(())
-    };
-
-    let (h, f) = (arch.hidden_size, arch.intermediate_size);
-    let widest = f.max(h) + 2 * f;
-    let chunk = (settings.chunk_budget / (windows.len * widest * 4)).clamp(1, windows.samples);
-    let store_mlp = windows.samples * windows.len * f * 4 <= settings.activation_budget;
-    let rope_inv = forward::rope_inv_freq(&arch, forward::load_rope_freq_factors(view)?.as_deref());
-    let mut runner = LayerRunner {
-        backend,
-        view,
-        arch: &arch,
-        scheme,
-        opts: &settings.options,
-        rope_inv,
-        seq: windows.len,
-        chunk,
-        store_mlp,
-        phases: Phases::default(),
-    };
-    on_event(GptqEvent::Calibrated {
-        tokens: windows.tokens.len(),
-        layers: arch.num_layers,
-    })?;
-
-    let mut layers = Vec::with_capacity(arch.num_layers);
-    let mut phases = Phases::default();
-    for i in 0..arch.num_layers {
-        check(&format!("layer {i}"))?;
-        let t = Instant::now();
-        runner.phases = Phases::default();
-        let linears = runner.layer(i, &mut hidden, on_event, &check)?;
-        let report = LayerReport {
-            layer: i,
-            seconds: t.elapsed().as_secs_f64(),
-            phases: runner.phases,
-            linears,
-        };
-        phases.merge(&report.phases);
-        on_event(GptqEvent::Layer {
-            index: i,
-            report: &report,
-        })?;
-        layers.push(report);
-    }
-
-    let head = match (quantize_head, forward::load_head(view)?) {
-        (true, Some(head)) => {
-            check("output head")?;
-            runner.phases = Phases::default();
-            let report = runner.head(&head, &hidden, on_event)?;
-            phases.merge(&runner.phases);
-            Some(report)
-        }
-        _ => None,
-    };
-    let not_better = layers
-        .iter()
-        .flat_map(|l| &l.linears)
-        .chain(&head)
-        .filter(|l| l.gptq_error >= l.rtn_error)
-        .map(|l| l.name.clone())
-        .collect();
-    Ok(GptqRunReport {
-        calib: settings.calib.clone(),
-        calib_text_tokens: windows.text_tokens,
-        damp: settings.options.damp,
-        block: settings.options.block,
-        act_order: settings.options.act_order,
-        chunk_windows: chunk,
-        stored_mlp_activations: store_mlp,
-        layers,
-        head,
-        phases,
-        seconds: start.elapsed().as_secs_f64(),
-        peak_host_bytes: memory::host_peak_bytes(),
-        peak_gpu_bytes: backend.memory_peak(),
-        gpu_transfer_bytes: transfer_since(backend, transfers_before),
-        model_f32_bytes: view.tensors().iter().map(|t| t.numel() as u64 * 4).sum(),
-        linears_not_better_than_rtn: not_better,
-    })
-}
-
-/// Host ↔ device bytes since `before` (a [`Backend::transfer_bytes`] reading).
-pub fn transfer_since(backend: &dyn Backend, before: Option<(u64, u64)>) -> Option<(u64, u64)> {
-    let (now, before) = (backend.transfer_bytes()?, before.unwrap_or((0, 0)));
-    Some((
-        now.0.saturating_sub(before.0),
-        now.1.saturating_sub(before.1),
-    ))
-}
-
-/// The embeddings of the calibration tokens, `[samples·len, hidden]`; the
-/// embedding matrix is dropped afterwards.
-fn embed_windows(view: &ModelView, windows: &CalibWindows) -> Result<Vec<f32>> {
-    let a = view.arch();
-    let h = a.hidden_size;
-    let name = forward::global_tensor_name(view, "embed");
-    let embed = view.load_f32(&name)?;
-    if embed.len() != a.vocab_size * h {
-        return Err(Error::format(
-            view.path(),
-            format!(
-                "'{name}' has {} values, the config implies [{}, {h}]",
-                embed.len(),
-                a.vocab_size
-            ),
-        ));
-    }
-    let mut out = Vec::with_capacity(windows.tokens.len() * h);
-    for &t in &windows.tokens {
-        let t = t as usize;
-        if t >= a.vocab_size {
-            return Err(Error::Config(format!(
-                "calibration token id {t} is outside the model's vocabulary ({} ids); \
-                 the tokenizer does not match the weights",
-                a.vocab_size
-            )));
-        }
-        out.extend_from_slice(&embed[t * h..(t + 1) * h]);
-    }
-    Ok(out)
-}
-
 /// Runs and quantizes one layer at a time.
-struct LayerRunner<'a> {
-    backend: &'a dyn Backend,
-    view: &'a ModelView,
-    arch: &'a ArchConfig,
-    scheme: &'a QuantScheme,
-    opts: &'a GptqOptions,
-    rope_inv: Vec<f64>,
+pub(super) struct LayerRunner<'a> {
+    pub(super) backend: &'a dyn Backend,
+    pub(super) view: &'a ModelView,
+    pub(super) arch: &'a ArchConfig,
+    pub(super) scheme: &'a QuantScheme,
+    pub(super) opts: &'a GptqOptions,
+    pub(super) rope_inv: Vec<f64>,
     /// Tokens per window, windows per chunk.
-    seq: usize,
-    chunk: usize,
-    store_mlp: bool,
-    phases: Phases,
+    pub(super) seq: usize,
+    pub(super) chunk: usize,
+    pub(super) store_mlp: bool,
+    pub(super) phases: Phases,
 }
 
 /// The dense f32 weight of a linear (a packed source is dequantized).
 fn dense(linear: &Linear) -> Result<Vec<f32>> {
     match linear {
         Linear::Dense { w, .. } => Ok(w.clone()),
-        Linear::Packed(q) => CpuBackend.dequantize(q),
+        Linear::Packed(q) => q.dequantize(),
     }
 }
 
@@ -523,7 +191,7 @@ impl<'a> LayerRunner<'a> {
     }
 
     /// Quantizes layer `i` stage by stage and advances `hidden` through it.
-    fn layer(
+    pub(super) fn layer(
         &mut self,
         i: usize,
         hidden: &mut [f32],
@@ -704,7 +372,7 @@ impl<'a> LayerRunner<'a> {
     }
 
     /// GPTQ of the output head on the final normed hidden state.
-    fn head(
+    pub(super) fn head(
         &mut self,
         head: &Linear,
         hidden: &[f32],

@@ -1,0 +1,119 @@
+//! What a GPTQ run measured: time and FLOPs by phase, and each linear's
+//! error against RTN's. Written as `gptq-report.json` next to the output.
+
+use crate::pipeline::calib::CalibConfig;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Seconds and FLOPs of one phase.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Phase {
+    pub seconds: f64,
+    pub flops: f64,
+}
+
+impl Phase {
+    pub(super) fn add(&mut self, seconds: f64, flops: f64) {
+        self.seconds += seconds;
+        self.flops += flops;
+    }
+    pub(super) fn time<T>(&mut self, flops: f64, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = f();
+        self.add(t.elapsed().as_secs_f64(), flops);
+        out
+    }
+}
+
+/// Where the time went. FLOPs count multiply-adds as 2: the calibration
+/// forward's linears and attention (full QKᵀ and PV squares), the Hessians
+/// as symmetric rank-k updates (`tokens·cols·(cols+1)`), the f64
+/// factorisations (`cols³` per Hessian), the GPTQ column updates, and the
+/// error report (three `tr(A H Aᵀ)` per linear, RTN included).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Phases {
+    pub forward: Phase,
+    pub hessian: Phase,
+    pub factor: Phase,
+    pub update: Phase,
+    pub report: Phase,
+}
+
+impl Phases {
+    pub fn total(&self) -> Phase {
+        let all = [
+            self.forward,
+            self.hessian,
+            self.factor,
+            self.update,
+            self.report,
+        ];
+        Phase {
+            seconds: all.iter().map(|p| p.seconds).sum(),
+            flops: all.iter().map(|p| p.flops).sum(),
+        }
+    }
+    pub(super) fn merge(&mut self, o: &Phases) {
+        for (a, b) in [
+            (&mut self.forward, o.forward),
+            (&mut self.hessian, o.hessian),
+            (&mut self.factor, o.factor),
+            (&mut self.update, o.update),
+            (&mut self.report, o.report),
+        ] {
+            a.add(b.seconds, b.flops);
+        }
+    }
+}
+
+/// One quantized linear.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinearReport {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    /// ‖WX − ŴX‖²/‖WX‖² on the calibration inputs, GPTQ and RTN.
+    pub gptq_error: f64,
+    pub rtn_error: f64,
+    pub damp_used: f64,
+    pub damp_retries: u32,
+    pub dead_columns: usize,
+    /// GPTQ column updates (the shared factorisation is in the phases).
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerReport {
+    pub layer: usize,
+    pub seconds: f64,
+    pub phases: Phases,
+    pub linears: Vec<LinearReport>,
+}
+
+/// Everything a GPTQ run measured; written as JSON next to the output.
+#[derive(Clone, Debug, Serialize)]
+pub struct GptqRunReport {
+    pub calib: CalibConfig,
+    /// Tokens in the calibration text.
+    pub calib_text_tokens: usize,
+    pub damp: f64,
+    pub block: usize,
+    pub act_order: bool,
+    /// Windows per stage chunk, and whether the MLP activations were kept.
+    pub chunk_windows: usize,
+    pub stored_mlp_activations: bool,
+    pub layers: Vec<LayerReport>,
+    pub head: Option<LinearReport>,
+    pub phases: Phases,
+    pub seconds: f64,
+    /// Peak resident host memory of the process during the run (Linux).
+    pub peak_host_bytes: Option<u64>,
+    /// Peak bytes of GPU buffers alive at once (GPU backend).
+    pub peak_gpu_bytes: Option<u64>,
+    /// Bytes copied host → GPU and GPU → host during the run (GPU backend).
+    pub gpu_transfer_bytes: Option<(u64, u64)>,
+    /// The model's weights as f32, for comparison with the peaks.
+    pub model_f32_bytes: u64,
+    /// Linears whose GPTQ error is not below RTN's.
+    pub linears_not_better_than_rtn: Vec<String>,
+}
