@@ -1,5 +1,5 @@
 // Dequant-matmul family: y[t, row0 + r] = sum_k x[t, k] * scale[r, g] * (q[r, k] - zero[r, g]),
-// g = k / group_len. Weights are packed as in src/quant/packed.rs: per row a
+// g = k / group_len. Weights are packed as in src/encoding/affine/packing.rs: per row a
 // little-endian bit stream of BITS-bit codes, rows padded to u32 words.
 // 32 codes always fill exactly BITS words, so a "unit" of 32 codes is
 // word-aligned for every bit width.

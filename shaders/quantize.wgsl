@@ -1,6 +1,6 @@
 // Quantize, pack, unpack and dequantize kernels.
 //
-// Layout (see src/quant/packed.rs): codes of each row form a dense
+// Layout (see src/encoding/affine/packing.rs): codes of each row form a dense
 // little-endian bit stream, value j at bits [j*bits, (j+1)*bits), rows padded
 // to whole u32 words. Codes are unsigned; w = scale * (q - zero).
 // The CPU reference is src/backend/cpu/mod.rs; both must round alike:
