@@ -8,9 +8,9 @@
 pub mod cpu;
 pub mod gpu;
 
+use crate::backend::cpu::ops::AttnShape;
 use crate::encoding::{Grid, GridCodes, QuantizedTensor};
 use crate::error::Result;
-use crate::model::forward::ops::AttnShape;
 
 /// Per-group quantization parameters handed to [`Backend::quantize_codes`].
 pub struct GroupParams<'a> {

@@ -5,6 +5,7 @@ pub mod cholesky;
 pub mod gemm;
 pub mod gptq;
 pub mod matmul;
+pub mod ops;
 mod simd;
 pub mod trace;
 
@@ -16,7 +17,7 @@ use crate::encoding::affine::packing::{pack_row, unpack_codes, words_per_row};
 use crate::encoding::affine::scheme::quantize_value;
 use crate::encoding::QuantizedTensor;
 use crate::error::Result;
-use crate::model::forward::ops::{self, AttnShape};
+use ops::AttnShape;
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, Default)]

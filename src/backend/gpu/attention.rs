@@ -4,8 +4,8 @@
 
 use super::context::{Binding, GpuContext};
 use super::{check_buffer, f32_bytes};
+use crate::backend::cpu::ops::AttnShape;
 use crate::error::{Error, Result};
-use crate::model::forward::ops::AttnShape;
 use bytemuck::{Pod, Zeroable};
 
 const SOURCE: &str = include_str!("../../../shaders/attention.wgsl");

@@ -38,9 +38,9 @@ use super::{
     check_trace_args, Backend, GptqColumns, GptqSpec, GroupParams, HessianAccumulator,
     ResidentLinear,
 };
+use crate::backend::cpu::ops::AttnShape;
 use crate::encoding::QuantizedTensor;
 use crate::error::Result;
-use crate::model::forward::ops::AttnShape;
 use std::ops::Range;
 use std::sync::Arc;
 

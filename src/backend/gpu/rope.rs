@@ -4,8 +4,8 @@
 
 use super::context::{Binding, GpuContext};
 use super::{check_buffer, f32_bytes, GpuBuffer};
+use crate::backend::cpu::ops::RopeTable;
 use crate::error::{Error, Result};
-use crate::model::forward::ops::RopeTable;
 use bytemuck::{Pod, Zeroable};
 
 const SOURCE: &str = include_str!("../../../shaders/rope.wgsl");

@@ -2,11 +2,11 @@
 //! or packed linears, batches of equal-length sequences, and a KV cache for
 //! generation.
 
-use super::ops::{self, AttnShape, RopeTable};
-use super::{Decoder, Forward, LayerWeights, LinearInput, LinearSite, LlamaWeights};
+use super::ops;
+use super::{Decoder, DecoderLayer, Forward, LayerWeights, LinearInput, LinearSite, LlamaWeights};
 use crate::error::{Error, Result};
 use crate::model::arch::ArchConfig;
-use crate::model::view::ModelView;
+use crate::model::view::{ModelView, TensorKind};
 
 /// Runs a Llama-family model on the CPU.
 pub struct CpuForward {
@@ -166,33 +166,31 @@ impl CpuForward {
             })
         };
 
-        // Attention block: projections over all rows, attention per sequence.
-        let x = ops::rms_norm(hidden, &lw.attn_norm, a.rms_norm_eps);
-        call(LinearSite::AttnQkv, &x, h);
-        let mut q = lw.q.apply(&x, rows)?;
-        let mut k = lw.k.apply(&x, rows)?;
-        let mut v = lw.v.apply(&x, rows)?;
-        if let Some(b) = &lw.qkv_bias {
-            ops::add_bias(&mut q, &b.q);
-            ops::add_bias(&mut k, &b.k);
-            ops::add_bias(&mut v, &b.v);
-        }
-        let shape = AttnShape {
-            heads: a.num_heads,
-            kv_heads: a.num_kv_heads,
-            head_dim: a.head_dim(),
+        let layer = DecoderLayer {
+            arch: a,
+            weights: lw,
+            inv_freq: &self.inv_freq,
         };
-        let rope = RopeTable::new(start, seq, &self.inv_freq);
+        let mut linear = |kind: TensorKind, x: &[f32]| {
+            let w = lw.linear(kind).ok_or_else(|| {
+                Error::Config(format!("layer {i} has no {} linear", kind.label()))
+            })?;
+            w.apply(x, x.len() / w.cols())
+        };
+
+        // Attention block: projections over all rows, attention per sequence.
+        let x = layer.attn_input(hidden);
+        call(LinearSite::AttnQkv, &x, h);
+        let [q, k, v] = layer.qkv(&x, seq, start, &mut linear)?;
+        let shape = layer.attn_shape();
         let (qw, kvw) = (
             shape.heads * shape.head_dim,
             shape.kv_heads * shape.head_dim,
         );
         let mut attn = Vec::with_capacity(rows * qw);
         for b in 0..rows / seq {
-            let qb = &mut q[b * seq * qw..][..seq * qw];
-            let kb = &mut k[b * seq * kvw..][..seq * kvw];
-            rope.apply(qb, shape.heads, a.rope_adjacent_pairs);
-            rope.apply(kb, shape.kv_heads, a.rope_adjacent_pairs);
+            let qb = &q[b * seq * qw..][..seq * qw];
+            let kb = &k[b * seq * kvw..][..seq * kvw];
             let vb = &v[b * seq * kvw..][..seq * kvw];
             let out = match &mut past {
                 Past::Fresh => ops::attention(qb, kb, vb, seq, 0, shape),
@@ -205,18 +203,14 @@ impl CpuForward {
             attn.extend_from_slice(&out);
         }
         call(LinearSite::AttnOutput, &attn, qw);
-        let o = lw.o.apply(&attn, rows)?;
-        ops::add_in_place(hidden, &o);
+        layer.add_attn_output(hidden, &attn, &mut linear)?;
 
         // SwiGLU MLP.
-        let x = ops::rms_norm(hidden, &lw.ffn_norm, a.rms_norm_eps);
+        let x = layer.mlp_input(hidden);
         call(LinearSite::MlpGateUp, &x, h);
-        let mut g = lw.gate.apply(&x, rows)?;
-        let u = lw.up.apply(&x, rows)?;
-        ops::silu_mul(&mut g, &u);
+        let g = layer.mlp_activation(&x, &mut linear)?;
         call(LinearSite::MlpDown, &g, f);
-        let d = lw.down.apply(&g, rows)?;
-        ops::add_in_place(hidden, &d);
+        layer.add_mlp_output(hidden, &g, &mut linear)?;
         Ok(())
     }
 

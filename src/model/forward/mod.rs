@@ -9,11 +9,13 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod layer;
 pub mod linear;
-pub mod ops;
+pub use crate::backend::cpu::ops;
 
 pub use cpu::{CpuForward, KvCache};
 pub use gpu::{GpuForward, GpuKvCache};
+pub use layer::DecoderLayer;
 pub use linear::Linear;
 
 use super::arch::{ArchConfig, RopeScaling};

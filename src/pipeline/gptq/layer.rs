@@ -3,11 +3,11 @@
 
 use super::report::{LinearReport, Phases};
 use super::GptqEvent;
+use crate::backend::cpu::ops;
 use crate::backend::{Backend, ResidentLinear};
 use crate::error::{Error, Result};
 use crate::model::arch::ArchConfig;
-use crate::model::forward::ops::{self, AttnShape, RopeTable};
-use crate::model::forward::{self, LayerWeights, Linear};
+use crate::model::forward::{self, DecoderLayer, LayerWeights, Linear};
 use crate::model::{ModelView, TensorKind};
 use crate::quant::gptq::{self, GptqOptions, Hessian, HessianAccumulation};
 use crate::quant::{rtn, QuantScheme, QuantizedTensor};
@@ -21,7 +21,8 @@ pub(super) struct LayerRunner<'a> {
     pub(super) arch: &'a ArchConfig,
     pub(super) scheme: &'a QuantScheme,
     pub(super) opts: &'a GptqOptions,
-    pub(super) rope_inv: Vec<f64>,
+    /// RoPE inverse frequencies of the model.
+    pub(super) rope_inv: &'a [f64],
     /// Tokens per window, windows per chunk.
     pub(super) seq: usize,
     pub(super) chunk: usize,
@@ -47,10 +48,9 @@ impl<'a> LayerRunner<'a> {
             .collect()
     }
 
-    fn rms_norm(&mut self, x: &[f32], w: &[f32]) -> Vec<f32> {
-        let flops = 4.0 * x.len() as f64;
-        let eps = self.arch.rms_norm_eps;
-        self.phases.forward.time(flops, || ops::rms_norm(x, w, eps))
+    /// RMSNorm FLOPs of `values` inputs (square, sum, scale, multiply).
+    fn norm_flops(values: usize) -> f64 {
+        4.0 * values as f64
     }
 
     /// Each of `qs` kept on the backend for the chunks of the forward (one
@@ -66,14 +66,6 @@ impl<'a> LayerRunner<'a> {
         self.phases.forward.time(0.0, || {
             qs.iter().map(|q| backend.resident_linear(q)).collect()
         })
-    }
-
-    /// `x · Wᵀ` for a quantized linear, on the backend.
-    fn apply(&mut self, w: &dyn ResidentLinear, x: &[f32]) -> Result<Vec<f32>> {
-        let [rows, cols] = w.shape();
-        let tokens = x.len() / cols;
-        let flops = 2.0 * (tokens * rows * cols) as f64;
-        self.phases.forward.time(flops, || w.apply(x, tokens))
     }
 
     /// Adds `x` to a Hessian the backend keeps. Its kernels may still run
@@ -199,73 +191,78 @@ impl<'a> LayerRunner<'a> {
         check: &dyn Fn(&str) -> Result<()>,
     ) -> Result<Vec<LinearReport>> {
         let lw = LayerWeights::load(self.view, i)?;
-        let a = self.arch;
-        let (h, f) = (a.hidden_size, a.intermediate_size);
+        let layer = DecoderLayer {
+            arch: self.arch,
+            weights: &lw,
+            inv_freq: self.rope_inv,
+        };
+        let (h, f) = (self.arch.hidden_size, self.arch.intermediate_size);
         let chunks = self.chunks(hidden.len() / h);
         let mut reports = Vec::with_capacity(7);
+        // The quantized tensors outlive `done`, which holds them resident.
+        let (qkv, o, gate_up, down);
+        let mut done = Quantized::default();
+        let norm = Self::norm_flops;
 
         // q, k, v: the normed hidden state.
         let mut hess = self.start_hessian(h)?;
         for c in &chunks {
-            let x = self.rms_norm(&hidden[c.start * h..c.end * h], &lw.attn_norm);
+            let hc = &hidden[c.start * h..c.end * h];
+            let x = self
+                .phases
+                .forward
+                .time(norm(hc.len()), || layer.attn_input(hc));
             self.accumulate(&mut hess, &format!("layer {i} q/k/v input"), &x)?;
         }
         let hess = self.finish_hessian(hess)?;
         check(&format!("layer {i} q/k/v"))?;
-        let qkv = self.quantize_site(
-            &lw,
-            i,
-            &[TensorKind::AttnQ, TensorKind::AttnK, TensorKind::AttnV],
-            &hess,
-            on_event,
-            &mut reports,
-        )?;
-        let qkv = self.resident(&qkv)?;
+        qkv = self.quantize_site(&lw, i, QKV, &hess, on_event, &mut reports)?;
+        done.add(QKV, self.resident(&qkv)?);
 
         // o: attention output with the quantized q, k, v.
-        let qw = a.num_heads * a.head_dim();
+        let qw = self.arch.num_heads * self.arch.head_dim();
         let mut attn = Vec::with_capacity(hidden.len() / h * qw);
         let mut hess = self.start_hessian(qw)?;
         for c in &chunks {
-            let x = self.rms_norm(&hidden[c.start * h..c.end * h], &lw.attn_norm);
-            let out = self.attention(&lw, &qkv, &x)?;
+            let hc = &hidden[c.start * h..c.end * h];
+            let x = self
+                .phases
+                .forward
+                .time(norm(hc.len()), || layer.attn_input(hc));
+            let out = self.attention(&layer, &done, &x)?;
             self.accumulate(&mut hess, &format!("layer {i} attention output"), &out)?;
             attn.extend_from_slice(&out);
         }
         let hess = self.finish_hessian(hess)?;
         check(&format!("layer {i} o"))?;
-        let o = self.quantize_site(
-            &lw,
-            i,
-            &[TensorKind::AttnOutput],
-            &hess,
-            on_event,
-            &mut reports,
-        )?;
-        let o = self.resident(&o)?;
+        o = self.quantize_site(&lw, i, O, &hess, on_event, &mut reports)?;
+        done.add(O, self.resident(&o)?);
         for c in &chunks {
-            let y = self.apply(&*o[0], &attn[c.start * qw..c.end * qw])?;
-            ops::add_in_place(&mut hidden[c.start * h..c.end * h], &y);
+            let (hc, ac) = (
+                &mut hidden[c.start * h..c.end * h],
+                &attn[c.start * qw..c.end * qw],
+            );
+            let flops = done.flops(O, c.len());
+            self.phases.forward.time(flops, || {
+                layer.add_attn_output(hc, ac, &mut |k, x| done.apply(k, x))
+            })?;
         }
         drop(attn);
 
         // gate, up: the normed hidden state after attention.
         let mut hess = self.start_hessian(h)?;
         for c in &chunks {
-            let x = self.rms_norm(&hidden[c.start * h..c.end * h], &lw.ffn_norm);
+            let hc = &hidden[c.start * h..c.end * h];
+            let x = self
+                .phases
+                .forward
+                .time(norm(hc.len()), || layer.mlp_input(hc));
             self.accumulate(&mut hess, &format!("layer {i} gate/up input"), &x)?;
         }
         let hess = self.finish_hessian(hess)?;
         check(&format!("layer {i} gate/up"))?;
-        let gate_up = self.quantize_site(
-            &lw,
-            i,
-            &[TensorKind::MlpGate, TensorKind::MlpUp],
-            &hess,
-            on_event,
-            &mut reports,
-        )?;
-        let gate_up = self.resident(&gate_up)?;
+        gate_up = self.quantize_site(&lw, i, GATE_UP, &hess, on_event, &mut reports)?;
+        done.add(GATE_UP, self.resident(&gate_up)?);
 
         // down: silu(gate)·up with the quantized gate and up.
         let mut hess = self.start_hessian(f)?;
@@ -275,7 +272,7 @@ impl<'a> LayerRunner<'a> {
             0
         });
         for c in &chunks {
-            let act = self.mlp_activation(&lw, &gate_up, &hidden[c.start * h..c.end * h])?;
+            let act = self.mlp_activation(&layer, &done, &hidden[c.start * h..c.end * h])?;
             self.accumulate(&mut hess, &format!("layer {i} down input"), &act)?;
             if self.store_mlp {
                 kept.extend_from_slice(&act);
@@ -283,73 +280,40 @@ impl<'a> LayerRunner<'a> {
         }
         let hess = self.finish_hessian(hess)?;
         check(&format!("layer {i} down"))?;
-        let down = self.quantize_site(
-            &lw,
-            i,
-            &[TensorKind::MlpDown],
-            &hess,
-            on_event,
-            &mut reports,
-        )?;
-        let down = self.resident(&down)?;
+        down = self.quantize_site(&lw, i, DOWN, &hess, on_event, &mut reports)?;
+        done.add(DOWN, self.resident(&down)?);
         for c in &chunks {
             let recomputed;
             let act = match self.store_mlp {
                 true => &kept[c.start * f..c.end * f],
                 false => {
-                    recomputed =
-                        self.mlp_activation(&lw, &gate_up, &hidden[c.start * h..c.end * h])?;
+                    let hc = &hidden[c.start * h..c.end * h];
+                    recomputed = self.mlp_activation(&layer, &done, hc)?;
                     &recomputed[..]
                 }
             };
-            let y = self.apply(&*down[0], act)?;
-            ops::add_in_place(&mut hidden[c.start * h..c.end * h], &y);
+            let hc = &mut hidden[c.start * h..c.end * h];
+            let flops = done.flops(DOWN, c.len());
+            self.phases.forward.time(flops, || {
+                layer.add_mlp_output(hc, act, &mut |k, x| done.apply(k, x))
+            })?;
         }
         check_hidden(i, hidden, h)?;
         Ok(reports)
     }
 
     /// Attention output `[rows, heads·hd]` of the normed input `x` of whole
-    /// windows, with the quantized q, k, v.
-    fn attention(
-        &mut self,
-        lw: &LayerWeights,
-        qkv: &[Box<dyn ResidentLinear + '_>],
-        x: &[f32],
-    ) -> Result<Vec<f32>> {
-        let a = self.arch;
-        let mut q = self.apply(&*qkv[0], x)?;
-        let mut k = self.apply(&*qkv[1], x)?;
-        let mut v = self.apply(&*qkv[2], x)?;
-        let shape = AttnShape {
-            heads: a.num_heads,
-            kv_heads: a.num_kv_heads,
-            head_dim: a.head_dim(),
-        };
-        let (seq, inv) = (self.seq, &self.rope_inv);
-        let (qw, kvw) = (
-            shape.heads * shape.head_dim,
-            shape.kv_heads * shape.head_dim,
-        );
-        let windows = q.len() / (seq * qw);
+    /// windows, with the quantized q, k, v; attention on the backend.
+    fn attention(&mut self, layer: &DecoderLayer, done: &Quantized, x: &[f32]) -> Result<Vec<f32>> {
+        let (seq, backend) = (self.seq, self.backend);
+        let tokens = x.len() / self.arch.hidden_size;
+        let [q, k, v] = self.phases.forward.time(done.flops(QKV, tokens), || {
+            layer.qkv(x, seq, 0, &mut |kind, x| done.apply(kind, x))
+        })?;
+        let shape = layer.attn_shape();
+        let windows = tokens / seq;
         let flops = (windows * shape.heads * 4 * seq * seq * shape.head_dim) as f64;
-        let backend = self.backend;
         self.phases.forward.time(flops, || {
-            if let Some(b) = &lw.qkv_bias {
-                ops::add_bias(&mut q, &b.q);
-                ops::add_bias(&mut k, &b.k);
-                ops::add_bias(&mut v, &b.v);
-            }
-            let rope = RopeTable::new(0, seq, inv);
-            for b in 0..windows {
-                rope.apply(
-                    &mut q[b * seq * qw..][..seq * qw],
-                    shape.heads,
-                    a.rope_adjacent_pairs,
-                );
-                let kb = &mut k[b * seq * kvw..][..seq * kvw];
-                rope.apply(kb, shape.kv_heads, a.rope_adjacent_pairs);
-            }
             backend.causal_attention(&q, &k, &v, windows, seq, shape)
         })
     }
@@ -357,18 +321,20 @@ impl<'a> LayerRunner<'a> {
     /// `silu(gate(x))·up(x)` for `x = rms_norm(hidden)`, quantized gate and up.
     fn mlp_activation(
         &mut self,
-        lw: &LayerWeights,
-        gate_up: &[Box<dyn ResidentLinear + '_>],
+        layer: &DecoderLayer,
+        done: &Quantized,
         hidden: &[f32],
     ) -> Result<Vec<f32>> {
-        let x = self.rms_norm(hidden, &lw.ffn_norm);
-        let mut g = self.apply(&*gate_up[0], &x)?;
-        let u = self.apply(&*gate_up[1], &x)?;
-        let flops = 6.0 * g.len() as f64;
-        self.phases
+        let x = self
+            .phases
             .forward
-            .time(flops, || ops::silu_mul(&mut g, &u));
-        Ok(g)
+            .time(Self::norm_flops(hidden.len()), || layer.mlp_input(hidden));
+        let tokens = hidden.len() / self.arch.hidden_size;
+        let flops =
+            done.flops(GATE_UP, tokens) + 6.0 * (tokens * self.arch.intermediate_size) as f64;
+        self.phases.forward.time(flops, || {
+            layer.mlp_activation(&x, &mut |kind, x| done.apply(kind, x))
+        })
     }
 
     /// GPTQ of the output head on the final normed hidden state.
@@ -382,7 +348,12 @@ impl<'a> LayerRunner<'a> {
         let h = self.arch.hidden_size;
         let mut hess = self.start_hessian(h)?;
         for c in self.chunks(hidden.len() / h) {
-            let x = self.rms_norm(&hidden[c.start * h..c.end * h], &norm);
+            let hc = &hidden[c.start * h..c.end * h];
+            let eps = self.arch.rms_norm_eps;
+            let x = self
+                .phases
+                .forward
+                .time(Self::norm_flops(hc.len()), || ops::rms_norm(hc, &norm, eps));
             self.accumulate(&mut hess, "output head input", &x)?;
         }
         let hess = self.finish_hessian(hess)?;
@@ -397,6 +368,47 @@ impl<'a> LayerRunner<'a> {
             w: &w,
         })?;
         Ok(report)
+    }
+}
+
+const QKV: &[TensorKind] = &[TensorKind::AttnQ, TensorKind::AttnK, TensorKind::AttnV];
+const O: &[TensorKind] = &[TensorKind::AttnOutput];
+const GATE_UP: &[TensorKind] = &[TensorKind::MlpGate, TensorKind::MlpUp];
+const DOWN: &[TensorKind] = &[TensorKind::MlpDown];
+
+/// The layer's linears quantized so far, kept on the backend (one upload
+/// per layer, not one per chunk) and applied by kind.
+#[derive(Default)]
+struct Quantized<'q> {
+    linears: Vec<(TensorKind, Box<dyn ResidentLinear + 'q>)>,
+}
+
+impl<'q> Quantized<'q> {
+    fn add(&mut self, kinds: &[TensorKind], resident: Vec<Box<dyn ResidentLinear + 'q>>) {
+        self.linears.extend(kinds.iter().copied().zip(resident));
+    }
+
+    fn get(&self, kind: TensorKind) -> Result<&dyn ResidentLinear> {
+        self.linears
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, l)| &**l)
+            .ok_or_else(|| Error::Config(format!("{} used before it was quantized", kind.label())))
+    }
+
+    /// `x · Wᵀ` on the backend.
+    fn apply(&self, kind: TensorKind, x: &[f32]) -> Result<Vec<f32>> {
+        let w = self.get(kind)?;
+        w.apply(x, x.len() / w.shape()[1])
+    }
+
+    /// FLOPs of applying the linears `kinds` to `tokens` rows.
+    fn flops(&self, kinds: &[TensorKind], tokens: usize) -> f64 {
+        kinds
+            .iter()
+            .filter_map(|&k| self.get(k).ok())
+            .map(|w| 2.0 * (tokens * w.shape()[0] * w.shape()[1]) as f64)
+            .sum()
     }
 }
 

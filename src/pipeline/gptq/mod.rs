@@ -129,7 +129,7 @@ pub fn run(
         arch: &arch,
         scheme,
         opts: &settings.options,
-        rope_inv,
+        rope_inv: &rope_inv,
         seq: windows.len,
         chunk,
         store_mlp,
