@@ -12,10 +12,12 @@
 
 pub mod backend;
 pub mod bench;
+pub mod cancel;
 pub mod encoding;
 pub mod error;
 pub mod eval;
 pub mod formats;
+pub mod gemm;
 pub mod generate;
 pub mod model;
 pub mod pipeline;

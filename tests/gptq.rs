@@ -134,7 +134,7 @@ fn hessian_gpu_split_path_matches_cpu() {
 fn rtn_proxy(w: &[f32], h: &[f32], rows: usize, cols: usize, scheme: &QuantScheme) -> f64 {
     let q = rtn::quantize(&CpuBackend, "w", w, rows, cols, scheme).unwrap();
     let w_hat = CpuBackend.dequantize(&q).unwrap();
-    gptq::proxy_error(w, &w_hat, h, rows, cols)
+    common::proxy_error(w, &w_hat, h, rows, cols)
 }
 
 fn gptq_schemes() -> Vec<QuantScheme> {
@@ -175,7 +175,7 @@ fn gptq_beats_rtn_on_correlated_inputs() {
         .unwrap();
         q.validate("gptq").unwrap();
         let w_hat = CpuBackend.dequantize(&q).unwrap();
-        let true_err = gptq::output_error(&w, &w_hat, &x, rows, cols, tokens);
+        let true_err = common::output_error(&w, &w_hat, &x, rows, cols, tokens);
         let rtn = rtn_proxy(&w, &hess.h, rows, cols, &scheme);
         eprintln!(
             "{}: GPTQ proxy {:.3e} (output error {true_err:.3e}), RTN {rtn:.3e}, ratio {:.3}",
@@ -239,7 +239,7 @@ fn gptq_act_order_static_groups() {
             "{label}: not by decreasing diag(H)"
         );
         let w_hat = CpuBackend.dequantize(&q).unwrap();
-        let true_err = gptq::output_error(&w, &w_hat, &x, rows, cols, tokens);
+        let true_err = common::output_error(&w, &w_hat, &x, rows, cols, tokens);
         let rtn = rtn_proxy(&w, &hess.h, rows, cols, &scheme);
         let (_, plain) = gptq::quantize(
             &CpuBackend,

@@ -136,7 +136,7 @@ fn toy_grid_runs_through_gptq_on_both_backends() {
             }
         }
     }
-    let rtn_error = gptq::proxy_error(&w, &rounded, &h.h, rows, cols);
+    let rtn_error = common::proxy_error(&w, &rounded, &h.h, rows, cols);
 
     for act_order in [false, true] {
         let opts = GptqOptions {
@@ -158,14 +158,14 @@ fn toy_grid_runs_through_gptq_on_both_backends() {
         };
         let (cc, cg) = (run(&CpuBackend), run(&gpu));
         let (ec, eg) = (
-            gptq::proxy_error(
+            common::proxy_error(
                 &w,
                 &dequantize(&cc, rows, cols, group_len),
                 &h.h,
                 rows,
                 cols,
             ),
-            gptq::proxy_error(
+            common::proxy_error(
                 &w,
                 &dequantize(&cg, rows, cols, group_len),
                 &h.h,

@@ -102,10 +102,10 @@ fn gptq_beats_rtn_on_smollm2_layer0() {
                 )
                 .unwrap();
                 let gptq_w = CpuBackend.dequantize(&gq).unwrap();
-                let e_rtn = gptq::output_error(w, &rtn_w, x, rows, cols, n);
-                let e_gptq = gptq::output_error(w, &gptq_w, x, rows, cols, n);
-                let h_rtn = gptq::output_error(w, &rtn_w, x_out, rows, cols, 8 * seq);
-                let h_gptq = gptq::output_error(w, &gptq_w, x_out, rows, cols, 8 * seq);
+                let e_rtn = common::output_error(w, &rtn_w, x, rows, cols, n);
+                let e_gptq = common::output_error(w, &gptq_w, x, rows, cols, n);
+                let h_rtn = common::output_error(w, &rtn_w, x_out, rows, cols, 8 * seq);
+                let h_gptq = common::output_error(w, &gptq_w, x_out, rows, cols, 8 * seq);
                 eprintln!(
                     "{label}: output error GPTQ {e_gptq:.4e} vs RTN {e_rtn:.4e} (ratio {:.3}); \
                      held out GPTQ {h_gptq:.4e} vs RTN {h_rtn:.4e} (ratio {:.3}); \
@@ -130,8 +130,8 @@ fn gptq_beats_rtn_on_smollm2_layer0() {
                     gptq::quantize(&CpuBackend, name, w, rows, cols, &hess.h, &scheme, &act)
                         .unwrap();
                 let act_w = CpuBackend.dequantize(&aq).unwrap();
-                let e_act = gptq::output_error(w, &act_w, x, rows, cols, n);
-                let h_act = gptq::output_error(w, &act_w, x_out, rows, cols, 8 * seq);
+                let e_act = common::output_error(w, &act_w, x, rows, cols, n);
+                let h_act = common::output_error(w, &act_w, x_out, rows, cols, 8 * seq);
                 eprintln!("{label}: act-order GPTQ {e_act:.4e}, held out {h_act:.4e}");
                 assert!(
                     e_act < e_rtn,

@@ -11,10 +11,10 @@
 
 mod common;
 
-use llmq_gpu::backend::cpu::matmul as cpu_matmul;
 use llmq_gpu::backend::gpu::matmul::{self as gpu_matmul, GpuQuantWeights};
 use llmq_gpu::backend::gpu::GpuContext;
 use llmq_gpu::backend::{Backend, CpuBackend, GpuBackend};
+use llmq_gpu::encoding::affine::matmul as cpu_matmul;
 use llmq_gpu::encoding::affine::packing::{pack_codes, unpack_code};
 use llmq_gpu::encoding::affine::scheme::{Granularity, QuantScheme};
 use llmq_gpu::encoding::QuantizedTensor;

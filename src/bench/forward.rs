@@ -4,12 +4,12 @@
 //! the same run.
 
 use super::matmul::{best_of, cpu_copy_bandwidth, gbps, gpu_copy_bandwidth};
-use crate::backend::cpu::gemm;
 use crate::backend::gpu::hessian;
 use crate::backend::gpu::matmul_dense::{encode_dense, GpuDenseWeights};
 use crate::backend::gpu::GpuContext;
 use crate::error::Result;
 use crate::eval::size::LinearStorage;
+use crate::gemm;
 use crate::model::forward::Forward;
 use serde::Serialize;
 use std::fmt;

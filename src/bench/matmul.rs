@@ -2,9 +2,9 @@
 //! then GEMV/GEMM time, weight GB/s, fraction of copy bandwidth, GFLOP/s and
 //! the GPU/CPU ratio for each shape and bit width.
 
-use crate::backend::cpu::matmul as cpu_matmul;
 use crate::backend::gpu::matmul::{time_matmul, GpuQuantWeights};
 use crate::backend::gpu::GpuContext;
+use crate::encoding::affine::matmul as cpu_matmul;
 use crate::encoding::affine::packing::pack_codes;
 use crate::encoding::affine::scheme::{Granularity, QuantScheme};
 use crate::encoding::QuantizedTensor;

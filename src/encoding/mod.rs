@@ -107,3 +107,38 @@ impl Encoding {
         }
     }
 }
+
+/// What the decoder blocks' linear layers (`q/k/v/o/gate/up/down`, the
+/// ones quantization changes) store in a model file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct LinearStorage {
+    pub weights: u64,
+    /// Bytes in the file: [`Encoding::stored_bytes`] of each quantized
+    /// linear; from the tensor type for GGUF and safetensors
+    /// (`crate::eval::size::linear_storage` reads it from a file).
+    pub stored_bytes: u64,
+}
+
+impl LinearStorage {
+    pub fn bits_per_weight(&self) -> f64 {
+        if self.weights == 0 {
+            0.0
+        } else {
+            self.stored_bytes as f64 * 8.0 / self.weights as f64
+        }
+    }
+}
+
+/// The line every command prints for it, e.g. `block linears: 4718592
+/// weights, 2654208 bytes stored (4.5000 bits/weight)`.
+impl std::fmt::Display for LinearStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "block linears: {} weights, {} bytes stored ({:.4} bits/weight)",
+            self.weights,
+            self.stored_bytes,
+            self.bits_per_weight()
+        )
+    }
+}

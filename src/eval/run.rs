@@ -5,10 +5,10 @@
 use super::protocol::{Scores, Windows};
 use super::size;
 use crate::backend::gpu::DeviceChoice;
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::model::forward::{open_forward, Forward};
 use crate::model::{ModelView, Tokenizer};
-use crate::pipeline::quantize::CancelToken;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

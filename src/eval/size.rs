@@ -2,6 +2,7 @@
 //! decoder blocks' linear layers (the ones quantization changes).
 
 use crate::encoding::Encoding;
+pub use crate::encoding::LinearStorage;
 use crate::error::{Error, Result};
 use crate::formats::gguf::GgmlType;
 use crate::formats::llmq::{LlmqModel, StoredKind};
@@ -45,40 +46,6 @@ pub fn dtype_bits(dtype: &str) -> Option<f64> {
         .filter_map(GgmlType::from_id)
         .find(|t| t.name().eq_ignore_ascii_case(dtype))
         .map(|t| t.type_size() as f64 * 8.0 / t.block_size() as f64)
-}
-
-/// What the decoder blocks' linear layers (`q/k/v/o/gate/up/down`, the
-/// ones quantization changes) store in a model file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
-pub struct LinearStorage {
-    pub weights: u64,
-    /// Bytes in the file: [`crate::encoding::Encoding::stored_bytes`] of
-    /// each quantized linear; from the tensor type for GGUF and safetensors.
-    pub stored_bytes: u64,
-}
-
-impl LinearStorage {
-    pub fn bits_per_weight(&self) -> f64 {
-        if self.weights == 0 {
-            0.0
-        } else {
-            self.stored_bytes as f64 * 8.0 / self.weights as f64
-        }
-    }
-}
-
-/// The line every command prints for it, e.g. `block linears: 4718592
-/// weights, 2654208 bytes stored (4.5000 bits/weight)`.
-impl std::fmt::Display for LinearStorage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "block linears: {} weights, {} bytes stored ({:.4} bits/weight)",
-            self.weights,
-            self.stored_bytes,
-            self.bits_per_weight()
-        )
-    }
 }
 
 /// [`LinearStorage`] of a model file, from its tensor list (llmq folders:

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::arch::SUPPORTED_ARCHITECTURES;
-use crate::model::{ArchConfig, RopeScaling};
+use crate::model::arch::{ArchConfig, RopeScaling};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 

@@ -5,3 +5,4 @@ pub mod gguf;
 pub mod hf_config;
 pub mod llmq;
 pub mod safetensors_model;
+pub mod source;

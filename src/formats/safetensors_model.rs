@@ -7,7 +7,8 @@
 
 use super::hf_config;
 use crate::error::{Error, Result};
-use crate::model::{ArchConfig, TensorInfo, TensorSource};
+use crate::formats::source::{TensorInfo, TensorSource};
+use crate::model::arch::ArchConfig;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;

@@ -7,10 +7,10 @@ pub mod sampler;
 
 pub use sampler::{Sampler, SamplerConfig};
 
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::model::forward::Forward;
 use crate::model::Tokenizer;
-use crate::pipeline::quantize::CancelToken;
 use serde::Serialize;
 use std::time::Instant;
 

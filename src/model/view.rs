@@ -3,50 +3,8 @@
 use super::arch::{ArchConfig, SUPPORTED_ARCHITECTURES};
 use crate::error::{Error, Result};
 use crate::formats;
+pub use crate::formats::source::{TensorInfo, TensorSource};
 use std::path::{Path, PathBuf};
-
-/// Name, shape and stored type of one tensor. Shapes are in PyTorch order
-/// (outermost first): a linear weight is `[out_features, in_features]`,
-/// whatever order the file stores its dimensions in.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TensorInfo {
-    pub name: String,
-    pub shape: Vec<usize>,
-    /// Stored type as the file names it (`F32`, `BF16`, `Q4_1`, `int4 g128` ...).
-    pub dtype: String,
-}
-
-impl TensorInfo {
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
-
-/// A file format that holds a model.
-pub trait TensorSource: Send + Sync {
-    /// The file or folder the model was read from.
-    fn path(&self) -> &Path;
-    /// `gguf`, `safetensors` or `llmq`.
-    fn format_name(&self) -> &'static str;
-    fn arch(&self) -> &ArchConfig;
-    fn tensors(&self) -> &[TensorInfo];
-    /// The tensor as f32, dequantized if stored quantized.
-    fn load_f32(&self, name: &str) -> Result<Vec<f32>>;
-    /// The tensor still packed, for formats that store llmq-gpu's own packed
-    /// layout; `None` when it is stored unquantized (or the format has no
-    /// such layout), so callers fall back to [`TensorSource::load_f32`].
-    fn load_quantized(&self, _name: &str) -> Result<Option<crate::quant::QuantizedTensor>> {
-        Ok(None)
-    }
-    /// File-level metadata as `(key, printable value)` pairs, for `inspect`
-    /// and to carry along (the tokenizer of a GGUF file lives here).
-    fn metadata(&self) -> Vec<(String, serde_json::Value)>;
-    /// Files that belong with the model and are copied to quantized outputs
-    /// (`tokenizer.json`, `tokenizer_config.json`, ...).
-    fn companion_files(&self) -> Vec<PathBuf> {
-        Vec::new()
-    }
-}
 
 /// What a tensor is for, from its name in either naming convention
 /// (GGUF `blk.N.attn_q.weight` or Hugging Face `model.layers.N.self_attn.q_proj.weight`).
@@ -178,7 +136,7 @@ impl ModelView {
     pub fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
         self.source.load_f32(name)
     }
-    pub fn load_quantized(&self, name: &str) -> Result<Option<crate::quant::QuantizedTensor>> {
+    pub fn load_quantized(&self, name: &str) -> Result<Option<crate::encoding::QuantizedTensor>> {
         self.source.load_quantized(name)
     }
     pub fn metadata(&self) -> Vec<(String, serde_json::Value)> {

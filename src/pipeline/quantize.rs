@@ -8,8 +8,9 @@
 use super::gptq::{self, GptqEvent, GptqRunReport, GptqSettings};
 use crate::backend::gpu::DeviceChoice;
 use crate::backend::{self, Backend};
+pub use crate::cancel::CancelToken;
+use crate::encoding::LinearStorage;
 use crate::error::{Error, Result};
-use crate::eval::size::LinearStorage;
 use crate::formats::llmq::LlmqWriter;
 use crate::model::{ModelView, TensorInfo, TensorKind};
 use crate::quant::{rtn, QuantScheme, QuantizedTensor};
@@ -17,8 +18,6 @@ use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Quantization method.
@@ -147,19 +146,6 @@ pub enum Progress {
         seconds: f64,
     },
     Writing,
-}
-
-/// Stops a run between tensors. Clones share the flag.
-#[derive(Clone, Debug, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 /// Reconstruction error of one kind of tensor, averaged over its tensors.

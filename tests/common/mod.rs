@@ -2,8 +2,12 @@
 //! random inputs with their seed printed so a failure can be replayed.
 #![allow(dead_code)]
 
+use llmq_gpu::backend::cpu::trace::quadratic_trace;
 use llmq_gpu::backend::gpu::{DeviceChoice, GpuContext};
+use llmq_gpu::gemm::dense_xwt;
+use llmq_gpu::quant::gptq;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use safetensors::tensor::{serialize_to_file, Dtype, TensorView};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -185,4 +189,44 @@ pub fn correlated_inputs(rng: &mut impl Rng, tokens: usize, cols: usize, rank: u
         }
     }
     x
+}
+
+/// `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)` with `ΔW = W − Ŵ`: the relative output
+/// error of the quantized weight `w_hat` on the inputs whose Hessian is `h`
+/// (0 when `W H Wᵀ` vanishes), on the host; shapes are the caller's to get
+/// right.
+pub fn proxy_error(w: &[f32], w_hat: &[f32], h: &[f32], rows: usize, cols: usize) -> f64 {
+    debug_assert_eq!(w.len(), rows * cols);
+    gptq::relative_to(
+        quadratic_trace(
+            &w.iter().zip(w_hat).map(|(a, b)| a - b).collect::<Vec<_>>(),
+            h,
+            cols,
+        ),
+        quadratic_trace(w, h, cols),
+    )
+}
+
+/// `‖X Wᵀ − X Ŵᵀ‖² / ‖X Wᵀ‖²` for inputs `x` `[tokens, cols]`: the true
+/// relative output error of a quantized linear (0 when `X Wᵀ` vanishes).
+pub fn output_error(
+    w: &[f32],
+    w_hat: &[f32],
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+) -> f64 {
+    let y = dense_xwt(x, w, tokens, cols, rows);
+    let y_hat = dense_xwt(x, w_hat, tokens, cols, rows);
+    let (num, den) = y
+        .par_iter()
+        .zip(y_hat.par_iter())
+        .map(|(&a, &b)| (((a - b) as f64).powi(2), (a as f64).powi(2)))
+        .reduce(|| (0.0, 0.0), |p, q| (p.0 + q.0, p.1 + q.1));
+    if den <= 0.0 {
+        0.0
+    } else {
+        num / den
+    }
 }

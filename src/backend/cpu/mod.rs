@@ -2,11 +2,8 @@
 //! tested against, and a real choice on machines without a GPU.
 
 pub mod cholesky;
-pub mod gemm;
 pub mod gptq;
-pub mod matmul;
 pub mod ops;
-mod simd;
 pub mod trace;
 
 use super::{
@@ -103,7 +100,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
-        matmul::matmul(q, x, tokens)
+        q.matmul(x, tokens)
     }
 
     fn causal_attention(

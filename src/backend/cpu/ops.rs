@@ -2,8 +2,7 @@
 //! grouped-query attention, SiLU and the dense `x · Wᵀ`. Public so the GPU
 //! kernels can be cross-checked against them one by one.
 
-use super::gemm;
-use super::matmul::dot;
+use crate::gemm::{self, dot};
 use rayon::prelude::*;
 
 /// Values per parallel task of the elementwise ops. One task's worth or

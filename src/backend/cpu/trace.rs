@@ -1,8 +1,8 @@
-//! `tr(A H Aᵀ)` on the host: the dense SGEMM `A·H` ([`super::gemm::dense_xwt`],
+//! `tr(A H Aᵀ)` on the host: the dense SGEMM `A·H` ([`crate::gemm::dense_xwt`],
 //! H being symmetric), then an f64 dot with `A`. The reference for
 //! `shaders/trace.wgsl`.
 
-use super::gemm::dense_xwt;
+use crate::gemm::dense_xwt;
 use rayon::prelude::*;
 
 /// `tr(A H Aᵀ)` in f64 accumulation, `a` `[a.len() / cols, cols]`, `h`

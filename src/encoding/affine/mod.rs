@@ -10,8 +10,10 @@
 //! every group has a u8 zero-point.
 
 pub mod grid;
+pub mod matmul;
 pub mod packing;
 pub mod scheme;
+mod simd;
 
 pub use grid::AffineGrid;
 pub use scheme::{Granularity, QuantScheme};
@@ -182,6 +184,12 @@ impl QuantizedTensor {
         };
         q.validate(name)?;
         Ok(q)
+    }
+
+    /// `y = x · Wᵀ` on the CPU for `x` `[tokens, cols]`: `[tokens, rows]`,
+    /// without expanding W ([`matmul`]).
+    pub fn matmul(&self, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
+        matmul::matmul(self, x, tokens)
     }
 
     /// Every weight as f32, row-major `[rows, cols]` (the reference

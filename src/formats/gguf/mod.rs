@@ -9,8 +9,9 @@ pub use reader::{GgufValue, RawTensorInfo, DEFAULT_ALIGNMENT};
 pub use types::GgmlType;
 
 use crate::error::{Error, Result};
+use crate::formats::source::{TensorInfo, TensorSource};
 use crate::model::arch::SUPPORTED_ARCHITECTURES;
-use crate::model::{ArchConfig, RopeScaling, TensorInfo, TensorSource};
+use crate::model::arch::{ArchConfig, RopeScaling};
 use memmap2::Mmap;
 use std::collections::HashMap;
 use std::io::Read;

@@ -22,7 +22,7 @@ pub use writer::LlmqWriter;
 
 use super::safetensors_model::{INDEX_FILE, SINGLE_FILE};
 use crate::encoding::{Encoding, Granularity, QuantScheme};
-use crate::model::ArchConfig;
+use crate::model::arch::ArchConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;

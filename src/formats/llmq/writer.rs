@@ -7,7 +7,7 @@ use crate::encoding::{to_f16, Granularity, QuantizedTensor};
 use crate::error::{Error, Result};
 use crate::formats::atomic::{sync_file, StagingDir};
 use crate::formats::safetensors_model::{INDEX_FILE, SINGLE_FILE};
-use crate::model::ArchConfig;
+use crate::model::arch::ArchConfig;
 use half::f16;
 use safetensors::Dtype;
 use serde::Serialize;

@@ -4,7 +4,6 @@
 //! never expanded to a full f32 copy).
 
 use super::ops::matmul_t;
-use crate::backend::cpu::matmul as packed_matmul;
 use crate::encoding::QuantizedTensor;
 use crate::error::{Error, Result};
 
@@ -79,7 +78,7 @@ impl Linear {
                 }
                 Ok(matmul_t(x, w, m, *cols, *rows))
             }
-            Linear::Packed(q) => packed_matmul::matmul(q, x, m),
+            Linear::Packed(q) => q.matmul(x, m),
         }
     }
 }

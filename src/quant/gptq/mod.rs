@@ -38,7 +38,7 @@ pub mod error;
 pub mod factor;
 pub mod hessian;
 
-pub use error::{flops, output_error, proxy_error, relative_to};
+pub use error::{flops, relative_to};
 pub use factor::{factor, Factored};
 pub use hessian::{Hessian, HessianAccumulation};
 

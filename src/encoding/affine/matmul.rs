@@ -14,10 +14,11 @@
 //! From [`gemm::MIN_TOKENS`] tokens on, blocks of rows are dequantized into
 //! a cache-sized scratch and multiplied by SGEMM (`gemm.rs`).
 
-use super::{gemm, simd};
+use super::simd;
 use crate::encoding::affine::packing::unpack_code;
 use crate::encoding::QuantizedTensor;
 use crate::error::{Error, Result};
+use crate::gemm::{self, dot};
 use rayon::prelude::*;
 
 /// Rows unpacked together: their codes stay in L2 while every token's `x`
@@ -335,27 +336,6 @@ fn unpack_row(row: &[u32], bits: u32, cols: usize, out: &mut [f32]) {
             }
         }
     }
-}
-
-/// Dot product with 16 independent lanes (4 SSE / 2 AVX registers), so it
-/// vectorises without fast-math and hides the add latency. Shared with the
-/// CPU forward pass.
-#[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[inline]

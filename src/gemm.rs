@@ -3,6 +3,9 @@
 //! rows. Packed weights are dequantized one block at a time into a scratch
 //! buffer that stays in cache, so no full f32 copy of a weight ever exists;
 //! with many tokens the dequantization is a small share of the work.
+//!
+//! A leaf of the crate: the dense f32 arithmetic the encodings' CPU
+//! matmuls and the CPU backend build on.
 
 use rayon::prelude::*;
 
@@ -89,4 +92,25 @@ pub fn blocked_xwt(
         },
     );
     transpose(&yt, m, n)
+}
+
+/// Dot product with 16 independent lanes (4 SSE / 2 AVX registers), so it
+/// vectorises without fast-math and hides the add latency. Shared by the
+/// packed matmul and the CPU forward pass.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
