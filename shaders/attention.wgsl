@@ -9,7 +9,7 @@
 // output dims it owns (lid + j * WG, j < 4). No score buffer as long as the
 // context: memory stays fixed whatever the cache length, and the only
 // cross-invocation step is a WG-float tile in workgroup memory.
-// CPU reference: src/model/forward/ops.rs (attention).
+// CPU reference: src/backend/cpu/ops.rs (attention).
 
 const WG: u32 = 64u;
 const MAX_HD: u32 = 256u; // 4 output dims per invocation

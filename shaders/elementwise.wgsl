@@ -2,7 +2,7 @@
 // add and the SwiGLU activation. They share one binding layout (uniform, two read-only
 // inputs, one read-write output) so the wrapper builds them the same way;
 // an entry that needs one input gets it bound twice.
-// CPU reference: src/model/forward/ops.rs (rms_norm, add_in_place, add_bias, silu_mul).
+// CPU reference: src/backend/cpu/ops.rs (rms_norm, add_in_place, add_bias, silu_mul).
 
 const WG: u32 = 64u;
 

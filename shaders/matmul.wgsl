@@ -1,15 +1,15 @@
-// Dequant-matmul family: y[t, row0 + r] = sum_k x[t, k] * scale[r, g] * (q[r, k] - zero[r, g]),
-// g = k / group_len. Weights are packed as in src/encoding/affine/packing.rs: per row a
-// little-endian bit stream of BITS-bit codes, rows padded to u32 words.
-// 32 codes always fill exactly BITS words, so a "unit" of 32 codes is
-// word-aligned for every bit width.
+// Dequant-matmul family: y[t, row0 + r] = sum_k x[t, k] * W[r, k] with W
+// stored in an encoding whose decode fragment the host prepends (today the
+// affine one, shaders/affine_decode.wgsl). The fragment declares the
+// encoding's parts at bindings 1..=3 and defines, against `p` and `xs`:
+// - unit_dot(row, u, xb, sum_x): sum over the 32 weights of unit u (columns
+//   32u..32u+32) of `row` of W[row, k] * xs[xb + (k - 32u) / 4][k % 4], where
+//   sum_x is the sum of those 32 x values (0 past the chunk's rows);
+// - weight_at(row, k): W[row, k] of this chunk, for the GEMM's staging.
 //
-// The host rewrites `const BITS` per pipeline (so extraction constant-folds)
-// and keeps or strips the `//#if SUBGROUP ... //#endif` blocks: naga rejects
-// subgroup builtins on devices without the feature even in unused code.
-// CPU reference: src/backend/cpu/matmul.rs.
-
-const BITS: u32 = 4u;
+// The host also keeps or strips the `//#if SUBGROUP ... //#endif` blocks:
+// naga rejects subgroup builtins on devices without the feature even in
+// unused code. CPU reference: src/encoding/affine/matmul.rs.
 
 // GEMV: GEMV_ROWS output rows per workgroup, x cached in XCH-float chunks.
 // XCH = 32 * GEMV_WG, so every thread gets one 32-code unit per row per chunk.
@@ -27,7 +27,8 @@ struct Params {
     cols: u32,
     out_stride: u32,     // row stride of y: all rows of the weight
     row0: u32,           // first row of this chunk in y
-    group_len: u32,
+    group_len: u32,      // group_len, groups_per_row, words_per_row: the affine
+                         // encoding's geometry, read by its decode fragment
     groups_per_row: u32,
     words_per_row: u32,
     row_blocks: u32,     // workgroups per token (gemv) or per token tile (gemm)
@@ -37,86 +38,11 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> wq: array<u32>;
-@group(0) @binding(2) var<storage, read> scales: array<f32>;
-// u8 zero-points, 4 per word, flat over (row, group) of this chunk.
-@group(0) @binding(3) var<storage, read> zeros: array<u32>;
 @group(0) @binding(4) var<storage, read> x: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
-fn zero_of(g: u32) -> f32 {
-    return f32((zeros[g >> 2u] >> ((g & 3u) * 8u)) & 0xffu);
-}
-
-// Code j of the row whose words start at `base`; 3-bit codes may straddle words.
-fn code_at(base: u32, j: u32) -> u32 {
-    let bit = j * BITS;
-    let w = bit >> 5u;
-    let off = bit & 31u;
-    var v = wq[base + w] >> off;
-    if (off + BITS > 32u) {
-        v |= wq[base + w + 1u] << (32u - off);
-    }
-    return v & ((1u << BITS) - 1u);
-}
-
-// Codes 4i..4i+3 of unit u of a row, as floats (fast paths for 4 and 8 bits;
-// words past the row's end, in the last unit, read as 0).
-fn codes4(base: u32, u: u32, i: u32) -> vec4<f32> {
-    if (BITS == 4u) {
-        let wi = u * 4u + (i >> 1u);
-        if (wi >= p.words_per_row) {
-            return vec4<f32>(0.0);
-        }
-        let w = wq[base + wi] >> ((i & 1u) * 16u);
-        return vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
-    } else if (BITS == 8u) {
-        let wi = u * 8u + i;
-        if (wi >= p.words_per_row) {
-            return vec4<f32>(0.0);
-        }
-        return vec4<f32>(unpack4xU8(wq[base + wi]));
-    }
-    var c = vec4<f32>(0.0);
-    for (var e = 0u; e < 4u; e++) {
-        let j = u * 32u + i * 4u + e;
-        if (j < p.cols) {
-            c[e] = f32(code_at(base, j));
-        }
-    }
-    return c;
-}
-
 var<workgroup> xs: array<vec4<f32>, XCH / 4u>;
 var<workgroup> red: array<f32, GEMV_ROWS * GEMV_WG>;
-
-// Contribution of 32-code unit u of `row` (0 past the chunk's rows). A unit
-// lies in one group whenever group_len % 32 == 0 (32/64/128, per-channel
-// with cols % 32 == 0): then the scale applies once, s * (sum q*x - z * sum x).
-fn unit_dot(row: u32, u: u32, xb: u32, sum_x: f32) -> f32 {
-    if (row >= p.rows) {
-        return 0.0;
-    }
-    let base = row * p.words_per_row;
-    if ((p.group_len % 32u) == 0u) {
-        let g = row * p.groups_per_row + (u * 32u) / p.group_len;
-        var d = vec4<f32>(0.0);
-        for (var i = 0u; i < 8u; i++) {
-            d += codes4(base, u, i) * xs[xb + i];
-        }
-        return scales[g] * (d.x + d.y + d.z + d.w - zero_of(g) * sum_x);
-    }
-    var acc = 0.0;
-    for (var e = 0u; e < 32u; e++) {
-        let j = u * 32u + e;
-        if (j < p.cols) {
-            let g = row * p.groups_per_row + j / p.group_len;
-            let w = scales[g] * (f32(code_at(base, j)) - zero_of(g));
-            acc += w * xs[xb + (e >> 2u)][e & 3u];
-        }
-    }
-    return acc;
-}
 
 // One workgroup per GEMV_ROWS rows of one token.
 @compute @workgroup_size(GEMV_WG)
@@ -205,12 +131,6 @@ const TILE_B_K_MAJOR: bool = true;
 fn tile_load_a(k: u32, t: u32) -> vec4<f32> {
     let i = tile_lanes(t, p.tokens) * p.cols + k;
     return tile_mask(t, p.tokens, vec4<f32>(x[i.x], x[i.y], x[i.z], x[i.w]));
-}
-
-// W[row, k] of this chunk, dequantized.
-fn weight_at(row: u32, k: u32) -> f32 {
-    let g = row * p.groups_per_row + k / p.group_len;
-    return scales[g] * (f32(code_at(row * p.words_per_row, k)) - zero_of(g));
 }
 
 fn tile_load_b(k: u32, n: u32) -> vec4<f32> {

@@ -7,7 +7,7 @@
 // invocations are SIMD lanes, this is 2.5x faster than one invocation per
 // row), every weight load feeds TB multiply-adds, and a tree reduction in
 // workgroup memory sums the partials. Always f32 accumulation.
-// CPU reference: src/model/forward/ops.rs (matmul_t).
+// CPU reference: src/backend/cpu/ops.rs (matmul_t).
 
 const WG: u32 = 64u;
 const RB: u32 = 4u; // rows per workgroup (the lanes of each vec4 accumulator)

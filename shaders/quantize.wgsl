@@ -3,7 +3,8 @@
 // Layout (see src/encoding/affine/packing.rs): codes of each row form a dense
 // little-endian bit stream, value j at bits [j*bits, (j+1)*bits), rows padded
 // to whole u32 words. Codes are unsigned; w = scale * (q - zero).
-// The CPU reference is src/backend/cpu/mod.rs; both must round alike:
+// The CPU reference is src/backend/cpu/mod.rs (and the encoding's
+// dequantize in src/encoding/affine/mod.rs); both must round alike:
 // q = clamp(floor(w * inv_scale + 0.5) + zero, 0, maxq).
 
 struct Params {
@@ -12,17 +13,20 @@ struct Params {
     bits: u32,
     group_len: u32,
     words_per_row: u32,
-    // pack_codes: 0 = src holds codes, 1 = src holds f32 weights to quantize.
-    // unpack_codes: 0 = write codes, 1 = write dequantized f32 values.
-    mode: u32,
+    // pack_codes: 1 = src holds f32 weights, quantized with group_scale =
+    // 1/scale (RTN); 0 = src holds codes.
+    quantize_src: u32,
     groups_per_row: u32,
-    _pad: u32,
+    // unpack_codes: 1 = write values dequantized with group_scale = scale;
+    // 0 = write codes.
+    dequantize_dst: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<u32>;
-// Per-group parameters: 1/scale (pack) or scale (unpack), and zero-points.
-@group(0) @binding(2) var<storage, read> scales: array<f32>;
+// Per group: 1/scale when pack_codes quantizes, scale when unpack_codes
+// dequantizes (unused otherwise); and the zero-points.
+@group(0) @binding(2) var<storage, read> group_scale: array<f32>;
 @group(0) @binding(3) var<storage, read> zeros: array<u32>;
 @group(0) @binding(4) var<storage, read_write> dst: array<u32>;
 
@@ -36,12 +40,12 @@ fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 
 fn code_of(r: u32, j: u32) -> u32 {
     let v = src[r * p.cols + j];
-    if (p.mode == 0u) {
+    if (p.quantize_src == 0u) {
         return v;
     }
     let g = r * p.groups_per_row + j / p.group_len;
     let maxq = (1u << p.bits) - 1u;
-    let q = floor(bitcast<f32>(v) * scales[g] + 0.5) + f32(zeros[g]);
+    let q = floor(bitcast<f32>(v) * group_scale[g] + 0.5) + f32(zeros[g]);
     return u32(clamp(q, 0.0, f32(maxq)));
 }
 
@@ -79,11 +83,11 @@ fn unpack_codes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         v |= src[w + 1u] << (32u - off);
     }
     let code = v & ((1u << p.bits) - 1u);
-    if (p.mode == 0u) {
+    if (p.dequantize_dst == 0u) {
         dst[idx] = code;
     } else {
         let g = r * p.groups_per_row + j / p.group_len;
-        dst[idx] = bitcast<u32>(scales[g] * (f32(code) - f32(zeros[g])));
+        dst[idx] = bitcast<u32>(group_scale[g] * (f32(code) - f32(zeros[g])));
     }
 }
 

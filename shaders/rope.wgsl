@@ -2,7 +2,7 @@
 // is at position `start + r % seq` (a batch of sequences of `seq` rows each).
 // The host uploads cos/sin per (position, pair) computed in f64 exactly as
 // the CPU's RopeTable does, so both paths rotate by the same f32 angles.
-// CPU reference: src/model/forward/ops.rs (RopeTable::apply).
+// CPU reference: src/backend/cpu/ops.rs (RopeTable::apply).
 
 const WG: u32 = 64u;
 

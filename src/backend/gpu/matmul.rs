@@ -17,7 +17,11 @@ use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SOURCE: &str = with_tile_gemm!("matmul.wgsl");
+/// The kernels after the affine encoding's decode fragment.
+const SOURCE: &str = concat!(
+    include_str!("../../../shaders/affine_decode.wgsl"),
+    with_tile_gemm!("matmul.wgsl")
+);
 
 /// Up to this many tokens the GEMV kernel (one weight pass per token) beats
 /// the 64-token GEMM tile, most of which would be padding.

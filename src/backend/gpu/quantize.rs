@@ -26,9 +26,9 @@ struct Params {
     bits: u32,
     group_len: u32,
     words_per_row: u32,
-    mode: u32,
+    quantize_src: u32,
     groups_per_row: u32,
-    _pad: u32,
+    dequantize_dst: u32,
 }
 
 const BINDINGS: [Binding; 5] = [
@@ -87,16 +87,17 @@ fn run_chunked(
     Ok(out)
 }
 
-fn params(cols: usize, bits: u32, group_len: usize, mode: u32) -> Params {
+/// `Params` with `quantize_src` and `dequantize_dst` off.
+fn params(cols: usize, bits: u32, group_len: usize) -> Params {
     Params {
         rows: 0,
         cols: cols as u32,
         bits,
         group_len: group_len as u32,
         words_per_row: words_per_row(cols, bits) as u32,
-        mode,
+        quantize_src: 0,
         groups_per_row: cols.div_ceil(group_len.max(1)) as u32,
-        _pad: 0,
+        dequantize_dst: 0,
     }
 }
 
@@ -117,7 +118,7 @@ pub fn group_ranges(
             row_bytes: cols * 4,
             out_words_per_row: 2 * gpr,
             threads_per_row: gpr,
-            params: params(cols, 32, group_len, 0),
+            params: params(cols, 32, group_len),
         },
         &|r| (words[r.start * cols..r.end * cols].to_vec(), vec![], vec![]),
     )?;
@@ -145,7 +146,10 @@ pub fn quantize_codes(
             row_bytes: cols * 4,
             out_words_per_row: wpr,
             threads_per_row: wpr,
-            params: params(cols, gp.bits, gp.group_len, 1),
+            params: Params {
+                quantize_src: 1,
+                ..params(cols, gp.bits, gp.group_len)
+            },
         },
         &|r| {
             (
@@ -173,7 +177,7 @@ pub fn pack(
             row_bytes: cols * 4,
             out_words_per_row: wpr,
             threads_per_row: wpr,
-            params: params(cols, bits, cols, 0),
+            params: params(cols, bits, cols),
         },
         &|r| (codes[r.start * cols..r.end * cols].to_vec(), vec![], vec![]),
     )
@@ -195,7 +199,7 @@ pub fn unpack(
             row_bytes: cols * 4,
             out_words_per_row: cols,
             threads_per_row: cols,
-            params: params(cols, bits, cols, 0),
+            params: params(cols, bits, cols),
         },
         &|r| (packed[r.start * wpr..r.end * wpr].to_vec(), vec![], vec![]),
     )
@@ -213,7 +217,10 @@ pub fn dequantize(ctx: &GpuContext, q: &QuantizedTensor) -> Result<Vec<f32>> {
             row_bytes: cols * 4,
             out_words_per_row: cols,
             threads_per_row: cols,
-            params: params(cols, q.scheme.bits, glen, 1),
+            params: Params {
+                dequantize_dst: 1,
+                ..params(cols, q.scheme.bits, glen)
+            },
         },
         &|r| {
             (
