@@ -93,7 +93,7 @@ impl GptqSpec<'_> {
 /// The running Hessian of one linear layer's inputs (gptq.py `add_batch`),
 /// held where the backend keeps it (host memory, GPU buffers) between
 /// batches, so only the inputs travel.
-pub trait HessianAccumulator {
+pub trait ResidentHessian {
     /// Adds `x` `[tokens, cols]`: with `n` tokens seen so far and
     /// `b = tokens`, `H ← H·n/(n+b) + (2/(n+b))·XᵀX` (H stays the mean).
     fn add(&mut self, x: &[f32], tokens: usize) -> Result<()>;
@@ -229,13 +229,13 @@ pub trait Backend: Send + Sync {
     /// Continues the running Hessian `h` `[cols, cols]` of `n_seen` tokens
     /// of a linear layer's inputs (`h` all zeros and `n_seen` 0 to start
     /// one), kept where the backend keeps it until
-    /// [`HessianAccumulator::finish`]; see [`HessianAccumulator::add`].
-    fn hessian_accumulator<'a>(
+    /// [`ResidentHessian::finish`]; see [`ResidentHessian::add`].
+    fn resident_hessian<'a>(
         &'a self,
         h: Vec<f32>,
         cols: usize,
         n_seen: usize,
-    ) -> Result<Box<dyn HessianAccumulator + 'a>>;
+    ) -> Result<Box<dyn ResidentHessian + 'a>>;
 
     /// Starts GPTQ on the `[rows, cols]` weight `w` (dead columns already
     /// zeroed, columns already in quantization order); see [`GptqColumns`].
@@ -312,7 +312,7 @@ pub(crate) fn check_attention_args(
     Ok(())
 }
 
-/// Checks the shapes of a [`Backend::hessian_accumulator`] call.
+/// Checks the shapes of a [`Backend::resident_hessian`] call.
 pub(crate) fn check_hessian_start(h: &[f32], cols: usize) -> Result<()> {
     if cols == 0 || h.len() != cols * cols {
         return Err(Error::Config(format!(
@@ -324,7 +324,7 @@ pub(crate) fn check_hessian_start(h: &[f32], cols: usize) -> Result<()> {
     Ok(())
 }
 
-/// Checks the shape of a [`HessianAccumulator::add`] call.
+/// Checks the shape of a [`ResidentHessian::add`] call.
 pub(crate) fn check_hessian_batch(cols: usize, x: &[f32], tokens: usize) -> Result<()> {
     if x.len() != tokens * cols {
         return Err(Error::Config(format!(

@@ -4,7 +4,7 @@
 //! deferred update of the remaining columns (SGEMM per block of rows).
 //! They are the reference the WGSL kernels are tested against.
 
-use crate::backend::{check_hessian_batch, GptqColumns, GptqSpec, HessianAccumulator};
+use crate::backend::{check_hessian_batch, GptqColumns, GptqSpec, ResidentHessian};
 use crate::encoding::affine::packing::pack_in_order;
 use crate::encoding::{Grid, GridCodes};
 use crate::error::Result;
@@ -132,7 +132,7 @@ fn rows_per_task(rows: usize) -> usize {
 
 /// The running Hessian in host memory. H is symmetric, so each batch
 /// updates only the lower triangle (with each block of rows' diagonal
-/// block: about half the FLOPs); [`HessianAccumulator::finish`] mirrors it.
+/// block: about half the FLOPs); [`ResidentHessian::finish`] mirrors it.
 pub struct CpuHessian {
     h: Vec<f32>,
     cols: usize,
@@ -146,7 +146,7 @@ impl CpuHessian {
     }
 }
 
-impl HessianAccumulator for CpuHessian {
+impl ResidentHessian for CpuHessian {
     fn add(&mut self, x: &[f32], tokens: usize) -> Result<()> {
         check_hessian_batch(self.cols, x, tokens)?;
         hessian_update_lower(&mut self.h, self.cols, self.n_seen, x, tokens);

@@ -8,7 +8,7 @@ pub mod trace;
 
 use super::{
     check_attention_args, check_cholesky_args, check_gptq_args, check_hessian_start,
-    check_trace_args, Backend, GptqColumns, GptqSpec, GroupParams, HessianAccumulator,
+    check_trace_args, Backend, GptqColumns, GptqSpec, GroupParams, ResidentHessian,
 };
 use crate::encoding::affine::packing::{pack_row, unpack_codes, words_per_row};
 use crate::encoding::affine::scheme::quantize_value;
@@ -135,12 +135,12 @@ impl Backend for CpuBackend {
         Ok(out)
     }
 
-    fn hessian_accumulator<'a>(
+    fn resident_hessian<'a>(
         &'a self,
         h: Vec<f32>,
         cols: usize,
         n_seen: usize,
-    ) -> Result<Box<dyn HessianAccumulator + 'a>> {
+    ) -> Result<Box<dyn ResidentHessian + 'a>> {
         check_hessian_start(&h, cols)?;
         Ok(Box::new(gptq::CpuHessian::new(h, cols, n_seen)))
     }

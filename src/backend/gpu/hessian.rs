@@ -7,7 +7,7 @@
 
 use super::context::{Binding, GpuContext, Kernel};
 use super::{f32_bytes, row_chunks, GpuBuffer, GEMM_TILE};
-use crate::backend::{check_hessian_batch, HessianAccumulator};
+use crate::backend::{check_hessian_batch, ResidentHessian};
 use crate::error::{Error, Result};
 use bytemuck::{Pod, Zeroable};
 use std::ops::Range;
@@ -35,7 +35,7 @@ const BINDINGS: [Binding; 3] = [
     Binding::StorageReadWrite,
 ];
 
-/// The running Hessian on the GPU; see [`HessianAccumulator`].
+/// The running Hessian on the GPU; see [`ResidentHessian`].
 pub struct GpuHessian<'a> {
     ctx: &'a GpuContext,
     cols: usize,
@@ -83,7 +83,7 @@ impl<'a> GpuHessian<'a> {
     }
 }
 
-impl HessianAccumulator for GpuHessian<'_> {
+impl ResidentHessian for GpuHessian<'_> {
     fn add(&mut self, x: &[f32], tokens: usize) -> Result<()> {
         let (ctx, cols) = (self.ctx, self.cols);
         check_hessian_batch(cols, x, tokens)?;

@@ -13,6 +13,7 @@ macro_rules! with_tile_gemm {
     };
 }
 
+pub mod adapter;
 pub mod attention;
 pub mod buffer;
 pub mod cholesky;
@@ -30,13 +31,13 @@ pub mod trace;
 /// `shaders/tile_gemm.wgsl`).
 pub(crate) const GEMM_TILE: usize = 64;
 
+pub use adapter::{list_adapters, AdapterSummary, DeviceChoice};
 pub use buffer::GpuBuffer;
-pub use context::{list_adapters, AdapterSummary, DeviceChoice, GpuContext};
+pub use context::GpuContext;
 
 use super::{
     check_attention_args, check_cholesky_args, check_gptq_args, check_hessian_start,
-    check_trace_args, Backend, GptqColumns, GptqSpec, GroupParams, HessianAccumulator,
-    ResidentLinear,
+    check_trace_args, Backend, GptqColumns, GptqSpec, GroupParams, ResidentHessian, ResidentLinear,
 };
 use crate::backend::cpu::ops::AttnShape;
 use crate::encoding::QuantizedTensor;
@@ -168,12 +169,12 @@ impl Backend for GpuBackend {
         attention::windows(&self.ctx, q, k, v, windows, seq, shape)
     }
 
-    fn hessian_accumulator<'a>(
+    fn resident_hessian<'a>(
         &'a self,
         h: Vec<f32>,
         cols: usize,
         n_seen: usize,
-    ) -> Result<Box<dyn HessianAccumulator + 'a>> {
+    ) -> Result<Box<dyn ResidentHessian + 'a>> {
         check_hessian_start(&h, cols)?;
         Ok(Box::new(hessian::GpuHessian::new(
             &self.ctx, h, cols, n_seen,

@@ -27,8 +27,9 @@ impl Phase {
 
 /// Where the time went. FLOPs count multiply-adds as 2: the calibration
 /// forward's linears and attention (full QKᵀ and PV squares), the Hessians
-/// as symmetric rank-k updates (`tokens·cols·(cols+1)`), the f64
-/// factorisations (`cols³` per Hessian), the GPTQ column updates, and the
+/// as symmetric rank-k updates (`tokens·cols·(cols+1)`), the
+/// factorisations (`2/3·cols³` per Hessian, [`crate::quant::gptq::flops`]),
+/// the GPTQ column updates, and the
 /// error report (three `tr(A H Aᵀ)` per linear, RTN included).
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Phases {

@@ -18,10 +18,11 @@ pub fn relative_to(num: f64, den: f64) -> f64 {
     }
 }
 
-/// FLOPs of [`super::quantize`] on a `[rows, cols]` weight, by phase: the f64
-/// factorisation (Cholesky of the reversed H and a triangular inverse: about
-/// `2/3·cols³`, once per Hessian) and the column updates (in-block error feedback plus the
-/// deferred GEMMs, 2 FLOPs per multiply-add).
+/// FLOPs of [`super::quantize`] on a `[rows, cols]` weight, by phase: the
+/// factorisation (Cholesky of the reversed H and a triangular inverse, f64
+/// on the CPU and f32 on the GPU: about `2/3·cols³`, once per Hessian) and
+/// the column updates (in-block error feedback plus the deferred GEMMs),
+/// 2 FLOPs per multiply-add.
 pub fn flops(rows: usize, cols: usize, block: usize) -> (f64, f64) {
     let (r, c) = (rows as f64, cols as f64);
     // Cholesky c³/3 and triangular inverse c³/3.

@@ -1,9 +1,9 @@
 //! The Hessian of one linear layer's inputs (gptq.py `add_batch`):
 //! [`Hessian`] on the host, [`HessianAccumulation`] kept on a backend
-//! ([`crate::backend::HessianAccumulator`]: host memory or GPU buffers)
+//! ([`crate::backend::ResidentHessian`]: host memory or GPU buffers)
 //! between batches.
 
-use crate::backend::{Backend, HessianAccumulator};
+use crate::backend::{Backend, ResidentHessian};
 use crate::error::{Error, Result};
 use crate::quant::rtn::check_finite;
 
@@ -48,7 +48,7 @@ impl Hessian {
 pub struct HessianAccumulation<'a> {
     cols: usize,
     samples: usize,
-    acc: Box<dyn HessianAccumulator + 'a>,
+    acc: Box<dyn ResidentHessian + 'a>,
 }
 
 impl<'a> HessianAccumulation<'a> {
@@ -61,7 +61,7 @@ impl<'a> HessianAccumulation<'a> {
         Ok(Self {
             cols: h.cols,
             samples: h.samples,
-            acc: backend.hessian_accumulator(h.h, h.cols, h.samples)?,
+            acc: backend.resident_hessian(h.h, h.cols, h.samples)?,
         })
     }
 

@@ -8,7 +8,7 @@
 //!   then 128-column blocks quantized column by column with error feedback
 //!   and a deferred update of the remaining columns.
 //!
-//! The heavy parts are backend kernels: [`Backend::hessian_accumulator`], the
+//! The heavy parts are backend kernels: [`Backend::resident_hessian`], the
 //! factor of H⁻¹ ([`Backend::inverse_cholesky_upper`]: f64 `faer` on the
 //! CPU, blocked f32 WGSL on the GPU), the column loop over a weight the
 //! backend keeps resident ([`Backend::gptq_columns`]: one block with rows
