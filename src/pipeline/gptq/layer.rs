@@ -79,6 +79,27 @@ impl<'a> LayerRunner<'a> {
             .time(flops, || hess.add_batch(what, x, tokens))
     }
 
+    /// The Hessian of `norm(hidden)` over every chunk of windows: the
+    /// input of the linears `what` (q/k/v, gate/up, the head).
+    fn normed_hessian(
+        &mut self,
+        hidden: &[f32],
+        what: &str,
+        norm: &dyn Fn(&[f32]) -> Vec<f32>,
+    ) -> Result<Hessian> {
+        let h = self.arch.hidden_size;
+        let mut hess = self.start_hessian(h)?;
+        for c in self.chunks(hidden.len() / h) {
+            let hc = &hidden[c.start * h..c.end * h];
+            let x = self
+                .phases
+                .forward
+                .time(Self::norm_flops(hc.len()), || norm(hc));
+            self.accumulate(&mut hess, what, &x)?;
+        }
+        self.finish_hessian(hess)
+    }
+
     fn start_hessian(&self, cols: usize) -> Result<HessianAccumulation<'a>> {
         HessianAccumulation::new(self.backend, cols)
     }
@@ -205,16 +226,8 @@ impl<'a> LayerRunner<'a> {
         let norm = Self::norm_flops;
 
         // q, k, v: the normed hidden state.
-        let mut hess = self.start_hessian(h)?;
-        for c in &chunks {
-            let hc = &hidden[c.start * h..c.end * h];
-            let x = self
-                .phases
-                .forward
-                .time(norm(hc.len()), || layer.attn_input(hc));
-            self.accumulate(&mut hess, &format!("layer {i} q/k/v input"), &x)?;
-        }
-        let hess = self.finish_hessian(hess)?;
+        let what = format!("layer {i} q/k/v input");
+        let hess = self.normed_hessian(hidden, &what, &|hc| layer.attn_input(hc))?;
         check(&format!("layer {i} q/k/v"))?;
         qkv = self.quantize_site(&lw, i, QKV, &hess, on_event, &mut reports)?;
         done.add(QKV, self.resident(&qkv)?);
@@ -250,16 +263,8 @@ impl<'a> LayerRunner<'a> {
         drop(attn);
 
         // gate, up: the normed hidden state after attention.
-        let mut hess = self.start_hessian(h)?;
-        for c in &chunks {
-            let hc = &hidden[c.start * h..c.end * h];
-            let x = self
-                .phases
-                .forward
-                .time(norm(hc.len()), || layer.mlp_input(hc));
-            self.accumulate(&mut hess, &format!("layer {i} gate/up input"), &x)?;
-        }
-        let hess = self.finish_hessian(hess)?;
+        let what = format!("layer {i} gate/up input");
+        let hess = self.normed_hessian(hidden, &what, &|hc| layer.mlp_input(hc))?;
         check(&format!("layer {i} gate/up"))?;
         gate_up = self.quantize_site(&lw, i, GATE_UP, &hess, on_event, &mut reports)?;
         done.add(GATE_UP, self.resident(&gate_up)?);
@@ -345,18 +350,10 @@ impl<'a> LayerRunner<'a> {
         on_event: &mut dyn FnMut(GptqEvent) -> Result<()>,
     ) -> Result<LinearReport> {
         let norm = forward::load_final_norm(self.view)?;
-        let h = self.arch.hidden_size;
-        let mut hess = self.start_hessian(h)?;
-        for c in self.chunks(hidden.len() / h) {
-            let hc = &hidden[c.start * h..c.end * h];
-            let eps = self.arch.rms_norm_eps;
-            let x = self
-                .phases
-                .forward
-                .time(Self::norm_flops(hc.len()), || ops::rms_norm(hc, &norm, eps));
-            self.accumulate(&mut hess, "output head input", &x)?;
-        }
-        let hess = self.finish_hessian(hess)?;
+        let eps = self.arch.rms_norm_eps;
+        let hess = self.normed_hessian(hidden, "output head input", &|hc| {
+            ops::rms_norm(hc, &norm, eps)
+        })?;
         let name = forward::global_tensor_name(self.view, "head");
         let factored = self.factor(&name, &hess)?;
         let w = dense(head)?;
