@@ -76,7 +76,8 @@ pub struct MatmulBenchRow {
     pub cols: usize,
     pub tokens: usize,
     pub ms: f64,
-    /// Weight bytes (codes + scales + zeros) read per matmul, over time.
+    /// Resident weight bytes ([`crate::encoding::Encoding::resident_bytes`]:
+    /// codes, f32 scales, u8 zeros) read per matmul, over time.
     pub weight_gbps: f64,
     /// `weight_gbps / copy_gbps` of the same device.
     pub copy_fraction: f64,
@@ -134,6 +135,10 @@ impl fmt::Display for MatmulBenchReport {
                     .unwrap_or_default()
             )?;
         }
+        write!(
+            f,
+            "weight GB/s: resident bytes (codes, f32 scales, u8 zeros) read per matmul over its time"
+        )?;
         Ok(())
     }
 }
