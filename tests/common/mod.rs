@@ -230,3 +230,52 @@ pub fn output_error(
         num / den
     }
 }
+
+/// Character-level tokenizer of the tiny model: 32 ids, `<s>` is BOS.
+pub fn tiny_tokenizer(model: &Path, add_bos: bool) {
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in ["<unk>", "<s>", "</s>"].iter().enumerate() {
+        vocab.insert(t.to_string(), i.into());
+    }
+    for (i, c) in ('a'..='z').chain(['.', ',', '?']).enumerate() {
+        vocab.insert(c.to_string(), (i + 3).into());
+    }
+    assert_eq!(vocab.len(), 32);
+    let special = |id: u32, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>",
+            "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": []}
+    });
+    std::fs::write(model.join("tokenizer.json"), tok.to_string()).unwrap();
+    let cfg = serde_json::json!({"add_bos_token": add_bos, "bos_token": "<s>"});
+    std::fs::write(model.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+}
+
+/// A text of `words` short lower-case words for the tiny model (about 4 tokens each).
+pub fn text(dir: &Path, words: usize) -> PathBuf {
+    let list = [
+        "the", "cat", "sat", "on", "a", "warm", "mat", "and", "slept.",
+    ];
+    let body: Vec<&str> = (0..words)
+        .map(|i| list[(i * 5 + i / 3) % list.len()])
+        .collect();
+    let p = dir.join(format!("text-{words}.txt"));
+    std::fs::write(&p, body.join(" ")).unwrap();
+    p
+}
+
+/// The tiny Llama with its character-level tokenizer.
+pub fn tiny(dir: &Path, add_bos: bool) -> PathBuf {
+    let m = tiny_llama(dir, None);
+    tiny_tokenizer(&m, add_bos);
+    m
+}
