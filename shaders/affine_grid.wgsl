@@ -3,7 +3,8 @@
 // prepends GRID_BITS, GRID_SYMMETRIC and GRID_SYMMETRIC_ZERO.
 //
 // Parameters per group: scale, zero-point. grid_fit mirrors
-// params_from_range (src/encoding/affine/scheme.rs); grid_round is RTN's
+// params_from_range (src/encoding/affine/scheme.rs: GPTQ's range rule when
+// asymmetric, llama.cpp's Q4_0 rule when symmetric); grid_round is RTN's
 // q = clamp(floor(w * (1/scale) + 0.5) + zero, 0, maxq).
 
 const GRID_PARAMS: u32 = 2u;
@@ -16,23 +17,29 @@ fn grid_fit(row: u32, first: u32, last: u32, at: u32) {
         lo = min(lo, w[row + k]);
         hi = max(hi, w[row + k]);
     }
+    if (GRID_SYMMETRIC) {
+        // llama.cpp's Q4_0 rule: the value of largest magnitude is the lowest code.
+        var m = hi;
+        if (-lo > hi) {
+            m = lo;
+        }
+        var scale = 1.0;
+        if (m != 0.0) {
+            scale = m / -GRID_SYMMETRIC_ZERO;
+        }
+        gparams[at] = scale;
+        gparams[at + 1u] = GRID_SYMMETRIC_ZERO;
+        return;
+    }
     lo = min(lo, 0.0);
     hi = max(hi, 0.0);
-    if (GRID_SYMMETRIC) {
-        hi = max(hi, -lo);
-        lo = -hi;
-    }
     if (lo == 0.0 && hi == 0.0) {
         lo = -1.0;
         hi = 1.0;
     }
     let scale = (hi - lo) / GRID_MAXQ;
-    var zero = GRID_SYMMETRIC_ZERO;
-    if (!GRID_SYMMETRIC) {
-        zero = clamp(floor(-lo / scale + 0.5), 0.0, GRID_MAXQ);
-    }
     gparams[at] = scale;
-    gparams[at + 1u] = zero;
+    gparams[at + 1u] = clamp(floor(-lo / scale + 0.5), 0.0, GRID_MAXQ);
 }
 
 fn grid_round(x: f32, at: u32) -> vec2<f32> {

@@ -31,6 +31,11 @@ pub struct Args {
     /// GPTQ: tokens per calibration window.
     #[arg(long, default_value_t = 512)]
     calib_len: usize,
+    /// GPTQ: further windows drawn after --calib-samples and held out of the
+    /// Hessians; the report gives GPTQ's and RTN's errors on them too, so
+    /// overfitting shows (default: --calib-samples / 16, at least 1; 0: none).
+    #[arg(long)]
+    calib_holdout: Option<usize>,
     /// GPTQ: seed of the window positions.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -108,6 +113,9 @@ pub fn run(a: Args) -> Result<()> {
                 len: a.calib_len,
                 seed: a.seed,
             });
+            if let Some(n) = a.calib_holdout {
+                settings.holdout = n;
+            }
             settings.options = GptqOptions {
                 damp: a.damp,
                 block: a.block_size,
@@ -268,6 +276,30 @@ fn print_gptq_summary(g: &GptqRunReport) {
             "                   GPTQ is not below RTN on: {}",
             g.linears_not_better_than_rtn.join(", ")
         );
+    }
+    let held: Vec<(f64, f64)> = linears
+        .iter()
+        .filter_map(|l| Some((l.held_out_gptq_error?, l.held_out_rtn_error?)))
+        .collect();
+    if !held.is_empty() {
+        let n = held.len() as f64;
+        println!(
+            "  held out         {} windows not in the Hessians: GPTQ {:.3e}, RTN {:.3e} (mean; \
+             GPTQ fitted/held-out {:.2})",
+            g.holdout_windows,
+            held.iter().map(|e| e.0).sum::<f64>() / n,
+            held.iter().map(|e| e.1).sum::<f64>() / n,
+            mean(&|l| l.gptq_error) / (held.iter().map(|e| e.0).sum::<f64>() / n).max(1e-300)
+        );
+        if !g.linears_not_better_than_rtn_held_out.is_empty() {
+            println!(
+                "  warning          on the held-out windows GPTQ is not below RTN on {} linears \
+                 ({}): it fits the calibration windows, not the model; use more or more varied \
+                 calibration text, or more damping",
+                g.linears_not_better_than_rtn_held_out.len(),
+                g.linears_not_better_than_rtn_held_out.join(", ")
+            );
+        }
     }
     let retried: Vec<_> = linears.iter().filter(|l| l.damp_retries > 0).collect();
     if !retried.is_empty() {

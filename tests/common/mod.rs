@@ -279,3 +279,93 @@ pub fn tiny(dir: &Path, add_bos: bool) -> PathBuf {
     tiny_tokenizer(&m, add_bos);
     m
 }
+
+/// A random 2-layer Llama (Hugging Face layout) with a word-level
+/// tokenizer, for GPTQ pipeline tests.
+pub mod gptq_model {
+    use rand::Rng;
+    use std::path::{Path, PathBuf};
+
+    pub const VOCAB: usize = 64;
+    pub const HIDDEN: usize = 64;
+    pub const FFN: usize = 160;
+    pub const LAYERS: usize = 2;
+
+    /// A random 2-layer Llama (HF layout) with a word-level tokenizer over
+    /// `w2 … w63`, and a calibration text of random words. `edit` may change a
+    /// tensor before it is written.
+    pub fn tiny_model(
+        dir: &Path,
+        rng: &mut impl Rng,
+        edit: &dyn Fn(&str, &mut Vec<f32>),
+    ) -> PathBuf {
+        let model = dir.join("tiny");
+        std::fs::create_dir_all(&model).unwrap();
+        let config = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": VOCAB,
+            "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "tie_word_embeddings": true, "bos_token_id": 1
+        });
+        std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+        let mut vocab = serde_json::Map::new();
+        vocab.insert("<unk>".into(), 0.into());
+        vocab.insert("<s>".into(), 1.into());
+        for i in 2..VOCAB {
+            vocab.insert(format!("w{i}"), i.into());
+        }
+        let tokenizer = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+        });
+        std::fs::write(model.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+        std::fs::write(
+            model.join("tokenizer_config.json"),
+            r#"{"bos_token": "<s>", "add_bos_token": true}"#,
+        )
+        .unwrap();
+
+        let mut tensors = vec![("model.embed_tokens.weight".to_string(), vec![VOCAB, HIDDEN])];
+        tensors.push(("model.norm.weight".into(), vec![HIDDEN]));
+        for l in 0..LAYERS {
+            let p = format!("model.layers.{l}.");
+            for (name, shape) in [
+                ("input_layernorm", vec![HIDDEN]),
+                ("post_attention_layernorm", vec![HIDDEN]),
+                ("self_attn.q_proj", vec![HIDDEN, HIDDEN]),
+                ("self_attn.k_proj", vec![HIDDEN / 2, HIDDEN]),
+                ("self_attn.v_proj", vec![HIDDEN / 2, HIDDEN]),
+                ("self_attn.o_proj", vec![HIDDEN, HIDDEN]),
+                ("mlp.gate_proj", vec![FFN, HIDDEN]),
+                ("mlp.up_proj", vec![FFN, HIDDEN]),
+                ("mlp.down_proj", vec![HIDDEN, FFN]),
+            ] {
+                tensors.push((format!("{p}{name}.weight"), shape));
+            }
+        }
+        let data: Vec<(String, Vec<usize>, Vec<f32>)> = tensors
+            .into_iter()
+            .map(|(name, shape)| {
+                let n: usize = shape.iter().product();
+                let mut v = if name.contains("norm") {
+                    (0..n).map(|_| 0.8 + 0.4 * rng.gen::<f32>()).collect()
+                } else if name.contains("embed") {
+                    (0..n).map(|_| rng.gen::<f32>() * 2.0 - 1.0).collect()
+                } else {
+                    super::random_weights(rng, n)
+                };
+                edit(&name, &mut v);
+                (name, shape, v)
+            })
+            .collect();
+        super::write_f32_safetensors(&model.join("model.safetensors"), &data);
+        let words: Vec<String> = (0..4000)
+            .map(|_| format!("w{}", rng.gen_range(2..VOCAB)))
+            .collect();
+        std::fs::write(dir.join("calib.txt"), words.join(" ")).unwrap();
+        model
+    }
+}

@@ -3,7 +3,8 @@
 //! Codes are always unsigned, `0..=2^bits-1`, and dequantize as
 //! `w = scale * (q - zero)`. Symmetric schemes fix `zero = 2^(bits-1)`
 //! ([`symmetric_zero`]: the GPTQ convention, which the GPTQ checkpoint
-//! layout stores), asymmetric ones choose it per group from the range.
+//! layout stores) and take llama.cpp's Q4_0 scale rule (the scale may be
+//! negative); asymmetric ones choose the zero per group from the range.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -118,28 +119,30 @@ pub fn symmetric_zero(bits: u32) -> u32 {
 
 /// Scale and zero-point of one group, from the group's range.
 ///
-/// Follows GPTQ's `quant.py`: the range always contains 0, an all-zero group
-/// gets the range [-1, 1], symmetric uses [`symmetric_zero`]. Both backends
-/// must compute exactly this; the affine grid's WGSL
-/// (`shaders/affine_grid.wgsl`) mirrors it.
+/// Asymmetric: GPTQ's `quant.py`: the range always contains 0, an all-zero
+/// group gets the range [-1, 1]. Symmetric: llama.cpp's Q4_0 rule, for
+/// every bit width: the value of largest magnitude `m` (the maximum when
+/// `|min| = |max|`) maps exactly onto the lowest code, `scale = m / −2^(b−1)`
+/// with zero [`symmetric_zero`], so all `2^b` levels are used (GPTQ's
+/// `max|w| / (2^(b−1) − ½)` leaves one unused); an all-zero group gets
+/// scale 1. Both backends must compute exactly this; the affine grid's
+/// WGSL (`shaders/affine_grid.wgsl`) mirrors it.
 pub fn params_from_range(min: f32, max: f32, bits: u32, symmetric: bool) -> (f32, u32) {
+    if symmetric {
+        let zero = symmetric_zero(bits);
+        let m = if -min > max { min } else { max };
+        let scale = if m == 0.0 { 1.0 } else { m / -(zero as f32) };
+        return (scale, zero);
+    }
     let maxq = ((1u32 << bits) - 1) as f32;
     let mut lo = min.min(0.0);
     let mut hi = max.max(0.0);
-    if symmetric {
-        hi = hi.max(-lo);
-        lo = -hi;
-    }
     if lo == 0.0 && hi == 0.0 {
         lo = -1.0;
         hi = 1.0;
     }
     let scale = (hi - lo) / maxq;
-    let zero = if symmetric {
-        symmetric_zero(bits)
-    } else {
-        round_half_up(-lo / scale).clamp(0.0, maxq) as u32
-    };
+    let zero = round_half_up(-lo / scale).clamp(0.0, maxq) as u32;
     (scale, zero)
 }
 
@@ -189,5 +192,41 @@ mod tests {
         for w in [1e30f32, -1e30, 7.5, -7.5, 0.49999997, -0.5] {
             assert_eq!(quantize_value(w, 1.0, 8, 15), plain(w, 1.0, 8, 15), "{w}");
         }
+    }
+
+    /// Symmetric groups follow llama.cpp's `quantize_row_q4_0_ref` code for
+    /// code (`d = max / -8`, `q = min(15, (int)(x/d + 8.5))`), and the value
+    /// of largest magnitude comes back exactly.
+    #[test]
+    fn symmetric_groups_follow_q4_0() {
+        let mut seed = 12345u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        for _ in 0..200 {
+            let g: Vec<f32> = (0..32).map(|_| next()).collect();
+            let (lo, hi) = g
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                    (a.min(x), b.max(x))
+                });
+            let (scale, zero) = params_from_range(lo, hi, 4, true);
+            assert_eq!(zero, 8);
+            // llama.cpp: the first value of largest magnitude, signed.
+            let m = g
+                .iter()
+                .fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
+            let d = m / -8.0;
+            assert_eq!(scale, d);
+            for &x in &g {
+                let want = ((x * (1.0 / d) + 8.5) as i32).min(15) as u32;
+                assert_eq!(quantize_value(x, 1.0 / scale, zero, 15), want, "{x}");
+            }
+            let q = quantize_value(m, 1.0 / scale, zero, 15);
+            assert_eq!(q, 0);
+            assert_eq!(scale * (q as f32 - zero as f32), m);
+        }
+        assert_eq!(params_from_range(0.0, 0.0, 4, true), (1.0, 8));
     }
 }

@@ -12,6 +12,7 @@ use crate::model::{ModelView, TensorKind};
 use crate::quant::gptq::{self, GptqOptions, Hessian, HessianAccumulation};
 use crate::quant::{rtn, QuantScheme, QuantizedTensor};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::time::Instant;
 
 /// Runs and quantizes one layer at a time.
@@ -26,6 +27,9 @@ pub(super) struct LayerRunner<'a> {
     /// Tokens per window, windows per chunk.
     pub(super) seq: usize,
     pub(super) chunk: usize,
+    /// Hidden rows of the windows GPTQ fits; the rows after them are the
+    /// held-out windows, whose Hessians only score the result.
+    pub(super) fit_rows: usize,
     pub(super) store_mlp: bool,
     pub(super) phases: Phases,
 }
@@ -39,13 +43,17 @@ fn dense(linear: &Linear) -> Result<Vec<f32>> {
 }
 
 impl<'a> LayerRunner<'a> {
-    /// Row ranges of the chunks of `rows_total` hidden rows.
-    fn chunks(&self, rows_total: usize) -> Vec<std::ops::Range<usize>> {
+    /// Row ranges of the chunks of `rows_total` hidden rows: the fitted
+    /// windows' chunks, then the held-out windows' (none straddles both).
+    fn chunks(&self, rows_total: usize) -> Vec<Range<usize>> {
         let step = self.chunk * self.seq;
-        (0..rows_total)
-            .step_by(step)
-            .map(|s| s..(s + step).min(rows_total))
-            .collect()
+        let split = |r: Range<usize>| {
+            r.clone()
+                .step_by(step)
+                .map(move |s| s..(s + step).min(r.end))
+        };
+        let fit = self.fit_rows.min(rows_total);
+        split(0..fit).chain(split(fit..rows_total)).collect()
     }
 
     /// RMSNorm FLOPs of `values` inputs (square, sum, scale, multiply).
@@ -68,15 +76,27 @@ impl<'a> LayerRunner<'a> {
         })
     }
 
-    /// Adds `x` to a Hessian the backend keeps. Its kernels may still run
-    /// when this returns; [`LayerRunner::finish_hessian`] times the rest.
-    fn accumulate(&mut self, hess: &mut HessianAccumulation, what: &str, x: &[f32]) -> Result<()> {
-        let cols = hess.cols();
+    /// Adds `x`, the inputs of the linear(s) `what` on the hidden rows
+    /// `rows`, to the site's Hessian of the fitted or of the held-out
+    /// windows. The backend's kernels may still run when this returns;
+    /// [`LayerRunner::finish_hessian`] times the rest.
+    fn accumulate(
+        &mut self,
+        hess: &mut SiteHessians,
+        rows: &Range<usize>,
+        what: &str,
+        x: &[f32],
+    ) -> Result<()> {
+        let h = match &mut hess.held {
+            Some(held) if rows.start >= self.fit_rows => held,
+            _ => &mut hess.fit,
+        };
+        let cols = h.cols();
         let tokens = x.len() / cols;
         let flops = (tokens * cols * (cols + 1)) as f64;
         self.phases
             .hessian
-            .time(flops, || hess.add_batch(what, x, tokens))
+            .time(flops, || h.add_batch(what, x, tokens))
     }
 
     /// The Hessian of `norm(hidden)` over every chunk of windows: the
@@ -86,39 +106,55 @@ impl<'a> LayerRunner<'a> {
         hidden: &[f32],
         what: &str,
         norm: &dyn Fn(&[f32]) -> Vec<f32>,
-    ) -> Result<Hessian> {
+    ) -> Result<(Hessian, Option<Hessian>)> {
         let h = self.arch.hidden_size;
-        let mut hess = self.start_hessian(h)?;
-        for c in self.chunks(hidden.len() / h) {
+        let rows = hidden.len() / h;
+        let mut hess = self.start_hessian(h, rows)?;
+        for c in self.chunks(rows) {
             let hc = &hidden[c.start * h..c.end * h];
             let x = self
                 .phases
                 .forward
                 .time(Self::norm_flops(hc.len()), || norm(hc));
-            self.accumulate(&mut hess, what, &x)?;
+            self.accumulate(&mut hess, &c, what, &x)?;
         }
         self.finish_hessian(hess)
     }
 
-    fn start_hessian(&self, cols: usize) -> Result<HessianAccumulation<'a>> {
-        HessianAccumulation::new(self.backend, cols)
+    /// Empty Hessians of a site whose inputs have `cols` features, over
+    /// `rows` hidden rows (held-out ones only when there are any).
+    fn start_hessian(&self, cols: usize, rows: usize) -> Result<SiteHessians<'a>> {
+        Ok(SiteHessians {
+            fit: HessianAccumulation::new(self.backend, cols)?,
+            held: match rows > self.fit_rows {
+                true => Some(HessianAccumulation::new(self.backend, cols)?),
+                false => None,
+            },
+        })
     }
 
-    fn finish_hessian(&mut self, hess: HessianAccumulation) -> Result<Hessian> {
-        self.phases.hessian.time(0.0, || hess.finish())
+    fn finish_hessian(&mut self, hess: SiteHessians) -> Result<(Hessian, Option<Hessian>)> {
+        self.phases.hessian.time(0.0, || {
+            Ok((
+                hess.fit.finish()?,
+                hess.held.map(|h| h.finish()).transpose()?,
+            ))
+        })
     }
 
     /// GPTQ (and, for the report, RTN) of the linears `kinds` of layer `i`,
-    /// all reading the inputs whose Hessian is `hess`.
+    /// all reading the inputs whose Hessians (of the fitted and of the
+    /// held-out windows) are `hess`.
     fn quantize_site(
         &mut self,
         lw: &LayerWeights,
         i: usize,
         kinds: &[TensorKind],
-        hess: &Hessian,
+        (hess, held): (Hessian, Option<Hessian>),
         on_event: &mut dyn FnMut(GptqEvent) -> Result<()>,
         reports: &mut Vec<LinearReport>,
     ) -> Result<Vec<QuantizedTensor>> {
+        let (hess, held) = (&hess, held.as_ref());
         let mut out = Vec::with_capacity(kinds.len());
         let site = format!("layer {i} {}", site_label(kinds));
         let factored = self.factor(&site, hess)?;
@@ -127,7 +163,7 @@ impl<'a> LayerRunner<'a> {
                 .expect("site kinds are block linears");
             let linear = lw.linear(kind).expect("site kinds are block linears");
             let w = dense(linear)?;
-            let (q, report) = self.quantize_linear(&name, &w, linear, hess, &factored)?;
+            let (q, report) = self.quantize_linear(&name, &w, linear, (hess, held), &factored)?;
             on_event(GptqEvent::Tensor {
                 name: &name,
                 shape: [q.rows, q.cols],
@@ -138,6 +174,24 @@ impl<'a> LayerRunner<'a> {
             out.push(q);
         }
         Ok(out)
+    }
+
+    /// `tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)` of GPTQ's `q` and of RTN's `rtn` (dequantized)
+    /// with `h` the Hessian of the held-out windows: how well each
+    /// generalises to calibration text GPTQ did not fit.
+    fn held_out_errors(
+        &self,
+        h: &[f32],
+        cols: usize,
+        w: &[f32],
+        q: &QuantizedTensor,
+        rtn: &[f32],
+    ) -> Result<(f64, f64)> {
+        let diff =
+            |w_hat: &[f32]| -> Vec<f32> { w.iter().zip(w_hat).map(|(a, b)| a - b).collect() };
+        let (dq, dr) = (diff(&self.backend.dequantize(q)?), diff(rtn));
+        let t = self.backend.quadratic_traces(h, cols, &[w, &dq, &dr])?;
+        Ok((gptq::relative_to(t[1], t[0]), gptq::relative_to(t[2], t[0])))
     }
 
     /// Factors a Hessian once for all the linears that read its inputs.
@@ -160,7 +214,7 @@ impl<'a> LayerRunner<'a> {
         name: &str,
         w: &[f32],
         linear: &Linear,
-        hess: &Hessian,
+        (hess, held): (&Hessian, Option<&Hessian>),
         factored: &gptq::Factored,
     ) -> Result<(QuantizedTensor, LinearReport)> {
         let (rows, cols) = (linear.rows(), linear.cols());
@@ -189,12 +243,25 @@ impl<'a> LayerRunner<'a> {
             .report
             .add(rtn_seconds + r.seconds_error, 3.0 * trace_flops);
         let rtn_error = r.baseline_errors[0];
+        let held_out = match held {
+            Some(hh) => {
+                let t = Instant::now();
+                let errors = self.held_out_errors(&hh.h, cols, w, &q, &rw)?;
+                self.phases
+                    .report
+                    .add(t.elapsed().as_secs_f64(), 3.0 * trace_flops);
+                Some(errors)
+            }
+            None => None,
+        };
         let report = LinearReport {
             name: name.to_string(),
             rows,
             cols,
             gptq_error: r.proxy_error,
             rtn_error,
+            held_out_gptq_error: held_out.map(|e| e.0),
+            held_out_rtn_error: held_out.map(|e| e.1),
             damp_used: r.damp_used,
             damp_retries: r.damp_retries,
             dead_columns: r.dead_columns,
@@ -229,13 +296,13 @@ impl<'a> LayerRunner<'a> {
         let what = format!("layer {i} q/k/v input");
         let hess = self.normed_hessian(hidden, &what, &|hc| layer.attn_input(hc))?;
         check(&format!("layer {i} q/k/v"))?;
-        qkv = self.quantize_site(&lw, i, QKV, &hess, on_event, &mut reports)?;
+        qkv = self.quantize_site(&lw, i, QKV, hess, on_event, &mut reports)?;
         done.add(QKV, self.resident(&qkv)?);
 
         // o: attention output with the quantized q, k, v.
         let qw = self.arch.num_heads * self.arch.head_dim();
         let mut attn = Vec::with_capacity(hidden.len() / h * qw);
-        let mut hess = self.start_hessian(qw)?;
+        let mut hess = self.start_hessian(qw, hidden.len() / h)?;
         for c in &chunks {
             let hc = &hidden[c.start * h..c.end * h];
             let x = self
@@ -243,12 +310,12 @@ impl<'a> LayerRunner<'a> {
                 .forward
                 .time(norm(hc.len()), || layer.attn_input(hc));
             let out = self.attention(&layer, &done, &x)?;
-            self.accumulate(&mut hess, &format!("layer {i} attention output"), &out)?;
+            self.accumulate(&mut hess, c, &format!("layer {i} attention output"), &out)?;
             attn.extend_from_slice(&out);
         }
         let hess = self.finish_hessian(hess)?;
         check(&format!("layer {i} o"))?;
-        o = self.quantize_site(&lw, i, O, &hess, on_event, &mut reports)?;
+        o = self.quantize_site(&lw, i, O, hess, on_event, &mut reports)?;
         done.add(O, self.resident(&o)?);
         for c in &chunks {
             let (hc, ac) = (
@@ -266,11 +333,11 @@ impl<'a> LayerRunner<'a> {
         let what = format!("layer {i} gate/up input");
         let hess = self.normed_hessian(hidden, &what, &|hc| layer.mlp_input(hc))?;
         check(&format!("layer {i} gate/up"))?;
-        gate_up = self.quantize_site(&lw, i, GATE_UP, &hess, on_event, &mut reports)?;
+        gate_up = self.quantize_site(&lw, i, GATE_UP, hess, on_event, &mut reports)?;
         done.add(GATE_UP, self.resident(&gate_up)?);
 
         // down: silu(gate)·up with the quantized gate and up.
-        let mut hess = self.start_hessian(f)?;
+        let mut hess = self.start_hessian(f, hidden.len() / h)?;
         let mut kept = Vec::with_capacity(if self.store_mlp {
             hidden.len() / h * f
         } else {
@@ -278,14 +345,14 @@ impl<'a> LayerRunner<'a> {
         });
         for c in &chunks {
             let act = self.mlp_activation(&layer, &done, &hidden[c.start * h..c.end * h])?;
-            self.accumulate(&mut hess, &format!("layer {i} down input"), &act)?;
+            self.accumulate(&mut hess, c, &format!("layer {i} down input"), &act)?;
             if self.store_mlp {
                 kept.extend_from_slice(&act);
             }
         }
         let hess = self.finish_hessian(hess)?;
         check(&format!("layer {i} down"))?;
-        down = self.quantize_site(&lw, i, DOWN, &hess, on_event, &mut reports)?;
+        down = self.quantize_site(&lw, i, DOWN, hess, on_event, &mut reports)?;
         done.add(DOWN, self.resident(&down)?);
         for c in &chunks {
             let recomputed;
@@ -351,13 +418,14 @@ impl<'a> LayerRunner<'a> {
     ) -> Result<LinearReport> {
         let norm = forward::load_final_norm(self.view)?;
         let eps = self.arch.rms_norm_eps;
-        let hess = self.normed_hessian(hidden, "output head input", &|hc| {
+        let (hess, held) = self.normed_hessian(hidden, "output head input", &|hc| {
             ops::rms_norm(hc, &norm, eps)
         })?;
         let name = forward::global_tensor_name(self.view, "head");
         let factored = self.factor(&name, &hess)?;
         let w = dense(head)?;
-        let (q, report) = self.quantize_linear(&name, &w, head, &hess, &factored)?;
+        let (q, report) =
+            self.quantize_linear(&name, &w, head, (&hess, held.as_ref()), &factored)?;
         on_event(GptqEvent::Tensor {
             name: &name,
             shape: [q.rows, q.cols],
@@ -366,6 +434,13 @@ impl<'a> LayerRunner<'a> {
         })?;
         Ok(report)
     }
+}
+
+/// The Hessians of one site being accumulated: of the windows GPTQ fits
+/// and, when some are held out, of those.
+struct SiteHessians<'b> {
+    fit: HessianAccumulation<'b>,
+    held: Option<HessianAccumulation<'b>>,
 }
 
 const QKV: &[TensorKind] = &[TensorKind::AttnQ, TensorKind::AttnK, TensorKind::AttnV];

@@ -57,11 +57,17 @@ pub struct GptqSettings {
     /// otherwise (the gate and up projections again: a third more forward
     /// FLOPs). Default: a quarter of the available memory, 1 to 16 GiB.
     pub activation_budget: usize,
+    /// Calibration windows drawn after `calib.samples` and held out of the
+    /// Hessians: the report scores GPTQ and RTN on them too, so overfitting
+    /// to the fitted windows shows. The fitted windows (and so the result)
+    /// are the same whatever this is. Default: `samples / 16`, at least 1.
+    pub holdout: usize,
 }
 
 impl GptqSettings {
     pub fn new(calib: CalibConfig) -> Self {
         Self {
+            holdout: (calib.samples / 16).max(1),
             calib,
             options: GptqOptions::default(),
             chunk_budget: 256 << 20,
@@ -108,7 +114,14 @@ pub fn run(
     let transfers_before = backend.transfer_bytes();
     let arch = view.arch().clone();
     let tokenizer = Tokenizer::from_model(view)?;
-    let windows = load_windows(&settings.calib, &tokenizer)?;
+    // The held-out windows follow the fitted ones: drawn from the same
+    // seeded sequence, the fitted windows do not depend on how many follow.
+    let fitted = settings.calib.samples;
+    let drawn = CalibConfig {
+        samples: fitted + settings.holdout,
+        ..settings.calib.clone()
+    };
+    let windows = load_windows(&drawn, &tokenizer)?;
     let mut hidden = embed_windows(view, &windows)?;
     let check = |what: &str| -> Result<()> {
         if cancelled() {
@@ -120,7 +133,7 @@ pub fn run(
 
     let (h, f) = (arch.hidden_size, arch.intermediate_size);
     let widest = f.max(h) + 2 * f;
-    let chunk = (settings.chunk_budget / (windows.len * widest * 4)).clamp(1, windows.samples);
+    let chunk = (settings.chunk_budget / (windows.len * widest * 4)).clamp(1, fitted);
     let store_mlp = windows.samples * windows.len * f * 4 <= settings.activation_budget;
     let rope_inv = forward::rope_inv_freq(&arch, forward::load_rope_freq_factors(view)?.as_deref());
     let mut runner = LayerRunner {
@@ -132,6 +145,7 @@ pub fn run(
         rope_inv: &rope_inv,
         seq: windows.len,
         chunk,
+        fit_rows: fitted * windows.len,
         store_mlp,
         phases: Phases::default(),
     };
@@ -178,6 +192,7 @@ pub fn run(
         .filter(|l| l.gptq_error >= l.rtn_error)
         .map(|l| l.name.clone())
         .collect();
+    let held_out_worse = layers_held_out_worse(&layers, &head);
     Ok(GptqRunReport {
         calib: settings.calib.clone(),
         calib_text_tokens: windows.text_tokens,
@@ -195,7 +210,23 @@ pub fn run(
         gpu_transfer_bytes: transfer_since(backend, transfers_before),
         model_f32_bytes: view.tensors().iter().map(|t| t.numel() as u64 * 4).sum(),
         linears_not_better_than_rtn: not_better,
+        holdout_windows: settings.holdout,
+        linears_not_better_than_rtn_held_out: held_out_worse,
     })
+}
+
+/// Linears whose GPTQ error on the held-out windows is not below RTN's.
+fn layers_held_out_worse(layers: &[LayerReport], head: &Option<LinearReport>) -> Vec<String> {
+    layers
+        .iter()
+        .flat_map(|l| &l.linears)
+        .chain(head)
+        .filter(|l| match (l.held_out_gptq_error, l.held_out_rtn_error) {
+            (Some(g), Some(r)) => g >= r,
+            _ => false,
+        })
+        .map(|l| l.name.clone())
+        .collect()
 }
 
 /// Host ↔ device bytes since `before` (a [`Backend::transfer_bytes`] reading).

@@ -76,6 +76,11 @@ pub struct LinearReport {
     /// ‖WX − ŴX‖²/‖WX‖² on the calibration inputs, GPTQ and RTN.
     pub gptq_error: f64,
     pub rtn_error: f64,
+    /// The same on the held-out calibration windows (not in the Hessian
+    /// GPTQ fitted): overfitting shows as a held-out GPTQ error far above
+    /// the fitted one, or above RTN's. `None` without held-out windows.
+    pub held_out_gptq_error: Option<f64>,
+    pub held_out_rtn_error: Option<f64>,
     pub damp_used: f64,
     pub damp_retries: u32,
     pub dead_columns: usize,
@@ -117,4 +122,8 @@ pub struct GptqRunReport {
     pub model_f32_bytes: u64,
     /// Linears whose GPTQ error is not below RTN's.
     pub linears_not_better_than_rtn: Vec<String>,
+    /// Calibration windows held out of the Hessians (scored only).
+    pub holdout_windows: usize,
+    /// Linears whose GPTQ error on the held-out windows is not below RTN's.
+    pub linears_not_better_than_rtn_held_out: Vec<String>,
 }
