@@ -6,9 +6,10 @@
 //! must equal `‖(W − Ŵ)Xᵀ‖²/‖WXᵀ‖²` computed directly from the held-out
 //! windows' inputs (captured by the CPU forward of the quantized model,
 //! which reproduces the inputs the sequential pipeline saw) within 0.5%
-//! (the report's traces go through an f32 Hessian; seen: at most 0.12%,
-//! on o_proj, whose error is the smallest); and holding windows out must
-//! not change the result.
+//! plus 2e-5 (the report's traces go through an f32 Hessian, whose rounding
+//! is a few 1e-6 of the output energy: seen 6e-6, 0.5%, on an o_proj error
+//! of 1.2e-3, seed 9990802079759680051); and holding windows out must not
+//! change the result.
 
 mod common;
 
@@ -101,11 +102,15 @@ fn held_out_windows_show_a_planted_overfit_and_are_scored_right() {
                 l.name, l.gptq_error, l.rtn_error
             );
             assert!(
-                (got_gptq - want_gptq).abs() <= 5e-3 * want_gptq,
+                (got_gptq - want_gptq).abs() <= 5e-3 * want_gptq + 2e-5,
                 "{}",
                 l.name
             );
-            assert!((got_rtn - want_rtn).abs() <= 5e-3 * want_rtn, "{}", l.name);
+            assert!(
+                (got_rtn - want_rtn).abs() <= 5e-3 * want_rtn + 2e-5,
+                "{}",
+                l.name
+            );
             ratios.push(got_gptq / l.gptq_error.max(1e-30));
             checked += 1;
         }
