@@ -122,30 +122,26 @@ fetch_ood() {
     mv "$TMP/ood/fortunes.txt" "$TMP/ood/debian-reference.txt" "$OOD/"
 }
 
-check_sizes() {
-    # Emma is about 880 KB; anything under 300 KB means a broken decode.
-    for n in "${NOVELS[@]}"; do
-        local size
-        size="$(stat -c %s "$AUSTEN/$n.txt")"
-        if ((size < 300000)); then
-            echo "ERROR: $AUSTEN/$n.txt is only $size bytes" >&2
-            exit 1
-        fi
-    done
-    for f in fortunes debian-reference; do
-        local osize
-        osize="$(stat -c %s "$OOD/$f.txt")"
-        if ((osize < 300000)); then
-            echo "ERROR: $OOD/$f.txt is only $osize bytes" >&2
-            exit 1
-        fi
-    done
-    local msize
-    msize="$(stat -c %s "$MODEL")"
-    if ((msize < 50000000)); then
-        echo "ERROR: $MODEL is only $msize bytes" >&2
+# Errors unless file $1 has at least $2 bytes.
+check_size() {
+    local size
+    size="$(stat -c %s "$1")"
+    if ((size < $2)); then
+        echo "ERROR: $1 is only $size bytes" >&2
         exit 1
     fi
+}
+
+check_sizes() {
+    # Emma is about 880 KB, the other texts 0.7-1 MB; anything under 300 KB
+    # means a broken decode.
+    local n
+    for n in "${NOVELS[@]}"; do
+        check_size "$AUSTEN/$n.txt" 300000
+    done
+    check_size "$OOD/fortunes.txt" 300000
+    check_size "$OOD/debian-reference.txt" 300000
+    check_size "$MODEL" 50000000
 }
 
 fetch_model

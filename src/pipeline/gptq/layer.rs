@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::arch::ArchConfig;
 use crate::model::forward::{self, DecoderLayer, LayerWeights, Linear};
 use crate::model::{ModelView, TensorKind};
+use crate::quant::gptq::error::diff;
 use crate::quant::gptq::{self, GptqOptions, Hessian, HessianAccumulation};
 use crate::quant::{rtn, QuantScheme, QuantizedTensor};
 use rayon::prelude::*;
@@ -187,9 +188,7 @@ impl<'a> LayerRunner<'a> {
         q: &QuantizedTensor,
         rtn: &[f32],
     ) -> Result<(f64, f64)> {
-        let diff =
-            |w_hat: &[f32]| -> Vec<f32> { w.iter().zip(w_hat).map(|(a, b)| a - b).collect() };
-        let (dq, dr) = (diff(&self.backend.dequantize(q)?), diff(rtn));
+        let (dq, dr) = (diff(w, &self.backend.dequantize(q)?), diff(w, rtn));
         let t = self.backend.quadratic_traces(h, cols, &[w, &dq, &dr])?;
         Ok((gptq::relative_to(t[1], t[0]), gptq::relative_to(t[2], t[0])))
     }
