@@ -29,9 +29,11 @@ struct Params {
     // 1: static groups (act-order), group of column j is group_of[j] and
     // the parameters are given; 0: group j / group_len, fitted here.
     static_groups: u32,
+    // quantize_block: the block's columns first..last (block-relative), at
+    // most one dynamic group's start among them.
+    first: u32,
+    last: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -59,7 +61,7 @@ fn quantize_block(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         return;
     }
     let base = r * p.cols;
-    for (var jj = 0u; jj < p.len; jj++) {
+    for (var jj = p.first; jj < p.last; jj++) {
         let j = p.start + jj;
         var g = j / p.group_len;
         if (p.static_groups != 0u) {

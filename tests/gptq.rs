@@ -545,6 +545,7 @@ fn gptq_columns_reject_misuse() {
         hinv[i * cols + i] = 1.0;
     }
     let grid = llmq_gpu::encoding::AffineGrid {
+        search: false,
         bits: 4,
         symmetric: false,
     };

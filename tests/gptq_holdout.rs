@@ -30,10 +30,10 @@ fn held_out_windows_show_a_planted_overfit_and_are_scored_right() {
     let model = tiny_model(dir.path(), &mut rng, &|_, _| {});
     let scheme = QuantScheme::new(4, false, Granularity::Group(32)).unwrap();
     let calib = CalibConfig {
-        file: dir.path().join("calib.txt"),
         samples: 2,
         len: 16,
         seed: 5,
+        ..CalibConfig::new(dir.path().join("calib.txt"))
     };
     let (holdout, out) = (6, dir.path().join("q"));
     let run = |holdout: usize, out: &std::path::Path| {
@@ -52,11 +52,7 @@ fn held_out_windows_show_a_planted_overfit_and_are_scored_right() {
     let source = ModelView::open(&model).unwrap();
     let quantized = ModelView::open(&out).unwrap();
     let tokenizer = Tokenizer::from_model(&source).unwrap();
-    let drawn = CalibConfig {
-        samples: calib.samples + holdout,
-        ..calib.clone()
-    };
-    let windows = load_windows(&drawn, &tokenizer).unwrap();
+    let windows = load_windows(&calib, holdout, &tokenizer, &source).unwrap();
     let held = &windows.tokens[calib.samples * calib.len..];
     let forward = CpuForward::load(&quantized).unwrap();
     let mut hidden = forward.embed(held).unwrap();

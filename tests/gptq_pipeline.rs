@@ -30,10 +30,10 @@ use common::gptq_model::{tiny_model, LAYERS};
 
 fn settings(dir: &Path, samples: usize, len: usize) -> GptqSettings {
     GptqSettings::new(CalibConfig {
-        file: dir.join("calib.txt"),
         samples,
         len,
         seed: 3,
+        ..CalibConfig::new(dir.join("calib.txt"))
     })
 }
 
@@ -146,10 +146,10 @@ fn pipeline_beats_rtn_on_every_smollm2_linear() {
         let scheme = QuantScheme::new(bits, false, Granularity::Group(128)).unwrap();
         let out = dir.path().join(format!("w{bits}"));
         let mut s = GptqSettings::new(CalibConfig {
-            file: emma.clone(),
             samples: 4,
             len: 64,
             seed: 0,
+            ..CalibConfig::new(emma.clone())
         });
         s.options.damp = 0.01;
         let r = run(&CpuBackend, &common::smollm2_gguf(), &out, scheme, s).unwrap();

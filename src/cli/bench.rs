@@ -112,10 +112,9 @@ fn run_gptq(a: &Args) -> Result<()> {
                 .clone()
                 .ok_or_else(|| Error::Config("bench --gptq --model needs --calib FILE".into()))?;
             let settings = GptqSettings::new(CalibConfig {
-                file: calib,
                 samples: a.calib_samples,
                 len: a.calib_len,
-                seed: 0,
+                ..CalibConfig::new(calib)
             });
             let config = QuantizeConfig::new(model, "unused", scheme).gptq(settings);
             bench_model(backend.as_ref(), peak, &config)?

@@ -2,8 +2,8 @@
 
 use super::{human_bytes, DeviceArgs};
 use indicatif::{ProgressBar, ProgressStyle};
-use llmq_gpu::pipeline::calib::CalibConfig;
-use llmq_gpu::pipeline::gptq::{GptqRunReport, GptqSettings, LinearReport};
+use llmq_gpu::pipeline::calib::{CalibConfig, CalibSource};
+use llmq_gpu::pipeline::gptq::{GptqRunReport, GptqSettings, LinearReport, Solver};
 use llmq_gpu::quant::gptq::GptqOptions;
 use llmq_gpu::{
     CancelToken, Error, Granularity, Method, Progress, QuantScheme, QuantizeConfig, Result,
@@ -22,10 +22,16 @@ pub struct Args {
     /// (layer by layer on calibration text, needs --calib).
     #[arg(long, default_value = "rtn", value_parser = ["rtn", "gptq"])]
     method: String,
-    /// GPTQ: calibration text file (UTF-8), tokenized with the model's tokenizer.
-    #[arg(long)]
-    calib: Option<PathBuf>,
-    /// GPTQ: calibration windows drawn from the text.
+    /// Calibration source, repeatable: a UTF-8 text file, a folder of them,
+    /// either with a weight (FILE@2: twice the windows of a weight-1
+    /// source), or self:N (N windows sampled from the model itself,
+    /// seeded, temperature 1). Needed by gptq; with rtn, each group's scale
+    /// and zero come from a search weighted by the columns' Σx² on it (the
+    /// imatrix idea).
+    #[arg(long, value_name = "SOURCE")]
+    calib: Vec<String>,
+    /// Calibration windows drawn from the text sources (split by weight;
+    /// self:N sources add their N).
     #[arg(long, default_value_t = 128)]
     calib_samples: usize,
     /// GPTQ: tokens per calibration window.
@@ -51,6 +57,17 @@ pub struct Args {
     /// (raised automatically when the Hessian is not positive definite).
     #[arg(long, default_value_t = 0.01)]
     damp: f64,
+    /// GPTQ: fit each group's scale and zero by the diag(H)-weighted search
+    /// instead of its min/max range.
+    #[arg(long, overrides_with = "no_scale_search")]
+    scale_search: bool,
+    /// GPTQ: groups take their min/max range (GPTQ's own rule).
+    #[arg(long, overrides_with = "scale_search")]
+    no_scale_search: bool,
+    /// GPTQ: blend the Hessian toward its diagonal, H ← (1−λ)H + λ·diag(H),
+    /// 0 to 1 (0: plain GPTQ; 1: each column weighted by its Σx² alone).
+    #[arg(long, default_value_t = 0.0)]
+    diag_blend: f64,
     /// GPTQ: columns per block of the lazy batch update.
     #[arg(long, default_value_t = 128)]
     block_size: usize,
@@ -105,10 +122,16 @@ pub fn run(a: Args) -> Result<()> {
         other => return Err(Error::Config(format!("unknown method '{other}'"))),
     };
     let mut config = QuantizeConfig::new(&a.model, &a.out, scheme);
-    match (method, &a.calib) {
-        (Method::Gptq, Some(file)) => {
+    let sources = a
+        .calib
+        .iter()
+        .map(|s| CalibSource::parse(s))
+        .collect::<Result<Vec<_>>>()?
+        .concat();
+    match (method, sources.is_empty()) {
+        (_, false) => {
             let mut settings = GptqSettings::new(CalibConfig {
-                file: file.clone(),
+                sources,
                 samples: a.calib_samples,
                 len: a.calib_len,
                 seed: a.seed,
@@ -120,23 +143,21 @@ pub fn run(a: Args) -> Result<()> {
                 damp: a.damp,
                 block: a.block_size,
                 act_order: a.act_order || !a.no_act_order,
+                scale_search: a.scale_search && !a.no_scale_search,
+                diag_blend: a.diag_blend,
                 ..GptqOptions::default()
             };
             config = config.gptq(settings);
         }
-        (Method::Gptq, None) => {
+        (Method::Gptq, true) => {
             return Err(Error::Config(
-                "--method gptq needs calibration text: --calib FILE (any UTF-8 text \
-                 in the model's language, e.g. a book or a Wikipedia dump)"
+                "--method gptq needs calibration: --calib FILE (any UTF-8 text \
+                 in the model's language, e.g. a book or a Wikipedia dump), a folder \
+                 of texts, or self:N (N windows sampled from the model itself)"
                     .into(),
             ))
         }
-        (Method::Rtn, Some(_)) => {
-            return Err(Error::Config(
-                "--calib is for --method gptq; RTN uses no calibration data".into(),
-            ))
-        }
-        (Method::Rtn, None) => {}
+        (Method::Rtn, true) => {}
     }
     let config = config
         .method(method)
@@ -178,7 +199,12 @@ pub fn run(a: Args) -> Result<()> {
         }
         Progress::Calibrated { tokens, layers } => {
             say(format!(
-                "calibration: {tokens} tokens; GPTQ layer by layer ({layers} layers)"
+                "calibration: {tokens} tokens; {} layer by layer ({layers} layers)",
+                if method == Method::Rtn {
+                    "RTN scale search"
+                } else {
+                    "GPTQ"
+                }
             ));
             bar.set_length(layers as u64);
             bar.set_position(0);
@@ -192,8 +218,13 @@ pub fn run(a: Args) -> Result<()> {
         } => {
             bar.inc(1);
             say(format!(
-                "layer {:>3}/{total}: output error GPTQ {gptq_error:.3e} vs RTN {rtn_error:.3e} \
+                "layer {:>3}/{total}: output error {} {gptq_error:.3e} vs RTN {rtn_error:.3e} \
                  ({:.2}x)  {seconds:.1} s",
+                if method == Method::Rtn {
+                    "RTN+search"
+                } else {
+                    "GPTQ"
+                },
                 index + 1,
                 gptq_error / rtn_error.max(f64::MIN_POSITIVE)
             ));
@@ -255,16 +286,26 @@ fn print_gptq_summary(g: &GptqRunReport) {
     let mean = |f: &dyn Fn(&&LinearReport) -> f64| {
         linears.iter().map(f).sum::<f64>() / linears.len().max(1) as f64
     };
+    let who = match g.solver {
+        Solver::Gptq => "GPTQ",
+        Solver::RtnSearch => "RTN+search",
+    };
     println!(
-        "  GPTQ             {} x {} calibration tokens, damp {}, block {}{}",
+        "  {who:<16} {} x {} calibration tokens, damp {}, block {}{}{}{}",
         g.calib.samples,
         g.calib.len,
         g.damp,
         g.block,
-        if g.act_order { ", act-order" } else { "" }
+        if g.act_order { ", act-order" } else { "" },
+        if g.scale_search { ", scale search" } else { "" },
+        if g.diag_blend > 0.0 {
+            format!(", diag blend {}", g.diag_blend)
+        } else {
+            String::new()
+        }
     );
     println!(
-        "  output error     mean over {} linears: GPTQ {:.3e}, RTN {:.3e} (‖WX−ŴX‖²/‖WX‖² on the calibration inputs)",
+        "  output error     mean over {} linears: {who} {:.3e}, RTN {:.3e} (‖WX−ŴX‖²/‖WX‖² on the calibration inputs)",
         linears.len(),
         mean(&|l| l.gptq_error),
         mean(&|l| l.rtn_error)

@@ -3,7 +3,7 @@
 //! time; text is handed to the caller as soon as it decodes to whole
 //! characters.
 
-pub mod sampler;
+pub use crate::model::sampler;
 
 pub use sampler::{Sampler, SamplerConfig};
 

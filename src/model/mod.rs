@@ -3,6 +3,7 @@
 
 pub mod arch;
 pub mod forward;
+pub mod sampler;
 pub mod tokenizer;
 pub mod view;
 

@@ -60,7 +60,10 @@ pub struct QuantizeConfig {
     pub overwrite: bool,
     /// Lower the GPU binding limit (testing the split path); `None` keeps the adapter's.
     pub max_binding: Option<u64>,
-    /// Calibration and GPTQ options; required by [`Method::Gptq`].
+    /// Calibration and GPTQ options; required by [`Method::Gptq`]. With
+    /// [`Method::Rtn`] they make RTN calibrated: the layers run on the
+    /// calibration windows as for GPTQ and each group's parameters come
+    /// from the `diag(H)`-weighted scale search ([`gptq::Solver::RtnSearch`]).
     pub gptq: Option<GptqSettings>,
 }
 
@@ -80,7 +83,8 @@ impl QuantizeConfig {
             gptq: None,
         }
     }
-    /// GPTQ with these settings (sets the method too).
+    /// GPTQ with these settings (sets the method too; set
+    /// [`Method::Rtn`] after it for RTN with the weighted scale search).
     pub fn gptq(mut self, settings: GptqSettings) -> Self {
         self.method = Method::Gptq;
         self.gptq = Some(settings);
@@ -338,7 +342,7 @@ pub fn quantize_model_with(
     let mut tally = Tally::default();
     let mut gptq_report = None;
     match config.method {
-        Method::Rtn => {
+        Method::Rtn if config.gptq.is_none() => {
             for (index, t) in tensors.iter().enumerate() {
                 if cancel.is_cancelled() {
                     return Err(Error::Cancelled);
@@ -360,10 +364,15 @@ pub fn quantize_model_with(
                 });
             }
         }
-        Method::Gptq => {
-            let settings = config.gptq.as_ref().ok_or_else(|| {
+        // GPTQ, or RTN with calibration: its weighted scale search.
+        Method::Gptq | Method::Rtn => {
+            let mut settings = config.gptq.clone().ok_or_else(|| {
                 Error::Config("GPTQ needs calibration settings (QuantizeConfig::gptq)".into())
             })?;
+            if config.method == Method::Rtn {
+                settings.solver = gptq::Solver::RtnSearch;
+            }
+            let settings = &settings;
             // Everything GPTQ does not quantize is copied first, one tensor
             // at a time; then the layers stream their quantized linears.
             for t in tensors.iter().filter(|t| !should_quantize(t, config)) {
@@ -385,7 +394,7 @@ pub fn quantize_model_with(
                         on_progress(Progress::Calibrated { tokens, layers })
                     }
                     GptqEvent::Tensor { name, shape, q, w } => {
-                        tally.quantized(&mut writer, name, &shape, q, w, Method::Gptq)?;
+                        tally.quantized(&mut writer, name, &shape, q, w, config.method)?;
                         on_progress(Progress::Tensor {
                             index: tally.count() - 1,
                             total: tensors.len(),

@@ -8,6 +8,7 @@
 
 use crate::backend::{Backend, GroupParams};
 use crate::encoding::affine::scheme::{params_from_range, Granularity, QuantScheme};
+use crate::encoding::affine::search::fit_weighted;
 use crate::encoding::QuantizedTensor;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -46,6 +47,22 @@ pub fn quantize(
     cols: usize,
     scheme: &QuantScheme,
 ) -> Result<QuantizedTensor> {
+    quantize_weighted(backend, name, w, rows, cols, scheme, None)
+}
+
+/// RTN whose group parameters, given the columns' importances `hdiag`
+/// (`diag(H)`, `[cols]`), come from the weighted scale search
+/// ([`crate::encoding::affine::search`], the imatrix idea) instead of the
+/// range; `None` is plain [`quantize`].
+pub fn quantize_weighted(
+    backend: &dyn Backend,
+    name: &str,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    scheme: &QuantScheme,
+    hdiag: Option<&[f32]>,
+) -> Result<QuantizedTensor> {
     scheme.check_shape(name, rows, cols)?;
     if w.len() != rows * cols {
         return Err(Error::BadTensor {
@@ -55,19 +72,16 @@ pub fn quantize(
     }
     check_finite(name, w)?;
     let group_len = scheme.group_len(cols);
-    let (mut mins, mut maxs) = backend.group_ranges(w, rows, cols, group_len)?;
-    if scheme.granularity == Granularity::PerTensor {
-        // One range for the whole tensor, broadcast to every row.
-        let lo = mins.iter().copied().fold(f32::INFINITY, f32::min);
-        let hi = maxs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        mins.iter_mut().for_each(|m| *m = lo);
-        maxs.iter_mut().for_each(|m| *m = hi);
-    }
-    let (scales, zeros): (Vec<f32>, Vec<u32>) = mins
-        .iter()
-        .zip(&maxs)
-        .map(|(&lo, &hi)| params_from_range(lo, hi, scheme.bits, scheme.symmetric))
-        .unzip();
+    let (scales, zeros) = match hdiag {
+        None => range_params(backend, w, rows, cols, scheme)?,
+        Some(h) if h.len() == cols => searched_params(w, cols, h, scheme),
+        Some(h) => {
+            return Err(Error::BadTensor {
+                name: name.into(),
+                msg: format!("{} importances for {cols} input columns", h.len()),
+            })
+        }
+    };
     let inv_scales: Vec<f32> = scales.iter().map(|s| 1.0 / s).collect();
     let packed = backend.quantize_codes(
         w,
@@ -88,4 +102,50 @@ pub fn quantize(
         scales,
         zeros: zeros.iter().map(|&z| z as u8).collect(),
     })
+}
+
+/// Each group's parameters from its range (the backend computes the ranges).
+fn range_params(
+    backend: &dyn Backend,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    scheme: &QuantScheme,
+) -> Result<(Vec<f32>, Vec<u32>)> {
+    let (mut mins, mut maxs) = backend.group_ranges(w, rows, cols, scheme.group_len(cols))?;
+    if scheme.granularity == Granularity::PerTensor {
+        // One range for the whole tensor, broadcast to every row.
+        let lo = mins.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = maxs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        mins.iter_mut().for_each(|m| *m = lo);
+        maxs.iter_mut().for_each(|m| *m = hi);
+    }
+    Ok(mins
+        .iter()
+        .zip(&maxs)
+        .map(|(&lo, &hi)| params_from_range(lo, hi, scheme.bits, scheme.symmetric))
+        .unzip())
+}
+
+/// Each group's parameters by the weighted scale search, on the host (rows
+/// in parallel); a per-tensor scheme searches once over the whole weight.
+fn searched_params(
+    w: &[f32],
+    cols: usize,
+    hdiag: &[f32],
+    scheme: &QuantScheme,
+) -> (Vec<f32>, Vec<u32>) {
+    let fit = |x: &[f32], h: &[f32]| fit_weighted(x, h, scheme.bits, scheme.symmetric);
+    let rows = w.len() / cols;
+    if scheme.granularity == Granularity::PerTensor {
+        let h: Vec<f32> = hdiag.iter().copied().cycle().take(w.len()).collect();
+        let p = fit(w, &h);
+        return (vec![p.0; rows], vec![p.1; rows]);
+    }
+    let g = scheme.group_len(cols);
+    w.par_chunks(cols)
+        .flat_map_iter(|row| row.chunks(g).zip(hdiag.chunks(g)).map(|(x, h)| fit(x, h)))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .unzip()
 }

@@ -48,7 +48,10 @@ struct Params {
     end: u32,
     n: u32,
     static_groups: u32,
-    _pad: [u32; 3],
+    /// quantize_block runs the block's columns `first..last` (block-relative).
+    first: u32,
+    last: u32,
+    _pad: u32,
 }
 
 /// Mirrors `Params` in gptq_pack.wgsl.
@@ -225,6 +228,19 @@ impl<'a> GpuGptqColumns<'a> {
         })
     }
 
+    /// The columns `start..end` cut where dynamic groups start (one piece
+    /// with static groups).
+    fn segments(&self, start: usize, end: usize) -> Vec<(usize, usize)> {
+        let g = self.spec.group_len;
+        if self.spec.static_groups.is_some() {
+            return vec![(start, end)];
+        }
+        let mut cuts: Vec<usize> = (start + 1..end).filter(|j| j % g == 0).collect();
+        cuts.insert(0, start);
+        cuts.push(end);
+        cuts.windows(2).map(|w| (w[0], w[1])).collect()
+    }
+
     fn params(&self, start: usize, end: usize, rows: usize) -> Params {
         let s = &self.spec;
         Params {
@@ -235,6 +251,8 @@ impl<'a> GpuGptqColumns<'a> {
             group_len: s.group_len as u32,
             groups: s.groups(self.cols) as u32,
             static_groups: s.static_groups.is_some() as u32,
+            first: 0,
+            last: (end - start) as u32,
             ..Params::default()
         }
     }
@@ -254,10 +272,23 @@ impl GptqColumns for GpuGptqColumns<'_> {
         let block = self.spec.hinv_part(cols, start..end, start..end);
         let block = ctx.upload("gptq.hinv", f32_bytes(&block))?;
         let mut enc = ctx.encoder();
-        let mut uniforms = Vec::with_capacity(self.chunks.len());
-        for c in &self.chunks {
+        // One dispatch per group segment of the block: an invocation fits at
+        // most one group (lavapipe lost the later groups' parameters when
+        // one invocation ran several weighted scale searches).
+        let segments = self.segments(start, end);
+        let mut uniforms = Vec::with_capacity(self.chunks.len() * segments.len());
+        for (c, &(from, to)) in self
+            .chunks
+            .iter()
+            .flat_map(|c| segments.iter().map(move |s| (c, s)))
+        {
             let n = c.rows.len();
-            uniforms.push(ctx.uniform("gptq.params", &self.params(start, end, n)));
+            let params = Params {
+                first: (from - start) as u32,
+                last: (to - start) as u32,
+                ..self.params(start, end, n)
+            };
+            uniforms.push(ctx.uniform("gptq.params", &params));
             let uniform = &uniforms[uniforms.len() - 1];
             ctx.encode(
                 &mut enc,

@@ -4,6 +4,7 @@
 //! `shaders/affine_grid.wgsl` after the constants of the scheme.
 
 use super::scheme::{params_from_range, quantize_value, symmetric_zero, QuantScheme};
+use super::search::{fit_weighted, GROW_STEPS, REFITS, SHRINK_STEPS, ZERO_SHIFTS};
 use super::QuantizedTensor;
 use crate::encoding::grid::{Grid, GridCodes};
 use crate::error::{Error, Result};
@@ -12,13 +13,25 @@ use crate::error::{Error, Result};
 pub struct AffineGrid {
     pub bits: u32,
     pub symmetric: bool,
+    /// Fit each group by the weighted scale search instead of its range.
+    pub search: bool,
 }
 
 impl AffineGrid {
+    /// The range-rule grid of `scheme` (RTN's parameters).
     pub fn of(scheme: &QuantScheme) -> Self {
         Self {
             bits: scheme.bits,
             symmetric: scheme.symmetric,
+            search: false,
+        }
+    }
+
+    /// `scheme`'s grid, fitted by the weighted scale search when `search`.
+    pub fn searched(scheme: &QuantScheme, search: bool) -> Self {
+        Self {
+            search,
+            ..Self::of(scheme)
         }
     }
 
@@ -30,7 +43,13 @@ impl AffineGrid {
         cols: usize,
         codes: GridCodes,
     ) -> Result<QuantizedTensor> {
-        if AffineGrid::of(scheme) != *self || !codes.params.len().is_multiple_of(2) {
+        if AffineGrid::of(scheme)
+            != (AffineGrid {
+                search: false,
+                ..*self
+            })
+            || !codes.params.len().is_multiple_of(2)
+        {
             return Err(Error::Config(format!(
                 "affine grid {self:?}: codes for {} ({} parameters)",
                 scheme.label(),
@@ -62,7 +81,8 @@ impl AffineGrid {
 impl Grid for AffineGrid {
     fn key(&self) -> String {
         let sym = if self.symmetric { "sym" } else { "asym" };
-        format!("affine.{}.{sym}", self.bits)
+        let search = if self.search { ".search" } else { "" };
+        format!("affine.{}.{sym}{search}", self.bits)
     }
 
     fn code_bits(&self) -> u32 {
@@ -73,7 +93,13 @@ impl Grid for AffineGrid {
         2
     }
 
-    fn fit(&self, w: &[f32], _hdiag: &[f32], params: &mut [f32]) {
+    fn fit(&self, w: &[f32], hdiag: &[f32], params: &mut [f32]) {
+        if self.search {
+            let (s, z) = fit_weighted(w, hdiag, self.bits, self.symmetric);
+            params[0] = s;
+            params[1] = z as f32;
+            return;
+        }
         let (lo, hi) = w
             .iter()
             .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
@@ -94,9 +120,13 @@ impl Grid for AffineGrid {
     fn wgsl(&self) -> String {
         format!(
             "const GRID_BITS: u32 = {}u;\nconst GRID_SYMMETRIC: bool = {};\n\
+             const GRID_SEARCH: bool = {};\nconst GRID_SHRINK_STEPS: u32 = {SHRINK_STEPS}u;\n\
+             const GRID_GROW_STEPS: u32 = {GROW_STEPS}u;\nconst GRID_ZERO_SHIFTS: u32 = {ZERO_SHIFTS}u;\n\
+             const GRID_REFITS: u32 = {REFITS}u;\n\
              const GRID_SYMMETRIC_ZERO: f32 = {}.0;\n{}",
             self.bits,
             self.symmetric,
+            self.search,
             symmetric_zero(self.bits),
             include_str!("../../../shaders/affine_grid.wgsl")
         )

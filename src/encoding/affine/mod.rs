@@ -1,6 +1,7 @@
 //! Linear integer codes: `w = scale · (q − zero)` with one scale and
 //! zero-point per group of a row ([`scheme`]), codes packed as a bit
-//! stream per row ([`packing`]), and the grid GPTQ rounds onto ([`grid`]).
+//! stream per row ([`packing`]), the grid GPTQ rounds onto ([`grid`]) and
+//! the `diag(H)`-weighted choice of a group's parameters ([`search`]).
 //!
 //! Stored parts of a weight `NAME` (the llmq format, see
 //! [`crate::formats::llmq`]): `NAME.qweight` (U32 `[rows, words_per_row]`),
@@ -13,6 +14,7 @@ pub mod grid;
 pub mod matmul;
 pub mod packing;
 pub mod scheme;
+pub mod search;
 mod simd;
 
 pub use grid::AffineGrid;

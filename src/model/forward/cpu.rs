@@ -49,10 +49,10 @@ impl KvCache {
 }
 
 /// Where a layer call gets its past keys/values: none (fresh sequences) or
-/// one sequence's cache.
+/// each sequence's cache of this layer, all holding the same positions.
 enum Past<'a> {
     Fresh,
-    Cached(&'a mut (Vec<f32>, Vec<f32>), usize),
+    Cached(Vec<&'a mut (Vec<f32>, Vec<f32>)>, usize),
 }
 
 impl CpuForward {
@@ -194,7 +194,8 @@ impl CpuForward {
             let vb = &v[b * seq * kvw..][..seq * kvw];
             let out = match &mut past {
                 Past::Fresh => ops::attention(qb, kb, vb, seq, 0, shape),
-                Past::Cached(kv, _) => {
+                Past::Cached(kvs, _) => {
+                    let kv = &mut kvs[b];
                     kv.0.extend_from_slice(kb);
                     kv.1.extend_from_slice(vb);
                     ops::attention(qb, &kv.0, &kv.1, seq, start, shape)
@@ -253,11 +254,44 @@ impl CpuForward {
         let mut hidden = self.embed(tokens)?;
         let seq = tokens.len();
         for (i, kv) in cache.layers.iter_mut().enumerate() {
-            self.layer_with(i, &mut hidden, seq, Past::Cached(kv, start), &mut |_| {})?;
+            self.layer_with(
+                i,
+                &mut hidden,
+                seq,
+                Past::Cached(vec![kv], start),
+                &mut |_| {},
+            )?;
         }
         cache.len += seq;
         let h = self.weights.arch.hidden_size;
         self.final_norm_and_head(&hidden[(seq - 1) * h..])
+    }
+
+    /// Feeds one token to each of several sequences in lockstep (`tokens[b]`
+    /// to `caches[b]`, all at the same position): one batched pass, so the
+    /// linears run as matrix products. Logits `[caches.len(), vocab]`.
+    pub fn feed_batch(&self, caches: &mut [KvCache], tokens: &[u32]) -> Result<Vec<f32>> {
+        let start = caches.first().map_or(0, |c| c.len);
+        if tokens.len() != caches.len()
+            || caches
+                .iter()
+                .any(|c| c.len != start || start + 1 > c.capacity)
+        {
+            return Err(Error::Config(format!(
+                "batched decoding needs one token per sequence, all at the same position with \
+                 room for one more ({} tokens, {} caches)",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        self.check_length(start + 1)?;
+        let mut hidden = self.embed(tokens)?;
+        for i in 0..self.weights.layers.len() {
+            let kvs = caches.iter_mut().map(|c| &mut c.layers[i]).collect();
+            self.layer_with(i, &mut hidden, 1, Past::Cached(kvs, start), &mut |_| {})?;
+        }
+        caches.iter_mut().for_each(|c| c.len += 1);
+        self.final_norm_and_head(&hidden)
     }
 }
 

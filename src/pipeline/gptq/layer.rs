@@ -2,7 +2,7 @@
 //! stage (each stage fed by the already-quantized stages before it).
 
 use super::report::{LinearReport, Phases};
-use super::GptqEvent;
+use super::{GptqEvent, Solver};
 use crate::backend::cpu::ops;
 use crate::backend::{Backend, ResidentLinear};
 use crate::error::{Error, Result};
@@ -23,6 +23,7 @@ pub(super) struct LayerRunner<'a> {
     pub(super) arch: &'a ArchConfig,
     pub(super) scheme: &'a QuantScheme,
     pub(super) opts: &'a GptqOptions,
+    pub(super) solver: Solver,
     /// RoPE inverse frequencies of the model.
     pub(super) rope_inv: &'a [f64],
     /// Tokens per window, windows per chunk.
@@ -222,18 +223,21 @@ impl<'a> LayerRunner<'a> {
         let rq = rtn::quantize(self.backend, name, w, rows, cols, self.scheme)?;
         let rw = self.backend.dequantize(&rq)?;
         let rtn_seconds = t.elapsed().as_secs_f64();
-        let (q, r) = gptq::quantize_factored(
-            self.backend,
-            name,
-            w,
-            rows,
-            cols,
-            &hess.h,
-            factored,
-            self.scheme,
-            self.opts,
-            &[&rw],
-        )?;
+        let (q, r) = match self.solver {
+            Solver::Gptq => gptq::quantize_factored(
+                self.backend,
+                name,
+                w,
+                rows,
+                cols,
+                &hess.h,
+                factored,
+                self.scheme,
+                self.opts,
+                &[&rw],
+            )?,
+            Solver::RtnSearch => self.searched_rtn(name, w, rows, cols, &hess.h, factored, &rw)?,
+        };
         let (_, update_flops) = gptq::flops(rows, cols, self.opts.block);
         self.phases.update.add(r.seconds_update, update_flops);
         // Three traces (W, GPTQ's ΔW, RTN's ΔW) of 2·rows·cols² each.
@@ -267,6 +271,45 @@ impl<'a> LayerRunner<'a> {
             seconds: r.seconds_update,
         };
         Ok((q, report))
+    }
+
+    /// RTN with the `diag(H)`-weighted scale search, scored like GPTQ (its
+    /// report's `proxy_error`; `baseline_errors[0]` is plain RTN's `rw`).
+    #[allow(clippy::too_many_arguments)]
+    fn searched_rtn(
+        &self,
+        name: &str,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        h: &[f32],
+        factored: &gptq::Factored,
+        rw: &[f32],
+    ) -> Result<(QuantizedTensor, gptq::GptqReport)> {
+        let t = Instant::now();
+        let hdiag: Vec<f32> = (0..cols).map(|i| h[i * cols + i]).collect();
+        let q =
+            rtn::quantize_weighted(self.backend, name, w, rows, cols, self.scheme, Some(&hdiag))?;
+        let seconds_update = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (dq, dr) = (diff(w, &self.backend.dequantize(&q)?), diff(w, rw));
+        let traces = self.backend.quadratic_traces(h, cols, &[w, &dq, &dr])?;
+        Ok((
+            q,
+            gptq::GptqReport {
+                damp_requested: factored.damp_requested,
+                damp_used: factored.damp_used,
+                damp_retries: factored.damp_retries,
+                dead_columns: factored.dead.len(),
+                proxy_error: gptq::relative_to(traces[1], traces[0]),
+                output_energy: traces[0],
+                baseline_errors: vec![gptq::relative_to(traces[2], traces[0])],
+                perm: None,
+                seconds_factor: 0.0,
+                seconds_update,
+                seconds_error: t.elapsed().as_secs_f64(),
+            },
+        ))
     }
 
     /// Quantizes layer `i` stage by stage and advances `hidden` through it.

@@ -42,13 +42,27 @@ use crate::model::ModelView;
 use crate::quant::gptq::GptqOptions;
 use crate::quant::{QuantScheme, QuantizedTensor};
 use layer::LayerRunner;
+use serde::Serialize;
 use std::time::Instant;
+
+/// What the sequential pipeline writes for each linear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Solver {
+    /// GPTQ (error feedback over the full Hessian).
+    Gptq,
+    /// RTN whose group parameters come from the `diag(H)`-weighted scale
+    /// search (llama.cpp's imatrix idea): the calibration inputs only weigh
+    /// each column by its `Σx²`.
+    RtnSearch,
+}
 
 /// GPTQ settings beyond the quantization scheme.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GptqSettings {
     pub calib: CalibConfig,
     pub options: GptqOptions,
+    pub solver: Solver,
     /// Bytes of transient activations per chunk of windows (sets how many
     /// windows go through a stage at once).
     pub chunk_budget: usize,
@@ -67,9 +81,10 @@ pub struct GptqSettings {
 impl GptqSettings {
     pub fn new(calib: CalibConfig) -> Self {
         Self {
-            holdout: (calib.samples / 16).max(1),
+            holdout: (calib.windows() / 16).max(1),
             calib,
             options: GptqOptions::default(),
+            solver: Solver::Gptq,
             chunk_budget: 256 << 20,
             activation_budget: memory::available_bytes()
                 .map_or(1 << 30, |a| (a / 4).clamp(1 << 30, 16 << 30))
@@ -114,14 +129,10 @@ pub fn run(
     let transfers_before = backend.transfer_bytes();
     let arch = view.arch().clone();
     let tokenizer = Tokenizer::from_model(view)?;
-    // The held-out windows follow the fitted ones: drawn from the same
-    // seeded sequence, the fitted windows do not depend on how many follow.
-    let fitted = settings.calib.samples;
-    let drawn = CalibConfig {
-        samples: fitted + settings.holdout,
-        ..settings.calib.clone()
-    };
-    let windows = load_windows(&drawn, &tokenizer)?;
+    // The held-out windows follow the fitted ones, which do not depend on
+    // how many follow.
+    let fitted = settings.calib.windows();
+    let windows = load_windows(&settings.calib, settings.holdout, &tokenizer, view)?;
     let mut hidden = embed_windows(view, &windows)?;
     let check = |what: &str| -> Result<()> {
         if cancelled() {
@@ -142,6 +153,7 @@ pub fn run(
         arch: &arch,
         scheme,
         opts: &settings.options,
+        solver: settings.solver,
         rope_inv: &rope_inv,
         seq: windows.len,
         chunk,
@@ -196,6 +208,9 @@ pub fn run(
     Ok(GptqRunReport {
         calib: settings.calib.clone(),
         calib_text_tokens: windows.text_tokens,
+        solver: settings.solver,
+        scale_search: settings.options.scale_search || settings.solver == Solver::RtnSearch,
+        diag_blend: settings.options.diag_blend,
         damp: settings.options.damp,
         block: settings.options.block,
         act_order: settings.options.act_order,

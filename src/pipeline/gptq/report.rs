@@ -73,7 +73,9 @@ pub struct LinearReport {
     pub name: String,
     pub rows: usize,
     pub cols: usize,
-    /// ‖WX − ŴX‖²/‖WX‖² on the calibration inputs, GPTQ and RTN.
+    /// ‖WX − ŴX‖²/‖WX‖² on the calibration inputs, of the tensor written
+    /// (GPTQ's, or with [`super::Solver::RtnSearch`] the searched RTN's)
+    /// and of plain RTN.
     pub gptq_error: f64,
     pub rtn_error: f64,
     /// The same on the held-out calibration windows (not in the Hessian
@@ -100,6 +102,11 @@ pub struct LayerReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct GptqRunReport {
     pub calib: CalibConfig,
+    pub solver: super::Solver,
+    /// Group parameters by the weighted scale search.
+    pub scale_search: bool,
+    /// `λ` of `H ← (1−λ)·H + λ·diag(H)`.
+    pub diag_blend: f64,
     /// Tokens in the calibration text.
     pub calib_text_tokens: usize,
     pub damp: f64,

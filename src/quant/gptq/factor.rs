@@ -80,6 +80,23 @@ pub fn factor(
             dead.push(i);
         }
     }
+    if !(0.0..=1.0).contains(&opts.diag_blend) {
+        return Err(Error::Config(format!(
+            "GPTQ of '{name}': diagonal blend {} (need 0 to 1)",
+            opts.diag_blend
+        )));
+    }
+    // H ← (1−λ)·H + λ·diag(H): the correlations shrunk toward none.
+    if opts.diag_blend > 0.0 {
+        let keep = 1.0 - opts.diag_blend;
+        hd.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
+            for (j, v) in row.iter_mut().enumerate() {
+                if i != j {
+                    *v *= keep;
+                }
+            }
+        });
+    }
     // Act-order: rows and columns of H by decreasing diag(H).
     let mut perm = None;
     if opts.act_order {

@@ -66,6 +66,15 @@ pub struct GptqOptions {
     /// reordering at inference. On by default: it roughly halved what plain
     /// GPTQ lost on SmolLM2 at every setting measured (README).
     pub act_order: bool,
+    /// Fit each group's scale and zero-point by the `diag(H)`-weighted
+    /// scale search ([`crate::encoding::affine::search`]) instead of its
+    /// range, for static and dynamic groups alike.
+    pub scale_search: bool,
+    /// `λ` of `H ← (1−λ)·H + λ·diag(H)` before factoring: 0 is GPTQ, 1
+    /// ignores the input correlations (each column weighted by its `Σx²`
+    /// alone, as llama.cpp's importance matrix). The error report still
+    /// scores the result on the unblended H.
+    pub diag_blend: f64,
 }
 
 impl Default for GptqOptions {
@@ -75,6 +84,8 @@ impl Default for GptqOptions {
             block: 128,
             max_damp_retries: 16,
             act_order: true,
+            scale_search: false,
+            diag_blend: 0.0,
         }
     }
 }
@@ -216,7 +227,7 @@ pub fn quantize_factored(
         h,
     };
     let t_update = Instant::now();
-    let grid = AffineGrid::of(scheme);
+    let grid = AffineGrid::searched(scheme, opts.scale_search);
     let codes = quantize_on_grid(backend, &weight, f, &grid, scheme.group_len(cols), opts)?;
     let q = grid.tensor(scheme, rows, cols, codes)?;
     let seconds_update = t_update.elapsed().as_secs_f64();
