@@ -1,8 +1,8 @@
 // The affine grid of src/encoding/affine/grid.rs for the GPTQ kernel
 // (shaders/gptq.wgsl; the contract is in src/encoding/grid.rs). The host
 // prepends GRID_BITS, GRID_SYMMETRIC, GRID_SYMMETRIC_ZERO, and for the
-// search GRID_SEARCH, GRID_GROW_STEPS, GRID_SHRINK_STEPS, GRID_ZERO_SHIFTS
-// and GRID_REFITS.
+// search GRID_SEARCH, GRID_GROW_STEPS, GRID_SHRINK_STEPS, GRID_ZERO_SHIFTS,
+// GRID_TOP and GRID_REFITS.
 //
 // Parameters per group: scale, zero-point. grid_range mirrors
 // params_from_range (src/encoding/affine/scheme.rs: GPTQ's range rule when
@@ -97,10 +97,17 @@ fn grid_fit(row: u32, first: u32, last: u32, at: u32) {
     let base = grid_range(lo, hi);
     var best = base;
     if (GRID_SEARCH && !(lo == 0.0 && hi == 0.0)) {
-        var best_err = grid_error(row, first, last, uniform, base);
+        // Every scaled range (asymmetric ones also with the zero-point
+        // moved) scored as it is; the GRID_TOP best go on to the refits.
         var shifts = 0u;
         if (!GRID_SYMMETRIC) {
             shifts = GRID_ZERO_SHIFTS;
+        }
+        var top_err: array<f32, GRID_TOP>;
+        var top: array<vec2<f32>, GRID_TOP>;
+        for (var t = 0u; t < GRID_TOP; t++) {
+            top_err[t] = 3.4e38;
+            top[t] = base;
         }
         for (var c = 0u; c < GRID_GROW_STEPS + GRID_SHRINK_STEPS; c++) {
             // k = c − GRID_GROW_STEPS runs from −GROW_STEPS to SHRINK_STEPS − 1.
@@ -111,8 +118,34 @@ fn grid_fit(row: u32, first: u32, last: u32, at: u32) {
             }
             for (var d = 0u; d <= 2u * shifts; d++) {
                 let z = clamp(cand.y + f32(d) - f32(shifts), 0.0, GRID_MAXQ);
-                var cur = vec3<f32>(cand.x, z, 1.0);
-                for (var r = 0u; r <= GRID_REFITS; r++) {
+                let p = vec2<f32>(cand.x, z);
+                let e = grid_error(row, first, last, uniform, p);
+                // Insert into the sorted list, dropping its last entry.
+                var pos = GRID_TOP;
+                for (var t = 0u; t < GRID_TOP; t++) {
+                    if (pos == GRID_TOP && e < top_err[t]) {
+                        pos = t;
+                    }
+                }
+                if (pos < GRID_TOP) {
+                    for (var t = GRID_TOP - 1u; t > pos; t--) {
+                        top_err[t] = top_err[t - 1u];
+                        top[t] = top[t - 1u];
+                    }
+                    top_err[pos] = e;
+                    top[pos] = p;
+                }
+            }
+        }
+        var best_err = grid_error(row, first, last, uniform, base);
+        for (var t = 0u; t < GRID_TOP; t++) {
+            if (top_err[t] < 3.4e38) {
+                if (top_err[t] < best_err) {
+                    best = top[t];
+                    best_err = top_err[t];
+                }
+                var cur = grid_refit(row, first, last, uniform, top[t]);
+                for (var r = 0u; r < GRID_REFITS; r++) {
                     if (cur.z != 0.0) {
                         let e = grid_error(row, first, last, uniform, cur.xy);
                         if (e < best_err) {

@@ -19,6 +19,7 @@ use llmq_gpu::model::forward::{CpuForward, LayerWeights, LinearSite};
 use llmq_gpu::model::{ModelView, TensorKind, Tokenizer};
 use llmq_gpu::pipeline::calib::{load_windows, CalibConfig};
 use llmq_gpu::pipeline::gptq::GptqSettings;
+use llmq_gpu::quant::gptq::GptqOptions;
 use llmq_gpu::quant::rtn;
 use llmq_gpu::{quantize_model_with, CancelToken, Granularity, QuantScheme, QuantizeConfig};
 use std::collections::HashMap;
@@ -36,14 +37,18 @@ fn held_out_windows_show_a_planted_overfit_and_are_scored_right() {
         ..CalibConfig::new(dir.path().join("calib.txt"))
     };
     let (holdout, out) = (6, dir.path().join("q"));
-    let run = |holdout: usize, out: &std::path::Path| {
+    // Plain GPTQ (the recommended options regularize it; compared below).
+    let run_with = |holdout: usize, out: &std::path::Path, options: GptqOptions| {
         let mut settings = GptqSettings::new(calib.clone());
         settings.holdout = holdout;
+        settings.options = options;
         let config = QuantizeConfig::new(&model, out, scheme)
             .gptq(settings)
             .overwrite(true);
         quantize_model_with(&CpuBackend, &config, &mut |_| {}, &CancelToken::default()).unwrap()
     };
+    let run =
+        |holdout: usize, out: &std::path::Path| run_with(holdout, out, GptqOptions::default());
     let report = run(holdout, &out);
     let g = report.gptq.as_ref().unwrap();
     assert_eq!(g.holdout_windows, holdout);
@@ -141,5 +146,24 @@ fn held_out_windows_show_a_planted_overfit_and_are_scored_right() {
     assert!(
         bytes(&plain) == bytes(&out),
         "held-out windows changed the quantized weights"
+    );
+
+    // The recommended options (H blended toward its diagonal, searched
+    // group scales) overfit the same few tokens less.
+    let r = run_with(holdout, &dir.path().join("rec"), GptqOptions::recommended());
+    let mut rec: Vec<f64> = r
+        .gptq
+        .as_ref()
+        .unwrap()
+        .layers
+        .iter()
+        .flat_map(|l| &l.linears)
+        .map(|l| l.held_out_gptq_error.unwrap() / l.gptq_error.max(1e-30))
+        .collect();
+    rec.sort_by(f64::total_cmp);
+    eprintln!("recommended options, held-out / fitted: {rec:.1?}");
+    assert!(
+        rec[rec.len() / 2] < ratios[ratios.len() / 2],
+        "{rec:?} vs {ratios:?}"
     );
 }

@@ -106,7 +106,7 @@ pub fn bench_model(
         workload: format!(
             "{} ({} x {} calibration tokens, {})",
             config.model.display(),
-            g.calib.samples,
+            g.calib.windows(),
             g.calib.len,
             config.scheme.label()
         ),

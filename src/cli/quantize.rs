@@ -58,7 +58,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.01)]
     damp: f64,
     /// GPTQ: fit each group's scale and zero by the diag(H)-weighted search
-    /// instead of its min/max range.
+    /// (the default; see --no-scale-search).
     #[arg(long, overrides_with = "no_scale_search")]
     scale_search: bool,
     /// GPTQ: groups take their min/max range (GPTQ's own rule).
@@ -66,7 +66,8 @@ pub struct Args {
     no_scale_search: bool,
     /// GPTQ: blend the Hessian toward its diagonal, H ← (1−λ)H + λ·diag(H),
     /// 0 to 1 (0: plain GPTQ; 1: each column weighted by its Σx² alone).
-    #[arg(long, default_value_t = 0.0)]
+    /// The default carried over best to text unlike the calibration text.
+    #[arg(long, default_value_t = GptqOptions::RECOMMENDED_DIAG_BLEND)]
     diag_blend: f64,
     /// GPTQ: columns per block of the lazy batch update.
     #[arg(long, default_value_t = 128)]
@@ -143,9 +144,9 @@ pub fn run(a: Args) -> Result<()> {
                 damp: a.damp,
                 block: a.block_size,
                 act_order: a.act_order || !a.no_act_order,
-                scale_search: a.scale_search && !a.no_scale_search,
+                scale_search: a.scale_search || !a.no_scale_search,
                 diag_blend: a.diag_blend,
-                ..GptqOptions::default()
+                ..GptqOptions::recommended()
             };
             config = config.gptq(settings);
         }
@@ -292,7 +293,7 @@ fn print_gptq_summary(g: &GptqRunReport) {
     };
     println!(
         "  {who:<16} {} x {} calibration tokens, damp {}, block {}{}{}{}",
-        g.calib.samples,
+        g.calib.windows(),
         g.calib.len,
         g.damp,
         g.block,

@@ -4,7 +4,7 @@
 //! `shaders/affine_grid.wgsl` after the constants of the scheme.
 
 use super::scheme::{params_from_range, quantize_value, symmetric_zero, QuantScheme};
-use super::search::{fit_weighted, GROW_STEPS, REFITS, SHRINK_STEPS, ZERO_SHIFTS};
+use super::search::{fit_weighted, GROW_STEPS, REFITS, SHRINK_STEPS, TOP, ZERO_SHIFTS};
 use super::QuantizedTensor;
 use crate::encoding::grid::{Grid, GridCodes};
 use crate::error::{Error, Result};
@@ -122,7 +122,7 @@ impl Grid for AffineGrid {
             "const GRID_BITS: u32 = {}u;\nconst GRID_SYMMETRIC: bool = {};\n\
              const GRID_SEARCH: bool = {};\nconst GRID_SHRINK_STEPS: u32 = {SHRINK_STEPS}u;\n\
              const GRID_GROW_STEPS: u32 = {GROW_STEPS}u;\nconst GRID_ZERO_SHIFTS: u32 = {ZERO_SHIFTS}u;\n\
-             const GRID_REFITS: u32 = {REFITS}u;\n\
+             const GRID_REFITS: u32 = {REFITS}u;\nconst GRID_TOP: u32 = {TOP}u;\n\
              const GRID_SYMMETRIC_ZERO: f32 = {}.0;\n{}",
             self.bits,
             self.symmetric,

@@ -83,7 +83,7 @@ impl GptqSettings {
         Self {
             holdout: (calib.windows() / 16).max(1),
             calib,
-            options: GptqOptions::default(),
+            options: GptqOptions::recommended(),
             solver: Solver::Gptq,
             chunk_budget: 256 << 20,
             activation_budget: memory::available_bytes()
@@ -210,7 +210,11 @@ pub fn run(
         calib_text_tokens: windows.text_tokens,
         solver: settings.solver,
         scale_search: settings.options.scale_search || settings.solver == Solver::RtnSearch,
-        diag_blend: settings.options.diag_blend,
+        // RTN's search reads diag(H) only.
+        diag_blend: match settings.solver {
+            Solver::Gptq => settings.options.diag_blend,
+            Solver::RtnSearch => 0.0,
+        },
         damp: settings.options.damp,
         block: settings.options.block,
         act_order: settings.options.act_order,

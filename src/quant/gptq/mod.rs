@@ -77,6 +77,24 @@ pub struct GptqOptions {
     pub diag_blend: f64,
 }
 
+impl GptqOptions {
+    /// `λ` of [`GptqOptions::diag_blend`] in [`GptqOptions::recommended`].
+    pub const RECOMMENDED_DIAG_BLEND: f64 = 0.5;
+
+    /// What the pipeline and the command line use: act-order, groups fitted
+    /// by the weighted scale search, and H blended halfway to its diagonal.
+    /// Chosen on text of other domains than the calibration text (README,
+    /// "Out of domain"); [`GptqOptions::default`] is gptq.py's GPTQ with
+    /// act-order.
+    pub fn recommended() -> Self {
+        Self {
+            scale_search: true,
+            diag_blend: Self::RECOMMENDED_DIAG_BLEND,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for GptqOptions {
     fn default() -> Self {
         Self {
