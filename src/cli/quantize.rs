@@ -37,6 +37,11 @@ pub struct Args {
     /// GPTQ: tokens per calibration window.
     #[arg(long, default_value_t = 512)]
     calib_len: usize,
+    /// Share of the --calib-samples windows sampled from the model itself
+    /// when --calib names only texts (0 to 1; 0: the texts alone). Half and
+    /// half carried over best to text of other domains.
+    #[arg(long, default_value_t = 0.5)]
+    calib_self_share: f64,
     /// GPTQ: further windows drawn after --calib-samples and held out of the
     /// Hessians; the report gives GPTQ's and RTN's errors on them too, so
     /// overfitting shows (default: --calib-samples / 16, at least 1; 0: none).
@@ -131,12 +136,15 @@ pub fn run(a: Args) -> Result<()> {
         .concat();
     match (method, sources.is_empty()) {
         (_, false) => {
-            let mut settings = GptqSettings::new(CalibConfig {
-                sources,
-                samples: a.calib_samples,
-                len: a.calib_len,
-                seed: a.seed,
-            });
+            let mut settings = GptqSettings::new(
+                CalibConfig {
+                    sources,
+                    samples: a.calib_samples,
+                    len: a.calib_len,
+                    seed: a.seed,
+                }
+                .with_self_share(a.calib_self_share)?,
+            );
             if let Some(n) = a.calib_holdout {
                 settings.holdout = n;
             }

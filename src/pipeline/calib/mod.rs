@@ -118,6 +118,32 @@ impl CalibConfig {
         }
     }
 
+    /// The default mix: with text sources and no `self:N` one, the share
+    /// `share` (0 to 1) of the `samples` windows is sampled from the model
+    /// instead (rounded to nearest), the rest drawn from the texts. Half
+    /// and half carried over best to text of other domains (README, "Out of
+    /// domain"); 0 keeps the texts alone.
+    pub fn with_self_share(mut self, share: f64) -> Result<Self> {
+        if !(0.0..=1.0).contains(&share) {
+            return Err(Error::Config(format!(
+                "--calib-self-share must be between 0 and 1, got {share}"
+            )));
+        }
+        let has_model = self
+            .sources
+            .iter()
+            .any(|s| matches!(s, CalibSource::Model { .. }));
+        if has_model || self.texts().next().is_none() {
+            return Ok(self);
+        }
+        let n = (share * self.samples as f64).round() as usize;
+        if n > 0 {
+            self.samples -= n;
+            self.sources.push(CalibSource::Model { windows: n });
+        }
+        Ok(self)
+    }
+
     fn texts(&self) -> impl Iterator<Item = (&Path, f64)> {
         self.sources.iter().filter_map(|s| match s {
             CalibSource::Text { path, weight } => Some((path.as_path(), *weight)),
@@ -325,6 +351,26 @@ mod tests {
         assert_eq!(split(128, &[3.0, 1.0]), vec![96, 32]);
         assert_eq!(split(5, &[1.0, 0.5]), vec![3, 2]);
         assert_eq!(split(0, &[1.0]), vec![0]);
+    }
+
+    #[test]
+    fn the_self_share_splits_the_windows() {
+        let c = CalibConfig {
+            samples: 32,
+            ..CalibConfig::new("emma.txt")
+        };
+        let mixed = c.clone().with_self_share(0.5).unwrap();
+        assert_eq!(mixed.samples, 16);
+        assert_eq!(mixed.sources[1], CalibSource::Model { windows: 16 });
+        assert_eq!(mixed.windows(), 32);
+        assert_eq!(c.clone().with_self_share(0.0).unwrap(), c);
+        // An explicit self:N source is left as given.
+        let explicit = CalibConfig {
+            sources: vec![c.sources[0].clone(), CalibSource::Model { windows: 4 }],
+            ..c.clone()
+        };
+        assert_eq!(explicit.clone().with_self_share(0.5).unwrap(), explicit);
+        assert!(c.with_self_share(1.5).is_err());
     }
 
     #[test]
