@@ -225,15 +225,15 @@ pub fn run(a: Args) -> Result<()> {
             rtn_error,
             seconds,
         } => {
+            let who = if method == Method::Rtn {
+                "RTN+search"
+            } else {
+                "GPTQ"
+            };
             bar.inc(1);
             say(format!(
-                "layer {:>3}/{total}: output error {} {gptq_error:.3e} vs RTN {rtn_error:.3e} \
+                "layer {:>3}/{total}: output error {who} {gptq_error:.3e} vs RTN {rtn_error:.3e} \
                  ({:.2}x)  {seconds:.1} s",
-                if method == Method::Rtn {
-                    "RTN+search"
-                } else {
-                    "GPTQ"
-                },
                 index + 1,
                 gptq_error / rtn_error.max(f64::MIN_POSITIVE)
             ));
