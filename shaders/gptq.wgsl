@@ -27,13 +27,15 @@ struct Params {
     end: u32,
     n: u32,
     // 1: static groups (act-order), group of column j is group_of[j] and
-    // the parameters are given; 0: group j / group_len, fitted here.
+    // the parameters are given; 0: group j / group_len, fitted here;
+    // 2: group j / group_len, parameters given (shaders/vq_columns.wgsl).
     static_groups: u32,
     // quantize_block: the block's columns first..last (block-relative), at
     // most one dynamic group's start among them.
     first: u32,
     last: u32,
-    _pad0: u32,
+    // Consecutive rows sharing one set of parameters (1 but for VQ).
+    rows_per_params: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -43,7 +45,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> w: array<f32>;
 // [rows, len] scaled errors: written by quantize_block, read by update_rest.
 @group(0) @binding(3) var<storage, read_write> err: array<f32>;
-// [rows, groups, GRID_PARAMS] grid parameters; [rows, cols] codes.
+// [rows / rows_per_params, groups, GRID_PARAMS] grid parameters; [rows,
+// cols] codes (a vector grid's at each vector's first column).
 @group(0) @binding(4) var<storage, read_write> gparams: array<f32>;
 @group(0) @binding(5) var<storage, read_write> codes: array<u32>;
 // [cols] group of each column when static_groups == 1.

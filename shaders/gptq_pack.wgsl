@@ -11,9 +11,11 @@ struct Params {
     words_per_row: u32,
     // 0: codes already in the original order (position unused).
     permuted: u32,
+    // Code c of row r is codes[r * row_stride + c * step] (VQ: one code
+    // per vector of `step` columns, `cols` codes per row).
+    row_stride: u32,
+    step: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -28,7 +30,7 @@ fn packed_code(r: u32, c: u32) -> u32 {
     if (p.permuted != 0u) {
         at = position[c];
     }
-    return codes[r * p.cols + at];
+    return codes[r * p.row_stride + at * p.step];
 }
 
 // One invocation per output word (shaders/pack_word.wgsl).

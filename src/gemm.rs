@@ -48,7 +48,7 @@ fn sgemm_block(x: &[f32], m: usize, k: usize, wb: &[f32], yt: &mut [f32]) {
 }
 
 /// `[n, m]` → `[m, n]`.
-fn transpose(yt: &[f32], m: usize, n: usize) -> Vec<f32> {
+pub fn transpose(yt: &[f32], m: usize, n: usize) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
     y.par_chunks_mut(n).enumerate().for_each(|(t, row)| {
         for (j, v) in row.iter_mut().enumerate() {

@@ -20,6 +20,7 @@ use llmq_gpu::backend::gpu::attention::{self as gpu_attention, AttnRows};
 use llmq_gpu::backend::gpu::matmul_dense::{dense_resident, GpuDenseWeights};
 use llmq_gpu::backend::gpu::{elementwise, list_adapters, rope as gpu_rope, DeviceChoice};
 use llmq_gpu::backend::CpuBackend;
+use llmq_gpu::encoding::EncodedTensor;
 use llmq_gpu::model::forward::ops::{self, AttnShape, RopeTable};
 use llmq_gpu::model::forward::{
     open_forward, CpuForward, Forward, GpuForward, Linear, LlamaWeights,
@@ -317,9 +318,9 @@ fn packed(mut w: LlamaWeights) -> LlamaWeights {
             let (rows, cols) = (lin.rows(), lin.cols());
             let dense = lin.as_dense().unwrap().to_vec();
             let name = format!("layer {i} {kind:?}");
-            *lin = Linear::Packed(
+            *lin = Linear::Packed(EncodedTensor::Affine(
                 rtn::quantize(&CpuBackend, &name, &dense, rows, cols, &scheme).unwrap(),
-            );
+            ));
         }
     }
     w

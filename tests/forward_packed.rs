@@ -6,7 +6,6 @@
 
 mod common;
 
-use llmq_gpu::backend::{Backend, CpuBackend};
 use llmq_gpu::model::forward::{open_forward, CpuForward, Linear, LlamaWeights};
 use llmq_gpu::model::TensorKind;
 use llmq_gpu::{CancelToken, DeviceChoice, Granularity, ModelView, QuantScheme, QuantizeConfig};
@@ -23,8 +22,8 @@ fn dense_copy(w: &LlamaWeights) -> LlamaWeights {
     let mut d = w.clone();
     let densify = |l: &mut Linear| {
         if let Linear::Packed(q) = l {
-            let (r, c) = (q.rows, q.cols);
-            *l = Linear::dense(r, c, CpuBackend.dequantize(q).expect("dequantize")).expect("dense");
+            let (r, c) = (q.rows(), q.cols());
+            *l = Linear::dense(r, c, q.dequantize().expect("dequantize")).expect("dense");
         }
     };
     for layer in &mut d.layers {

@@ -239,9 +239,10 @@ fn resident_linear_matches_matmul() {
     let mut rng = common::rng("resident_linear_matches_matmul");
     let s = QuantScheme::new(4, false, Granularity::Group(32)).unwrap();
     let q = random_tensor(&mut rng, 45, 96, s);
+    let encoded = llmq_gpu::encoding::EncodedTensor::Affine(q.clone());
     let backends: [&dyn Backend; 2] = [&CpuBackend, &gpu];
     for backend in backends {
-        let linear = backend.resident_linear(&q).unwrap();
+        let linear = backend.resident_linear(&encoded).unwrap();
         assert_eq!(linear.shape(), [45, 96]);
         for tokens in [1, 3, 70] {
             let x: Vec<f32> = (0..tokens * 96)

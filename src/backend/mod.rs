@@ -9,7 +9,7 @@ pub mod cpu;
 pub mod gpu;
 
 use crate::backend::cpu::ops::AttnShape;
-use crate::encoding::{Grid, GridCodes, QuantizedTensor};
+use crate::encoding::{EncodedTensor, Grid, GridCodes, QuantizedTensor};
 use crate::error::Result;
 
 /// Per-group quantization parameters handed to [`Backend::quantize_codes`].
@@ -118,8 +118,19 @@ pub trait GptqColumns {
     /// at `end`): `W[:, end..] −= Err · Hinv[block, end..]`.
     fn update_rest(&mut self, start: usize) -> Result<()>;
 
+    /// The current (error-corrected) weights of the columns `span` of
+    /// every row, `[rows, span.len()]`: what a grid whose groups span many
+    /// rows ([`Grid::fits_rows`] false) is fitted to.
+    fn current_columns(&self, span: std::ops::Range<usize>) -> Result<Vec<f32>>;
+
+    /// Sets the parameters of group `group` (a group of columns) for every
+    /// set of rows sharing them ([`Grid::rows_per_params`]): `params` holds
+    /// `ceil(rows / rows_per_params) · params_per_group` values.
+    fn set_group_params(&mut self, group: usize, params: &[f32]) -> Result<()>;
+
     /// Waits for the device and returns the codes, packed (on the device)
-    /// in the original column order, and the group parameters.
+    /// in the original column order, and the group parameters. A grid of
+    /// step `d` has one code per vector: `cols / d` per row.
     fn finish(self: Box<Self>) -> Result<GridCodes>;
 }
 
@@ -134,19 +145,23 @@ pub trait ResidentLinear {
 }
 
 /// [`ResidentLinear`] of a backend whose weights are already where it
-/// computes (the CPU): every call is [`Backend::matmul`].
+/// computes (the CPU): every call is [`Backend::matmul`] (VQ weights: their
+/// CPU kernel).
 struct HostLinear<'a, B: Backend + ?Sized> {
     backend: &'a B,
-    q: &'a QuantizedTensor,
+    q: &'a EncodedTensor,
 }
 
 impl<B: Backend + ?Sized> ResidentLinear for HostLinear<'_, B> {
     fn shape(&self) -> [usize; 2] {
-        [self.q.rows, self.q.cols]
+        [self.q.rows(), self.q.cols()]
     }
 
     fn apply(&self, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
-        self.backend.matmul(self.q, x, tokens)
+        match self.q {
+            EncodedTensor::Affine(q) => self.backend.matmul(q, x, tokens),
+            EncodedTensor::Vq(v) => v.matmul(x, tokens),
+        }
     }
 }
 
@@ -190,10 +205,7 @@ pub trait Backend: Send + Sync {
     /// calibration forward runs each quantized linear on every chunk of
     /// windows). The default holds `q` in host memory and calls
     /// [`Backend::matmul`].
-    fn resident_linear<'a>(
-        &'a self,
-        q: &'a QuantizedTensor,
-    ) -> Result<Box<dyn ResidentLinear + 'a>> {
+    fn resident_linear<'a>(&'a self, q: &'a EncodedTensor) -> Result<Box<dyn ResidentLinear + 'a>> {
         Ok(Box::new(HostLinear { backend: self, q }))
     }
 
@@ -210,6 +222,22 @@ pub trait Backend: Send + Sync {
         seq: usize,
         shape: AttnShape,
     ) -> Result<Vec<f32>>;
+
+    /// Weighted EM iterations of `groups` VQ codebooks at once (GPTVQ's
+    /// codebook fit; the reference is [`crate::encoding::vq::em::iterate`]):
+    /// `points` `[groups, n, d]`, their importance `weights` `[n, d]`
+    /// (shared by the groups), `centroids` `[groups, k, d]` updated in
+    /// place, `d` = `centroids.len() / (groups · k)`. Stops after `iters`
+    /// iterations or when no assignment changed; returns the iterations run.
+    fn vq_em(
+        &self,
+        points: &[f32],
+        weights: &[f32],
+        groups: usize,
+        k: usize,
+        iters: usize,
+        centroids: &mut [f32],
+    ) -> Result<usize>;
 
     /// Bytes of device buffers alive at once at the high-water mark since
     /// the last [`Backend::reset_memory_peak`]; `None` without device memory.
@@ -356,10 +384,15 @@ pub(crate) fn check_gptq_args(w: &[f32], rows: usize, cols: usize, spec: &GptqSp
         && per_group > 0
         && spec.perm.is_none_or(is_perm)
         && spec.static_groups.is_none_or(|s| {
-            s.group_of.len() == cols
+            spec.grid.rows_per_params() == 1
+                && s.group_of.len() == cols
                 && s.group_of.iter().all(|&g| (g as usize) < groups)
                 && s.params.len() == rows * groups * per_group
-        });
+        })
+        && spec.grid.rows_per_params() > 0
+        && (spec.grid.step() == 1
+            || (spec.perm.is_none() && cols.is_multiple_of(spec.grid.step())))
+        && (spec.block.is_multiple_of(spec.grid.step()));
     if !ok {
         return Err(Error::Config(format!(
             "GPTQ of a [{rows}, {cols}] weight ({} values, H⁻¹ factor {} values, diag(H) {} \
@@ -373,6 +406,35 @@ pub(crate) fn check_gptq_args(w: &[f32], rows: usize, cols: usize, spec: &GptqSp
         )));
     }
     Ok(())
+}
+
+/// Checks the shapes of a [`Backend::vq_em`] call; returns `d`.
+pub(crate) fn check_vq_em_args(
+    points: &[f32],
+    weights: &[f32],
+    groups: usize,
+    k: usize,
+    centroids: &[f32],
+) -> Result<usize> {
+    let d = centroids.len() / (groups * k).max(1);
+    let n = weights.len() / d.max(1);
+    let ok = groups > 0
+        && k > 0
+        && (1..=4).contains(&d)
+        && centroids.len() == groups * k * d
+        && weights.len() == n * d
+        && n > 0
+        && points.len() == groups * n * d;
+    if !ok {
+        return Err(Error::Config(format!(
+            "EM of {groups} codebooks of {k} centroids: {} centroid values, {} weights and {} \
+             point values do not fit [groups, k, d], [n, d] and [groups, n, d] with d in 1..=4",
+            centroids.len(),
+            weights.len(),
+            points.len()
+        )));
+    }
+    Ok(d)
 }
 
 /// Checks the shapes of a [`Backend::inverse_cholesky_upper`] call.

@@ -259,6 +259,7 @@ pub fn bench_synthetic(
                 // (the last random chunk stands in for every chunk), the
                 // weight uploaded once as the pipeline does.
                 let t = Instant::now();
+                let q = crate::encoding::EncodedTensor::Affine(q);
                 let linear = backend.resident_linear(&q)?;
                 phases.forward.seconds += t.elapsed().as_secs_f64();
                 let mut done = 0;

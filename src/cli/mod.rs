@@ -4,6 +4,7 @@ mod bench;
 mod devices;
 mod eval;
 mod generate;
+mod gptvq;
 mod inspect;
 mod quantize;
 

@@ -18,9 +18,12 @@ pub struct Args {
     /// Output folder (written atomically: nothing appears unless the run succeeds).
     #[arg(long)]
     out: PathBuf,
-    /// Quantization method: rtn (round to nearest, no data) or gptq
-    /// (layer by layer on calibration text, needs --calib).
-    #[arg(long, default_value = "rtn", value_parser = ["rtn", "gptq"])]
+    /// Quantization method: rtn (round to nearest, no data), gptq (layer by
+    /// layer on calibration text, needs --calib) or gptvq (vector
+    /// quantization with Hessian-weighted codebooks, needs --calib; the
+    /// affine --bits/--group-size scheme is the GPTQ/RTN baseline it is
+    /// scored against).
+    #[arg(long, default_value = "rtn", value_parser = ["rtn", "gptq", "gptvq"])]
     method: String,
     /// Calibration source, repeatable: a UTF-8 text file, a folder of them,
     /// either with a weight (FILE@2: twice the windows of a weight-1
@@ -110,6 +113,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    vq: super::gptvq::VqArgs,
+    #[command(flatten)]
     device: DeviceArgs,
 }
 
@@ -125,6 +130,7 @@ pub fn run(a: Args) -> Result<()> {
     let method = match a.method.as_str() {
         "rtn" => Method::Rtn,
         "gptq" => Method::Gptq,
+        "gptvq" => Method::Gptvq,
         other => return Err(Error::Config(format!("unknown method '{other}'"))),
     };
     let mut config = QuantizeConfig::new(&a.model, &a.out, scheme);
@@ -156,8 +162,15 @@ pub fn run(a: Args) -> Result<()> {
                 diag_blend: a.diag_blend,
                 ..GptqOptions::recommended()
             };
-            config = config.gptq(settings);
+            config = match method {
+                Method::Gptvq => {
+                    let o = a.vq.options(a.bits, a.seed)?;
+                    config.gptvq(settings, o)
+                }
+                _ => config.gptq(settings),
+            };
         }
+        (Method::Gptvq, true) => return Err(super::gptvq::needs_calibration()),
         (Method::Gptq, true) => {
             return Err(Error::Config(
                 "--method gptq needs calibration: --calib FILE (any UTF-8 text \
@@ -168,8 +181,13 @@ pub fn run(a: Args) -> Result<()> {
         }
         (Method::Rtn, true) => {}
     }
+    let config = match method {
+        // `gptvq` set the method with its settings.
+        Method::Gptvq => config,
+        _ => config.method(method),
+    };
+    let label = config.label();
     let config = config
-        .method(method)
         .device(a.device.device)
         .adapter(a.device.adapter.clone())
         .quantize_output_head(a.quantize_output)
@@ -195,9 +213,8 @@ pub fn run(a: Args) -> Result<()> {
         Progress::Started { tensors, backend } => {
             bar.set_length(tensors as u64);
             say(format!(
-                "quantizing {} with {} on {backend}",
+                "quantizing {} with {label} on {backend}",
                 a.model.display(),
-                scheme.label()
             ));
         }
         Progress::Tensor { name, .. } => {
@@ -209,10 +226,10 @@ pub fn run(a: Args) -> Result<()> {
         Progress::Calibrated { tokens, layers } => {
             say(format!(
                 "calibration: {tokens} tokens; {} layer by layer ({layers} layers)",
-                if method == Method::Rtn {
-                    "RTN scale search"
-                } else {
-                    "GPTQ"
+                match method {
+                    Method::Rtn => "RTN scale search",
+                    Method::Gptq => "GPTQ",
+                    Method::Gptvq => "GPTVQ",
                 }
             ));
             bar.set_length(layers as u64);
@@ -223,19 +240,24 @@ pub fn run(a: Args) -> Result<()> {
             total,
             gptq_error,
             rtn_error,
+            gptq_baseline_error,
             seconds,
         } => {
-            let who = if method == Method::Rtn {
-                "RTN+search"
-            } else {
-                "GPTQ"
+            let who = match method {
+                Method::Rtn => "RTN+search",
+                Method::Gptq => "GPTQ",
+                Method::Gptvq => "GPTVQ",
             };
+            let ratio = |b: f64| gptq_error / b.max(f64::MIN_POSITIVE);
+            let gptq = gptq_baseline_error.map_or(String::new(), |g| {
+                format!(" vs GPTQ {g:.3e} ({:.2}x)", ratio(g))
+            });
             bar.inc(1);
             say(format!(
-                "layer {:>3}/{total}: output error {who} {gptq_error:.3e} vs RTN {rtn_error:.3e} \
-                 ({:.2}x)  {seconds:.1} s",
+                "layer {:>3}/{total}: output error {who} {gptq_error:.3e}{gptq} vs RTN \
+                 {rtn_error:.3e} ({:.2}x)  {seconds:.1} s",
                 index + 1,
-                gptq_error / rtn_error.max(f64::MIN_POSITIVE)
+                ratio(rtn_error)
             ));
         }
         Progress::Writing => bar.set_message("writing"),
@@ -295,10 +317,7 @@ fn print_gptq_summary(g: &GptqRunReport) {
     let mean = |f: &dyn Fn(&&LinearReport) -> f64| {
         linears.iter().map(f).sum::<f64>() / linears.len().max(1) as f64
     };
-    let who = match g.solver {
-        Solver::Gptq => "GPTQ",
-        Solver::RtnSearch => "RTN+search",
-    };
+    let who = g.solver.label();
     println!(
         "  {who:<16} {} x {} calibration tokens, damp {}, block {}{}{}{}",
         g.calib.windows(),
@@ -319,11 +338,17 @@ fn print_gptq_summary(g: &GptqRunReport) {
         mean(&|l| l.gptq_error),
         mean(&|l| l.rtn_error)
     );
+    if let Solver::Gptvq(_) = g.solver {
+        println!(
+            "                   GPTQ at the baseline scheme (natural order) {:.3e}",
+            mean(&|l| l.gptq_baseline_error.unwrap_or(0.0))
+        );
+    }
     if g.linears_not_better_than_rtn.is_empty() {
-        println!("                   GPTQ is below RTN on every linear");
+        println!("                   {who} is below RTN on every linear");
     } else {
         println!(
-            "                   GPTQ is not below RTN on: {}",
+            "                   {who} is not below RTN on: {}",
             g.linears_not_better_than_rtn.join(", ")
         );
     }
@@ -334,8 +359,8 @@ fn print_gptq_summary(g: &GptqRunReport) {
     if !held.is_empty() {
         let n = held.len() as f64;
         println!(
-            "  held out         {} windows not in the Hessians: GPTQ {:.3e}, RTN {:.3e} (mean; \
-             GPTQ fitted/held-out {:.2})",
+            "  held out         {} windows not in the Hessians: {who} {:.3e}, RTN {:.3e} (mean; \
+             {who} fitted/held-out {:.2})",
             g.holdout_windows,
             held.iter().map(|e| e.0).sum::<f64>() / n,
             held.iter().map(|e| e.1).sum::<f64>() / n,
@@ -364,7 +389,7 @@ fn print_gptq_summary(g: &GptqRunReport) {
         ("forward", p.forward),
         ("hessian", p.hessian),
         ("cholesky", p.factor),
-        ("gptq update", p.update),
+        ("column loop", p.update),
         ("error report", p.report),
         ("total", p.total()),
     ] {

@@ -46,6 +46,39 @@ pub trait Grid: Send + Sync {
 
     /// WGSL of `GRID_PARAMS`, `grid_fit` and `grid_round`.
     fn wgsl(&self) -> String;
+
+    /// Columns rounded together: 1 for scalar grids, the vector dimension
+    /// for VQ codebooks (their code is one per vector).
+    fn step(&self) -> usize {
+        1
+    }
+
+    /// Whether the column loop fits each row's dynamic groups itself
+    /// ([`Grid::fit`] on the row's weights). `false` for grids whose groups
+    /// span many rows (VQ codebooks): their driver fits them over all the
+    /// rows and hands them to [`crate::backend::GptqColumns::set_group_params`]
+    /// before the group's first column.
+    fn fits_rows(&self) -> bool {
+        true
+    }
+
+    /// Consecutive rows sharing one set of group parameters (1: every row
+    /// its own). Parameters are laid out `[rows / rows_per_params, groups,
+    /// params_per_group]`; only grids that do not fit rows share them.
+    fn rows_per_params(&self) -> usize {
+        1
+    }
+
+    /// Rounds the `step()` weights `x` together under `params`, writing
+    /// their values to `out` and returning the code. `u` is the `[step,
+    /// step]` row-major block of H⁻¹'s upper factor at these columns (what
+    /// a vector grid weights its distance by).
+    fn round_vector(&self, x: &[f32], u: &[f32], params: &[f32], out: &mut [f32]) -> u32 {
+        let _ = u;
+        let (q, v) = self.round(x[0], params);
+        out[0] = v;
+        q
+    }
 }
 
 /// What GPTQ produced on a grid, in the weight's original column order.

@@ -12,17 +12,19 @@
 //! - [`Encoding::resident_bytes`]: bytes a matmul reads when the weight is
 //!   resident on a backend (what bandwidth figures count).
 //!
-//! Today there is one encoding, linear integer codes with a scale and
-//! zero-point per group ([`affine`]); vector-quantized codebooks and the
-//! GGML block types join as siblings. This module is a leaf of the crate:
+//! Encodings: linear integer codes with a scale and zero-point per group
+//! ([`affine`]) and vector-quantized codebooks ([`vq`]); the GGML block
+//! types join as siblings. This module is a leaf of the crate:
 //! it depends on nothing else in it but the error type.
 
 pub mod affine;
 pub mod grid;
+pub mod vq;
 
 pub use affine::{AffineGrid, Granularity, QuantScheme, QuantizedTensor};
 pub use grid::{Grid, GridCodes};
 pub use safetensors::Dtype;
+pub use vq::{VqScheme, VqTensor};
 
 use crate::error::{Error, Result};
 
@@ -71,6 +73,9 @@ pub fn to_f16(tensor: &str, v: f32) -> Result<half::f16> {
 pub enum Encoding {
     /// Linear integer codes, `w = scale · (q − zero)` per group.
     Affine(QuantScheme),
+    /// Vector quantization: each vector of `dim` weights is an index into
+    /// its group's codebook.
+    Vq(VqScheme),
 }
 
 impl Encoding {
@@ -78,6 +83,7 @@ impl Encoding {
     pub fn label(&self) -> String {
         match self {
             Encoding::Affine(s) => s.label(),
+            Encoding::Vq(s) => s.label(),
         }
     }
 
@@ -85,6 +91,7 @@ impl Encoding {
     pub fn parts(&self, rows: usize, cols: usize) -> Vec<Part> {
         match self {
             Encoding::Affine(s) => affine::parts(s, rows, cols),
+            Encoding::Vq(s) => vq::parts(s, rows, cols),
         }
     }
 
@@ -104,6 +111,7 @@ impl Encoding {
     pub fn resident_bytes(&self, rows: usize, cols: usize) -> u64 {
         match self {
             Encoding::Affine(s) => affine::resident_bytes(s, rows, cols),
+            Encoding::Vq(s) => vq::resident_bytes(s, rows, cols),
         }
     }
 }
@@ -140,5 +148,88 @@ impl std::fmt::Display for LinearStorage {
             self.stored_bytes,
             self.bits_per_weight()
         )
+    }
+}
+
+/// A stored weight of any encoding: what writers take, readers return and
+/// the pipeline hands on; each method dispatches to the encoding's module.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EncodedTensor {
+    Affine(QuantizedTensor),
+    Vq(VqTensor),
+}
+
+impl EncodedTensor {
+    pub fn rows(&self) -> usize {
+        match self {
+            EncodedTensor::Affine(q) => q.rows,
+            EncodedTensor::Vq(v) => v.rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            EncodedTensor::Affine(q) => q.cols,
+            EncodedTensor::Vq(v) => v.cols,
+        }
+    }
+
+    pub fn encoding(&self) -> Encoding {
+        match self {
+            EncodedTensor::Affine(q) => q.encoding(),
+            EncodedTensor::Vq(v) => v.encoding(),
+        }
+    }
+
+    pub fn validate(&self, name: &str) -> Result<()> {
+        match self {
+            EncodedTensor::Affine(q) => q.validate(name),
+            EncodedTensor::Vq(v) => v.validate(name),
+        }
+    }
+
+    /// Every weight as f32, `[rows, cols]` (the reference dequantization).
+    pub fn dequantize(&self) -> Result<Vec<f32>> {
+        match self {
+            EncodedTensor::Affine(q) => q.dequantize(),
+            EncodedTensor::Vq(v) => v.dequantize(),
+        }
+    }
+
+    /// `x · Wᵀ` on the CPU without expanding W.
+    pub fn matmul(&self, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
+        match self {
+            EncodedTensor::Affine(q) => q.matmul(x, tokens),
+            EncodedTensor::Vq(v) => v.matmul(x, tokens),
+        }
+    }
+
+    pub fn stored_parts(&self, name: &str) -> Result<Vec<(Part, Vec<u8>)>> {
+        match self {
+            EncodedTensor::Affine(q) => q.stored_parts(name),
+            EncodedTensor::Vq(v) => v.stored_parts(name),
+        }
+    }
+
+    /// Reads a weight of `encoding` back from its stored parts.
+    pub fn from_stored_parts<'a>(
+        name: &str,
+        encoding: Encoding,
+        rows: usize,
+        cols: usize,
+        part: impl Fn(&Part) -> Result<&'a [u8]>,
+    ) -> Result<Self> {
+        Ok(match encoding {
+            Encoding::Affine(s) => EncodedTensor::Affine(QuantizedTensor::from_stored_parts(
+                name, s, rows, cols, part,
+            )?),
+            Encoding::Vq(s) => {
+                EncodedTensor::Vq(VqTensor::from_stored_parts(name, s, rows, cols, part)?)
+            }
+        })
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        self.encoding().stored_bytes(self.rows(), self.cols())
     }
 }

@@ -1,7 +1,6 @@
 //! How big a model is: bytes on disk and stored bits per weight of the
 //! decoder blocks' linear layers (the ones quantization changes).
 
-use crate::encoding::Encoding;
 pub use crate::encoding::LinearStorage;
 use crate::error::{Error, Result};
 use crate::formats::gguf::GgmlType;
@@ -69,7 +68,7 @@ pub fn linear_storage(view: &ModelView) -> Result<LinearStorage> {
             .map(|m| {
                 let cols = *m.shape.last()?;
                 let rows = m.shape.iter().product::<usize>() / cols.max(1);
-                Some(Encoding::Affine(m.scheme()?).stored_bytes(rows, cols) as f64 * 8.0)
+                Some(m.encoding()?.stored_bytes(rows, cols) as f64 * 8.0)
             });
         let b = match stored {
             Some(b) => b,

@@ -38,6 +38,14 @@ pub trait TensorSource: Send + Sync {
     fn load_quantized(&self, _name: &str) -> Result<Option<crate::encoding::QuantizedTensor>> {
         Ok(None)
     }
+    /// The tensor still packed in any of llmq-gpu's encodings (linear
+    /// integer codes, VQ codebooks); `None` as for
+    /// [`TensorSource::load_quantized`].
+    fn load_encoded(&self, name: &str) -> Result<Option<crate::encoding::EncodedTensor>> {
+        Ok(self
+            .load_quantized(name)?
+            .map(crate::encoding::EncodedTensor::Affine))
+    }
     /// File-level metadata as `(key, printable value)` pairs, for `inspect`
     /// and to carry along (the tokenizer of a GGUF file lives here).
     fn metadata(&self) -> Vec<(String, serde_json::Value)>;

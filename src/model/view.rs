@@ -139,6 +139,10 @@ impl ModelView {
     pub fn load_quantized(&self, name: &str) -> Result<Option<crate::encoding::QuantizedTensor>> {
         self.source.load_quantized(name)
     }
+    /// The tensor still packed in any encoding ([`crate::formats::source::TensorSource::load_encoded`]).
+    pub fn load_encoded(&self, name: &str) -> Result<Option<crate::encoding::EncodedTensor>> {
+        self.source.load_encoded(name)
+    }
     pub fn metadata(&self) -> Vec<(String, serde_json::Value)> {
         self.source.metadata()
     }

@@ -9,11 +9,12 @@ use super::gptq::{self, GptqEvent, GptqRunReport, GptqSettings};
 use crate::backend::gpu::DeviceChoice;
 use crate::backend::{self, Backend};
 pub use crate::cancel::CancelToken;
-use crate::encoding::LinearStorage;
+use crate::encoding::{EncodedTensor, LinearStorage};
 use crate::error::{Error, Result};
 use crate::formats::llmq::LlmqWriter;
 use crate::model::{ModelView, TensorInfo, TensorKind};
-use crate::quant::{rtn, QuantScheme, QuantizedTensor};
+use crate::quant::gptvq::GptvqOptions;
+use crate::quant::{rtn, QuantScheme};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -28,6 +29,9 @@ pub enum Method {
     Rtn,
     /// GPTQ, layer by layer on calibration data ([`QuantizeConfig::gptq`]).
     Gptq,
+    /// GPTVQ codebooks, layer by layer on calibration data
+    /// ([`QuantizeConfig::gptvq`]).
+    Gptvq,
 }
 
 impl Method {
@@ -35,6 +39,7 @@ impl Method {
         match self {
             Method::Rtn => "rtn",
             Method::Gptq => "gptq",
+            Method::Gptvq => "gptvq",
         }
     }
 }
@@ -90,6 +95,32 @@ impl QuantizeConfig {
         self.gptq = Some(settings);
         self
     }
+    /// GPTVQ with these calibration settings and codebook options (sets
+    /// the method and the settings' solver; `scheme` stays the affine
+    /// baseline the report scores it against).
+    pub fn gptvq(mut self, mut settings: GptqSettings, options: GptvqOptions) -> Self {
+        settings.solver = gptq::Solver::Gptvq(options);
+        self.method = Method::Gptvq;
+        self.gptq = Some(settings);
+        self
+    }
+
+    /// The VQ options of a GPTVQ run.
+    fn vq_options(&self) -> Option<GptvqOptions> {
+        match self.gptq.as_ref().map(|s| s.solver) {
+            Some(gptq::Solver::Gptvq(o)) if self.method == Method::Gptvq => Some(o),
+            _ => None,
+        }
+    }
+
+    /// What the report names the written encoding.
+    pub fn label(&self) -> String {
+        match self.vq_options() {
+            Some(o) => o.scheme.label(),
+            None => self.scheme.label(),
+        }
+    }
+
     pub fn device(mut self, device: DeviceChoice) -> Self {
         self.device = device;
         self
@@ -147,6 +178,8 @@ pub enum Progress {
         total: usize,
         gptq_error: f64,
         rtn_error: f64,
+        /// GPTVQ: the mean error of GPTQ at the baseline scheme.
+        gptq_baseline_error: Option<f64>,
         seconds: f64,
     },
     Writing,
@@ -256,7 +289,7 @@ impl Tally {
         writer: &mut LlmqWriter,
         name: &str,
         shape: &[usize],
-        q: &QuantizedTensor,
+        q: &EncodedTensor,
         w: &[f32],
         method: Method,
     ) -> Result<()> {
@@ -271,7 +304,7 @@ impl Tally {
             self.linears.weights += w.len() as u64;
             self.linears.stored_bytes += q.stored_bytes();
         }
-        writer.add_quantized(name, shape, q, method.name())?;
+        writer.add_encoded(name, shape, q, method.name())?;
         self.quantized += 1;
         Ok(())
     }
@@ -314,7 +347,15 @@ pub fn quantize_model_with(
     let tensors = model.tensors().to_vec();
     // Validate every quantized shape before doing any work.
     let mut ragged = 0;
+    if config.method == Method::Gptvq && config.vq_options().is_none() {
+        return Err(Error::Config(
+            "GPTVQ needs its settings (QuantizeConfig::gptvq)".into(),
+        ));
+    }
     for t in tensors.iter().filter(|t| should_quantize(t, config)) {
+        if let Some(o) = config.vq_options() {
+            o.scheme.check_shape(&t.name, t.shape[0], t.shape[1])?;
+        }
         config.scheme.check_shape(&t.name, t.shape[0], t.shape[1])?;
         if config
             .scheme
@@ -351,7 +392,14 @@ pub fn quantize_model_with(
                 let quantize = should_quantize(t, config);
                 if quantize {
                     let (rows, cols) = (t.shape[0], t.shape[1]);
-                    let q = rtn::quantize(backend, &t.name, &w, rows, cols, &config.scheme)?;
+                    let q = EncodedTensor::Affine(rtn::quantize(
+                        backend,
+                        &t.name,
+                        &w,
+                        rows,
+                        cols,
+                        &config.scheme,
+                    )?);
                     tally.quantized(&mut writer, &t.name, &t.shape, &q, &w, config.method)?;
                 } else {
                     tally.kept(&mut writer, &t.name, &t.shape, &w)?;
@@ -364,13 +412,15 @@ pub fn quantize_model_with(
                 });
             }
         }
-        // GPTQ, or RTN with calibration: its weighted scale search.
-        Method::Gptq | Method::Rtn => {
+        // GPTQ, GPTVQ, or RTN with calibration: its weighted scale search.
+        Method::Gptq | Method::Gptvq | Method::Rtn => {
             let mut settings = config.gptq.clone().ok_or_else(|| {
                 Error::Config("GPTQ needs calibration settings (QuantizeConfig::gptq)".into())
             })?;
-            if config.method == Method::Rtn {
-                settings.solver = gptq::Solver::RtnSearch;
+            match config.method {
+                Method::Rtn => settings.solver = gptq::Solver::RtnSearch,
+                Method::Gptq => settings.solver = gptq::Solver::Gptq,
+                Method::Gptvq => {}
             }
             let settings = &settings;
             // Everything GPTQ does not quantize is copied first, one tensor
@@ -410,6 +460,12 @@ pub fn quantize_model_with(
                             gptq_error: report.linears.iter().map(|l| l.gptq_error).sum::<f64>()
                                 / n,
                             rtn_error: report.linears.iter().map(|l| l.rtn_error).sum::<f64>() / n,
+                            gptq_baseline_error: report
+                                .linears
+                                .iter()
+                                .map(|l| l.gptq_baseline_error)
+                                .sum::<Option<f64>>()
+                                .map(|s| s / n),
                             seconds: report.seconds,
                         });
                     }
@@ -439,7 +495,7 @@ pub fn quantize_model_with(
         model: config.model.clone(),
         out: config.out.clone(),
         method: config.method,
-        scheme: config.scheme.label(),
+        scheme: config.label(),
         backend: backend.name(),
         quantized_tensors: tally.quantized,
         ragged_group_tensors: ragged,

@@ -3,6 +3,7 @@
 //! [`crate::encoding`].
 
 pub mod gptq;
+pub mod gptvq;
 pub mod rtn;
 
 pub use crate::encoding::{Granularity, QuantScheme, QuantizedTensor};

@@ -9,6 +9,7 @@ use crate::encoding::affine::packing::pack_in_order;
 use crate::encoding::{Grid, GridCodes};
 use crate::error::Result;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// One block of GPTQ columns handed to [`gptq_block`].
 pub struct GptqBlock<'a> {
@@ -65,7 +66,10 @@ impl<'a> CpuGptqColumns<'a> {
     pub fn new(w: Vec<f32>, rows: usize, cols: usize, spec: GptqSpec<'a>) -> Self {
         let params = match spec.static_groups {
             Some(s) => s.params.to_vec(),
-            None => vec![0.0; rows * spec.groups(cols) * spec.grid.params_per_group()],
+            None => {
+                let sets = rows.div_ceil(spec.grid.rows_per_params());
+                vec![0.0; sets * spec.groups(cols) * spec.grid.params_per_group()]
+            }
         };
         Self {
             w,
@@ -116,13 +120,61 @@ impl GptqColumns for CpuGptqColumns<'_> {
         Ok(())
     }
 
+    fn current_columns(&self, span: Range<usize>) -> Result<Vec<f32>> {
+        check_span(self.cols, &span)?;
+        Ok(self
+            .w
+            .chunks(self.cols)
+            .flat_map(|row| &row[span.clone()])
+            .copied()
+            .collect())
+    }
+
+    fn set_group_params(&mut self, group: usize, params: &[f32]) -> Result<()> {
+        let per_group = self.spec.grid.params_per_group();
+        let groups = self.spec.groups(self.cols);
+        let sets = self.rows.div_ceil(self.spec.grid.rows_per_params());
+        if group >= groups || params.len() != sets * per_group {
+            return Err(crate::error::Error::Config(format!(
+                "GPTQ group parameters: group {group} of {groups}, {} values for {sets} sets of \
+                 {per_group}",
+                params.len()
+            )));
+        }
+        for (dst, src) in self
+            .params
+            .chunks_mut(groups * per_group)
+            .zip(params.chunks(per_group))
+        {
+            dst[group * per_group..(group + 1) * per_group].copy_from_slice(src);
+        }
+        Ok(())
+    }
+
     fn finish(self: Box<Self>) -> Result<GridCodes> {
         let bits = self.spec.grid.code_bits();
+        let d = self.spec.grid.step();
+        // A code per vector: the one stored at each vector's first column.
+        let codes: Vec<u32> = match d {
+            1 => self.codes,
+            _ => self.codes.iter().step_by(d).copied().collect(),
+        };
+        let perm = if d == 1 { self.spec.perm } else { None };
         Ok(GridCodes {
-            packed: pack_in_order(&self.codes, self.rows, self.cols, bits, self.spec.perm),
+            packed: pack_in_order(&codes, self.rows, self.cols / d, bits, perm),
             params: self.params,
         })
     }
+}
+
+/// A column range of a `cols`-column weight, checked.
+pub(crate) fn check_span(cols: usize, span: &Range<usize>) -> Result<()> {
+    if span.start >= span.end || span.end > cols {
+        return Err(crate::error::Error::Config(format!(
+            "GPTQ columns {span:?} of a weight of {cols} columns"
+        )));
+    }
+    Ok(())
 }
 
 /// Rows per parallel task: enough tasks for every core, at least 16.
@@ -213,38 +265,93 @@ pub(crate) fn mirror_lower(h: &mut [f32], n: usize) {
 }
 
 /// GPTQ inside one block, row by row (see [`crate::backend::GptqColumns::quantize_block`]).
+/// A grid of step `d` rounds `d` columns at once; their error `r = x − x̂`
+/// goes forward as `e = r · U_FF⁻¹` (`U_FF` the `[d, d]` block of H⁻¹'s
+/// factor at those columns), the joint OBS update, which for `d = 1` is
+/// GPTQ's `r / U_jj`.
 pub fn gptq_block(w: &mut [f32], cols: usize, b: &GptqBlock, out: &mut GptqBlockOut) {
     let len = b.len();
-    let per_group = b.grid.params_per_group();
-    let row_params = cols.div_ceil(b.group_len) * per_group;
-    w.par_chunks_mut(cols)
+    let row_params = cols.div_ceil(b.group_len) * b.grid.params_per_group();
+    let rows = w
+        .par_chunks_mut(cols)
         .zip(out.codes.par_chunks_mut(cols))
-        .zip(out.params.par_chunks_mut(row_params))
-        .zip(out.err.par_chunks_mut(len))
-        .for_each(|(((row, codes), params), err)| {
-            for (jj, e_out) in err.iter_mut().enumerate() {
-                let j = b.start + jj;
-                let g = match b.group_of {
-                    Some(map) => map[j] as usize,
-                    None => j / b.group_len,
-                };
-                let params = &mut params[g * per_group..(g + 1) * per_group];
-                if b.group_of.is_none() && j.is_multiple_of(b.group_len) {
-                    // A group starts: the grid fits it to the current weights.
-                    let last = (j + b.group_len).min(cols);
-                    b.grid.fit(&row[j..last], &b.hdiag[j..last], params);
-                }
-                let x = row[j];
-                let (q, x_hat) = b.grid.round(x, params);
-                let hrow = &b.hinv[jj * len..(jj + 1) * len];
-                let e = (x - x_hat) / hrow[jj];
-                codes[j] = q;
-                *e_out = e;
-                for (wk, &hk) in row[j + 1..b.end].iter_mut().zip(&hrow[jj + 1..]) {
-                    *wk -= e * hk;
-                }
+        .zip(out.err.par_chunks_mut(len));
+    match b.grid.rows_per_params() {
+        1 => rows.zip(out.params.par_chunks_mut(row_params)).for_each(
+            |(((row, codes), err), params)| {
+                quantize_row(row, codes, err, b, RowParams::Own(params))
+            },
+        ),
+        rpp => {
+            let params: &[f32] = out.params;
+            rows.enumerate().for_each(|(r, ((row, codes), err))| {
+                let set = &params[r / rpp * row_params..(r / rpp + 1) * row_params];
+                quantize_row(row, codes, err, b, RowParams::Shared(set))
+            })
+        }
+    }
+}
+
+/// A row's group parameters: its own (fitted as the loop reaches them),
+/// or a set shared with other rows and given beforehand.
+enum RowParams<'p> {
+    Own(&'p mut [f32]),
+    Shared(&'p [f32]),
+}
+
+/// GPTQ inside one block for one row (`err`: the block's `len` scaled errors).
+fn quantize_row(
+    row: &mut [f32],
+    codes: &mut [u32],
+    err: &mut [f32],
+    b: &GptqBlock,
+    mut params: RowParams,
+) {
+    let (cols, len, d) = (row.len(), b.len(), b.grid.step());
+    let per_group = b.grid.params_per_group();
+    let (mut u, mut x_hat, mut e) = ([0f32; 16], [0f32; 4], [0f32; 4]);
+    for jj in (0..len).step_by(d) {
+        let j = b.start + jj;
+        let g = match b.group_of {
+            Some(map) => map[j] as usize,
+            None => j / b.group_len,
+        };
+        let at = g * per_group..(g + 1) * per_group;
+        if let RowParams::Own(p) = &mut params {
+            if b.group_of.is_none() && b.grid.fits_rows() && j.is_multiple_of(b.group_len) {
+                // A group starts: the grid fits it to the current weights.
+                let last = (j + b.group_len).min(cols);
+                b.grid
+                    .fit(&row[j..last], &b.hdiag[j..last], &mut p[at.clone()]);
             }
-        });
+        }
+        let gp: &[f32] = match &params {
+            RowParams::Own(p) => &p[at],
+            RowParams::Shared(p) => &p[at],
+        };
+        for a in 0..d {
+            for c in 0..d {
+                u[a * d + c] = b.hinv[(jj + a) * len + jj + c];
+            }
+        }
+        let x = &row[j..j + d];
+        codes[j] = b.grid.round_vector(x, &u[..d * d], gp, &mut x_hat);
+        // e · U_FF = x − x̂, U_FF upper triangular.
+        for p in 0..d {
+            let mut r = x[p] - x_hat[p];
+            for a in 0..p {
+                r -= e[a] * u[a * d + p];
+            }
+            e[p] = r / u[p * d + p];
+        }
+        err[jj..jj + d].copy_from_slice(&e[..d]);
+        for (p, &ep) in e[..d].iter().enumerate() {
+            let hrow = &b.hinv[(jj + p) * len..(jj + p + 1) * len];
+            for (wk, &hk) in row[j + d..b.end].iter_mut().zip(&hrow[jj + d..]) {
+                *wk -= ep * hk;
+            }
+        }
+    }
 }
 
 /// `W[:, end..] −= Err · Hinv[block, end..]`.

@@ -25,6 +25,25 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
+    fn vq_em(
+        &self,
+        points: &[f32],
+        weights: &[f32],
+        groups: usize,
+        k: usize,
+        iters: usize,
+        centroids: &mut [f32],
+    ) -> Result<usize> {
+        let d = super::check_vq_em_args(points, weights, groups, k, centroids)?;
+        let n = weights.len() / d;
+        Ok(centroids
+            .par_chunks_mut(k * d)
+            .zip(points.par_chunks(n * d))
+            .map(|(cb, pts)| crate::encoding::vq::em::iterate(pts, weights, d, k, iters, cb))
+            .max()
+            .unwrap_or(0))
+    }
+
     fn group_ranges(
         &self,
         w: &[f32],

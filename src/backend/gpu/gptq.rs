@@ -26,6 +26,8 @@ use std::sync::Arc;
 
 /// The grid-independent part of the kernels; the grid's WGSL goes first.
 const SOURCE: &str = with_tile_gemm!("gptq.wgsl");
+/// The column loop of vector grids, after [`SOURCE`].
+const VQ_SOURCE: &str = include_str!("../../../shaders/vq_columns.wgsl");
 const PACK_SOURCE: &str = concat!(
     include_str!("../../../shaders/pack_word.wgsl"),
     include_str!("../../../shaders/gptq_pack.wgsl")
@@ -51,7 +53,7 @@ struct Params {
     /// quantize_block runs the block's columns `first..last` (block-relative).
     first: u32,
     last: u32,
-    _pad: u32,
+    rows_per_params: u32,
 }
 
 /// Mirrors `Params` in gptq_pack.wgsl.
@@ -63,7 +65,9 @@ struct PackParams {
     bits: u32,
     words_per_row: u32,
     permuted: u32,
-    _pad: [u32; 3],
+    row_stride: u32,
+    step: u32,
+    _pad: u32,
 }
 
 const PACK_BINDINGS: [Binding; 4] = [
@@ -98,7 +102,7 @@ struct RowChunk {
     w: GpuBuffer,
     /// `[n, block]` scaled errors of the last quantized block.
     err: GpuBuffer,
-    /// `[n, groups, params_per_group]` grid parameters.
+    /// `[n / rows_per_params, groups, params_per_group]` grid parameters.
     params: GpuBuffer,
     /// `[n, cols]`, in quantization order.
     codes: GpuBuffer,
@@ -124,6 +128,8 @@ pub struct GpuGptqColumns<'a> {
     quantize: Arc<Kernel>,
     rest: Arc<Kernel>,
     pack: Arc<Kernel>,
+    /// Vector grids: W's columns to the host (`gather_columns`).
+    gather: Option<Arc<Kernel>>,
     last: Option<wgpu::SubmissionIndex>,
 }
 
@@ -155,14 +161,33 @@ impl<'a> GpuGptqColumns<'a> {
             )));
         }
         let row_params = spec.groups(cols) * spec.grid.params_per_group();
-        let source = format!("{}\n{SOURCE}", spec.grid.wgsl());
+        // Grids fitted across rows (VQ, 1D included) take the vector loop.
+        let vector = spec.grid.step() > 1 || !spec.grid.fits_rows();
+        let source = match vector {
+            false => format!("{}\n{SOURCE}", spec.grid.wgsl()),
+            true => format!("{}\n{SOURCE}\n{VQ_SOURCE}", spec.grid.wgsl()),
+        };
         let key = spec.grid.key();
+        let entry = if vector {
+            "quantize_vectors"
+        } else {
+            "quantize_block"
+        };
         let quantize = ctx.kernel(
-            &format!("gptq.quantize_block/{key}"),
+            &format!("gptq.{entry}/{key}"),
             &source,
-            "quantize_block",
+            entry,
             &BLOCK_BINDINGS,
         )?;
+        let gather = match vector {
+            true => Some(ctx.kernel(
+                &format!("gptq.gather_columns/{key}"),
+                &source,
+                "gather_columns",
+                &BLOCK_BINDINGS,
+            )?),
+            false => None,
+        };
         let rest = ctx.kernel(
             &format!("gptq.update_rest/{key}"),
             &source,
@@ -191,16 +216,20 @@ impl<'a> GpuGptqColumns<'a> {
             }
             None => ctx.upload("gptq.position", bytemuck::cast_slice(&[0u32]))?,
         };
-        let chunks = row_chunks(ctx, rows, cols.max(row_params) * 4)?
+        // Chunks of whole sets of rows sharing parameters.
+        let rpp = spec.grid.rows_per_params();
+        let sets = row_chunks(ctx, rows.div_ceil(rpp), rpp * cols.max(row_params) * 4)?;
+        let chunks = sets
             .into_iter()
-            .map(|r| {
+            .map(|s| {
+                let r = s.start * rpp..(s.end * rpp).min(rows);
                 let n = r.len();
                 let params = match fixed {
-                    Some(s) => ctx.upload(
+                    Some(f) => ctx.upload(
                         "gptq.params",
-                        f32_bytes(&s.params[r.start * row_params..r.end * row_params]),
+                        f32_bytes(&f.params[r.start * row_params..r.end * row_params]),
                     )?,
-                    None => ctx.storage("gptq.params", (n * row_params * 4) as u64)?,
+                    None => ctx.storage("gptq.params", (s.len() * row_params * 4) as u64)?,
                 };
                 Ok(RowChunk {
                     w: ctx.upload("gptq.w", f32_bytes(&w[r.start * cols..r.end * cols]))?,
@@ -224,6 +253,7 @@ impl<'a> GpuGptqColumns<'a> {
             quantize,
             rest,
             pack,
+            gather,
             last: None,
         })
     }
@@ -232,7 +262,7 @@ impl<'a> GpuGptqColumns<'a> {
     /// with static groups).
     fn segments(&self, start: usize, end: usize) -> Vec<(usize, usize)> {
         let g = self.spec.group_len;
-        if self.spec.static_groups.is_some() {
+        if self.spec.static_groups.is_some() || !self.spec.grid.fits_rows() {
             return vec![(start, end)];
         }
         let mut cuts: Vec<usize> = (start + 1..end).filter(|j| j % g == 0).collect();
@@ -250,9 +280,14 @@ impl<'a> GpuGptqColumns<'a> {
             len: (end - start) as u32,
             group_len: s.group_len as u32,
             groups: s.groups(self.cols) as u32,
-            static_groups: s.static_groups.is_some() as u32,
+            static_groups: match (s.static_groups.is_some(), s.grid.fits_rows()) {
+                (true, _) => 1,
+                (false, true) => 0,
+                (false, false) => 2,
+            },
             first: 0,
             last: (end - start) as u32,
+            rows_per_params: s.grid.rows_per_params() as u32,
             ..Params::default()
         }
     }
@@ -363,10 +398,75 @@ impl GptqColumns for GpuGptqColumns<'_> {
         Ok(())
     }
 
+    fn current_columns(&self, span: Range<usize>) -> Result<Vec<f32>> {
+        crate::backend::cpu::gptq::check_span(self.cols, &span)?;
+        let (ctx, len) = (self.ctx, span.len());
+        let Some(gather) = &self.gather else {
+            return Err(Error::Config(
+                "GPTQ columns are read back for grids fitted across rows only".into(),
+            ));
+        };
+        let mut out = Vec::with_capacity(self.rows * len);
+        for c in &self.chunks {
+            let n = c.rows.len();
+            let buf = ctx.storage("gptq.columns", (n * len * 4) as u64)?;
+            let params = Params {
+                start: span.start as u32,
+                len: len as u32,
+                ..self.params(span.start, span.end, n)
+            };
+            let uniform = ctx.uniform("gptq.params", &params);
+            let mut enc = ctx.encoder();
+            ctx.encode(
+                &mut enc,
+                gather,
+                &[
+                    &uniform,
+                    &self.hdiag,
+                    &c.w,
+                    &buf,
+                    &c.params,
+                    &c.codes,
+                    &self.group_of,
+                    &self.hdiag,
+                ],
+                ctx.grid((n * len).div_ceil(WG) as u32),
+            );
+            ctx.submit_and_wait(enc)?;
+            out.extend(ctx.read::<f32>(&buf, n * len)?);
+        }
+        Ok(out)
+    }
+
+    fn set_group_params(&mut self, group: usize, params: &[f32]) -> Result<()> {
+        let per_group = self.spec.grid.params_per_group();
+        let groups = self.spec.groups(self.cols);
+        let rpp = self.spec.grid.rows_per_params();
+        if group >= groups || params.len() != self.rows.div_ceil(rpp) * per_group {
+            return Err(Error::Config(format!(
+                "GPTQ group parameters: group {group} of {groups}, {} values for {} sets of {per_group}",
+                params.len(),
+                self.rows.div_ceil(rpp)
+            )));
+        }
+        for c in &self.chunks {
+            let first = c.rows.start / rpp;
+            for s in 0..c.rows.len().div_ceil(rpp) {
+                let src = &params[(first + s) * per_group..(first + s + 1) * per_group];
+                let at = ((s * groups + group) * per_group * 4) as u64;
+                self.ctx.queue.write_buffer(&c.params, at, f32_bytes(src));
+            }
+        }
+        Ok(())
+    }
+
     fn finish(mut self: Box<Self>) -> Result<GridCodes> {
         let (ctx, cols) = (self.ctx, self.cols);
         let bits = self.spec.grid.code_bits();
-        let wpr = words_per_row(cols, bits);
+        // A vector grid has one code per `step` columns.
+        let step = self.spec.grid.step();
+        let wpr = words_per_row(cols / step, bits);
+        let rpp = self.spec.grid.rows_per_params();
         let row_params = self.spec.groups(cols) * self.spec.grid.params_per_group();
         // Pack every chunk's codes on the device, then read back words and
         // parameters only.
@@ -380,10 +480,12 @@ impl GptqColumns for GpuGptqColumns<'_> {
                 "gptq.pack_params",
                 &PackParams {
                     rows: n as u32,
-                    cols: cols as u32,
+                    cols: (cols / step) as u32,
                     bits,
                     words_per_row: wpr as u32,
                     permuted: self.spec.perm.is_some() as u32,
+                    row_stride: cols as u32,
+                    step: step as u32,
                     ..PackParams::default()
                 },
             ));
@@ -403,13 +505,13 @@ impl GptqColumns for GpuGptqColumns<'_> {
         }
         let mut out = GridCodes {
             packed: Vec::with_capacity(self.rows * wpr),
-            params: Vec::with_capacity(self.rows * row_params),
+            params: Vec::with_capacity(self.rows.div_ceil(rpp) * row_params),
         };
         for (c, words) in self.chunks.iter().zip(&packed) {
             let n = c.rows.len();
             out.packed.extend(ctx.read::<u32>(words, n * wpr)?);
             out.params
-                .extend(ctx.read::<f32>(&c.params, n * row_params)?);
+                .extend(ctx.read::<f32>(&c.params, n.div_ceil(rpp) * row_params)?);
         }
         Ok(out)
     }

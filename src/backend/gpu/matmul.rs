@@ -1,7 +1,10 @@
 //! Thin wrapper over `shaders/matmul.wgsl`: dequantize-and-multiply
-//! `y[tokens, rows] = x[tokens, cols] · Wᵀ` with `W` packed (any of 2..=8
-//! bits; 4 and 8 have fast code extraction, 2/3/5/6/7 use the generic bit
-//! stream path in the same kernels).
+//! `y[tokens, rows] = x[tokens, cols] · Wᵀ` with `W` packed: linear integer
+//! codes (any of 2..=8 bits; 4 and 8 have fast code extraction, 2/3/5/6/7
+//! use the generic bit stream path in the same kernels) through
+//! `shaders/affine_decode.wgsl`, or VQ indices and codebooks through
+//! `shaders/vq_decode.wgsl`; the encoding picks the fragment, the rest of
+//! the kernels is shared.
 //!
 //! Weights are uploaded once as [`GpuQuantWeights`] (split by rows when a
 //! buffer would exceed the binding limit) and stay resident; [`encode_matmul`]
@@ -10,8 +13,8 @@
 
 use super::context::{Binding, GpuContext, Kernel};
 use super::{row_chunks, GpuBuffer, GEMM_TILE};
-use crate::encoding::affine::scheme::QuantScheme;
-use crate::encoding::QuantizedTensor;
+use crate::encoding::vq::{index_words, VqTensor};
+use crate::encoding::{EncodedTensor, Encoding, QuantizedTensor};
 use crate::error::{Error, Result};
 use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
@@ -20,6 +23,12 @@ use std::time::{Duration, Instant};
 /// The kernels after the affine encoding's decode fragment.
 const SOURCE: &str = concat!(
     include_str!("../../../shaders/affine_decode.wgsl"),
+    with_tile_gemm!("matmul.wgsl")
+);
+
+/// The kernels after the VQ decode fragment.
+const VQ_SOURCE: &str = concat!(
+    include_str!("../../../shaders/vq_decode.wgsl"),
     with_tile_gemm!("matmul.wgsl")
 );
 
@@ -58,18 +67,21 @@ const BINDINGS: [Binding; 6] = [
     Binding::StorageReadWrite,
 ];
 
-/// Keeps `//#if SUBGROUP` blocks when `subgroups`, and sets `BITS`.
-fn specialise(bits: u32, subgroups: bool) -> String {
-    let mut out = String::with_capacity(SOURCE.len());
+/// Keeps `//#if SUBGROUP` blocks when `subgroups`, and sets the fragment's
+/// constants (`const NAME: u32 = ...` lines named in `consts`).
+fn specialise(source: &str, consts: &[(&str, u32)], subgroups: bool) -> String {
+    let mut out = String::with_capacity(source.len());
     let mut keep = true;
-    for line in SOURCE.lines() {
-        match line.trim() {
-            "//#if SUBGROUP" => keep = subgroups,
-            "//#else" => keep = !subgroups,
-            "//#endif" => keep = true,
-            l if l.starts_with("const BITS: u32") => {
-                out.push_str(&format!("const BITS: u32 = {bits}u;\n"));
-            }
+    for line in source.lines() {
+        let t = line.trim();
+        let constant = consts
+            .iter()
+            .find(|(name, _)| t.starts_with(&format!("const {name}: u32")));
+        match (t, constant) {
+            ("//#if SUBGROUP", _) => keep = subgroups,
+            ("//#else", _) => keep = !subgroups,
+            ("//#endif", _) => keep = true,
+            (_, Some((name, v))) => out.push_str(&format!("const {name}: u32 = {v}u;\n")),
             _ if keep => {
                 out.push_str(line);
                 out.push('\n');
@@ -80,7 +92,28 @@ fn specialise(bits: u32, subgroups: bool) -> String {
     out
 }
 
-fn kernel(ctx: &GpuContext, entry: &str, bits: u32, subgroups: bool) -> Result<Arc<Kernel>> {
+/// The decode fragment's source and constants for `encoding`.
+fn fragment(encoding: &Encoding) -> (&'static str, Vec<(&'static str, u32)>) {
+    match encoding {
+        Encoding::Affine(s) => (SOURCE, vec![("BITS", s.bits)]),
+        Encoding::Vq(s) => (
+            VQ_SOURCE,
+            vec![
+                ("VQ_DIM", s.dim),
+                ("VQ_INDEX_BITS", s.index_bits()),
+                ("VQ_ROWS_PER_CODEBOOK", s.rows_per_codebook() as u32),
+                ("VQ_CODEBOOK_LEN", s.codebook_len() as u32),
+            ],
+        ),
+    }
+}
+
+fn kernel(
+    ctx: &GpuContext,
+    entry: &str,
+    encoding: &Encoding,
+    subgroups: bool,
+) -> Result<Arc<Kernel>> {
     let shared = if entry == "gemm" {
         GEMM_SHARED_BYTES
     } else {
@@ -95,25 +128,34 @@ fn kernel(ctx: &GpuContext, entry: &str, bits: u32, subgroups: bool) -> Result<A
     }
     // Subgroups only matter for the GEMV reduction.
     let sg = entry == "gemv" && subgroups;
-    let key = format!("matmul.{entry}_q{bits}{}", if sg { "_sg" } else { "" });
-    ctx.kernel(&key, &specialise(bits, sg), entry, &BINDINGS)
+    let (source, consts) = fragment(encoding);
+    let tag: Vec<String> = consts.iter().map(|(n, v)| format!("{n}{v}")).collect();
+    let key = format!(
+        "matmul.{entry}_{}{}",
+        tag.join("_"),
+        if sg { "_sg" } else { "" }
+    );
+    ctx.kernel(&key, &specialise(source, &consts, sg), entry, &BINDINGS)
 }
 
-/// One row range of a weight, in its own buffers.
+/// One row range of a weight, in its own buffers: the codes (packed codes
+/// or VQ indices) and the encoding's two other parts (scales and zeros, or
+/// codebooks and an unused placeholder).
 struct WeightChunk {
     row0: usize,
     rows: usize,
     packed: GpuBuffer,
-    scales: GpuBuffer,
-    zeros: GpuBuffer,
+    aux: [GpuBuffer; 2],
 }
 
-/// A quantized weight resident on the GPU: packed codes, f32 scales and u8
-/// zero-points (4 per word), split by rows so no buffer exceeds the binding limit.
+/// A packed weight resident on the GPU, split by rows so no buffer exceeds
+/// the binding limit. Linear integer codes keep f32 scales and u8
+/// zero-points (4 per word); VQ weights keep their indices and f32
+/// codebooks, chunks aligned to the rows sharing a codebook.
 pub struct GpuQuantWeights {
     pub rows: usize,
     pub cols: usize,
-    pub scheme: QuantScheme,
+    pub encoding: Encoding,
     words_per_row: usize,
     groups_per_row: usize,
     group_len: usize,
@@ -135,22 +177,82 @@ impl GpuQuantWeights {
                     "matmul.packed",
                     bytemuck::cast_slice(&q.packed[r0 * wpr..r1 * wpr]),
                 )?,
-                scales: ctx.upload(
-                    "matmul.scales",
-                    bytemuck::cast_slice(&q.scales[r0 * gpr..r1 * gpr]),
-                )?,
-                zeros: ctx.upload("matmul.zeros", &zeros)?,
+                aux: [
+                    ctx.upload(
+                        "matmul.scales",
+                        bytemuck::cast_slice(&q.scales[r0 * gpr..r1 * gpr]),
+                    )?,
+                    ctx.upload("matmul.zeros", &zeros)?,
+                ],
             });
         }
         Ok(Self {
             rows: q.rows,
             cols: q.cols,
-            scheme: q.scheme,
+            encoding: q.encoding(),
             words_per_row: wpr,
             groups_per_row: gpr,
             group_len: q.scheme.group_len(q.cols),
             chunks,
         })
+    }
+
+    /// Uploads a VQ weight: chunks of whole row groups (the rows sharing
+    /// codebooks), each with its indices and its row groups' codebooks.
+    pub fn upload_vq(ctx: &GpuContext, v: &VqTensor) -> Result<Self> {
+        v.validate("matmul weight")?;
+        let s = &v.scheme;
+        if !s.span().is_multiple_of(32) {
+            return Err(Error::Gpu(format!(
+                "VQ groups of {} weights span {} columns; the GPU kernels need a multiple of 32",
+                s.group,
+                s.span()
+            )));
+        }
+        let (wpr, rpc, spans) = (
+            index_words(s, v.cols),
+            s.rows_per_codebook(),
+            s.spans(v.cols),
+        );
+        let per_group = spans * s.codebook_len();
+        let mut chunks = Vec::new();
+        for range in row_chunks(ctx, v.rows / rpc, (rpc * wpr * 4).max(per_group * 4))? {
+            let (r0, r1) = (range.start * rpc, range.end * rpc);
+            chunks.push(WeightChunk {
+                row0: r0,
+                rows: r1 - r0,
+                packed: ctx.upload(
+                    "matmul.vq_indices",
+                    bytemuck::cast_slice(&v.indices[r0 * wpr..r1 * wpr]),
+                )?,
+                aux: [
+                    ctx.upload(
+                        "matmul.codebooks",
+                        bytemuck::cast_slice(
+                            &v.codebooks[range.start * per_group..range.end * per_group],
+                        ),
+                    )?,
+                    ctx.upload("matmul.unused", &[0u8; 4])?,
+                ],
+            });
+        }
+        Ok(Self {
+            rows: v.rows,
+            cols: v.cols,
+            encoding: v.encoding(),
+            words_per_row: wpr,
+            groups_per_row: spans,
+            group_len: s.span(),
+            chunks,
+        })
+    }
+
+    /// Uploads a weight of any encoding.
+    pub fn upload_encoded(ctx: &GpuContext, t: &EncodedTensor) -> Result<Self> {
+        match t {
+            EncodedTensor::Affine(q) => Self::upload(ctx, q),
+            EncodedTensor::Vq(v) => Self::upload_vq(ctx, v),
+        }
     }
 
     /// How many row chunks (buffer sets, dispatches per matmul) the weight uses.
@@ -161,7 +263,7 @@ impl GpuQuantWeights {
     /// Bytes one matmul reads from the weight buffers
     /// ([`crate::encoding::Encoding::resident_bytes`]).
     pub fn resident_bytes(&self) -> u64 {
-        crate::encoding::Encoding::Affine(self.scheme).resident_bytes(self.rows, self.cols)
+        self.encoding.resident_bytes(self.rows, self.cols)
     }
 }
 
@@ -211,7 +313,7 @@ pub fn encode_matmul_with(
     let k = kernel(
         ctx,
         if gemv { "gemv" } else { "gemm" },
-        w.scheme.bits,
+        &w.encoding,
         subgroups,
     )?;
     for c in &w.chunks {
@@ -240,7 +342,7 @@ pub fn encode_matmul_with(
         ctx.encode(
             encoder,
             &k,
-            &[&uniform, &c.packed, &c.scales, &c.zeros, x, y],
+            &[&uniform, &c.packed, &c.aux[0], &c.aux[1], x, y],
             ctx.grid(groups),
         );
     }

@@ -26,6 +26,7 @@ pub mod matmul_dense;
 pub mod quantize;
 pub mod rope;
 pub mod trace;
+pub mod vq_em;
 
 /// Rows and columns of C per workgroup of the shared tiled GEMM (`TILE` in
 /// `shaders/tile_gemm.wgsl`).
@@ -35,11 +36,13 @@ pub use adapter::{list_adapters, AdapterSummary, DeviceChoice};
 pub use buffer::GpuBuffer;
 pub use context::GpuContext;
 
+use super::check_vq_em_args;
 use super::{
     check_attention_args, check_cholesky_args, check_gptq_args, check_hessian_start,
     check_trace_args, Backend, GptqColumns, GptqSpec, GroupParams, ResidentHessian, ResidentLinear,
 };
 use crate::backend::cpu::ops::AttnShape;
+use crate::encoding::EncodedTensor;
 use crate::encoding::QuantizedTensor;
 use crate::error::Result;
 use std::ops::Range;
@@ -134,14 +137,24 @@ impl Backend for GpuBackend {
         matmul::matmul(&self.ctx, q, x, tokens)
     }
 
-    fn resident_linear<'a>(
-        &'a self,
-        q: &'a QuantizedTensor,
-    ) -> Result<Box<dyn ResidentLinear + 'a>> {
+    fn resident_linear<'a>(&'a self, q: &'a EncodedTensor) -> Result<Box<dyn ResidentLinear + 'a>> {
         Ok(Box::new(matmul::ResidentQuantLinear {
             ctx: &self.ctx,
-            w: matmul::GpuQuantWeights::upload(&self.ctx, q)?,
+            w: matmul::GpuQuantWeights::upload_encoded(&self.ctx, q)?,
         }))
+    }
+
+    fn vq_em(
+        &self,
+        points: &[f32],
+        weights: &[f32],
+        groups: usize,
+        k: usize,
+        iters: usize,
+        centroids: &mut [f32],
+    ) -> Result<usize> {
+        let d = check_vq_em_args(points, weights, groups, k, centroids)?;
+        vq_em::vq_em(&self.ctx, points, weights, groups, d, k, iters, centroids)
     }
 
     fn memory_peak(&self) -> Option<u64> {

@@ -21,7 +21,7 @@ pub use reader::LlmqModel;
 pub use writer::LlmqWriter;
 
 use super::safetensors_model::{INDEX_FILE, SINGLE_FILE};
-use crate::encoding::{Encoding, Granularity, QuantScheme};
+use crate::encoding::{Encoding, Granularity, QuantScheme, VqScheme};
 use crate::model::arch::ArchConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -73,6 +73,10 @@ pub struct LlmqTensorMeta {
     pub shape: Vec<usize>,
     /// `int4 g128 asym` for quantized tensors, `F16` for kept ones.
     pub dtype: String,
+    /// Vector-quantized tensors: the codebook scheme (then `bits` is the
+    /// bits per weight of the indices and the affine fields are absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vq: Option<VqScheme>,
 }
 
 impl LlmqTensorMeta {
@@ -100,20 +104,32 @@ pub(super) struct LlmqFile {
     report: Value,
 }
 
+impl LlmqTensorMeta {
+    /// The encoding of a quantized tensor; `None` for kept ones or
+    /// incomplete entries.
+    pub fn encoding(&self) -> Option<Encoding> {
+        match (self.kind, self.vq) {
+            (StoredKind::Quantized, Some(vq)) => {
+                VqScheme::new(vq.dim, vq.bits, vq.group, vq.codebook_bits)
+                    .ok()
+                    .map(Encoding::Vq)
+            }
+            _ => self.scheme().map(Encoding::Affine),
+        }
+    }
+}
+
 /// The first part of a quantized tensor, which orders it among the others.
 pub(super) fn first_part_name(name: &str, m: &LlmqTensorMeta) -> Option<String> {
-    let (scheme, rows, cols) = quantized_shape(m)?;
-    let part = Encoding::Affine(scheme)
-        .parts(rows, cols)
-        .into_iter()
-        .next()?;
+    let (encoding, rows, cols) = quantized_shape(m)?;
+    let part = encoding.parts(rows, cols).into_iter().next()?;
     Some(part.name(name))
 }
 
-/// The scheme and `[rows, cols]` of a quantized entry.
-pub(super) fn quantized_shape(m: &LlmqTensorMeta) -> Option<(QuantScheme, usize, usize)> {
-    let scheme = m.scheme()?;
+/// The encoding and `[rows, cols]` of a quantized entry.
+pub(super) fn quantized_shape(m: &LlmqTensorMeta) -> Option<(Encoding, usize, usize)> {
+    let encoding = m.encoding()?;
     let cols = *m.shape.last()?;
     let rows = m.shape.iter().product::<usize>() / cols.max(1);
-    Some((scheme, rows, cols))
+    Some((encoding, rows, cols))
 }

@@ -3,7 +3,7 @@
 
 use super::{first_part_name, quantized_shape, LlmqFile, LlmqTensorMeta, StoredKind};
 use super::{FORMAT_VERSION, METADATA_FILE, SOURCE_METADATA_FILE};
-use crate::encoding::{Encoding, QuantizedTensor};
+use crate::encoding::{EncodedTensor, QuantizedTensor};
 use crate::error::{Error, Result};
 use crate::formats::hf_config::companion_files_in;
 use crate::formats::safetensors_model::SafetensorsFiles;
@@ -101,8 +101,17 @@ impl LlmqModel {
         &self.report
     }
 
-    /// The packed tensor as written; `None` for kept tensors.
+    /// The tensor as written if it is linear integer codes; `None` for
+    /// kept tensors and other encodings.
     pub fn load_quantized(&self, name: &str) -> Result<Option<QuantizedTensor>> {
+        Ok(match self.load_encoded(name)? {
+            Some(EncodedTensor::Affine(q)) => Some(q),
+            _ => None,
+        })
+    }
+
+    /// The encoded tensor as written; `None` for kept tensors.
+    pub fn load_encoded(&self, name: &str) -> Result<Option<EncodedTensor>> {
         let Some(m) = self.meta.get(name) else {
             return Err(Error::MissingTensor {
                 path: self.path.clone(),
@@ -113,9 +122,9 @@ impl LlmqModel {
             return Ok(None);
         }
         let bad = |msg: String| Error::format(&self.path, format!("tensor '{name}': {msg}"));
-        let (scheme, rows, cols) = quantized_shape(m)
+        let (encoding, rows, cols) = quantized_shape(m)
             .ok_or_else(|| bad("incomplete or invalid quantization settings".into()))?;
-        let q = QuantizedTensor::from_stored_parts(name, scheme, rows, cols, |part| {
+        let q = EncodedTensor::from_stored_parts(name, encoding, rows, cols, |part| {
             let n = part.name(name);
             self.files
                 .bytes(&n)
@@ -155,7 +164,7 @@ fn check_components(
     match m.kind {
         StoredKind::Kept => want(name, Dtype::F16, &m.shape),
         StoredKind::Quantized => {
-            let Some(scheme) = m.scheme() else {
+            let Some(encoding) = m.encoding() else {
                 return Err(Error::format(
                     dir.join(METADATA_FILE),
                     format!("tensor '{name}': quantized but bits/symmetric/granularity missing or invalid"),
@@ -169,11 +178,11 @@ fn check_components(
                     format!(
                         "tensor '{name}': shape {:?} does not fit {}",
                         m.shape,
-                        scheme.label()
+                        encoding.label()
                     ),
                 ));
             }
-            Encoding::Affine(scheme)
+            encoding
                 .parts(rows, cols)
                 .iter()
                 .try_for_each(|p| want(&p.name(name), p.dtype, &p.shape))
@@ -197,8 +206,11 @@ impl TensorSource for LlmqModel {
     fn load_quantized(&self, name: &str) -> Result<Option<QuantizedTensor>> {
         LlmqModel::load_quantized(self, name)
     }
+    fn load_encoded(&self, name: &str) -> Result<Option<EncodedTensor>> {
+        LlmqModel::load_encoded(self, name)
+    }
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
-        match LlmqModel::load_quantized(self, name)? {
+        match LlmqModel::load_encoded(self, name)? {
             Some(q) => q.dequantize(),
             None => self.files.load_f32(name, &self.path),
         }

@@ -3,7 +3,7 @@
 
 use super::{LlmqFile, LlmqTensorMeta, StoredKind, DEFAULT_SHARD_BYTES, FORMAT_VERSION};
 use super::{METADATA_FILE, RESERVED, SOURCE_METADATA_FILE};
-use crate::encoding::{to_f16, Granularity, QuantizedTensor};
+use crate::encoding::{to_f16, EncodedTensor, Granularity, QuantizedTensor};
 use crate::error::{Error, Result};
 use crate::formats::atomic::{sync_file, StagingDir};
 use crate::formats::safetensors_model::{INDEX_FILE, SINGLE_FILE};
@@ -84,9 +84,20 @@ impl LlmqWriter {
         q: &QuantizedTensor,
         method: &str,
     ) -> Result<()> {
+        self.add_encoded(name, shape, &EncodedTensor::Affine(q.clone()), method)
+    }
+
+    /// Adds a tensor of any encoding whose original shape is `shape`.
+    pub fn add_encoded(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        q: &EncodedTensor,
+        method: &str,
+    ) -> Result<()> {
         self.check_new(name)?;
         q.validate(name)?;
-        check_shape_matches(name, shape, q)?;
+        check_shape_matches(name, shape, q.rows(), q.cols())?;
         let parts = q.stored_parts(name)?;
         self.reserve(parts.iter().map(|(p, _)| p.bytes()).sum())?;
         for (part, bytes) in &parts {
@@ -94,23 +105,37 @@ impl LlmqWriter {
                 w.write_all(bytes)
             })?;
         }
-        let s = q.scheme;
-        self.tensors.insert(
-            name.to_string(),
-            LlmqTensorMeta {
+        let meta = match q {
+            EncodedTensor::Affine(q) => {
+                let s = q.scheme;
+                LlmqTensorMeta {
+                    kind: StoredKind::Quantized,
+                    method: Some(method.to_string()),
+                    bits: Some(s.bits),
+                    group_size: match s.granularity {
+                        Granularity::Group(g) => Some(g),
+                        _ => None,
+                    },
+                    granularity: Some(s.granularity),
+                    symmetric: Some(s.symmetric),
+                    shape: shape.to_vec(),
+                    dtype: s.dtype_label(),
+                    vq: None,
+                }
+            }
+            EncodedTensor::Vq(v) => LlmqTensorMeta {
                 kind: StoredKind::Quantized,
                 method: Some(method.to_string()),
-                bits: Some(s.bits),
-                group_size: match s.granularity {
-                    Granularity::Group(g) => Some(g),
-                    _ => None,
-                },
-                granularity: Some(s.granularity),
-                symmetric: Some(s.symmetric),
+                bits: Some(v.scheme.bits),
+                group_size: Some(v.scheme.group),
+                granularity: None,
+                symmetric: None,
                 shape: shape.to_vec(),
-                dtype: s.dtype_label(),
+                dtype: v.scheme.label(),
+                vq: Some(v.scheme),
             },
-        );
+        };
+        self.tensors.insert(name.to_string(), meta);
         Ok(())
     }
 
@@ -147,6 +172,7 @@ impl LlmqWriter {
                 symmetric: None,
                 shape: shape.to_vec(),
                 dtype: "F16".into(),
+                vq: None,
             },
         );
         Ok(())
@@ -373,15 +399,12 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 }
 
 /// The original shape must flatten to `[rows, cols]` with `cols` innermost.
-fn check_shape_matches(name: &str, shape: &[usize], q: &QuantizedTensor) -> Result<()> {
+fn check_shape_matches(name: &str, shape: &[usize], rows: usize, cols: usize) -> Result<()> {
     let numel: usize = shape.iter().product();
-    if shape.last() != Some(&q.cols) || numel != q.rows * q.cols {
+    if shape.last() != Some(&cols) || numel != rows * cols {
         return Err(Error::BadTensor {
             name: name.into(),
-            msg: format!(
-                "shape {shape:?} does not match the quantized [{}, {}]",
-                q.rows, q.cols
-            ),
+            msg: format!("shape {shape:?} does not match the quantized [{rows}, {cols}]"),
         });
     }
     Ok(())

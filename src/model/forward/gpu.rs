@@ -35,7 +35,7 @@ impl GpuLinear {
             Linear::Dense { rows, cols, w } => {
                 GpuLinear::Dense(GpuDenseWeights::upload(ctx, w, *rows, *cols)?)
             }
-            Linear::Packed(q) => GpuLinear::Packed(GpuQuantWeights::upload(ctx, q)?),
+            Linear::Packed(q) => GpuLinear::Packed(GpuQuantWeights::upload_encoded(ctx, q)?),
         })
     }
 

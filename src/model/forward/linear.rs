@@ -4,7 +4,7 @@
 //! never expanded to a full f32 copy).
 
 use super::ops::matmul_t;
-use crate::encoding::QuantizedTensor;
+use crate::encoding::EncodedTensor;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]
@@ -15,7 +15,8 @@ pub enum Linear {
         cols: usize,
         w: Vec<f32>,
     },
-    Packed(QuantizedTensor),
+    /// Any stored encoding (linear integer codes, VQ codebooks).
+    Packed(EncodedTensor),
 }
 
 impl Linear {
@@ -33,7 +34,7 @@ impl Linear {
     pub fn rows(&self) -> usize {
         match self {
             Linear::Dense { rows, .. } => *rows,
-            Linear::Packed(q) => q.rows,
+            Linear::Packed(q) => q.rows(),
         }
     }
 
@@ -41,7 +42,7 @@ impl Linear {
     pub fn cols(&self) -> usize {
         match self {
             Linear::Dense { cols, .. } => *cols,
-            Linear::Packed(q) => q.cols,
+            Linear::Packed(q) => q.cols(),
         }
     }
 
@@ -50,7 +51,7 @@ impl Linear {
     pub fn resident_bytes(&self) -> usize {
         match self {
             Linear::Dense { w, .. } => w.len() * 4,
-            Linear::Packed(q) => q.resident_bytes() as usize,
+            Linear::Packed(q) => q.encoding().resident_bytes(q.rows(), q.cols()) as usize,
         }
     }
 

@@ -235,7 +235,7 @@ fn load_linear(view: &ModelView, name: &str, rows: usize, cols: usize) -> Result
             ),
         ));
     }
-    match view.load_quantized(name)? {
+    match view.load_encoded(name)? {
         Some(q) => {
             q.validate(name)?;
             Ok(Linear::Packed(q))

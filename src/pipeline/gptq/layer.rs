@@ -5,12 +5,14 @@ use super::report::{LinearReport, Phases};
 use super::{GptqEvent, Solver};
 use crate::backend::cpu::ops;
 use crate::backend::{Backend, ResidentLinear};
+use crate::encoding::EncodedTensor;
 use crate::error::{Error, Result};
 use crate::model::arch::ArchConfig;
 use crate::model::forward::{self, DecoderLayer, LayerWeights, Linear};
 use crate::model::{ModelView, TensorKind};
 use crate::quant::gptq::error::diff;
 use crate::quant::gptq::{self, GptqOptions, Hessian, HessianAccumulation};
+use crate::quant::gptvq;
 use crate::quant::{rtn, QuantScheme, QuantizedTensor};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -65,10 +67,7 @@ impl<'a> LayerRunner<'a> {
 
     /// Each of `qs` kept on the backend for the chunks of the forward (one
     /// upload per layer, not one per chunk).
-    fn resident<'q>(
-        &mut self,
-        qs: &'q [QuantizedTensor],
-    ) -> Result<Vec<Box<dyn ResidentLinear + 'q>>>
+    fn resident<'q>(&mut self, qs: &'q [EncodedTensor]) -> Result<Vec<Box<dyn ResidentLinear + 'q>>>
     where
         'a: 'q,
     {
@@ -155,7 +154,7 @@ impl<'a> LayerRunner<'a> {
         (hess, held): (Hessian, Option<Hessian>),
         on_event: &mut dyn FnMut(GptqEvent) -> Result<()>,
         reports: &mut Vec<LinearReport>,
-    ) -> Result<Vec<QuantizedTensor>> {
+    ) -> Result<Vec<EncodedTensor>> {
         let (hess, held) = (&hess, held.as_ref());
         let mut out = Vec::with_capacity(kinds.len());
         let site = format!("layer {i} {}", site_label(kinds));
@@ -168,7 +167,7 @@ impl<'a> LayerRunner<'a> {
             let (q, report) = self.quantize_linear(&name, &w, linear, (hess, held), &factored)?;
             on_event(GptqEvent::Tensor {
                 name: &name,
-                shape: [q.rows, q.cols],
+                shape: [q.rows(), q.cols()],
                 q: &q,
                 w: &w,
             })?;
@@ -186,10 +185,10 @@ impl<'a> LayerRunner<'a> {
         h: &[f32],
         cols: usize,
         w: &[f32],
-        q: &QuantizedTensor,
+        q: &EncodedTensor,
         rtn: &[f32],
     ) -> Result<(f64, f64)> {
-        let (dq, dr) = (diff(w, &self.backend.dequantize(q)?), diff(w, rtn));
+        let (dq, dr) = (diff(w, &q.dequantize()?), diff(w, rtn));
         let t = self.backend.quadratic_traces(h, cols, &[w, &dq, &dr])?;
         Ok((gptq::relative_to(t[1], t[0]), gptq::relative_to(t[2], t[0])))
     }
@@ -216,27 +215,66 @@ impl<'a> LayerRunner<'a> {
         linear: &Linear,
         (hess, held): (&Hessian, Option<&Hessian>),
         factored: &gptq::Factored,
-    ) -> Result<(QuantizedTensor, LinearReport)> {
+    ) -> Result<(EncodedTensor, LinearReport)> {
         let (rows, cols) = (linear.rows(), linear.cols());
         // RTN first, so its error is measured in the same trace call as GPTQ's.
         let t = Instant::now();
         let rq = rtn::quantize(self.backend, name, w, rows, cols, self.scheme)?;
         let rw = self.backend.dequantize(&rq)?;
         let rtn_seconds = t.elapsed().as_secs_f64();
+        let mut gptq_baseline = None;
         let (q, r) = match self.solver {
-            Solver::Gptq => gptq::quantize_factored(
-                self.backend,
-                name,
-                w,
-                rows,
-                cols,
-                &hess.h,
-                factored,
-                self.scheme,
-                self.opts,
-                &[&rw],
-            )?,
-            Solver::RtnSearch => self.searched_rtn(name, w, rows, cols, &hess.h, factored, &rw)?,
+            Solver::Gptq => {
+                let (q, r) = gptq::quantize_factored(
+                    self.backend,
+                    name,
+                    w,
+                    rows,
+                    cols,
+                    &hess.h,
+                    factored,
+                    self.scheme,
+                    self.opts,
+                    &[&rw],
+                )?;
+                (EncodedTensor::Affine(q), r)
+            }
+            Solver::RtnSearch => {
+                let (q, r) = self.searched_rtn(name, w, rows, cols, &hess.h, factored, &rw)?;
+                (EncodedTensor::Affine(q), r)
+            }
+            Solver::Gptvq(o) => {
+                // GPTQ at the affine scheme on the same (natural-order)
+                // factor, as the baseline the report compares against
+                // (timed with the report, not with GPTVQ).
+                let t = Instant::now();
+                let (gq, _) = gptq::quantize_factored(
+                    self.backend,
+                    name,
+                    w,
+                    rows,
+                    cols,
+                    &hess.h,
+                    factored,
+                    self.scheme,
+                    self.opts,
+                    &[],
+                )?;
+                let gw = self.backend.dequantize(&gq)?;
+                let (_, flops) = gptq::flops(rows, cols, self.opts.block);
+                self.phases.report.add(t.elapsed().as_secs_f64(), flops);
+                let weight = gptq::Weight::new(name, w, rows, cols, &hess.h)?;
+                let (v, r) = gptvq::quantize_factored(
+                    self.backend,
+                    &weight,
+                    factored,
+                    &o,
+                    self.opts.block,
+                    &[&rw, &gw],
+                )?;
+                gptq_baseline = Some(r.gptq.baseline_errors[1]);
+                (EncodedTensor::Vq(v), r.gptq)
+            }
         };
         let (_, update_flops) = gptq::flops(rows, cols, self.opts.block);
         self.phases.update.add(r.seconds_update, update_flops);
@@ -263,6 +301,7 @@ impl<'a> LayerRunner<'a> {
             cols,
             gptq_error: r.proxy_error,
             rtn_error,
+            gptq_baseline_error: gptq_baseline,
             held_out_gptq_error: held_out.map(|e| e.0),
             held_out_rtn_error: held_out.map(|e| e.1),
             damp_used: r.damp_used,
@@ -470,7 +509,7 @@ impl<'a> LayerRunner<'a> {
             self.quantize_linear(&name, &w, head, (&hess, held.as_ref()), &factored)?;
         on_event(GptqEvent::Tensor {
             name: &name,
-            shape: [q.rows, q.cols],
+            shape: [q.rows(), q.cols()],
             q: &q,
             w: &w,
         })?;

@@ -35,18 +35,20 @@ pub use report::{GptqRunReport, LayerReport, LinearReport, Phase, Phases};
 use super::calib::{load_windows, CalibConfig, CalibWindows};
 use super::memory;
 use crate::backend::Backend;
+use crate::encoding::EncodedTensor;
 use crate::error::{Error, Result};
 use crate::model::forward;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::ModelView;
 use crate::quant::gptq::GptqOptions;
-use crate::quant::{QuantScheme, QuantizedTensor};
+use crate::quant::gptvq::GptvqOptions;
+use crate::quant::QuantScheme;
 use layer::LayerRunner;
 use serde::Serialize;
 use std::time::Instant;
 
 /// What the sequential pipeline writes for each linear.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Solver {
     /// GPTQ (error feedback over the full Hessian).
@@ -55,6 +57,21 @@ pub enum Solver {
     /// search (llama.cpp's imatrix idea): the calibration inputs only weigh
     /// each column by its `Σx²`.
     RtnSearch,
+    /// GPTVQ's codebooks ([`crate::quant::gptvq`]); the pipeline's affine
+    /// scheme is the baseline it is scored against (RTN, and GPTQ in
+    /// natural column order on the same factored Hessian).
+    Gptvq(GptvqOptions),
+}
+
+impl Solver {
+    /// How the report and the command line name it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Solver::Gptq => "GPTQ",
+            Solver::RtnSearch => "RTN+search",
+            Solver::Gptvq(_) => "GPTVQ",
+        }
+    }
 }
 
 /// GPTQ settings beyond the quantization scheme.
@@ -101,7 +118,7 @@ pub enum GptqEvent<'a> {
     Tensor {
         name: &'a str,
         shape: [usize; 2],
-        q: &'a QuantizedTensor,
+        q: &'a EncodedTensor,
         w: &'a [f32],
     },
     /// Layer `index` is done.
@@ -147,12 +164,20 @@ pub fn run(
     let chunk = (settings.chunk_budget / (windows.len * widest * 4)).clamp(1, fitted);
     let store_mlp = windows.samples * windows.len * f * 4 <= settings.activation_budget;
     let rope_inv = forward::rope_inv_freq(&arch, forward::load_rope_freq_factors(view)?.as_deref());
+    // Codebooks span contiguous columns: GPTVQ factors H in natural order.
+    let opts = match settings.solver {
+        Solver::Gptvq(_) => GptqOptions {
+            act_order: false,
+            ..settings.options
+        },
+        _ => settings.options,
+    };
     let mut runner = LayerRunner {
         backend,
         view,
         arch: &arch,
         scheme,
-        opts: &settings.options,
+        opts: &opts,
         solver: settings.solver,
         rope_inv: &rope_inv,
         seq: windows.len,
@@ -209,15 +234,19 @@ pub fn run(
         calib: settings.calib.clone(),
         calib_text_tokens: windows.text_tokens,
         solver: settings.solver,
-        scale_search: settings.options.scale_search || settings.solver == Solver::RtnSearch,
+        scale_search: match settings.solver {
+            Solver::Gptq => settings.options.scale_search,
+            Solver::RtnSearch => true,
+            Solver::Gptvq(_) => false,
+        },
         // RTN's search reads diag(H) only.
         diag_blend: match settings.solver {
-            Solver::Gptq => settings.options.diag_blend,
             Solver::RtnSearch => 0.0,
+            _ => settings.options.diag_blend,
         },
         damp: settings.options.damp,
         block: settings.options.block,
-        act_order: settings.options.act_order,
+        act_order: opts.act_order,
         chunk_windows: chunk,
         stored_mlp_activations: store_mlp,
         layers,

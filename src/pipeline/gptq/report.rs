@@ -78,6 +78,10 @@ pub struct LinearReport {
     /// and of plain RTN.
     pub gptq_error: f64,
     pub rtn_error: f64,
+    /// GPTVQ runs: the error of GPTQ at the pipeline's affine scheme (same
+    /// factored Hessian, natural column order, scale search).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gptq_baseline_error: Option<f64>,
     /// The same on the held-out calibration windows (not in the Hessian
     /// GPTQ fitted): overfitting shows as a held-out GPTQ error far above
     /// the fitted one, or above RTN's. `None` without held-out windows.

@@ -326,7 +326,7 @@ pub fn quantize_on_grid(
 
 /// `w` with the columns of dead inputs zeroed. The host passes over W (a
 /// 7B MLP weight has 45M values) run over rows in parallel.
-fn without_dead_inputs(w: &[f32], cols: usize, dead: &[usize]) -> Vec<f32> {
+pub(crate) fn without_dead_inputs(w: &[f32], cols: usize, dead: &[usize]) -> Vec<f32> {
     let mut w = w.to_vec();
     if !dead.is_empty() {
         w.par_chunks_mut(cols).for_each(|row| {
@@ -382,7 +382,7 @@ fn permute_columns(w: &[f32], cols: usize, order: &[usize]) -> Vec<f32> {
 /// GPTQ's report on `weight` quantized to `w_hat`: the relative output
 /// errors of it and of each baseline, all from one
 /// [`Backend::quadratic_traces`] call (timings left at 0 for the caller).
-fn error_report(
+pub(crate) fn error_report(
     backend: &dyn Backend,
     weight: &Weight,
     f: &Factored,

@@ -1,0 +1,86 @@
+//! `quantize --method gptvq`'s options: the codebook scheme (from
+//! `--vq-group-size` or `--bpw`) and how the codebooks are fitted.
+
+use llmq_gpu::encoding::vq::{AssignWeight, VqInit, VqScheme};
+use llmq_gpu::quant::gptvq::GptvqOptions;
+use llmq_gpu::{Error, Result};
+
+#[derive(clap::Args, Debug)]
+pub struct VqArgs {
+    /// GPTVQ: weights per vector (consecutive columns of a row): 1, 2 or 4.
+    /// Each vector's index has dim × --bits bits.
+    #[arg(long, default_value_t = 2)]
+    vq_dim: u32,
+    /// GPTVQ: weights per codebook (256 columns × group/256 rows; smaller
+    /// groups span fewer columns of one row). Default: from --bpw.
+    #[arg(long, conflicts_with = "bpw")]
+    vq_group_size: Option<usize>,
+    /// GPTVQ: target bits per weight counting the codebooks (as the paper's
+    /// tables: 2.125, 2.25, 3.125, 4.125); picks the group size and prints
+    /// it. Default 0.125 above --bits.
+    #[arg(long)]
+    bpw: Option<f64>,
+    /// GPTVQ: EM iterations per codebook at most (stops when no assignment
+    /// changes).
+    #[arg(long, default_value_t = 100)]
+    em_iters: usize,
+    /// GPTVQ: codebook initialisation.
+    #[arg(long, default_value = "mahalanobis", value_parser = ["mahalanobis", "kmeans++"])]
+    vq_init: String,
+    /// GPTVQ: bits of each stored centroid value: 8 (signed, one scale per
+    /// codebook) or 0 (f16).
+    #[arg(long, default_value_t = 8)]
+    codebook_bits: u32,
+    /// GPTVQ: keep the EM codebooks instead of re-solving the centroids
+    /// after assignment.
+    #[arg(long)]
+    no_codebook_update: bool,
+    /// GPTVQ: importance of a vector's coordinates when assigning it:
+    /// inverse-diag (1/[H⁻¹]jj, the paper) or cholesky-diag (the official
+    /// code's 1/U_jj).
+    #[arg(long, default_value = "inverse-diag", value_parser = ["inverse-diag", "cholesky-diag"])]
+    vq_weighting: String,
+}
+
+impl VqArgs {
+    /// The options for `bits` bits per weight of index.
+    pub fn options(&self, bits: u32, seed: u64) -> Result<GptvqOptions> {
+        let group = match (self.vq_group_size, self.bpw) {
+            (Some(g), _) => g,
+            (None, bpw) => {
+                let target = bpw.unwrap_or(bits as f64 + 0.125);
+                let g = VqScheme::group_for_bpw(self.vq_dim, bits, self.codebook_bits, target)?;
+                eprintln!(
+                    "--bpw {target}: {}D codebooks of {bits} bits per weight take groups of {g} \
+                     weights",
+                    self.vq_dim
+                );
+                g
+            }
+        };
+        let scheme = VqScheme::new(self.vq_dim, bits, group, self.codebook_bits)?;
+        Ok(GptvqOptions {
+            em_iters: self.em_iters,
+            init: match self.vq_init.as_str() {
+                "kmeans++" => VqInit::KmeansPlusPlus,
+                _ => VqInit::Mahalanobis,
+            },
+            weighting: match self.vq_weighting.as_str() {
+                "cholesky-diag" => AssignWeight::CholeskyDiag,
+                _ => AssignWeight::InverseDiag,
+            },
+            codebook_update: !self.no_codebook_update,
+            seed,
+            ..GptvqOptions::new(scheme)
+        })
+    }
+}
+
+/// The refusal for GPTVQ without calibration.
+pub fn needs_calibration() -> Error {
+    Error::Config(
+        "--method gptvq needs calibration: --calib FILE (any UTF-8 text in the model's \
+         language), a folder of texts, or self:N (N windows sampled from the model itself)"
+            .into(),
+    )
+}
