@@ -67,14 +67,19 @@ fn rates(phases: &Phases, peak: &PeakRates) -> Vec<PhaseRate> {
             share_of_matmul: gflops / peak.matmul_gflops,
         }
     };
-    vec![
+    let mut out = vec![
         row("calibration forward", phases.forward),
         row("hessian", phases.hessian),
         row("cholesky + triangular inverse", phases.factor),
-        row("gptq updates", phases.update),
-        row("error report (RTN too)", phases.report),
-        row("total", phases.total()),
-    ]
+        row("column loop (updates)", phases.update),
+    ];
+    if phases.em.seconds > 0.0 {
+        out.push(row("gptvq EM", phases.em));
+        out.push(row("gptvq codebook update", phases.codebook));
+    }
+    out.push(row("error report (baselines too)", phases.report));
+    out.push(row("total", phases.total()));
+    out
 }
 
 fn spread(v: &[f64]) -> [f64; 3] {

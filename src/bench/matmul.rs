@@ -1,13 +1,13 @@
 //! Dequant-matmul benchmark: copy bandwidth of each device as the roofline,
 //! then GEMV/GEMM time, weight GB/s, fraction of copy bandwidth, GFLOP/s and
-//! the GPU/CPU ratio for each shape and bit width.
+//! the GPU/CPU ratio for each shape and encoding (INT4/INT8 linear codes,
+//! VQ codebooks).
 
 use crate::backend::gpu::matmul::{time_matmul, GpuQuantWeights};
 use crate::backend::gpu::GpuContext;
-use crate::encoding::affine::matmul as cpu_matmul;
 use crate::encoding::affine::packing::pack_codes;
 use crate::encoding::affine::scheme::{Granularity, QuantScheme};
-use crate::encoding::QuantizedTensor;
+use crate::encoding::{EncodedTensor, QuantizedTensor, VqScheme, VqTensor};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -25,6 +25,8 @@ pub struct MatmulBenchOptions {
     pub shapes: Vec<(usize, usize, usize)>,
     pub bits: Vec<u32>,
     pub group: usize,
+    /// VQ encodings measured beside the linear codes.
+    pub vq: Vec<VqScheme>,
     /// Timed repetitions per case (after one warm-up).
     pub iters: usize,
 }
@@ -42,6 +44,11 @@ impl Default for MatmulBenchOptions {
             ],
             bits: vec![4, 8],
             group: 128,
+            // GPTVQ 2D at 2.125 and 3.125 bits per weight (the paper's groups).
+            vq: [(2, 2048), (3, 8192)]
+                .into_iter()
+                .filter_map(|(b, g)| VqScheme::new(2, b, g, 8).ok())
+                .collect(),
             iters: 10,
         }
     }
@@ -71,7 +78,10 @@ pub struct DeviceBandwidth {
 pub struct MatmulBenchRow {
     pub device: String,
     pub kernel: String,
-    pub bits: u32,
+    /// `int4 g128`, `VQ 2D 2b g2048 int8`, ...
+    pub encoding: String,
+    /// Stored bits per weight of the encoding at this shape.
+    pub bits_per_weight: f64,
     pub rows: usize,
     pub cols: usize,
     pub tokens: usize,
@@ -104,10 +114,11 @@ impl fmt::Display for MatmulBenchReport {
         }
         writeln!(
             f,
-            "{:<28} {:<5} {:>4} {:>13} {:>6} {:>10} {:>9} {:>7} {:>9} {:>8}",
+            "{:<28} {:<5} {:<20} {:>5} {:>13} {:>6} {:>10} {:>9} {:>7} {:>9} {:>8}",
             "device",
             "kind",
-            "bits",
+            "encoding",
+            "bpw",
             "rows x cols",
             "tokens",
             "ms",
@@ -120,10 +131,11 @@ impl fmt::Display for MatmulBenchReport {
             let dev: String = r.device.chars().take(28).collect();
             writeln!(
                 f,
-                "{:<28} {:<5} {:>4} {:>13} {:>6} {:>10.3} {:>11.2} {:>6.0}% {:>9.2} {:>8}",
+                "{:<28} {:<5} {:<20} {:>5.2} {:>13} {:>6} {:>10.3} {:>11.2} {:>6.0}% {:>9.2} {:>8}",
                 dev,
                 r.kernel,
-                r.bits,
+                r.encoding,
+                r.bits_per_weight,
                 format!("{}x{}", r.rows, r.cols),
                 r.tokens,
                 r.ms,
@@ -137,7 +149,8 @@ impl fmt::Display for MatmulBenchReport {
         }
         write!(
             f,
-            "weight GB/s: resident bytes (codes, f32 scales, u8 zeros) read per matmul over its time"
+            "weight GB/s: resident bytes (codes, f32 scales, u8 zeros; VQ: indices, f32 \
+             codebooks) read per matmul over its time"
         )?;
         Ok(())
     }
@@ -164,6 +177,27 @@ fn bench_tensor(rows: usize, cols: usize, bits: u32, group: usize) -> Result<Qua
         scales: (0..n).map(|i| 0.01 + (i % 7) as f32 * 1e-3).collect(),
         zeros: (0..n).map(|i| (i % (maxq + 1)) as u8).collect(),
     })
+}
+
+/// Deterministic VQ weights of `scheme` (rows rounded up to whole row groups).
+fn bench_vq_tensor(rows: usize, cols: usize, scheme: VqScheme) -> VqTensor {
+    let rows = rows.next_multiple_of(scheme.rows_per_codebook());
+    let n = scheme.codebooks(rows, cols);
+    let per_row = cols / scheme.dim as usize;
+    let k = scheme.centroids() as u32;
+    let idx: Vec<u32> = (0..rows * per_row)
+        .map(|i| ((i.wrapping_mul(2654435761)) >> 7) as u32 % k)
+        .collect();
+    VqTensor {
+        rows,
+        cols,
+        scheme,
+        indices: pack_codes(&idx, rows, per_row, scheme.index_bits()),
+        codebooks: (0..n * scheme.codebook_len())
+            .map(|i| ((i % 255) as f32 - 127.0) * 1e-3)
+            .collect(),
+        scales: vec![1e-3; n],
+    }
 }
 
 pub(crate) fn best_of(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
@@ -239,17 +273,17 @@ fn cpu_name() -> String {
     format!("cpu ({} threads)", rayon::current_num_threads())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn row(
     device: String,
-    bits: u32,
-    (rows, cols, tokens): (usize, usize, usize),
+    w: &EncodedTensor,
+    tokens: usize,
     t: Duration,
-    weight_bytes: f64,
     copy_gbps: f64,
     gpu_speedup: Option<f64>,
 ) -> MatmulBenchRow {
-    let g = gbps(weight_bytes, t);
+    let (rows, cols) = (w.rows(), w.cols());
+    let e = w.encoding();
+    let g = gbps(e.resident_bytes(rows, cols) as f64, t);
     MatmulBenchRow {
         device,
         kernel: if tokens <= crate::backend::gpu::matmul::GEMV_MAX_TOKENS {
@@ -257,7 +291,8 @@ fn row(
         } else {
             "gemm".into()
         },
-        bits,
+        encoding: e.label(),
+        bits_per_weight: e.stored_bits_per_weight(rows, cols),
         rows,
         cols,
         tokens,
@@ -293,35 +328,41 @@ pub fn run_matmul_bench(opts: &MatmulBenchOptions) -> Result<MatmulBenchReport> 
         }
         None => 0.0,
     };
+    // Every case: an encoding at a shape.
+    let mut cases = Vec::new();
+    for &shape in &opts.shapes {
+        let (r, c, t) = shape;
+        for &bits in &opts.bits {
+            cases.push((
+                EncodedTensor::Affine(bench_tensor(r, c, bits, opts.group)?),
+                t,
+            ));
+        }
+        for &s in &opts.vq {
+            if s.check_shape("bench", r.next_multiple_of(s.rows_per_codebook()), c)
+                .is_ok()
+            {
+                cases.push((EncodedTensor::Vq(bench_vq_tensor(r, c, s)), t));
+            }
+        }
+    }
     let mut rows = Vec::new();
-    for &bits in &opts.bits {
-        for &shape in &opts.shapes {
-            let (r, c, t) = shape;
-            let q = bench_tensor(r, c, bits, opts.group)?;
-            let x: Vec<f32> = (0..t * c)
-                .map(|i| ((i % 97) as f32 - 48.0) * 0.01)
-                .collect();
-            let mut cpu_time = None;
-            if opts.cpu {
-                let resident = q.resident_bytes() as f64;
-                let time = best_of(opts.iters, || cpu_matmul::matmul(&q, &x, t).map(|_| ()))?;
-                cpu_time = Some(time);
-                rows.push(row(cpu_name(), bits, shape, time, resident, cpu_bw, None));
-            }
-            if let Some(ctx) = &opts.gpu {
-                let w = GpuQuantWeights::upload(ctx, &q)?;
-                let time = time_matmul(ctx, &w, t, opts.iters)?;
-                let speedup = cpu_time.map(|c| c.as_secs_f64() / time.as_secs_f64().max(1e-12));
-                rows.push(row(
-                    ctx.adapter.short(),
-                    bits,
-                    shape,
-                    time,
-                    w.resident_bytes() as f64,
-                    gpu_bw,
-                    speedup,
-                ));
-            }
+    for (w, t) in &cases {
+        let (t, c) = (*t, w.cols());
+        let x: Vec<f32> = (0..t * c)
+            .map(|i| ((i % 97) as f32 - 48.0) * 0.01)
+            .collect();
+        let mut cpu_time = None;
+        if opts.cpu {
+            let time = best_of(opts.iters, || w.matmul(&x, t).map(|_| ()))?;
+            cpu_time = Some(time);
+            rows.push(row(cpu_name(), w, t, time, cpu_bw, None));
+        }
+        if let Some(ctx) = &opts.gpu {
+            let gw = GpuQuantWeights::upload_encoded(ctx, w)?;
+            let time = time_matmul(ctx, &gw, t, opts.iters)?;
+            let speedup = cpu_time.map(|c| c.as_secs_f64() / time.as_secs_f64().max(1e-12));
+            rows.push(row(ctx.adapter.short(), w, t, time, gpu_bw, speedup));
         }
     }
     Ok(MatmulBenchReport { bandwidth, rows })

@@ -46,6 +46,12 @@ pub struct Args {
     /// --synthetic-layers of a given shape.
     #[arg(long)]
     gptq: bool,
+    /// With --gptq --model: GPTVQ instead of GPTQ (the --vq-* options; the
+    /// GPTQ baseline of its report is skipped, so the phases are GPTVQ's).
+    #[arg(long)]
+    gptvq: bool,
+    #[command(flatten)]
+    vq: super::gptvq::VqArgs,
     /// GPTQ: calibration text for --model.
     #[arg(long)]
     calib: Option<PathBuf>,
@@ -116,7 +122,17 @@ fn run_gptq(a: &Args) -> Result<()> {
                 len: a.calib_len,
                 ..CalibConfig::new(calib)
             });
-            let config = QuantizeConfig::new(model, "unused", scheme).gptq(settings);
+            let config = QuantizeConfig::new(model, "unused", scheme);
+            let config = match a.gptvq {
+                true => {
+                    let settings = GptqSettings {
+                        gptq_baseline: false,
+                        ..settings
+                    };
+                    config.gptvq(settings, a.vq.options(a.bits, 0)?)
+                }
+                false => config.gptq(settings),
+            };
             bench_model(backend.as_ref(), peak, &config)?
         }
         (None, Some(layers)) => {

@@ -3,7 +3,7 @@
 use super::{human_bytes, DeviceArgs};
 use indicatif::{ProgressBar, ProgressStyle};
 use llmq_gpu::pipeline::calib::{CalibConfig, CalibSource};
-use llmq_gpu::pipeline::gptq::{GptqRunReport, GptqSettings, LinearReport, Solver};
+use llmq_gpu::pipeline::gptq::{GptqRunReport, GptqSettings, LinearReport};
 use llmq_gpu::quant::gptq::GptqOptions;
 use llmq_gpu::{
     CancelToken, Error, Granularity, Method, Progress, QuantScheme, QuantizeConfig, Result,
@@ -114,6 +114,10 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     vq: super::gptvq::VqArgs,
+    /// GPTVQ: skip the GPTQ run at the --bits/--group-size scheme that the
+    /// report compares every linear against (saves its time).
+    #[arg(long)]
+    no_gptq_baseline: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -165,6 +169,7 @@ pub fn run(a: Args) -> Result<()> {
             config = match method {
                 Method::Gptvq => {
                     let o = a.vq.options(a.bits, a.seed)?;
+                    settings.gptq_baseline = !a.no_gptq_baseline;
                     config.gptvq(settings, o)
                 }
                 _ => config.gptq(settings),
@@ -338,7 +343,7 @@ fn print_gptq_summary(g: &GptqRunReport) {
         mean(&|l| l.gptq_error),
         mean(&|l| l.rtn_error)
     );
-    if let Solver::Gptvq(_) = g.solver {
+    if linears.iter().all(|l| l.gptq_baseline_error.is_some()) && !linears.is_empty() {
         println!(
             "                   GPTQ at the baseline scheme (natural order) {:.3e}",
             mean(&|l| l.gptq_baseline_error.unwrap_or(0.0))
@@ -390,9 +395,14 @@ fn print_gptq_summary(g: &GptqRunReport) {
         ("hessian", p.hessian),
         ("cholesky", p.factor),
         ("column loop", p.update),
+        ("gptvq EM", p.em),
+        ("gptvq codebook", p.codebook),
         ("error report", p.report),
         ("total", p.total()),
     ] {
+        if name.starts_with("gptvq") && ph.seconds == 0.0 {
+            continue;
+        }
         println!(
             "    {name:<14} {:>7.1} {:>8.1} {:>8.1}",
             ph.seconds,

@@ -1,14 +1,14 @@
 //! CPU VQ dequant-matmul `y[tokens, rows] = x[tokens, cols] · Wᵀ`, never
-//! expanding W beyond a few rows: GEMV decodes each row by centroid
-//! lookup into a row-sized scratch (the codebooks are a few KiB and stay in
-//! L1) and takes the vectorised dot with every token; from
+//! expanding W beyond a few rows: GEMV unpacks each row's indices once and
+//! sums each vector's dot with its centroid, looked up in the codebook (a
+//! few KiB, in L1), over four independent accumulators; from
 //! [`gemm::MIN_TOKENS`] tokens on, blocks of rows are decoded into a
 //! cache-sized scratch and multiplied by SGEMM, as the affine kernels do.
 
-use super::VqTensor;
-use crate::encoding::affine::packing::unpack_code;
+use super::{index_words, VqTensor};
+use crate::encoding::affine::packing::{unpack_code, unpack_row};
 use crate::error::{Error, Result};
-use crate::gemm::{self, dot};
+use crate::gemm;
 use rayon::prelude::*;
 
 /// Rows decoded together; each token's `x` row stays in L1 across them.
@@ -41,21 +41,35 @@ pub fn matmul(v: &VqTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
             }
         }));
     }
+    // GEMV-style: per row, unpack the indices once and take each token's
+    // dot by lookup (the codebooks stay in L1); no decoded row is written.
     let mut yt = vec![0f32; rows * tokens];
+    let s = &v.scheme;
+    let d = s.dim as usize;
+    let (words, len, span) = (index_words(s, cols), s.codebook_len(), s.span());
     yt.par_chunks_mut(ROW_BLOCK * tokens)
         .enumerate()
         .for_each_init(
-            || (vec![0u32; nidx], vec![0f32; ROW_BLOCK * cols]),
-            |(idx, w), (b, out)| {
+            || vec![0u32; nidx],
+            |idx, (b, out)| {
                 let r0 = b * ROW_BLOCK;
-                let n = out.len() / tokens;
-                for i in 0..n {
-                    v.dequantize_row(r0 + i, idx, &mut w[i * cols..(i + 1) * cols]);
-                }
-                for t in 0..tokens {
-                    let xt = &x[t * cols..(t + 1) * cols];
-                    for i in 0..n {
-                        out[i * tokens + t] = dot(&w[i * cols..(i + 1) * cols], xt);
+                for i in 0..out.len() / tokens {
+                    let r = r0 + i;
+                    unpack_indices(&v.indices[r * words..(r + 1) * words], s.index_bits(), idx);
+                    let first = s.codebook_of(cols, r, 0);
+                    for t in 0..tokens {
+                        let mut acc = 0f32;
+                        for (sp, ix) in idx.chunks(span / d).enumerate() {
+                            let cb = &v.codebooks[(first + sp) * len..(first + sp + 1) * len];
+                            let v0 = sp * span / d;
+                            let xt = &x[t * cols + v0 * d..t * cols + (v0 + ix.len()) * d];
+                            acc += match d {
+                                1 => lookup_dot::<1>(ix, cb, xt),
+                                2 => lookup_dot::<2>(ix, cb, xt),
+                                _ => lookup_dot::<4>(ix, cb, xt),
+                            };
+                        }
+                        out[i * tokens + t] = acc;
                     }
                 }
             },
@@ -64,6 +78,58 @@ pub fn matmul(v: &VqTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
         return Ok(yt);
     }
     Ok(gemm::transpose(&yt, tokens, rows))
+}
+
+/// A row's indices; widths dividing 32 word by word (branch-free, so the
+/// compiler vectorises it), others through the bit stream.
+fn unpack_indices(words: &[u32], bits: u32, out: &mut [u32]) {
+    if !32u32.is_multiple_of(bits) {
+        return unpack_row(words, bits, out);
+    }
+    let per = (32 / bits) as usize;
+    let mask = (1u32 << bits) - 1;
+    let full = out.len() / per;
+    let mut chunks = out.chunks_exact_mut(per);
+    for (o, &w) in (&mut chunks).zip(words) {
+        for (j, v) in o.iter_mut().enumerate() {
+            *v = (w >> (j as u32 * bits)) & mask;
+        }
+    }
+    let rest = chunks.into_remainder();
+    if let Some(&w) = words.get(full) {
+        for (j, v) in rest.iter_mut().enumerate() {
+            *v = (w >> (j as u32 * bits)) & mask;
+        }
+    }
+}
+
+/// `Σ_v x[v·D..] · cb[idx[v]·D..]` with four independent accumulators.
+#[inline]
+fn lookup_dot<const D: usize>(idx: &[u32], cb: &[f32], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 4];
+    let (xs, ix) = (x.chunks_exact(4 * D), idx.chunks_exact(4));
+    let tail: f32 = xs
+        .remainder()
+        .chunks_exact(D)
+        .zip(ix.remainder())
+        .map(|(xv, &i)| centroid_dot::<D>(cb, i, xv))
+        .sum();
+    for (xq, iq) in xs.zip(ix) {
+        for l in 0..4 {
+            acc[l] += centroid_dot::<D>(cb, iq[l], &xq[l * D..(l + 1) * D]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn centroid_dot<const D: usize>(cb: &[f32], i: u32, x: &[f32]) -> f32 {
+    let c = &cb[i as usize * D..i as usize * D + D];
+    let mut s = 0f32;
+    for p in 0..D {
+        s += c[p] * x[p];
+    }
+    s
 }
 
 /// Plain reference: each weight looked up on its own, accumulated in f64.

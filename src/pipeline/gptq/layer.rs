@@ -12,14 +12,13 @@ use crate::model::forward::{self, DecoderLayer, LayerWeights, Linear};
 use crate::model::{ModelView, TensorKind};
 use crate::quant::gptq::error::diff;
 use crate::quant::gptq::{self, GptqOptions, Hessian, HessianAccumulation};
-use crate::quant::gptvq;
 use crate::quant::{rtn, QuantScheme, QuantizedTensor};
 use rayon::prelude::*;
 use std::ops::Range;
 use std::time::Instant;
 
 /// Runs and quantizes one layer at a time.
-pub(super) struct LayerRunner<'a> {
+pub(crate) struct LayerRunner<'a> {
     pub(super) backend: &'a dyn Backend,
     pub(super) view: &'a ModelView,
     pub(super) arch: &'a ArchConfig,
@@ -35,6 +34,8 @@ pub(super) struct LayerRunner<'a> {
     /// held-out windows, whose Hessians only score the result.
     pub(super) fit_rows: usize,
     pub(super) store_mlp: bool,
+    /// GPTVQ: also run GPTQ at the affine scheme for the report.
+    pub(super) gptq_baseline: bool,
     pub(super) phases: Phases,
 }
 
@@ -244,40 +245,16 @@ impl<'a> LayerRunner<'a> {
                 (EncodedTensor::Affine(q), r)
             }
             Solver::Gptvq(o) => {
-                // GPTQ at the affine scheme on the same (natural-order)
-                // factor, as the baseline the report compares against
-                // (timed with the report, not with GPTVQ).
-                let t = Instant::now();
-                let (gq, _) = gptq::quantize_factored(
-                    self.backend,
-                    name,
-                    w,
-                    rows,
-                    cols,
-                    &hess.h,
-                    factored,
-                    self.scheme,
-                    self.opts,
-                    &[],
-                )?;
-                let gw = self.backend.dequantize(&gq)?;
-                let (_, flops) = gptq::flops(rows, cols, self.opts.block);
-                self.phases.report.add(t.elapsed().as_secs_f64(), flops);
-                let weight = gptq::Weight::new(name, w, rows, cols, &hess.h)?;
-                let (v, r) = gptvq::quantize_factored(
-                    self.backend,
-                    &weight,
-                    factored,
-                    &o,
-                    self.opts.block,
-                    &[&rw, &gw],
-                )?;
-                gptq_baseline = Some(r.gptq.baseline_errors[1]);
-                (EncodedTensor::Vq(v), r.gptq)
+                let (v, r, baseline) =
+                    self.gptvq_linear(name, w, (rows, cols), &hess.h, factored, &o, &rw)?;
+                gptq_baseline = baseline;
+                (EncodedTensor::Vq(v), r)
             }
         };
-        let (_, update_flops) = gptq::flops(rows, cols, self.opts.block);
-        self.phases.update.add(r.seconds_update, update_flops);
+        if !matches!(self.solver, Solver::Gptvq(_)) {
+            let (_, update_flops) = gptq::flops(rows, cols, self.opts.block);
+            self.phases.update.add(r.seconds_update, update_flops);
+        }
         // Three traces (W, GPTQ's ΔW, RTN's ΔW) of 2·rows·cols² each.
         let trace_flops = 2.0 * (rows * cols * cols) as f64;
         self.phases

@@ -25,10 +25,12 @@
 //!
 //! Files: this one (settings, the run, the calibration embeddings),
 //! `layer.rs` (one decoder layer run and quantized stage by stage),
+//! `vq.rs` (a linear under GPTVQ),
 //! `report.rs` (what the run measured).
 
 mod layer;
 mod report;
+mod vq;
 
 pub use report::{GptqRunReport, LayerReport, LinearReport, Phase, Phases};
 
@@ -93,6 +95,10 @@ pub struct GptqSettings {
     /// to the fitted windows shows. The fitted windows (and so the result)
     /// are the same whatever this is. Default: `samples / 16`, at least 1.
     pub holdout: usize,
+    /// GPTVQ: also run GPTQ at the pipeline's affine scheme (natural
+    /// column order, same factored Hessian) on every linear, for the
+    /// report's comparison (its time counts with the report phase).
+    pub gptq_baseline: bool,
 }
 
 impl GptqSettings {
@@ -102,6 +108,7 @@ impl GptqSettings {
             calib,
             options: GptqOptions::recommended(),
             solver: Solver::Gptq,
+            gptq_baseline: true,
             chunk_budget: 256 << 20,
             activation_budget: memory::available_bytes()
                 .map_or(1 << 30, |a| (a / 4).clamp(1 << 30, 16 << 30))
@@ -184,6 +191,7 @@ pub fn run(
         chunk,
         fit_rows: fitted * windows.len,
         store_mlp,
+        gptq_baseline: settings.gptq_baseline,
         phases: Phases::default(),
     };
     on_event(GptqEvent::Calibrated {

@@ -36,8 +36,14 @@ pub struct Phases {
     pub forward: Phase,
     pub hessian: Phase,
     pub factor: Phase,
+    /// The column loop (GPTQ's updates; GPTVQ's assignment and updates).
     pub update: Phase,
     pub report: Phase,
+    /// GPTVQ: the codebooks' EM (E-step `3·d·k` FLOPs per point and
+    /// iteration, M-step `4·d`).
+    pub em: Phase,
+    /// GPTVQ: the codebook update (one `2·rows·cols²` GEMM per step).
+    pub codebook: Phase,
 }
 
 impl Phases {
@@ -48,6 +54,8 @@ impl Phases {
             self.factor,
             self.update,
             self.report,
+            self.em,
+            self.codebook,
         ];
         Phase {
             seconds: all.iter().map(|p| p.seconds).sum(),
@@ -61,6 +69,8 @@ impl Phases {
             (&mut self.factor, o.factor),
             (&mut self.update, o.update),
             (&mut self.report, o.report),
+            (&mut self.em, o.em),
+            (&mut self.codebook, o.codebook),
         ] {
             a.add(b.seconds, b.flops);
         }

@@ -78,6 +78,11 @@ pub struct GptvqReport {
     pub seconds_em: f64,
     pub seconds_assign: f64,
     pub seconds_codebook_update: f64,
+    /// FLOPs of the EM iterations run, the column loop and the codebook
+    /// update's GEMMs (multiply-adds count 2).
+    pub em_flops: f64,
+    pub assign_flops: f64,
+    pub codebook_flops: f64,
     /// `proxy_error` before the codebook update (equal to it when the
     /// update is off or did not help).
     pub error_before_update: f64,
@@ -134,6 +139,7 @@ pub fn quantize_factored(
     let mut codebooks = vec![0f32; groups * spans * len];
     let mut scales = vec![1f32; groups * spans];
     let mut seconds_em = 0.0;
+    let mut em_flops = 0.0;
     for start in (0..cols).step_by(block) {
         if start.is_multiple_of(span) {
             let t = Instant::now();
@@ -156,7 +162,8 @@ pub fn quantize_factored(
                     let pts = &cur[g * n..(g + 1) * n];
                     em::initialise(pts, &wts, d, k, opts.init, grid.seed_for(pts), c)
                 });
-            backend.vq_em(&cur, &wts, groups, k, opts.em_iters, &mut centroids)?;
+            let ran = backend.vq_em(&cur, &wts, groups, k, opts.em_iters, &mut centroids)?;
+            em_flops += (ran * groups * (n / d) * (3 * d * k + 4 * d)) as f64;
             let mut params = vec![0f32; groups * per_group];
             for (g, (p, c)) in params
                 .chunks_mut(per_group)
@@ -196,8 +203,10 @@ pub fn quantize_factored(
     };
     let error_before_update = energy_and(&t)?;
     let mut update_kept = false;
+    let mut codebook_flops = 0.0;
     if opts.codebook_update {
-        let mut refined = update::refine(&t, &w0, weight.h, opts.update_iters);
+        let (mut refined, steps) = update::refine(&t, &w0, weight.h, opts.update_iters);
+        codebook_flops = (steps + 2) as f64 * 2.0 * (rows * cols * cols) as f64;
         let mut scales = t.scales.clone();
         for (cb, sc) in refined.chunks_mut(len).zip(scales.iter_mut()) {
             *sc = quantize_codebook(cb, s.codebook_bits);
@@ -226,6 +235,11 @@ pub fn quantize_factored(
             seconds_em,
             seconds_assign,
             seconds_codebook_update,
+            em_flops,
+            // Assignment (k·d·3 per vector) and GPTQ's feedback and updates.
+            assign_flops: (rows * (cols / d) * 3 * d * k) as f64
+                + crate::quant::gptq::flops(rows, cols, block).1,
+            codebook_flops,
             error_before_update,
             update_kept,
         },

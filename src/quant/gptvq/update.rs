@@ -93,9 +93,9 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 /// The codebooks of `t` that minimise `tr((W − Q) H (W − Q)ᵀ)` with the
 /// assignments of `t` fixed, after at most `iters` conjugate-gradient steps
-/// from `t`'s codebooks (f32, not yet on the stored grid). Centroids no
-/// weight is assigned to keep their values.
-pub fn refine(t: &VqTensor, w: &[f32], h: &[f32], iters: usize) -> Vec<f32> {
+/// from `t`'s codebooks (f32, not yet on the stored grid), and the steps
+/// taken. Centroids no weight is assigned to keep their values.
+pub fn refine(t: &VqTensor, w: &[f32], h: &[f32], iters: usize) -> (Vec<f32>, usize) {
     let (rows, cols) = (t.rows, t.cols);
     let p = Assignment { t, idx: indices(t) };
     let hdiag: Vec<f32> = (0..cols).map(|i| h[i * cols + i]).collect();
@@ -116,10 +116,12 @@ pub fn refine(t: &VqTensor, w: &[f32], h: &[f32], iters: usize) -> Vec<f32> {
     let mut dir = z.clone();
     let mut rz = dot(&r, &z);
     let b_norm = dot(&b, &b).sqrt().max(f64::MIN_POSITIVE);
+    let mut steps = 0;
     for _ in 0..iters {
         if dot(&r, &r).sqrt() <= TOLERANCE * b_norm {
             break;
         }
+        steps += 1;
         let ad = p.apply(&as_f32(&dir), h);
         let dad = dot(&dir, &ad);
         if dad.is_nan() || dad <= 0.0 {
@@ -134,5 +136,5 @@ pub fn refine(t: &VqTensor, w: &[f32], h: &[f32], iters: usize) -> Vec<f32> {
         rz = rz_next;
         dir.iter_mut().zip(&z).for_each(|(d, z)| *d = z + beta * *d);
     }
-    as_f32(&x)
+    (as_f32(&x), steps)
 }
