@@ -5,7 +5,7 @@
 //! [`gemm::MIN_TOKENS`] tokens on, blocks of rows are decoded into a
 //! cache-sized scratch and multiplied by SGEMM, as the affine kernels do.
 
-use super::{index_words, VqTensor};
+use super::{index_words, simd, VqTensor};
 use crate::encoding::affine::packing::{unpack_code, unpack_row};
 use crate::error::{Error, Result};
 use crate::gemm;
@@ -47,6 +47,19 @@ pub fn matmul(v: &VqTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
     let s = &v.scheme;
     let d = s.dim as usize;
     let (words, len, span) = (index_words(s, cols), s.codebook_len(), s.span());
+    // 16 centroids, whole index words per span: the AVX2 kernel, on the
+    // activations split by coordinate, `[tokens, d, cols / d]`.
+    let nibbles = simd::available()
+        && s.index_bits() == 4
+        && span.is_multiple_of(8 * d)
+        && cols.is_multiple_of(8 * d);
+    let xs: Vec<f32> = match nibbles {
+        true => x
+            .chunks(cols)
+            .flat_map(|xt| (0..d).flat_map(move |p| xt.iter().skip(p).step_by(d).copied()))
+            .collect(),
+        false => Vec::new(),
+    };
     yt.par_chunks_mut(ROW_BLOCK * tokens)
         .enumerate()
         .for_each_init(
@@ -55,6 +68,23 @@ pub fn matmul(v: &VqTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
                 let r0 = b * ROW_BLOCK;
                 for i in 0..out.len() / tokens {
                     let r = r0 + i;
+                    if nibbles {
+                        let row = &v.indices[r * words..(r + 1) * words];
+                        let first = s.codebook_of(cols, r, 0);
+                        for t in 0..tokens {
+                            let xt = &xs[t * cols..(t + 1) * cols];
+                            out[i * tokens + t] = (0..s.spans(cols))
+                                .map(|sp| {
+                                    let (v0, v1) = (sp * span / d, ((sp + 1) * span).min(cols) / d);
+                                    let cb =
+                                        &v.codebooks[(first + sp) * len..(first + sp + 1) * len];
+                                    let part = |p: usize| &xt[p * nidx + v0..p * nidx + v1];
+                                    nibble_dot(d, &row[v0 / 8..v1 / 8], cb, &part)
+                                })
+                                .sum();
+                        }
+                        continue;
+                    }
                     unpack_indices(&v.indices[r * words..(r + 1) * words], s.index_bits(), idx);
                     let first = s.codebook_of(cols, r, 0);
                     for t in 0..tokens {
@@ -100,6 +130,36 @@ fn unpack_indices(words: &[u32], bits: u32, out: &mut [u32]) {
         for (j, v) in rest.iter_mut().enumerate() {
             *v = (w >> (j as u32 * bits)) & mask;
         }
+    }
+}
+
+/// [`simd::nibble_dot`] for `d`-dimensional vectors; `part(p)` is
+/// coordinate `p` of the span's activations.
+fn nibble_dot<'x>(d: usize, words: &[u32], cb: &[f32], part: &dyn Fn(usize) -> &'x [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller checked `simd::available()`; the codebook has 16
+    // centroids (4-bit indices) and each part one value per index.
+    unsafe {
+        match d {
+            1 => simd::nibble_dot::<1>(words, cb, [part(0)]),
+            2 => simd::nibble_dot::<2>(words, cb, [part(0), part(1)]),
+            _ => simd::nibble_dot::<4>(words, cb, [part(0), part(1), part(2), part(3)]),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // The same sum in scalar code (`simd::available()` is false here,
+        // so the GEMV does not take this path).
+        let mut acc = 0f32;
+        for (k, &w) in words.iter().enumerate() {
+            for l in 0..8 {
+                let i = ((w >> (4 * l)) & 15) as usize;
+                for p in 0..d {
+                    acc += part(p)[8 * k + l] * cb[i * d + p];
+                }
+            }
+        }
+        acc
     }
 }
 

@@ -18,6 +18,7 @@ pub mod em;
 pub mod grid;
 pub mod matmul;
 pub mod scheme;
+mod simd;
 
 pub use em::VqInit;
 pub use grid::{AssignWeight, VqGrid};
