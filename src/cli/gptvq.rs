@@ -35,6 +35,10 @@ pub struct VqArgs {
     /// after assignment.
     #[arg(long)]
     no_codebook_update: bool,
+    /// GPTVQ: conjugate-gradient steps of the codebook update at most (one
+    /// rows × cols² GEMM each; it stops earlier when converged).
+    #[arg(long, default_value_t = 25)]
+    codebook_update_steps: usize,
     /// GPTVQ: importance of a vector's coordinates when assigning it:
     /// inverse-diag (1/[H⁻¹]jj, the paper) or cholesky-diag (the official
     /// code's 1/U_jj).
@@ -70,6 +74,7 @@ impl VqArgs {
                 _ => AssignWeight::InverseDiag,
             },
             codebook_update: !self.no_codebook_update,
+            update_iters: self.codebook_update_steps,
             seed,
             ..GptvqOptions::new(scheme)
         })
