@@ -40,9 +40,9 @@ pub struct VqArgs {
     #[arg(long, default_value_t = 25)]
     codebook_update_steps: usize,
     /// GPTVQ: importance of a vector's coordinates when assigning it:
-    /// inverse-diag (1/[H⁻¹]jj, the paper) or cholesky-diag (the official
-    /// code's 1/U_jj).
-    #[arg(long, default_value = "inverse-diag", value_parser = ["inverse-diag", "cholesky-diag"])]
+    /// cholesky-diag (the official code's 1/U_jj; measured better on text
+    /// of other domains) or inverse-diag (1/[H⁻¹]jj, the paper's eq. 4).
+    #[arg(long, default_value = "cholesky-diag", value_parser = ["inverse-diag", "cholesky-diag"])]
     vq_weighting: String,
 }
 
@@ -70,8 +70,8 @@ impl VqArgs {
                 _ => VqInit::Mahalanobis,
             },
             weighting: match self.vq_weighting.as_str() {
-                "cholesky-diag" => AssignWeight::CholeskyDiag,
-                _ => AssignWeight::InverseDiag,
+                "inverse-diag" => AssignWeight::InverseDiag,
+                _ => AssignWeight::CholeskyDiag,
             },
             codebook_update: !self.no_codebook_update,
             update_iters: self.codebook_update_steps,

@@ -45,13 +45,14 @@ pub struct GptvqOptions {
 
 impl GptvqOptions {
     /// The paper's settings (Mahalanobis init, 100 EM iterations, codebook
-    /// update) with the weighting that measured better on SmolLM2 (README).
+    /// update) with the weighting that measured better on SmolLM2 out of
+    /// domain, the official code's `1/U_jj` (README, "Results: GPTVQ").
     pub fn new(scheme: VqScheme) -> Self {
         Self {
             scheme,
             em_iters: 100,
             init: VqInit::Mahalanobis,
-            weighting: AssignWeight::InverseDiag,
+            weighting: AssignWeight::CholeskyDiag,
             codebook_update: true,
             update_iters: 25,
             seed: 0,
