@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Speed on a real GPU, in one go (a few minutes on a data-centre GPU):
-# the adapters wgpu sees, the packed INT4/INT8 matmul kernels (GEMV on 7B
-# shapes, GEMM at 64 and 128 tokens) against the copy bandwidth and the CPU
-# measured in the same run, and GPTQ on Llama-7B-shaped
+# the adapters wgpu sees, the packed INT4/INT8 and GPTVQ (2D at 2 and 3
+# bits) matmul kernels (GEMV on 7B shapes, GEMM at 64 and 128 tokens)
+# against the copy bandwidth and the CPU measured in the same run, GPTVQ of
+# SmolLM2 by phase when its fixture is cached, and GPTQ on Llama-7B-shaped
 # layers (4096 hidden, 11008 MLP, 65,536 synthetic calibration tokens), by
 # phase, extrapolated to a 32-layer model.
 #
@@ -28,3 +29,8 @@ if ! grep -Eq "type +(DiscreteGpu|IntegratedGpu)" "$OUT/devices.txt"; then
 fi
 "$BIN" bench --device vulkan 2>&1 | tee "$OUT/bench-kernels.txt"
 "$BIN" bench --gptq --synthetic-layers "$LAYERS" --device vulkan 2>&1 | tee "$OUT/bench-gptq.txt"
+M=.cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -f "$M" ] && [ -f .cache/austen/emma.txt ]; then
+    "$BIN" bench --gptq --gptvq --model "$M" --calib .cache/austen/emma.txt --calib-samples 32 \
+        --bits 2 --bpw 2.125 --device vulkan 2>&1 | tee "$OUT/bench-gptvq.txt"
+fi

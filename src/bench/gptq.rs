@@ -35,6 +35,8 @@ pub struct PhaseRate {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct GptqBenchReport {
+    /// `GPTQ`, `GPTVQ`, ...
+    pub method: String,
     pub workload: String,
     pub device: String,
     pub peak: PeakRates,
@@ -113,8 +115,9 @@ pub fn bench_model(
             config.model.display(),
             g.calib.windows(),
             g.calib.len,
-            config.scheme.label()
+            config.label()
         ),
+        method: g.solver.label().to_string(),
         device: backend.name(),
         phases: rates(&g.phases, &peak),
         peak,
@@ -287,6 +290,7 @@ pub fn bench_synthetic(
     let ideal = total.flops / 1e9 / peak.matmul_gflops;
     let mean = per_layer.iter().sum::<f64>() / layers as f64;
     Ok(GptqBenchReport {
+        method: "GPTQ".into(),
         workload: format!(
             "{layers} synthetic layers: hidden {}, kv {}, MLP {}, {} calibration tokens, {}",
             s.hidden,
@@ -379,7 +383,7 @@ fn random_activations(rng: &mut StdRng, tokens: usize, cols: usize) -> Vec<f32> 
 
 impl fmt::Display for GptqBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "GPTQ on {}: {}", self.device, self.workload)?;
+        writeln!(f, "{} on {}: {}", self.method, self.device, self.workload)?;
         writeln!(f, "matmul rate: {}", self.peak.detail)?;
         writeln!(
             f,
