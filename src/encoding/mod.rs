@@ -49,6 +49,30 @@ impl Part {
     }
 }
 
+/// Whether the CPU's AVX2+FMA kernels (`affine/simd.rs`, `vq/simd.rs`) can
+/// run here (std caches the CPUID result).
+pub(crate) fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Checks that `x` holds `tokens` rows of `cols` activations for a matmul.
+pub(crate) fn check_activations(x: &[f32], tokens: usize, cols: usize) -> Result<()> {
+    if x.len() != tokens * cols {
+        return Err(Error::Config(format!(
+            "matmul input has {} values, expected {tokens} tokens x {cols} columns",
+            x.len()
+        )));
+    }
+    Ok(())
+}
+
 /// `v` as f16, or an error naming `tensor` when it is not finite or
 /// overflows f16 (so nothing is stored as infinity).
 pub fn to_f16(tensor: &str, v: f32) -> Result<half::f16> {

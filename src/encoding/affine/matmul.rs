@@ -17,7 +17,7 @@
 use super::simd;
 use crate::encoding::affine::packing::unpack_code;
 use crate::encoding::QuantizedTensor;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gemm::{self, dot};
 use rayon::prelude::*;
 
@@ -32,14 +32,7 @@ pub fn matmul(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>>
 /// A consistent weight and `tokens` rows of `cols` activations.
 fn check_inputs(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Result<()> {
     q.validate("matmul weight")?;
-    if x.len() != tokens * q.cols {
-        return Err(Error::Config(format!(
-            "matmul input has {} values, expected {tokens} tokens x {} columns",
-            x.len(),
-            q.cols
-        )));
-    }
-    Ok(())
+    crate::encoding::check_activations(x, tokens, q.cols)
 }
 
 /// [`matmul`] with the SIMD kernels allowed (`simd`, used when the CPU has
@@ -70,7 +63,7 @@ pub fn matmul_with(q: &QuantizedTensor, x: &[f32], tokens: usize, simd: bool) ->
         }));
     }
     if tokens == 1 && cfg!(target_endian = "little") {
-        let simd = simd && simd::available();
+        let simd = simd && crate::encoding::avx2_fma();
         if bits == 4 && glen.is_multiple_of(2) {
             return Ok(gemv_q4(q, x, &xsum, simd));
         }
@@ -184,7 +177,7 @@ fn gemv_q8(q: &QuantizedTensor, x: &[f32], xsum: &[f32], simd: bool) -> Vec<f32>
 type RowRef<'a> = (&'a [u8], &'a [f32], &'a [u8]);
 
 /// Rayon over blocks of rows; `simd` must only be true if
-/// `simd::available()` said so.
+/// `avx2_fma()` said so.
 fn gemv_rows(q: &QuantizedTensor, p: &simd::Gemv, q4: bool, simd: bool) -> Vec<f32> {
     let (gpr, rb) = (q.n_groups(), q.words_per_row() * 4);
     let bytes: &[u8] = bytemuck::cast_slice(&q.packed);
@@ -230,7 +223,7 @@ fn gemv_rows(q: &QuantizedTensor, p: &simd::Gemv, q4: bool, simd: bool) -> Vec<f
 fn simd_block<const R: usize>(p: &simd::Gemv, q4: bool, rows: [RowRef; R]) -> [f32; R] {
     let (c, s, z) = (rows.map(|r| r.0), rows.map(|r| r.1), rows.map(|r| r.2));
     // SAFETY: only reached with `simd` true, which `matmul_with` sets only
-    // when `simd::available()` found AVX2 and FMA; the kernels check bounds.
+    // when `avx2_fma()` found AVX2 and FMA; the kernels check bounds.
     unsafe {
         if q4 {
             simd::q4_rows(p, c, s, z)

@@ -8,18 +8,6 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// Whether the AVX2 kernels can run here (std caches the CPUID result).
-pub(super) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// One block of rows for a GEMV: per row its code bytes and its per-group
 /// scales and zeros; `x` data shared by all rows.
 pub(super) struct Gemv<'a> {
@@ -51,7 +39,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// 4-bit GEMV for `R` rows: `out[i] = Σ_g s·(Σ q·x − z·Σx)`.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA ([`available`]).
+/// The CPU must support AVX2 and FMA ([`crate::encoding::avx2_fma`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn q4_rows<const R: usize>(
@@ -177,7 +165,7 @@ pub(super) unsafe fn q4_rows<const R: usize>(
 /// 8-bit GEMV for `R` rows; `p.xe` is `x`.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA ([`available`]).
+/// The CPU must support AVX2 and FMA ([`crate::encoding::avx2_fma`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn q8_rows<const R: usize>(

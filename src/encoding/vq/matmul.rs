@@ -7,7 +7,7 @@
 
 use super::{index_words, simd, VqTensor};
 use crate::encoding::affine::packing::{unpack_code, unpack_row};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gemm;
 use rayon::prelude::*;
 
@@ -16,14 +16,7 @@ const ROW_BLOCK: usize = 8;
 
 fn check_inputs(v: &VqTensor, x: &[f32], tokens: usize) -> Result<()> {
     v.validate("matmul weight")?;
-    if x.len() != tokens * v.cols {
-        return Err(Error::Config(format!(
-            "matmul input has {} values, expected {tokens} tokens x {} columns",
-            x.len(),
-            v.cols
-        )));
-    }
-    Ok(())
+    crate::encoding::check_activations(x, tokens, v.cols)
 }
 
 pub fn matmul(v: &VqTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
@@ -49,7 +42,7 @@ pub fn matmul(v: &VqTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
     let (words, len, span) = (index_words(s, cols), s.codebook_len(), s.span());
     // 16 centroids, whole index words per span: the AVX2 kernel, on the
     // activations split by coordinate, `[tokens, d, cols / d]`.
-    let nibbles = simd::available()
+    let nibbles = crate::encoding::avx2_fma()
         && s.index_bits() == 4
         && span.is_multiple_of(8 * d)
         && cols.is_multiple_of(8 * d);
@@ -137,7 +130,7 @@ fn unpack_indices(words: &[u32], bits: u32, out: &mut [u32]) {
 /// coordinate `p` of the span's activations.
 fn nibble_dot<'x>(d: usize, words: &[u32], cb: &[f32], part: &dyn Fn(usize) -> &'x [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the caller checked `simd::available()`; the codebook has 16
+    // SAFETY: the caller checked `avx2_fma()`; the codebook has 16
     // centroids (4-bit indices) and each part one value per index.
     unsafe {
         match d {
@@ -148,7 +141,7 @@ fn nibble_dot<'x>(d: usize, words: &[u32], cb: &[f32], part: &dyn Fn(usize) -> &
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        // The same sum in scalar code (`simd::available()` is false here,
+        // The same sum in scalar code (`avx2_fma()` is false here,
         // so the GEMV does not take this path).
         let mut acc = 0f32;
         for (k, &w) in words.iter().enumerate() {

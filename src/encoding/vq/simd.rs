@@ -9,23 +9,11 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// Whether the AVX2 kernel can run here (std caches the CPUID result).
-pub(super) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// `Σ_v Σ_p xs[p][v] · cb[idx(v)·D + p]` over the `8 · words.len()`
 /// vectors whose 4-bit indices are packed in `words` (low bits first).
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA ([`available`]); `cb` holds 16
+/// The CPU must support AVX2 and FMA ([`crate::encoding::avx2_fma`]); `cb` holds 16
 /// centroids (`16 · D` values) and each `xs[p]` at least `8 · words.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
