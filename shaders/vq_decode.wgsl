@@ -8,6 +8,7 @@
 // spans per row and the index words per row; the host rewrites the
 // constants per pipeline. Spans are multiples of 32 columns, so a 32-column
 // unit reads one codebook. CPU reference: src/encoding/vq/matmul.rs.
+// vq_index() is shaders/vq_index.wgsl, prepended by the host.
 
 const VQ_DIM: u32 = 2u;
 const VQ_INDEX_BITS: u32 = 4u;
@@ -18,18 +19,6 @@ const VQ_CODEBOOK_LEN: u32 = 32u;
 @group(0) @binding(2) var<storage, read> codebooks: array<f32>;
 // Unused: the layout's third part.
 @group(0) @binding(3) var<storage, read> vq_unused: array<u32>;
-
-// Index v of the row whose words start at `base`; indices may straddle words.
-fn vq_index(base: u32, v: u32) -> u32 {
-    let bit = v * VQ_INDEX_BITS;
-    let w = bit >> 5u;
-    let off = bit & 31u;
-    var x = vq_idx[base + w] >> off;
-    if (off + VQ_INDEX_BITS > 32u) {
-        x |= vq_idx[base + w + 1u] << (32u - off);
-    }
-    return x & ((1u << VQ_INDEX_BITS) - 1u);
-}
 
 // First value of the codebook of (row, k), chunk-local.
 fn vq_codebook(row: u32, k: u32) -> u32 {

@@ -163,3 +163,75 @@ fn gptvq_on_the_gpu_matches_the_cpu() {
         );
     }
 }
+
+/// The codebook update's operator (`shaders/vq_codebook.wgsl` around the
+/// dense GEMM) against the CPU reference on random assignments, with a
+/// binding limit small enough to split the weight into row-group chunks
+/// and H into row chunks. Bound: 1e-4 of the largest value of each product
+/// (f32 sums of up to a group's weights in another order than the CPU's
+/// f64 gather).
+#[test]
+fn codebook_update_operator_on_the_gpu_matches_the_cpu() {
+    use llmq_gpu::encoding::affine::packing::pack_codes;
+    use llmq_gpu::encoding::{VqScheme, VqTensor};
+    let ctx = common::fresh_gpu();
+    ctx.set_max_binding(20000);
+    let gpu = GpuBackend::new(ctx.into());
+    let mut rng = common::rng("codebook_update_operator_on_the_gpu_matches_the_cpu");
+    let cols = 320; // a 256-column span and a short 64-column one
+    for (d, bits, group, rows) in [(2, 2, 512, 40), (1, 3, 256, 40), (4, 2, 2048, 16)] {
+        let s = VqScheme::new(d, bits, group, 8).unwrap();
+        let n = cols / d as usize;
+        let codes: Vec<u32> = (0..rows * n)
+            .map(|_| rng.gen_range(0..s.centroids() as u32))
+            .collect();
+        let values = s.codebooks(rows, cols) * s.codebook_len();
+        let t = VqTensor {
+            rows,
+            cols,
+            scheme: s,
+            indices: pack_codes(&codes, rows, n, s.index_bits()),
+            codebooks: (0..values).map(|_| common::normal(&mut rng)).collect(),
+            scales: vec![1.0; s.codebooks(rows, cols)],
+        };
+        let a: Vec<f32> = (0..cols * cols).map(|_| common::normal(&mut rng)).collect();
+        // H = A Aᵀ / cols: symmetric positive definite, like a Hessian.
+        let mut h = vec![0f32; cols * cols];
+        for i in 0..cols {
+            for j in 0..cols {
+                let dot: f32 = (0..cols).map(|q| a[i * cols + q] * a[j * cols + q]).sum();
+                h[i * cols + j] = dot / cols as f32;
+            }
+        }
+        let m: Vec<f32> = (0..rows * cols).map(|_| common::normal(&mut rng)).collect();
+        let mut sc = CpuBackend.vq_codebook_system(&t, &h).unwrap();
+        let mut sg = gpu.vq_codebook_system(&t, &h).unwrap();
+        let products = [
+            (
+                "apply",
+                sc.apply(&t.codebooks).unwrap(),
+                sg.apply(&t.codebooks).unwrap(),
+            ),
+            (
+                "apply_dense",
+                sc.apply_dense(&m).unwrap(),
+                sg.apply_dense(&m).unwrap(),
+            ),
+            ("gather", sc.gather(&m).unwrap(), sg.gather(&m).unwrap()),
+        ];
+        for (what, c, g) in products {
+            assert_eq!(c.len(), values);
+            assert_eq!(g.len(), values);
+            let max = c.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let worst = c
+                .iter()
+                .zip(&g)
+                .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            eprintln!("{s:?} {what}: worst {worst:.3e} of {max:.3e}");
+            assert!(
+                max > 0.0 && worst <= 1e-4 * max,
+                "{s:?} {what}: {worst} of {max}"
+            );
+        }
+    }
+}

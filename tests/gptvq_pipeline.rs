@@ -32,6 +32,16 @@ fn run(
     out: &Path,
     vq: VqScheme,
 ) -> llmq_gpu::Result<QuantizeReport> {
+    run_with(backend, model, out, GptvqOptions::new(vq))
+}
+
+fn run_with(
+    backend: &dyn Backend,
+    model: &Path,
+    out: &Path,
+    options: GptvqOptions,
+) -> llmq_gpu::Result<QuantizeReport> {
+    let vq = options.scheme;
     let settings = GptqSettings::new(CalibConfig {
         samples: 8,
         len: 32,
@@ -40,7 +50,7 @@ fn run(
     });
     let baseline = QuantScheme::new(vq.bits, false, Granularity::Group(32)).unwrap();
     let config = QuantizeConfig::new(model, out, baseline)
-        .gptvq(settings, GptvqOptions::new(vq))
+        .gptvq(settings, options)
         .overwrite(true);
     quantize_model_with(backend, &config, &mut |_| {}, &CancelToken::default())
 }
@@ -142,6 +152,28 @@ fn bad_vq_settings_fail_before_anything_is_written() {
     let e = run(&CpuBackend, &model, &out, vq).unwrap_err().to_string();
     assert!(e.contains("proj.weight") && e.contains("rows"), "{e}");
     assert!(!out.exists());
+    // The same group as a --bpw target: each tensor takes the largest
+    // group its rows divide into, and the report says which.
+    let target = GptvqOptions {
+        group_is_target: true,
+        codebook_update: false,
+        ..GptvqOptions::new(vq)
+    };
+    let r = run_with(&CpuBackend, &model, &out, target).unwrap();
+    assert!(!r.vq_fitted_groups.is_empty());
+    for f in &r.vq_fitted_groups {
+        let want = if f.tensor.contains("k_proj") || f.tensor.contains("v_proj") {
+            32 * 256
+        } else {
+            f.group
+        };
+        assert!(f.group < vq.group && f.group == want, "{f:?}");
+    }
+    assert!(r
+        .vq_fitted_groups
+        .iter()
+        .any(|f| f.tensor.contains("gate_proj")));
+    std::fs::remove_dir_all(&out).unwrap();
     // NaN weights name the tensor.
     let poisoned = tiny_model(&dir.path().join("nan"), &mut rng, &|name, v| {
         if name.contains("layers.1.mlp.up_proj") {

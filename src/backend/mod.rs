@@ -9,7 +9,7 @@ pub mod cpu;
 pub mod gpu;
 
 use crate::backend::cpu::ops::AttnShape;
-use crate::encoding::{EncodedTensor, Grid, GridCodes, QuantizedTensor};
+use crate::encoding::{EncodedTensor, Grid, GridCodes, QuantizedTensor, VqTensor};
 use crate::error::Result;
 
 /// Per-group quantization parameters handed to [`Backend::quantize_codes`].
@@ -134,6 +134,21 @@ pub trait GptqColumns {
     fn finish(self: Box<Self>) -> Result<GridCodes>;
 }
 
+/// The normal-equation operator of GPTVQ's codebook update for one VQ
+/// weight's fixed assignments `P` and Hessian `H`, held where the backend
+/// computes (GPU: the indices and H uploaded once). Reference:
+/// [`crate::encoding::vq::assignment::Assignment`] with an SGEMM.
+pub trait CodebookSystem {
+    /// `Pᵀ(P c · H)` for the codebook values `c` (`[codebooks, k · d]`).
+    fn apply(&mut self, c: &[f32]) -> Result<Vec<f64>>;
+
+    /// `Pᵀ(W · H)` for a `[rows, cols]` `w`.
+    fn apply_dense(&mut self, w: &[f32]) -> Result<Vec<f64>>;
+
+    /// `Pᵀ g` for a `[rows, cols]` `g`.
+    fn gather(&mut self, g: &[f32]) -> Result<Vec<f64>>;
+}
+
 /// A quantized linear held where the backend computes (GPU buffers), for
 /// `x · Wᵀ` on many batches of activations with one upload.
 pub trait ResidentLinear {
@@ -238,6 +253,14 @@ pub trait Backend: Send + Sync {
         iters: usize,
         centroids: &mut [f32],
     ) -> Result<usize>;
+
+    /// GPTVQ's codebook-update operator for the assignments of `t` and the
+    /// `[cols, cols]` symmetric `h`; see [`CodebookSystem`].
+    fn vq_codebook_system<'a>(
+        &'a self,
+        t: &'a VqTensor,
+        h: &'a [f32],
+    ) -> Result<Box<dyn CodebookSystem + 'a>>;
 
     /// Bytes of device buffers alive at once at the high-water mark since
     /// the last [`Backend::reset_memory_peak`]; `None` without device memory.
@@ -403,6 +426,20 @@ pub(crate) fn check_gptq_args(w: &[f32], rows: usize, cols: usize, spec: &GptqSp
             spec.grid.key(),
             spec.group_len,
             spec.block
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a [`Backend::vq_codebook_system`] call.
+pub(crate) fn check_codebook_system_args(t: &VqTensor, h: &[f32]) -> Result<()> {
+    t.validate("codebook update")?;
+    if h.len() != t.cols * t.cols {
+        return Err(Error::Config(format!(
+            "codebook update: H has {} values for a weight of {} columns (need {})",
+            h.len(),
+            t.cols,
+            t.cols * t.cols
         )));
     }
     Ok(())

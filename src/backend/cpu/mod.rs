@@ -8,17 +8,41 @@ pub mod trace;
 
 use super::{
     check_attention_args, check_cholesky_args, check_gptq_args, check_hessian_start,
-    check_trace_args, Backend, GptqColumns, GptqSpec, GroupParams, ResidentHessian,
+    check_trace_args, Backend, CodebookSystem, GptqColumns, GptqSpec, GroupParams, ResidentHessian,
 };
 use crate::encoding::affine::packing::{pack_row, unpack_codes, words_per_row};
 use crate::encoding::affine::scheme::quantize_value;
-use crate::encoding::QuantizedTensor;
+use crate::encoding::vq::assignment::Assignment;
+use crate::encoding::{QuantizedTensor, VqTensor};
 use crate::error::Result;
 use ops::AttnShape;
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
+
+/// [`CodebookSystem`] on the host: the reference operator and an SGEMM.
+struct CpuCodebookSystem<'a> {
+    p: Assignment<'a>,
+    h: &'a [f32],
+    rows: usize,
+    cols: usize,
+}
+
+impl CodebookSystem for CpuCodebookSystem<'_> {
+    fn apply(&mut self, c: &[f32]) -> Result<Vec<f64>> {
+        self.apply_dense(&self.p.expand(c))
+    }
+
+    fn apply_dense(&mut self, w: &[f32]) -> Result<Vec<f64>> {
+        let (r, c) = (self.rows, self.cols);
+        Ok(self.p.gather(&crate::gemm::dense_xwt(w, self.h, r, c, c)))
+    }
+
+    fn gather(&mut self, g: &[f32]) -> Result<Vec<f64>> {
+        Ok(self.p.gather(g))
+    }
+}
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
@@ -42,6 +66,20 @@ impl Backend for CpuBackend {
             .map(|(cb, pts)| crate::encoding::vq::em::iterate(pts, weights, d, k, iters, cb))
             .max()
             .unwrap_or(0))
+    }
+
+    fn vq_codebook_system<'a>(
+        &'a self,
+        t: &'a VqTensor,
+        h: &'a [f32],
+    ) -> Result<Box<dyn CodebookSystem + 'a>> {
+        super::check_codebook_system_args(t, h)?;
+        Ok(Box::new(CpuCodebookSystem {
+            p: Assignment::new(t),
+            h,
+            rows: t.rows,
+            cols: t.cols,
+        }))
     }
 
     fn group_ranges(

@@ -28,6 +28,7 @@ const SOURCE: &str = concat!(
 
 /// The kernels after the VQ decode fragment.
 const VQ_SOURCE: &str = concat!(
+    include_str!("../../../shaders/vq_index.wgsl"),
     include_str!("../../../shaders/vq_decode.wgsl"),
     with_tile_gemm!("matmul.wgsl")
 );

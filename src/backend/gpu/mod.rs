@@ -26,6 +26,7 @@ pub mod matmul_dense;
 pub mod quantize;
 pub mod rope;
 pub mod trace;
+pub mod vq_codebook;
 pub mod vq_em;
 
 /// Rows and columns of C per workgroup of the shared tiled GEMM (`TILE` in
@@ -39,11 +40,12 @@ pub use context::GpuContext;
 use super::check_vq_em_args;
 use super::{
     check_attention_args, check_cholesky_args, check_gptq_args, check_hessian_start,
-    check_trace_args, Backend, GptqColumns, GptqSpec, GroupParams, ResidentHessian, ResidentLinear,
+    check_trace_args, Backend, CodebookSystem, GptqColumns, GptqSpec, GroupParams, ResidentHessian,
+    ResidentLinear,
 };
 use crate::backend::cpu::ops::AttnShape;
-use crate::encoding::EncodedTensor;
 use crate::encoding::QuantizedTensor;
+use crate::encoding::{EncodedTensor, VqTensor};
 use crate::error::Result;
 use std::ops::Range;
 use std::sync::Arc;
@@ -155,6 +157,17 @@ impl Backend for GpuBackend {
     ) -> Result<usize> {
         let d = check_vq_em_args(points, weights, groups, k, centroids)?;
         vq_em::vq_em(&self.ctx, points, weights, groups, d, k, iters, centroids)
+    }
+
+    fn vq_codebook_system<'a>(
+        &'a self,
+        t: &'a VqTensor,
+        h: &'a [f32],
+    ) -> Result<Box<dyn CodebookSystem + 'a>> {
+        super::check_codebook_system_args(t, h)?;
+        Ok(Box::new(vq_codebook::GpuCodebookSystem::new(
+            &self.ctx, t, h,
+        )?))
     }
 
     fn memory_peak(&self) -> Option<u64> {

@@ -14,6 +14,7 @@
 //! In memory ([`VqTensor`]) the codebooks are kept decoded to f32, which is
 //! what every kernel reads; writing re-derives the integer codes.
 
+pub mod assignment;
 pub mod em;
 pub mod grid;
 pub mod matmul;

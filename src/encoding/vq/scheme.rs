@@ -135,6 +135,18 @@ impl VqScheme {
         Ok(())
     }
 
+    /// This scheme with the largest power-of-two group whose rows per
+    /// codebook divide `rows` (the span unchanged), when its own do not:
+    /// what a `--bpw` target becomes on a tensor of fewer or odd rows
+    /// (SmolLM2's 192-row k/v projections under 4D's 256-row groups).
+    pub fn fitted_to(&self, rows: usize) -> Result<Self> {
+        if rows.is_multiple_of(self.rows_per_codebook()) {
+            return Ok(*self);
+        }
+        let group = largest_fitting_group(rows, self.span()).min(self.group);
+        Self::new(self.dim, self.bits, group, self.codebook_bits)
+    }
+
     /// Bits per weight the paper counts: `bits + k·dim·b_c / group` (its
     /// tables' 2.125, 2.25, ...; per-codebook scales are not in it, and
     /// [`crate::encoding::Encoding::stored_bits_per_weight`] counts them).
@@ -222,5 +234,11 @@ mod tests {
         assert!(s.check_shape("t", 16, 576).is_ok());
         assert_eq!(s.codebooks(16, 576), 2 * 3);
         assert_eq!(s.codebook_of(576, 9, 513), 3 + 2);
+        // A --bpw target on fewer rows: 4D's 256-row groups onto 192 rows.
+        let s4 = VqScheme::new(4, 2, 65536, 8).unwrap();
+        assert_eq!(s4.fitted_to(192).unwrap().group, 64 * 256);
+        assert_eq!(s4.fitted_to(512).unwrap(), s4);
+        // Too few vectors left for 256 centroids: refused.
+        assert!(s4.fitted_to(1).is_err());
     }
 }

@@ -41,6 +41,10 @@ pub struct GptvqOptions {
     /// Conjugate-gradient steps of the codebook update at most.
     pub update_iters: usize,
     pub seed: u64,
+    /// The group is a bits-per-weight target (`--bpw`), not a size the
+    /// user fixed: a tensor whose rows do not divide into its row groups
+    /// takes the largest group that fits ([`GptvqOptions::for_shape`]).
+    pub group_is_target: bool,
 }
 
 impl GptvqOptions {
@@ -56,7 +60,24 @@ impl GptvqOptions {
             codebook_update: true,
             update_iters: 25,
             seed: 0,
+            group_is_target: false,
         }
+    }
+
+    /// These options for the `[rows, cols]` tensor `name`: the scheme as
+    /// given when it fits, else (a `--bpw` target only) the largest group
+    /// that does; an error naming the tensor otherwise.
+    pub fn for_shape(&self, name: &str, rows: usize, cols: usize) -> Result<Self> {
+        let exact = self.scheme.check_shape(name, rows, cols);
+        if exact.is_ok() || !self.group_is_target {
+            return exact.map(|_| *self);
+        }
+        let scheme = self.scheme.fitted_to(rows).map_err(|e| Error::BadTensor {
+            name: name.into(),
+            msg: format!("no VQ group fits its {rows} rows: {e}"),
+        })?;
+        scheme.check_shape(name, rows, cols)?;
+        Ok(Self { scheme, ..*self })
     }
 
     pub fn grid(&self) -> VqGrid {
@@ -206,7 +227,10 @@ pub fn quantize_factored(
     let mut update_kept = false;
     let mut codebook_flops = 0.0;
     if opts.codebook_update {
-        let (mut refined, steps) = update::refine(&t, &w0, weight.h, opts.update_iters);
+        let mut system = backend.vq_codebook_system(&t, weight.h)?;
+        let (mut refined, steps) =
+            update::refine(system.as_mut(), &t, &w0, weight.h, opts.update_iters)?;
+        drop(system);
         codebook_flops = (steps + 2) as f64 * 2.0 * (rows * cols * cols) as f64;
         let mut scales = t.scales.clone();
         for (cb, sc) in refined.chunks_mut(len).zip(scales.iter_mut()) {
