@@ -1,6 +1,7 @@
 //! GPTVQ's GPU kernels against their CPU references (issue 13), on
 //! lavapipe in CI: the weighted EM of many codebooks at once
-//! (`shaders/vq_em.wgsl`) and the VQ column loop of GPTQ's kernels.
+//! (`shaders/vq_em.wgsl`), the VQ column loop of GPTQ's kernels and the
+//! codebook update's operator (`shaders/vq_codebook.wgsl`).
 //!
 //! Bounds: the GPU sums the M-step in f32 in another order than the CPU's
 //! f64, so a centroid differs by a few ULP and a point at a near-tie can
@@ -126,8 +127,17 @@ fn gptvq_on_the_gpu_matches_the_cpu() {
         act_order: false,
         ..GptqOptions::default()
     };
-    for (d, bits, group) in [(2, 2, 1024), (1, 3, 256), (4, 2, 2048)] {
-        let s = VqScheme::new(d, bits, group, 8).unwrap();
+    // The last case: SVD-compressed codebooks, updated in the factors.
+    for (d, bits, group, svd) in [
+        (2, 2, 1024, 0),
+        (1, 3, 256, 0),
+        (4, 2, 2048, 0),
+        (1, 3, 256, 4),
+    ] {
+        let mut s = VqScheme::new(d, bits, group, 8).unwrap();
+        if svd > 0 {
+            s = s.with_svd_rank(svd).unwrap();
+        }
         let o = GptvqOptions::new(s);
         let run = |b: &dyn Backend| {
             let f = gptq::factor(b, "w", &h.h, cols, &gopts).unwrap();
@@ -193,6 +203,7 @@ fn codebook_update_operator_on_the_gpu_matches_the_cpu() {
             indices: pack_codes(&codes, rows, n, s.index_bits()),
             codebooks: (0..values).map(|_| common::normal(&mut rng)).collect(),
             scales: vec![1.0; s.codebooks(rows, cols)],
+            svd: None,
         };
         let a: Vec<f32> = (0..cols * cols).map(|_| common::normal(&mut rng)).collect();
         // H = A Aᵀ / cols: symmetric positive definite, like a Hessian.

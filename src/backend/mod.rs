@@ -147,6 +147,14 @@ pub trait CodebookSystem {
 
     /// `Pᵀ g` for a `[rows, cols]` `g`.
     fn gather(&mut self, g: &[f32]) -> Result<Vec<f64>>;
+
+    /// The diagonal of `Pᵀ (· diag(H)) P`, the Jacobi preconditioner, for
+    /// `hdiag` = diag(H) and `rows` rows: `Pᵀ` of diag(H) on every row.
+    fn jacobi(&mut self, hdiag: &[f32], rows: usize) -> Result<Vec<f64>> {
+        let cols = hdiag.len();
+        let tiled: Vec<f32> = (0..rows * cols).map(|k| hdiag[k % cols]).collect();
+        self.gather(&tiled)
+    }
 }
 
 /// A quantized linear held where the backend computes (GPU buffers), for

@@ -197,6 +197,7 @@ fn bench_vq_tensor(rows: usize, cols: usize, scheme: VqScheme) -> VqTensor {
             .map(|i| ((i % 255) as f32 - 127.0) * 1e-3)
             .collect(),
         scales: vec![1e-3; n],
+        svd: None,
     }
 }
 

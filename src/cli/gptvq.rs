@@ -31,6 +31,12 @@ pub struct VqArgs {
     /// codebook) or 0 (f16).
     #[arg(long, default_value_t = 8)]
     codebook_bits: u32,
+    /// GPTVQ 1D: store each tensor's codebooks (sorted) as factors of rank
+    /// ⌊k × FRACTION⌋ times one shared f16 basis (the paper's SVD
+    /// compression, e.g. 0.5). Off by default: at equal bits the 8-bit
+    /// codebooks did better in the paper.
+    #[arg(long, value_name = "FRACTION")]
+    svd_rank: Option<f64>,
     /// GPTVQ: keep the EM codebooks instead of re-solving the centroids
     /// after assignment.
     #[arg(long)]
@@ -62,7 +68,20 @@ impl VqArgs {
                 g
             }
         };
-        let scheme = VqScheme::new(self.vq_dim, bits, group, self.codebook_bits)?;
+        let mut scheme = VqScheme::new(self.vq_dim, bits, group, self.codebook_bits)?;
+        if let Some(f) = self.svd_rank {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(Error::Config(format!(
+                    "--svd-rank {f}: a fraction of the centroids between 0 and 1 (e.g. 0.5)"
+                )));
+            }
+            let rank = (scheme.centroids() as f64 * f).floor() as u32;
+            scheme = scheme.with_svd_rank(rank)?;
+            eprintln!(
+                "--svd-rank {f}: codebooks of {} centroids stored at rank {rank}",
+                scheme.centroids()
+            );
+        }
         Ok(GptvqOptions {
             em_iters: self.em_iters,
             init: match self.vq_init.as_str() {

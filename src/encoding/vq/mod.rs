@@ -9,7 +9,10 @@
 //! - `NAME.codebooks` `[codebooks, k · dim]`: I8 with 8-bit codebooks (the
 //!   value is `code · scale`), F16 with 0; codebook `c` of row group `g`
 //!   and span `s` is `g · spans + s`, centroid `i`'s values at `i · dim ..`;
-//! - `NAME.codebook_scales` F16 `[codebooks, 1]`, 8-bit codebooks only.
+//! - `NAME.codebook_scales` F16 `[codebooks, 1]`, 8-bit codebooks only;
+//! - SVD-compressed (1D, [`svd`]): `NAME.codebooks` holds each codebook's
+//!   `[codebooks, rank]` factors on the same grid, and `NAME.codebook_basis`
+//!   F16 `[rank, k]` the basis they multiply.
 //!
 //! In memory ([`VqTensor`]) the codebooks are kept decoded to f32, which is
 //! what every kernel reads; writing re-derives the integer codes.
@@ -20,6 +23,7 @@ pub mod grid;
 pub mod matmul;
 pub mod scheme;
 mod simd;
+pub mod svd;
 
 pub use em::VqInit;
 pub use grid::{AssignWeight, VqGrid};
@@ -40,8 +44,12 @@ pub struct VqTensor {
     pub indices: Vec<u32>,
     /// `[codebooks, k · dim]` centroid values (decoded).
     pub codebooks: Vec<f32>,
-    /// `[codebooks]` scale of each 8-bit codebook (1 for f16 codebooks).
+    /// `[codebooks]` scale of each 8-bit codebook (of its factors when
+    /// SVD-compressed; 1 for f16 codebooks).
     pub scales: Vec<f32>,
+    /// The stored factors when `scheme.svd_rank > 0`; `codebooks` is their
+    /// product.
+    pub svd: Option<svd::SvdCodebooks>,
 }
 
 pub(crate) fn parts(s: &VqScheme, rows: usize, cols: usize) -> Vec<Part> {
@@ -59,7 +67,7 @@ pub(crate) fn parts(s: &VqScheme, rows: usize, cols: usize) -> Vec<Part> {
             } else {
                 Dtype::I8
             },
-            shape: [n, s.codebook_len()],
+            shape: [n, s.stored_codebook_len()],
         },
     ];
     if s.codebook_bits != 0 {
@@ -67,6 +75,13 @@ pub(crate) fn parts(s: &VqScheme, rows: usize, cols: usize) -> Vec<Part> {
             suffix: "codebook_scales",
             dtype: Dtype::F16,
             shape: [n, 1],
+        });
+    }
+    if s.svd_rank > 0 {
+        parts.push(Part {
+            suffix: "codebook_basis",
+            dtype: Dtype::F16,
+            shape: [s.svd_rank as usize, s.centroids()],
         });
     }
     parts
@@ -145,6 +160,21 @@ impl VqTensor {
                 ),
             });
         }
+        let r = s.svd_rank as usize;
+        let svd_ok = match &self.svd {
+            None => r == 0,
+            Some(f) => r > 0 && f.factors.len() == n * r && f.basis.len() == r * s.centroids(),
+        };
+        if !svd_ok {
+            return Err(Error::BadTensor {
+                name: name.into(),
+                msg: format!(
+                    "SVD factors do not match the scheme's rank {r} for {n} codebooks of {} \
+                     centroids",
+                    s.centroids()
+                ),
+            });
+        }
         if let Some(i) = self.codebooks.iter().position(|v| !v.is_finite()) {
             return Err(Error::BadTensor {
                 name: name.into(),
@@ -165,13 +195,15 @@ impl VqTensor {
             }
             Ok(out)
         };
+        // What the codebooks part holds: the codebooks, or their SVD factors.
+        let stored = self.svd.as_ref().map_or(&self.codebooks, |f| &f.factors);
         let codebooks = match s.codebook_bits {
-            0 => f16_bytes(&self.codebooks)?,
+            0 => f16_bytes(stored)?,
             bits => {
                 let maxq = max_code(bits);
-                let len = s.codebook_len();
-                let mut out = Vec::with_capacity(self.codebooks.len());
-                for (cb, &scale) in self.codebooks.chunks(len).zip(&self.scales) {
+                let len = s.stored_codebook_len();
+                let mut out = Vec::with_capacity(stored.len());
+                for (cb, &scale) in stored.chunks(len).zip(&self.scales) {
                     for &v in cb {
                         let q = (v / scale).round();
                         if q.is_nan() || q.abs() > maxq {
@@ -195,6 +227,9 @@ impl VqTensor {
         ];
         if s.codebook_bits != 0 {
             bytes.push(f16_bytes(&self.scales)?);
+        }
+        if let Some(f) = &self.svd {
+            bytes.push(f16_bytes(&f.basis)?);
         }
         Ok(parts(s, self.rows, self.cols)
             .into_iter()
@@ -221,21 +256,45 @@ impl VqTensor {
             .chunks_exact(4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        let (codebooks, scales) = match scheme.codebook_bits {
+        let (stored, scales) = match scheme.codebook_bits {
             0 => {
                 let cb = f16s(part(&ps[1])?);
-                let n = cb.len() / scheme.codebook_len().max(1);
+                let n = cb.len() / scheme.stored_codebook_len().max(1);
                 (cb, vec![1.0; n])
             }
             _ => {
                 let scales = f16s(part(&ps[2])?);
-                let len = scheme.codebook_len();
+                let len = scheme.stored_codebook_len();
                 let cb = part(&ps[1])?
                     .iter()
                     .enumerate()
                     .map(|(i, &b)| b as i8 as f32 * scales.get(i / len).copied().unwrap_or(0.0))
                     .collect();
                 (cb, scales)
+            }
+        };
+        let (codebooks, svd) = match scheme.svd_rank {
+            0 => (stored, None),
+            r => {
+                let basis = f16s(part(&ps[ps.len() - 1])?);
+                let (r, k) = (r as usize, scheme.centroids());
+                if basis.len() != r * k || !stored.len().is_multiple_of(r) {
+                    return Err(Error::BadTensor {
+                        name: name.into(),
+                        msg: format!(
+                            "SVD codebooks: {} basis values (want {r} x {k}) and {} factors \
+                             (want a multiple of {r})",
+                            basis.len(),
+                            stored.len()
+                        ),
+                    });
+                }
+                let codebooks = svd::decode(&stored, &basis, r, k);
+                let factors = svd::SvdCodebooks {
+                    factors: stored,
+                    basis,
+                };
+                (codebooks, Some(factors))
             }
         };
         let t = Self {
@@ -245,6 +304,7 @@ impl VqTensor {
             indices,
             codebooks,
             scales,
+            svd,
         };
         t.validate(name)?;
         Ok(t)

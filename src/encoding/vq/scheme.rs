@@ -21,6 +21,10 @@ pub struct VqScheme {
     /// Bits of each stored centroid value: 8 (signed, one f16 scale per
     /// codebook) or 0 for f16 centroids.
     pub codebook_bits: u32,
+    /// Rank of SVD-compressed codebooks ([`super::svd`], 1D only); 0 stores
+    /// every codebook whole.
+    #[serde(default)]
+    pub svd_rank: u32,
 }
 
 impl VqScheme {
@@ -30,6 +34,7 @@ impl VqScheme {
             bits,
             group,
             codebook_bits,
+            svd_rank: 0,
         };
         if ![1, 2, 4].contains(&dim) {
             return Err(Error::Config(format!(
@@ -65,6 +70,32 @@ impl VqScheme {
             )));
         }
         Ok(s)
+    }
+
+    /// This scheme with its codebooks stored at SVD rank `rank`
+    /// ([`super::svd`]): 1D only, `0 < rank < k`.
+    pub fn with_svd_rank(self, rank: u32) -> Result<Self> {
+        if self.dim != 1 || rank == 0 || rank as usize >= self.centroids() {
+            return Err(Error::Config(format!(
+                "SVD rank {rank} of {}D codebooks of {} centroids: SVD compression needs 1D \
+                 codebooks (sorted values share a basis) and a rank from 1 to {}",
+                self.dim,
+                self.centroids(),
+                self.centroids() - 1
+            )));
+        }
+        Ok(Self {
+            svd_rank: rank,
+            ..self
+        })
+    }
+
+    /// Values stored per codebook: `k · dim`, or the SVD rank.
+    pub fn stored_codebook_len(&self) -> usize {
+        match self.svd_rank {
+            0 => self.codebook_len(),
+            r => r as usize,
+        }
     }
 
     /// Bits of one vector's index.
@@ -144,7 +175,11 @@ impl VqScheme {
             return Ok(*self);
         }
         let group = largest_fitting_group(rows, self.span()).min(self.group);
-        Self::new(self.dim, self.bits, group, self.codebook_bits)
+        let fitted = Self::new(self.dim, self.bits, group, self.codebook_bits)?;
+        Ok(Self {
+            svd_rank: self.svd_rank,
+            ..fitted
+        })
     }
 
     /// Bits per weight the paper counts: `bits + k·dim·b_c / group` (its
@@ -156,7 +191,7 @@ impl VqScheme {
         } else {
             self.codebook_bits
         };
-        self.bits as f64 + (self.codebook_len() as f64 * bc as f64) / self.group as f64
+        self.bits as f64 + (self.stored_codebook_len() as f64 * bc as f64) / self.group as f64
     }
 
     /// The group size whose nominal bits per weight are `target` (the
@@ -186,7 +221,11 @@ impl VqScheme {
             0 => "f16".to_string(),
             b => format!("int{b}"),
         };
-        format!("VQ {}D {}b g{} {cb}", self.dim, self.bits, self.group)
+        let svd = match self.svd_rank {
+            0 => String::new(),
+            r => format!(" svd{r}"),
+        };
+        format!("VQ {}D {}b g{} {cb}{svd}", self.dim, self.bits, self.group)
     }
 }
 

@@ -110,9 +110,12 @@ impl LlmqTensorMeta {
     pub fn encoding(&self) -> Option<Encoding> {
         match (self.kind, self.vq) {
             (StoredKind::Quantized, Some(vq)) => {
-                VqScheme::new(vq.dim, vq.bits, vq.group, vq.codebook_bits)
-                    .ok()
-                    .map(Encoding::Vq)
+                let s = VqScheme::new(vq.dim, vq.bits, vq.group, vq.codebook_bits).ok()?;
+                match vq.svd_rank {
+                    0 => Some(s),
+                    r => s.with_svd_rank(r).ok(),
+                }
+                .map(Encoding::Vq)
             }
             _ => self.scheme().map(Encoding::Affine),
         }

@@ -17,7 +17,7 @@
 pub mod update;
 
 use crate::backend::{Backend, GptqSpec};
-use crate::encoding::vq::{em, quantize_codebook, AssignWeight, VqGrid, VqInit, VqScheme};
+use crate::encoding::vq::{em, quantize_codebook, svd, AssignWeight, VqGrid, VqInit, VqScheme};
 use crate::encoding::{Grid, VqTensor};
 use crate::error::{Error, Result};
 use crate::quant::gptq::error::diff;
@@ -207,14 +207,19 @@ pub fn quantize_factored(
         }
     }
     let codes = state.finish()?;
+    // The loop ran on whole codebooks; SVD compression (1D) comes after.
     let mut t = VqTensor {
         rows,
         cols,
-        scheme: s,
+        scheme: VqScheme { svd_rank: 0, ..s },
         indices: codes.packed,
         codebooks,
         scales,
+        svd: None,
     };
+    if s.svd_rank > 0 {
+        t = svd::compress(&t, s.svd_rank as usize)?;
+    }
     let seconds_assign = t_all.elapsed().as_secs_f64() - seconds_em;
 
     let t_update = Instant::now();
@@ -227,20 +232,8 @@ pub fn quantize_factored(
     let mut update_kept = false;
     let mut codebook_flops = 0.0;
     if opts.codebook_update {
-        let mut system = backend.vq_codebook_system(&t, weight.h)?;
-        let (mut refined, steps) =
-            update::refine(system.as_mut(), &t, &w0, weight.h, opts.update_iters)?;
-        drop(system);
+        let (candidate, steps) = updated(backend, &t, &w0, weight.h, opts.update_iters)?;
         codebook_flops = (steps + 2) as f64 * 2.0 * (rows * cols * cols) as f64;
-        let mut scales = t.scales.clone();
-        for (cb, sc) in refined.chunks_mut(len).zip(scales.iter_mut()) {
-            *sc = quantize_codebook(cb, s.codebook_bits);
-        }
-        let candidate = VqTensor {
-            codebooks: refined,
-            scales,
-            ..t.clone()
-        };
         if energy_and(&candidate)? < error_before_update {
             t = candidate;
             update_kept = true;
@@ -269,6 +262,43 @@ pub fn quantize_factored(
             update_kept,
         },
     ))
+}
+
+/// `t` after the codebook update ([`update::refine`] on the backend's
+/// operator; of the factors, the basis fixed, when SVD-compressed), back on
+/// its stored grid, and the conjugate-gradient steps taken.
+fn updated(
+    backend: &dyn Backend,
+    t: &VqTensor,
+    w: &[f32],
+    h: &[f32],
+    iters: usize,
+) -> Result<(VqTensor, usize)> {
+    let s = &t.scheme;
+    let (rows, cols) = (t.rows, t.cols);
+    let mut system = backend.vq_codebook_system(t, h)?;
+    let mut out = t.clone();
+    let steps = match &t.svd {
+        None => {
+            let (mut refined, steps) =
+                update::refine(system.as_mut(), &t.codebooks, w, h, rows, cols, iters)?;
+            for (cb, sc) in refined
+                .chunks_mut(s.codebook_len())
+                .zip(out.scales.iter_mut())
+            {
+                *sc = quantize_codebook(cb, s.codebook_bits);
+            }
+            out.codebooks = refined;
+            steps
+        }
+        Some(f) => {
+            let mut in_basis = update::InBasis::new(system.as_mut(), &f.basis, s.centroids());
+            let (a, steps) = update::refine(&mut in_basis, &f.factors, w, h, rows, cols, iters)?;
+            svd::with_factors(&mut out, a, f.basis.clone());
+            steps
+        }
+    };
+    Ok((out, steps))
 }
 
 /// The assignment weight of every column (`[cols]`) from H⁻¹'s upper

@@ -14,7 +14,7 @@
 //! scales at the right speed).
 
 use crate::backend::CodebookSystem;
-use crate::encoding::VqTensor;
+use crate::encoding::vq::svd;
 use crate::error::Result;
 
 /// Relative residual at which the conjugate gradients stop.
@@ -24,28 +24,28 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// The codebooks of `t` that minimise `tr((W − Q) H (W − Q)ᵀ)` with the
-/// assignments of `t` fixed, after at most `iters` conjugate-gradient steps
-/// from `t`'s codebooks (f32, not yet on the stored grid), and the steps
-/// taken. `p` is the backend's operator for `t` and `H`
-/// ([`crate::backend::Backend::vq_codebook_system`]); the vectors of the
-/// iteration (one value per centroid coordinate) stay on the host in f64.
-/// Centroids no weight is assigned to keep their values.
+/// The values (codebooks, or SVD factors through [`InBasis`]) that minimise
+/// `tr((W − Q) H (W − Q)ᵀ)` with the assignments fixed, after at most
+/// `iters` conjugate-gradient steps from `x0` (f32, not yet on the stored
+/// grid), and the steps taken. `p` is the backend's operator for the
+/// assignments and `H` ([`crate::backend::Backend::vq_codebook_system`]);
+/// the vectors of the iteration stay on the host in f64. Values no weight
+/// depends on keep theirs.
 pub fn refine(
     p: &mut dyn CodebookSystem,
-    t: &VqTensor,
+    x0: &[f32],
     w: &[f32],
     h: &[f32],
+    rows: usize,
+    cols: usize,
     iters: usize,
 ) -> Result<(Vec<f32>, usize)> {
-    let (rows, cols) = (t.rows, t.cols);
     let hdiag: Vec<f32> = (0..cols).map(|i| h[i * cols + i]).collect();
-    let tiled: Vec<f32> = (0..rows * cols).map(|k| hdiag[k % cols]).collect();
-    let precond = p.gather(&tiled)?;
+    let precond = p.jacobi(&hdiag, rows)?;
     let b = p.apply_dense(w)?;
-    let mut x: Vec<f64> = t.codebooks.iter().map(|&v| v as f64).collect();
+    let mut x: Vec<f64> = x0.iter().map(|&v| v as f64).collect();
     let as_f32 = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
-    let ax = p.apply(&t.codebooks)?;
+    let ax = p.apply(x0)?;
     let mut r: Vec<f64> = b.iter().zip(&ax).map(|(b, a)| b - a).collect();
     let inv = |r: &[f64]| -> Vec<f64> {
         r.iter()
@@ -78,4 +78,62 @@ pub fn refine(
         dir.iter_mut().zip(&z).for_each(|(d, z)| *d = z + beta * *d);
     }
     Ok((as_f32(&x), steps))
+}
+
+/// The operator in the coordinates of SVD-compressed codebooks: with the
+/// basis `B` `[r, k]` fixed, codebooks `c = A B` are linear in the factors
+/// `A`, so the normal equations in `A` are `Bᵀ`-projected ones in `c`
+/// (`Pᵀ(P(A B) · H) Bᵀ`), solved by the same iteration.
+pub struct InBasis<'a> {
+    inner: &'a mut dyn CodebookSystem,
+    basis: &'a [f32],
+    k: usize,
+}
+
+impl<'a> InBasis<'a> {
+    pub fn new(inner: &'a mut dyn CodebookSystem, basis: &'a [f32], k: usize) -> Self {
+        Self { inner, basis, k }
+    }
+
+    fn rank(&self) -> usize {
+        self.basis.len() / self.k
+    }
+
+    /// `g B^∘p` per codebook: `Σ_j g[n, j] B[i, j]^power`.
+    fn project(&self, g: &[f64], power: i32) -> Vec<f64> {
+        let (r, k) = (self.rank(), self.k);
+        g.chunks(k)
+            .flat_map(|gn| {
+                (0..r).map(move |i| {
+                    (0..k)
+                        .map(|j| gn[j] * (self.basis[i * k + j] as f64).powi(power))
+                        .sum()
+                })
+            })
+            .collect()
+    }
+}
+
+impl CodebookSystem for InBasis<'_> {
+    fn apply(&mut self, a: &[f32]) -> Result<Vec<f64>> {
+        let c = svd::decode(a, self.basis, self.rank(), self.k);
+        let g = self.inner.apply(&c)?;
+        Ok(self.project(&g, 1))
+    }
+
+    fn apply_dense(&mut self, w: &[f32]) -> Result<Vec<f64>> {
+        let g = self.inner.apply_dense(w)?;
+        Ok(self.project(&g, 1))
+    }
+
+    fn gather(&mut self, g: &[f32]) -> Result<Vec<f64>> {
+        let g = self.inner.gather(g)?;
+        Ok(self.project(&g, 1))
+    }
+
+    /// The diagonal of `B Pᵀ diag(H) P Bᵀ`: `Pᵀ diag(H) P` is diagonal.
+    fn jacobi(&mut self, hdiag: &[f32], rows: usize) -> Result<Vec<f64>> {
+        let d = self.inner.jacobi(hdiag, rows)?;
+        Ok(self.project(&d, 2))
+    }
 }
