@@ -10,7 +10,9 @@
 //   (centroid, codebook of the chunk), strided sums and a tree reduction,
 //   no float atomics (as vq_em.wgsl's M-step); `dst` the chunk's codebooks.
 //
-// The host prepends `const VQ_INDEX_BITS` and vq_index.wgsl.
+// With row scales (p.scale_block > 0) a weight is its row block's scale
+// times its centroid value: expand multiplies by it, gather sums G times
+// it. The host prepends `const VQ_INDEX_BITS` and vq_index.wgsl.
 
 struct Params {
     rows: u32,
@@ -23,9 +25,11 @@ struct Params {
     spans: u32,
     // First codebook of the chunk in the weight's numbering (expand).
     codebook0: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // Columns per row scale, 0 for none.
+    scale_block: u32,
+    // Row scales per row.
+    scale_blocks: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -33,10 +37,20 @@ struct Params {
 @group(0) @binding(1) var<storage, read> vq_idx: array<u32>;
 @group(0) @binding(2) var<storage, read> src: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+// The chunk's row scales, [rows, scale_blocks] (one unused value without).
+@group(0) @binding(4) var<storage, read> row_scales: array<f32>;
 
 const WG: u32 = 64u;
 
 var<workgroup> partial: array<vec4<f32>, WG>;
+
+// The row scale of the weight (r, j) of the chunk.
+fn scale_of(r: u32, j: u32) -> f32 {
+    if (p.scale_block == 0u) {
+        return 1.0;
+    }
+    return row_scales[r * p.scale_blocks + j / p.scale_block];
+}
 
 // Codebook (chunk-local) of the weight (r, j).
 fn codebook_of(r: u32, j: u32) -> u32 {
@@ -54,7 +68,7 @@ fn expand(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let j = at % p.cols;
     let i = vq_index(r * p.words_per_row, j / p.d);
     let cb = p.codebook0 + codebook_of(r, j);
-    dst[at] = src[(cb * p.k + i) * p.d + j % p.d];
+    dst[at] = scale_of(r, j) * src[(cb * p.k + i) * p.d + j % p.d];
 }
 
 // One workgroup per centroid wg.x of the chunk's codebook wg.y.
@@ -72,8 +86,9 @@ fn gather(@builtin(workgroup_id) wg: vec3<u32>,
         let r = r0 + v / per_row;
         let j = c0 + (v % per_row) * p.d;
         if (vq_index(r * p.words_per_row, j / p.d) == c) {
+            let sc = scale_of(r, j);
             for (var q = 0u; q < p.d; q++) {
-                s[q] += src[r * p.cols + j + q];
+                s[q] += sc * src[r * p.cols + j + q];
             }
         }
     }

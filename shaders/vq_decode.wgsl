@@ -14,11 +14,24 @@ const VQ_DIM: u32 = 2u;
 const VQ_INDEX_BITS: u32 = 4u;
 const VQ_ROWS_PER_CODEBOOK: u32 = 8u;
 const VQ_CODEBOOK_LEN: u32 = 32u;
+// Columns per row scale (a multiple of 32), 0 without row scales.
+const VQ_SCALE_BLOCK: u32 = 0u;
 
 @group(0) @binding(1) var<storage, read> vq_idx: array<u32>;
 @group(0) @binding(2) var<storage, read> codebooks: array<f32>;
-// Unused: the layout's third part.
-@group(0) @binding(3) var<storage, read> vq_unused: array<u32>;
+// The chunk's row scales [rows, cols / VQ_SCALE_BLOCK] (one unused value
+// without).
+@group(0) @binding(3) var<storage, read> vq_row_scales: array<f32>;
+
+// The row scale of (row, k), chunk-local.
+fn vq_scale(row: u32, k: u32) -> f32 {
+    if (VQ_SCALE_BLOCK == 0u) {
+        return 1.0;
+    }
+    // max(): no division by the constant 0 in the branch never taken.
+    let b = max(VQ_SCALE_BLOCK, 1u);
+    return vq_row_scales[row * (p.cols / b) + k / b];
+}
 
 // First value of the codebook of (row, k), chunk-local.
 fn vq_codebook(row: u32, k: u32) -> u32 {
@@ -49,10 +62,10 @@ fn unit_dot(row: u32, u: u32, xb: u32, sum_x: f32) -> f32 {
         }
         acc += w * xs[xb + i];
     }
-    return acc.x + acc.y + acc.z + acc.w;
+    return vq_scale(row, k0) * (acc.x + acc.y + acc.z + acc.w);
 }
 
 // W[row, k] of this chunk.
 fn weight_at(row: u32, k: u32) -> f32 {
-    return weight_in(row * p.words_per_row, vq_codebook(row, k), k);
+    return vq_scale(row, k) * weight_in(row * p.words_per_row, vq_codebook(row, k), k);
 }

@@ -1,7 +1,7 @@
 // GPTVQ's weighted EM on many codebooks at once (CPU reference:
 // `iterate` in src/encoding/vq/em.rs): `groups` codebooks of K centroids of
-// D values, each fitted to its group's N points; the points' importance
-// weights [N, D] are shared by the groups.
+// D values, each fitted to its group's N points, each point with its own
+// importance weights.
 //
 // - assign (E-step): one invocation per point, its group's codebook in
 //   workgroup memory; the nearest centroid under Σ_p w_p (x_p − c_p)², first
@@ -22,7 +22,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 // [groups, N, D]
 @group(0) @binding(1) var<storage, read> points: array<f32>;
-// [N, D]
+// [groups, N, D]
 @group(0) @binding(2) var<storage, read> weights: array<f32>;
 // [groups, K, D]
 @group(0) @binding(3) var<storage, read_write> centroids: array<f32>;
@@ -51,10 +51,10 @@ fn point(g: u32, i: u32) -> vec4<f32> {
     return x;
 }
 
-fn weight(i: u32) -> vec4<f32> {
+fn weight(g: u32, i: u32) -> vec4<f32> {
     var w = vec4<f32>(0.0);
     for (var q = 0u; q < p.d; q++) {
-        w[q] = weights[i * p.d + q];
+        w[q] = weights[(g * p.n + i) * p.d + q];
     }
     return w;
 }
@@ -74,7 +74,7 @@ fn assign_points(@builtin(workgroup_id) wg: vec3<u32>,
         return;
     }
     let x = point(g, i);
-    let w = weight(i);
+    let w = weight(g, i);
     var best = 0u;
     var best_d = 3.4e38;
     for (var c = 0u; c < p.k; c++) {
@@ -110,7 +110,7 @@ fn update_centroids(@builtin(workgroup_id) wg: vec3<u32>,
     var count = 0u;
     for (var i = lid; i < p.n; i += WG) {
         if (assign[g * p.n + i] == c) {
-            let w = weight(i);
+            let w = weight(g, i);
             s += w * point(g, i);
             ws += w;
             count += 1u;

@@ -248,8 +248,8 @@ pub trait Backend: Send + Sync {
 
     /// Weighted EM iterations of `groups` VQ codebooks at once (GPTVQ's
     /// codebook fit; the reference is [`crate::encoding::vq::em::iterate`]):
-    /// `points` `[groups, n, d]`, their importance `weights` `[n, d]`
-    /// (shared by the groups), `centroids` `[groups, k, d]` updated in
+    /// `points` `[groups, n, d]`, their importance `weights` `[groups, n,
+    /// d]`, `centroids` `[groups, k, d]` updated in
     /// place, `d` = `centroids.len() / (groups · k)`. Stops after `iters`
     /// iterations or when no assignment changed; returns the iterations run.
     fn vq_em(
@@ -462,18 +462,19 @@ pub(crate) fn check_vq_em_args(
     centroids: &[f32],
 ) -> Result<usize> {
     let d = centroids.len() / (groups * k).max(1);
-    let n = weights.len() / d.max(1);
+    let n = weights.len() / (groups * d).max(1);
     let ok = groups > 0
         && k > 0
         && (1..=4).contains(&d)
         && centroids.len() == groups * k * d
-        && weights.len() == n * d
+        && weights.len() == groups * n * d
         && n > 0
         && points.len() == groups * n * d;
     if !ok {
         return Err(Error::Config(format!(
             "EM of {groups} codebooks of {k} centroids: {} centroid values, {} weights and {} \
-             point values do not fit [groups, k, d], [n, d] and [groups, n, d] with d in 1..=4",
+             point values do not fit [groups, k, d], [groups, n, d] and [groups, n, d] with d \
+             in 1..=4",
             centroids.len(),
             weights.len(),
             points.len()

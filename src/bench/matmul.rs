@@ -198,6 +198,7 @@ fn bench_vq_tensor(rows: usize, cols: usize, scheme: VqScheme) -> VqTensor {
             .collect(),
         scales: vec![1e-3; n],
         svd: None,
+        row_scales: None,
     }
 }
 

@@ -37,6 +37,12 @@ pub struct VqArgs {
     /// codebooks did better in the paper.
     #[arg(long, value_name = "FRACTION")]
     svd_rank: Option<f64>,
+    /// GPTVQ: divide each block of this many columns of a row by its
+    /// largest magnitude before fitting and assigning (a 4-bit log-domain
+    /// scale per block, 4/BLOCK bits per weight; the official code's
+    /// --vq-scaling-blocksize, e.g. 64). Off by default.
+    #[arg(long, value_name = "BLOCK")]
+    vq_scale_block: Option<u32>,
     /// GPTVQ: keep the EM codebooks instead of re-solving the centroids
     /// after assignment.
     #[arg(long)]
@@ -69,6 +75,9 @@ impl VqArgs {
             }
         };
         let mut scheme = VqScheme::new(self.vq_dim, bits, group, self.codebook_bits)?;
+        if let Some(b) = self.vq_scale_block {
+            scheme = scheme.with_scale_block(b)?;
+        }
         if let Some(f) = self.svd_rank {
             if !(f > 0.0 && f < 1.0) {
                 return Err(Error::Config(format!(

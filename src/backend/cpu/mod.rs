@@ -59,11 +59,12 @@ impl Backend for CpuBackend {
         centroids: &mut [f32],
     ) -> Result<usize> {
         let d = super::check_vq_em_args(points, weights, groups, k, centroids)?;
-        let n = weights.len() / d;
+        let n = weights.len() / (groups * d);
         Ok(centroids
             .par_chunks_mut(k * d)
             .zip(points.par_chunks(n * d))
-            .map(|(cb, pts)| crate::encoding::vq::em::iterate(pts, weights, d, k, iters, cb))
+            .zip(weights.par_chunks(n * d))
+            .map(|((cb, pts), wts)| crate::encoding::vq::em::iterate(pts, wts, d, k, iters, cb))
             .max()
             .unwrap_or(0))
     }

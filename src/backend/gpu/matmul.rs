@@ -104,6 +104,7 @@ fn fragment(encoding: &Encoding) -> (&'static str, Vec<(&'static str, u32)>) {
                 ("VQ_INDEX_BITS", s.index_bits()),
                 ("VQ_ROWS_PER_CODEBOOK", s.rows_per_codebook() as u32),
                 ("VQ_CODEBOOK_LEN", s.codebook_len() as u32),
+                ("VQ_SCALE_BLOCK", s.scale_block),
             ],
         ),
     }
@@ -141,7 +142,7 @@ fn kernel(
 
 /// One row range of a weight, in its own buffers: the codes (packed codes
 /// or VQ indices) and the encoding's two other parts (scales and zeros, or
-/// codebooks and an unused placeholder).
+/// codebooks and row scales or a placeholder).
 struct WeightChunk {
     row0: usize,
     rows: usize,
@@ -203,11 +204,13 @@ impl GpuQuantWeights {
     pub fn upload_vq(ctx: &GpuContext, v: &VqTensor) -> Result<Self> {
         v.validate("matmul weight")?;
         let s = &v.scheme;
-        if !s.span().is_multiple_of(32) {
+        if !s.span().is_multiple_of(32) || !s.unit().is_multiple_of(32) {
             return Err(Error::Gpu(format!(
-                "VQ groups of {} weights span {} columns; the GPU kernels need a multiple of 32",
+                "VQ groups of {} weights span {} columns with row scales per {}; the GPU \
+                 kernels need multiples of 32",
                 s.group,
-                s.span()
+                s.span(),
+                s.unit()
             )));
         }
         let (wpr, rpc, spans) = (
@@ -217,7 +220,9 @@ impl GpuQuantWeights {
         );
         let per_group = spans * s.codebook_len();
         let mut chunks = Vec::new();
-        for range in row_chunks(ctx, v.rows / rpc, (rpc * wpr * 4).max(per_group * 4))? {
+        let scales_per_group = rpc * v.row_scales.as_ref().map_or(0, |rs| rs.blocks);
+        let widest = (rpc * wpr).max(per_group).max(scales_per_group) * 4;
+        for range in row_chunks(ctx, v.rows / rpc, widest)? {
             let (r0, r1) = (range.start * rpc, range.end * rpc);
             chunks.push(WeightChunk {
                 row0: r0,
@@ -233,7 +238,13 @@ impl GpuQuantWeights {
                             &v.codebooks[range.start * per_group..range.end * per_group],
                         ),
                     )?,
-                    ctx.upload("matmul.unused", &[0u8; 4])?,
+                    match &v.row_scales {
+                        Some(rs) => ctx.upload(
+                            "matmul.vq_row_scales",
+                            bytemuck::cast_slice(&rs.values[r0 * rs.blocks..r1 * rs.blocks]),
+                        )?,
+                        None => ctx.upload("matmul.vq_row_scales", &[0u8; 4])?,
+                    },
                 ],
             });
         }

@@ -34,14 +34,17 @@ struct Params {
     span: u32,
     spans: u32,
     codebook0: u32,
-    _pad: [u32; 3],
+    scale_block: u32,
+    scale_blocks: u32,
+    _pad: u32,
 }
 
-const BINDINGS: [Binding; 4] = [
+const BINDINGS: [Binding; 5] = [
     Binding::Uniform,
     Binding::StorageRead,
     Binding::StorageRead,
     Binding::StorageReadWrite,
+    Binding::StorageRead,
 ];
 
 /// Rows of the weight in one pass and their indices on the GPU.
@@ -49,6 +52,8 @@ struct Chunk {
     rows: Range<usize>,
     idx: GpuBuffer,
     params: GpuBuffer,
+    /// `[rows, blocks]` row scales (one unused value without).
+    scales: GpuBuffer,
 }
 
 /// See [`crate::backend::Backend::vq_codebook_system`].
@@ -87,6 +92,16 @@ impl<'a> GpuCodebookSystem<'a> {
                     "vq_codebook.indices",
                     bytemuck::cast_slice(&t.indices[rows.start * words..rows.end * words]),
                 )?;
+                let (scale_blocks, scales) = match &t.row_scales {
+                    Some(rs) => (
+                        rs.blocks,
+                        ctx.upload(
+                            "vq_codebook.row_scales",
+                            f32_bytes(&rs.values[rows.start * rs.blocks..rows.end * rs.blocks]),
+                        )?,
+                    ),
+                    None => (0, ctx.upload("vq_codebook.row_scales", f32_bytes(&[1.0]))?),
+                };
                 let params = ctx.uniform(
                     "vq_codebook.params",
                     &Params {
@@ -99,10 +114,17 @@ impl<'a> GpuCodebookSystem<'a> {
                         span: s.span() as u32,
                         spans: spans as u32,
                         codebook0: (r0 / rpc * spans) as u32,
-                        _pad: [0; 3],
+                        scale_block: s.scale_block,
+                        scale_blocks: scale_blocks as u32,
+                        _pad: 0,
                     },
                 );
-                Ok(Chunk { rows, idx, params })
+                Ok(Chunk {
+                    rows,
+                    idx,
+                    params,
+                    scales,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -141,7 +163,8 @@ impl<'a> GpuCodebookSystem<'a> {
                 (Some(cb), _) => {
                     let q = ctx.storage("vq_codebook.q", (n * 4) as u64)?;
                     let groups = ctx.grid(n.div_ceil(WG) as u32);
-                    ctx.encode(&mut enc, &expand, &[&ch.params, &ch.idx, cb, &q], groups);
+                    let bufs: [&wgpu::Buffer; 5] = [&ch.params, &ch.idx, cb, &q, &ch.scales];
+                    ctx.encode(&mut enc, &expand, &bufs, groups);
                     q
                 }
                 (None, Input::Dense(w) | Input::Codebooks(w)) => ctx.upload(
@@ -159,7 +182,8 @@ impl<'a> GpuCodebookSystem<'a> {
             let codebooks = ch.rows.len().div_ceil(s.rows_per_codebook()) * spans;
             let sums = ctx.storage("vq_codebook.sums", (codebooks * len * 4) as u64)?;
             let grid = [s.centroids() as u32, codebooks as u32, 1];
-            ctx.encode(&mut enc, &gather, &[&ch.params, &ch.idx, &g, &sums], grid);
+            let bufs: [&wgpu::Buffer; 5] = [&ch.params, &ch.idx, &g, &sums, &ch.scales];
+            ctx.encode(&mut enc, &gather, &bufs, grid);
             ctx.submit_and_wait(enc)?;
             let at = ch.rows.start / s.rows_per_codebook() * spans * len;
             let values = ctx.read::<f32>(&sums, codebooks * len)?;

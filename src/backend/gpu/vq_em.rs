@@ -46,7 +46,7 @@ pub fn vq_em(
     iters: usize,
     centroids: &mut [f32],
 ) -> Result<usize> {
-    let n = weights.len() / d;
+    let n = weights.len() / (groups * d);
     if k * d > MAX_CODEBOOK
         || groups > ctx.max_workgroups() as usize
         || k > ctx.max_workgroups() as usize

@@ -1,5 +1,6 @@
 //! The assignment structure `P` of a VQ weight: `Q = P c` scatters each
-//! codebook value `c` onto the weights whose vectors point at it. GPTVQ's
+//! codebook value `c` onto the weights whose vectors point at it (times
+//! the weight's row scale, when the scheme has them). GPTVQ's
 //! codebook update ([`crate::quant::gptvq::update`]) solves normal
 //! equations built from `P c` ([`Assignment::expand`]) and `Pᵀ g`
 //! ([`Assignment::gather`]); this is their CPU reference, and
@@ -40,13 +41,19 @@ impl<'a> Assignment<'a> {
         s.codebook_of(self.t.cols, r, j) * s.codebook_len() + i * d + j % d
     }
 
+    /// The row scale of the weight `(r, j)` (1 without row scales).
+    #[inline]
+    fn scale(&self, r: usize, j: usize) -> f32 {
+        self.t.unit_scale(r, j / self.t.scheme.unit())
+    }
+
     /// `P c`: the `[rows, cols]` weight the codebook values `c` decode to.
     pub fn expand(&self, c: &[f32]) -> Vec<f32> {
         let cols = self.t.cols;
         let mut q = vec![0f32; self.t.rows * cols];
         q.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
             for (j, v) in row.iter_mut().enumerate() {
-                *v = c[self.slot(r, j)];
+                *v = self.scale(r, j) * c[self.slot(r, j)];
             }
         });
         q
@@ -66,7 +73,8 @@ impl<'a> Assignment<'a> {
                 let base = rg * per_group;
                 for r in rg * rpc..((rg + 1) * rpc).min(rows) {
                     for j in 0..cols {
-                        o[self.slot(r, j) - base] += g[r * cols + j] as f64;
+                        o[self.slot(r, j) - base] +=
+                            self.scale(r, j) as f64 * g[r * cols + j] as f64;
                     }
                 }
             });

@@ -49,6 +49,11 @@ pub struct VqGrid {
 }
 
 impl VqGrid {
+    /// Whether each row block has its own scale.
+    pub fn scaled(&self) -> bool {
+        self.scheme.scale_block > 0
+    }
+
     /// The k-means++ seed of the group of points `w`: seeded by the data, so
     /// every group draws its own sample.
     pub fn seed_for(&self, w: &[f32]) -> u64 {
@@ -61,8 +66,11 @@ impl VqGrid {
 impl Grid for VqGrid {
     fn key(&self) -> String {
         format!(
-            "vq{}x{}.{:?}",
-            self.scheme.dim, self.scheme.bits, self.weighting
+            "vq{}x{}.{:?}{}",
+            self.scheme.dim,
+            self.scheme.bits,
+            self.weighting,
+            if self.scaled() { ".scaled" } else { "" }
         )
     }
 
@@ -70,9 +78,10 @@ impl Grid for VqGrid {
         self.scheme.index_bits()
     }
 
-    /// The codebook's values, then its scale.
+    /// The codebook's values, then its scale; with row scales, then the
+    /// row block's scale (and each row its own set, see `rows_per_params`).
     fn params_per_group(&self) -> usize {
-        self.scheme.codebook_len() + 1
+        self.scheme.codebook_len() + 1 + usize::from(self.scaled())
     }
 
     fn step(&self) -> usize {
@@ -83,8 +92,13 @@ impl Grid for VqGrid {
         false
     }
 
+    /// Rows sharing a parameter set: the codebook's rows, or one row when
+    /// each row block has its own scale (the set repeats the codebook).
     fn rows_per_params(&self) -> usize {
-        self.scheme.rows_per_codebook()
+        match self.scaled() {
+            true => 1,
+            false => self.scheme.rows_per_codebook(),
+        }
     }
 
     /// EM over `w` (the group's vectors, `dim` values each) weighted by
@@ -114,13 +128,23 @@ impl Grid for VqGrid {
         (i as u32, params[i * d])
     }
 
+    /// The centroid nearest to `x` under the weighting, `x` divided by the
+    /// row block's scale when there is one (the weights are common to the
+    /// vector's coordinates, so the same centroid is nearest either way).
     fn round_vector(&self, x: &[f32], u: &[f32], params: &[f32], out: &mut [f32]) -> u32 {
         let d = self.step();
+        let len = self.scheme.codebook_len();
         let mut wts = [0f32; 4];
         self.weighting.of(u, d, &mut wts);
-        let cb = &params[..self.scheme.codebook_len()];
-        let (i, _) = em::nearest(x, &wts[..d], cb, d);
-        out[..d].copy_from_slice(&params[i * d..(i + 1) * d]);
+        let scale = if self.scaled() { params[len + 1] } else { 1.0 };
+        let mut xs = [0f32; 4];
+        for (o, &v) in xs.iter_mut().zip(&x[..d]) {
+            *o = v / scale;
+        }
+        let (i, _) = em::nearest(&xs[..d], &wts[..d], &params[..len], d);
+        for (o, &c) in out[..d].iter_mut().zip(&params[i * d..(i + 1) * d]) {
+            *o = scale * c;
+        }
         i as u32
     }
 
@@ -134,6 +158,8 @@ impl Grid for VqGrid {
 const GRID_STEP: u32 = {d}u;
 const VQ_CENTROIDS: u32 = {k}u;
 const VQ_INVERSE_DIAG: bool = {inverse};
+const VQ_SCALED: bool = {scaled};
+const VQ_CODEBOOK_VALUES: u32 = {len}u;
 const VQ_TINY: f32 = 1.17549435e-38;
 
 fn grid_fit(row: u32, first: u32, last: u32, at: u32) {{}}
@@ -163,12 +189,17 @@ fn grid_round_vector(x: vec4<f32>, u: mat4x4<f32>, at: u32,
             wt[q] = 1.0 / max(u[q][q], VQ_TINY);
         }}
     }}
+    var scale = 1.0;
+    if (VQ_SCALED) {{
+        scale = gparams[at + VQ_CODEBOOK_VALUES + 1u];
+    }}
+    let xs = x / scale;
     var best = 0u;
     var best_d = 3.4e38;
     for (var c = 0u; c < VQ_CENTROIDS; c++) {{
         var e = 0.0;
         for (var q = 0u; q < GRID_STEP; q++) {{
-            let r = x[q] - gparams[at + c * GRID_STEP + q];
+            let r = xs[q] - gparams[at + c * GRID_STEP + q];
             e += wt[q] * r * r;
         }}
         if (e < best_d) {{
@@ -177,7 +208,7 @@ fn grid_round_vector(x: vec4<f32>, u: mat4x4<f32>, at: u32,
         }}
     }}
     for (var q = 0u; q < GRID_STEP; q++) {{
-        (*out)[q] = gparams[at + best * GRID_STEP + q];
+        (*out)[q] = scale * gparams[at + best * GRID_STEP + q];
     }}
     return best;
 }}
@@ -186,6 +217,8 @@ fn grid_round_vector(x: vec4<f32>, u: mat4x4<f32>, at: u32,
             d = s.dim,
             k = s.centroids(),
             inverse = self.weighting == AssignWeight::InverseDiag,
+            scaled = self.scaled(),
+            len = s.codebook_len(),
         )
     }
 }

@@ -39,12 +39,19 @@ pub fn matmul(v: &VqTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
     let mut yt = vec![0f32; rows * tokens];
     let s = &v.scheme;
     let d = s.dim as usize;
-    let (words, len, span) = (index_words(s, cols), s.codebook_len(), s.span());
-    // 16 centroids, whole index words per span: the AVX2 kernel, on the
+    // Units: columns of one codebook and one row scale (the spans, or the
+    // row-scale blocks); a unit's partial dot is scaled once.
+    let (words, len, unit) = (index_words(s, cols), s.codebook_len(), s.unit());
+    let units = cols.div_ceil(unit);
+    let unit_cb = |r: usize, u: usize| {
+        let c = s.codebook_of(cols, r, u * unit);
+        &v.codebooks[c * len..(c + 1) * len]
+    };
+    // 16 centroids, whole index words per unit: the AVX2 kernel, on the
     // activations split by coordinate, `[tokens, d, cols / d]`.
     let nibbles = crate::encoding::avx2_fma()
         && s.index_bits() == 4
-        && span.is_multiple_of(8 * d)
+        && unit.is_multiple_of(8 * d)
         && cols.is_multiple_of(8 * d);
     let xs: Vec<f32> = match nibbles {
         true => x
@@ -63,34 +70,33 @@ pub fn matmul(v: &VqTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
                     let r = r0 + i;
                     if nibbles {
                         let row = &v.indices[r * words..(r + 1) * words];
-                        let first = s.codebook_of(cols, r, 0);
                         for t in 0..tokens {
                             let xt = &xs[t * cols..(t + 1) * cols];
-                            out[i * tokens + t] = (0..s.spans(cols))
-                                .map(|sp| {
-                                    let (v0, v1) = (sp * span / d, ((sp + 1) * span).min(cols) / d);
-                                    let cb =
-                                        &v.codebooks[(first + sp) * len..(first + sp + 1) * len];
+                            out[i * tokens + t] = (0..units)
+                                .map(|u| {
+                                    let (v0, v1) = (u * unit / d, ((u + 1) * unit).min(cols) / d);
                                     let part = |p: usize| &xt[p * nidx + v0..p * nidx + v1];
-                                    nibble_dot(d, &row[v0 / 8..v1 / 8], cb, &part)
+                                    let dot =
+                                        nibble_dot(d, &row[v0 / 8..v1 / 8], unit_cb(r, u), &part);
+                                    v.unit_scale(r, u) * dot
                                 })
                                 .sum();
                         }
                         continue;
                     }
                     unpack_indices(&v.indices[r * words..(r + 1) * words], s.index_bits(), idx);
-                    let first = s.codebook_of(cols, r, 0);
                     for t in 0..tokens {
                         let mut acc = 0f32;
-                        for (sp, ix) in idx.chunks(span / d).enumerate() {
-                            let cb = &v.codebooks[(first + sp) * len..(first + sp + 1) * len];
-                            let v0 = sp * span / d;
+                        for (u, ix) in idx.chunks(unit / d).enumerate() {
+                            let cb = unit_cb(r, u);
+                            let v0 = u * unit / d;
                             let xt = &x[t * cols + v0 * d..t * cols + (v0 + ix.len()) * d];
-                            acc += match d {
+                            let dot = match d {
                                 1 => lookup_dot::<1>(ix, cb, xt),
                                 2 => lookup_dot::<2>(ix, cb, xt),
                                 _ => lookup_dot::<4>(ix, cb, xt),
                             };
+                            acc += v.unit_scale(r, u) * dot;
                         }
                         out[i * tokens + t] = acc;
                     }
@@ -201,7 +207,7 @@ pub fn matmul_reference(v: &VqTensor, x: &[f32], tokens: usize) -> Result<Vec<f6
             .map(|j| {
                 let i = unpack_code(row, s.index_bits(), j / d) as usize;
                 let cb = s.codebook_of(cols, r, j);
-                v.codebooks[cb * len + i * d + j % d] as f64
+                v.unit_scale(r, j / s.unit()) as f64 * v.codebooks[cb * len + i * d + j % d] as f64
             })
             .collect();
         for t in 0..tokens {

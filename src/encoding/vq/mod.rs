@@ -12,7 +12,9 @@
 //! - `NAME.codebook_scales` F16 `[codebooks, 1]`, 8-bit codebooks only;
 //! - SVD-compressed (1D, [`svd`]): `NAME.codebooks` holds each codebook's
 //!   `[codebooks, rank]` factors on the same grid, and `NAME.codebook_basis`
-//!   F16 `[rank, k]` the basis they multiply.
+//!   F16 `[rank, k]` the basis they multiply;
+//! - with row-block scales ([`row_scale`]): `NAME.vq_row_scales` U8 and
+//!   `NAME.vq_row_scale_range` F16.
 //!
 //! In memory ([`VqTensor`]) the codebooks are kept decoded to f32, which is
 //! what every kernel reads; writing re-derives the integer codes.
@@ -21,6 +23,7 @@ pub mod assignment;
 pub mod em;
 pub mod grid;
 pub mod matmul;
+pub mod row_scale;
 pub mod scheme;
 mod simd;
 pub mod svd;
@@ -49,7 +52,10 @@ pub struct VqTensor {
     pub scales: Vec<f32>,
     /// The stored factors when `scheme.svd_rank > 0`; `codebooks` is their
     /// product.
-    pub svd: Option<svd::SvdCodebooks>,
+    pub svd: Option<Box<svd::SvdCodebooks>>,
+    /// The scale of every `scheme.scale_block` columns of each row, when
+    /// the scheme has them: a weight is `scale · centroid`.
+    pub row_scales: Option<Box<row_scale::RowScales>>,
 }
 
 pub(crate) fn parts(s: &VqScheme, rows: usize, cols: usize) -> Vec<Part> {
@@ -84,7 +90,26 @@ pub(crate) fn parts(s: &VqScheme, rows: usize, cols: usize) -> Vec<Part> {
             shape: [s.svd_rank as usize, s.centroids()],
         });
     }
+    if s.scale_block > 0 {
+        let blocks = cols / s.scale_block as usize;
+        parts.push(Part {
+            suffix: "vq_row_scales",
+            dtype: Dtype::U8,
+            shape: [rows, blocks.div_ceil(2)],
+        });
+        parts.push(Part {
+            suffix: "vq_row_scale_range",
+            dtype: Dtype::F16,
+            shape: [blocks, 2],
+        });
+    }
     parts
+}
+
+/// The part named `suffix` among a scheme's parts (always there: the
+/// scheme that asks for it also lists it).
+fn find<'p>(ps: &'p [Part], suffix: &str) -> &'p Part {
+    ps.iter().find(|p| p.suffix == suffix).unwrap_or(&ps[0])
 }
 
 /// Index words per row.
@@ -94,8 +119,13 @@ pub fn index_words(s: &VqScheme, cols: usize) -> usize {
 
 /// What a matmul reads: the packed indices and the f32 codebooks.
 pub(crate) fn resident_bytes(s: &VqScheme, rows: usize, cols: usize) -> u64 {
+    let row_scales = match s.scale_block {
+        0 => 0,
+        b => rows * (cols / b as usize),
+    };
     (rows * index_words(s, cols)) as u64 * 4
         + (s.codebooks(rows, cols) * s.codebook_len()) as u64 * 4
+        + row_scales as u64 * 4
 }
 
 /// Largest magnitude of a signed `bits`-bit code.
@@ -175,6 +205,23 @@ impl VqTensor {
                 ),
             });
         }
+        let scales_ok = match (&self.row_scales, s.scale_block) {
+            (None, 0) => true,
+            (Some(rs), b) if b > 0 => {
+                let blocks = self.cols / b as usize;
+                rs.rows == self.rows && rs.blocks == blocks && rs.values.len() == self.rows * blocks
+            }
+            _ => false,
+        };
+        if !scales_ok {
+            return Err(Error::BadTensor {
+                name: name.into(),
+                msg: format!(
+                    "row scales do not match the scheme's blocks of {} columns",
+                    s.scale_block
+                ),
+            });
+        }
         if let Some(i) = self.codebooks.iter().position(|v| !v.is_finite()) {
             return Err(Error::BadTensor {
                 name: name.into(),
@@ -231,6 +278,11 @@ impl VqTensor {
         if let Some(f) = &self.svd {
             bytes.push(f16_bytes(&f.basis)?);
         }
+        if let Some(rs) = &self.row_scales {
+            let (codes, range) = rs.stored();
+            bytes.push(codes);
+            bytes.push(f16_bytes(&range)?);
+        }
         Ok(parts(s, self.rows, self.cols)
             .into_iter()
             .zip(bytes)
@@ -276,7 +328,7 @@ impl VqTensor {
         let (codebooks, svd) = match scheme.svd_rank {
             0 => (stored, None),
             r => {
-                let basis = f16s(part(&ps[ps.len() - 1])?);
+                let basis = f16s(part(find(&ps, "codebook_basis"))?);
                 let (r, k) = (r as usize, scheme.centroids());
                 if basis.len() != r * k || !stored.len().is_multiple_of(r) {
                     return Err(Error::BadTensor {
@@ -294,8 +346,18 @@ impl VqTensor {
                     factors: stored,
                     basis,
                 };
-                (codebooks, Some(factors))
+                (codebooks, Some(Box::new(factors)))
             }
+        };
+        let row_scales = match scheme.scale_block {
+            0 => None,
+            b => Some(Box::new(row_scale::RowScales::from_stored(
+                name,
+                rows,
+                cols / b as usize,
+                part(find(&ps, "vq_row_scales"))?,
+                f16s(part(find(&ps, "vq_row_scale_range"))?),
+            )?)),
         };
         let t = Self {
             rows,
@@ -305,6 +367,7 @@ impl VqTensor {
             codebooks,
             scales,
             svd,
+            row_scales,
         };
         t.validate(name)?;
         Ok(t)
@@ -327,6 +390,16 @@ impl VqTensor {
         Ok(out)
     }
 
+    /// The scale of unit `u` (of [`VqScheme::unit`] columns) of row `r`: its
+    /// row scale, or 1.
+    #[inline]
+    pub fn unit_scale(&self, r: usize, u: usize) -> f32 {
+        match &self.row_scales {
+            Some(rs) => rs.values[r * rs.blocks + u],
+            None => 1.0,
+        }
+    }
+
     /// Row `r` (of a validated tensor) into `out` (`cols` values): the
     /// reference dequantization. `idx` is scratch of at least `cols / dim`.
     pub fn dequantize_row(&self, r: usize, idx: &mut [u32], out: &mut [f32]) {
@@ -338,16 +411,19 @@ impl VqTensor {
             s.index_bits(),
             idx,
         );
-        let (len, span) = (s.codebook_len(), s.span());
-        let first = s.codebook_of(self.cols, r, 0);
-        for (sp, (y, ix)) in out[..self.cols]
-            .chunks_mut(span)
-            .zip(idx.chunks(span / d))
+        let (len, unit) = (s.codebook_len(), s.unit());
+        for (u, (y, ix)) in out[..self.cols]
+            .chunks_mut(unit)
+            .zip(idx.chunks(unit / d))
             .enumerate()
         {
-            let cb = &self.codebooks[(first + sp) * len..(first + sp + 1) * len];
+            let c = s.codebook_of(self.cols, r, u * unit);
+            let cb = &self.codebooks[c * len..(c + 1) * len];
+            let scale = self.unit_scale(r, u);
             for (v, &i) in y.chunks_exact_mut(d).zip(ix) {
-                v.copy_from_slice(&cb[i as usize * d..(i as usize + 1) * d]);
+                for (o, &c) in v.iter_mut().zip(&cb[i as usize * d..(i as usize + 1) * d]) {
+                    *o = scale * c;
+                }
             }
         }
     }

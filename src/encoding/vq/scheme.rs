@@ -25,6 +25,10 @@ pub struct VqScheme {
     /// every codebook whole.
     #[serde(default)]
     pub svd_rank: u32,
+    /// Columns of each row block with its own scale ([`super::row_scale`],
+    /// the official code's `--vq-scaling-blocksize`); 0 for none.
+    #[serde(default)]
+    pub scale_block: u32,
 }
 
 impl VqScheme {
@@ -35,6 +39,7 @@ impl VqScheme {
             group,
             codebook_bits,
             svd_rank: 0,
+            scale_block: 0,
         };
         if ![1, 2, 4].contains(&dim) {
             return Err(Error::Config(format!(
@@ -88,6 +93,34 @@ impl VqScheme {
             svd_rank: rank,
             ..self
         })
+    }
+
+    /// This scheme with a scale per `block` columns of each row
+    /// ([`super::row_scale`]): `block` a multiple of the dimension that
+    /// divides the span.
+    pub fn with_scale_block(self, block: u32) -> Result<Self> {
+        let b = block as usize;
+        if b == 0 || !b.is_multiple_of(self.dim as usize) || !self.span().is_multiple_of(b) {
+            return Err(Error::Config(format!(
+                "VQ scale block of {block} columns: it must be a multiple of the dimension {} \
+                 that divides the codebook span of {} columns",
+                self.dim,
+                self.span()
+            )));
+        }
+        Ok(Self {
+            scale_block: block,
+            ..self
+        })
+    }
+
+    /// Columns sharing one decoded scale in a row: the scale block, or the
+    /// whole span without row scales (what the kernels iterate over).
+    pub fn unit(&self) -> usize {
+        match self.scale_block {
+            0 => self.span(),
+            b => b as usize,
+        }
     }
 
     /// Values stored per codebook: `k · dim`, or the SVD rank.
@@ -151,6 +184,16 @@ impl VqScheme {
                 ),
             });
         }
+        let b = self.scale_block as usize;
+        if b > 0 && !cols.is_multiple_of(b) {
+            return Err(Error::BadTensor {
+                name: name.into(),
+                msg: format!(
+                    "shape [{rows}, {cols}]: row scales per {b} columns need the row length to \
+                     be a multiple of {b}"
+                ),
+            });
+        }
         if !rows.is_multiple_of(rpc) {
             return Err(Error::BadTensor {
                 name: name.into(),
@@ -178,6 +221,7 @@ impl VqScheme {
         let fitted = Self::new(self.dim, self.bits, group, self.codebook_bits)?;
         Ok(Self {
             svd_rank: self.svd_rank,
+            scale_block: self.scale_block,
             ..fitted
         })
     }
@@ -191,7 +235,13 @@ impl VqScheme {
         } else {
             self.codebook_bits
         };
-        self.bits as f64 + (self.stored_codebook_len() as f64 * bc as f64) / self.group as f64
+        let row_scales = match self.scale_block {
+            0 => 0.0,
+            b => super::row_scale::BITS as f64 / b as f64,
+        };
+        self.bits as f64
+            + (self.stored_codebook_len() as f64 * bc as f64) / self.group as f64
+            + row_scales
     }
 
     /// The group size whose nominal bits per weight are `target` (the
@@ -225,7 +275,14 @@ impl VqScheme {
             0 => String::new(),
             r => format!(" svd{r}"),
         };
-        format!("VQ {}D {}b g{} {cb}{svd}", self.dim, self.bits, self.group)
+        let scaled = match self.scale_block {
+            0 => String::new(),
+            b => format!(" rowscale{b}"),
+        };
+        format!(
+            "VQ {}D {}b g{} {cb}{svd}{scaled}",
+            self.dim, self.bits, self.group
+        )
     }
 }
 

@@ -63,7 +63,7 @@ pub fn with_factors(t: &mut VqTensor, mut factors: Vec<f32>, basis: Vec<f32>) {
         .map(|a| quantize_codebook(a, bits))
         .collect();
     t.codebooks = decode(&factors, &basis, r, k);
-    t.svd = Some(SvdCodebooks { factors, basis });
+    t.svd = Some(Box::new(SvdCodebooks { factors, basis }));
 }
 
 /// `t` with every codebook's values ascending and its indices remapped.

@@ -17,6 +17,7 @@
 pub mod update;
 
 use crate::backend::{Backend, GptqSpec};
+use crate::encoding::vq::row_scale::RowScales;
 use crate::encoding::vq::{em, quantize_codebook, svd, AssignWeight, VqGrid, VqInit, VqScheme};
 use crate::encoding::{Grid, VqTensor};
 use crate::error::{Error, Result};
@@ -142,9 +143,13 @@ pub fn quantize_factored(
     };
     let w0 = without_dead_inputs(weight.w, cols, &f.dead);
     let hdiag: Vec<f32> = (0..cols).map(|i| weight.h[i * cols + i]).collect();
+    // The loop's groups: the codebook spans, or with row scales their
+    // blocks (each row its own parameter set: codebook, scale, row scale).
+    let unit = s.unit();
+    let mut row_scales = (s.scale_block > 0).then(|| RowScales::new(rows, cols / unit));
     let spec = GptqSpec {
         grid: &grid,
-        group_len: span,
+        group_len: unit,
         block,
         hinv: &f.hinv,
         hdiag: &hdiag,
@@ -167,12 +172,31 @@ pub fn quantize_factored(
             let t = Instant::now();
             let sp = start / span;
             let end = (start + span).min(cols);
-            let cur = state.current_columns(start..end)?;
-            let wts: Vec<f32> = (0..rpc)
-                .flat_map(|_| &weights[start..end])
-                .copied()
+            let mut cur = state.current_columns(start..end)?;
+            if let Some(rs) = &mut row_scales {
+                // Scales from the current weights; EM fits the normalised ones.
+                rs.fit(&cur, start / unit, unit);
+                for (r, row) in cur.chunks_mut(end - start).enumerate() {
+                    for (b, v) in row.chunks_mut(unit).enumerate() {
+                        let sc = rs.values[r * rs.blocks + start / unit + b];
+                        v.iter_mut().for_each(|x| *x /= sc);
+                    }
+                }
+            }
+            // Each point's importance: its columns' weights, times its row
+            // block's squared scale when normalised (so EM on the normalised
+            // points minimises the same weighted error as on the weights).
+            let width = end - start;
+            let wts: Vec<f32> = (0..rows * width)
+                .map(|i| {
+                    let (r, j) = (i / width, i % width);
+                    let sc = row_scales
+                        .as_ref()
+                        .map_or(1.0, |rs| rs.values[r * rs.blocks + (start + j) / unit]);
+                    weights[start + j] * sc * sc
+                })
                 .collect();
-            let n = (end - start) * rpc;
+            let n = width * rpc;
             // Each row group's codebook: initialised on the host, EM on the
             // backend, then rounded onto its stored grid (`VqGrid::fit` on
             // one group).
@@ -181,24 +205,39 @@ pub fn quantize_factored(
                 .par_chunks_mut(len)
                 .enumerate()
                 .for_each(|(g, c)| {
-                    let pts = &cur[g * n..(g + 1) * n];
-                    em::initialise(pts, &wts, d, k, opts.init, grid.seed_for(pts), c)
+                    let (pts, w) = (&cur[g * n..(g + 1) * n], &wts[g * n..(g + 1) * n]);
+                    em::initialise(pts, w, d, k, opts.init, grid.seed_for(pts), c)
                 });
             let ran = backend.vq_em(&cur, &wts, groups, k, opts.em_iters, &mut centroids)?;
             em_flops += (ran * groups * (n / d) * (3 * d * k + 4 * d)) as f64;
-            let mut params = vec![0f32; groups * per_group];
-            for (g, (p, c)) in params
-                .chunks_mut(per_group)
-                .zip(centroids.chunks_mut(len))
-                .enumerate()
-            {
+            for (g, c) in centroids.chunks_mut(len).enumerate() {
                 let at = g * spans + sp;
                 scales[at] = quantize_codebook(c, s.codebook_bits);
                 codebooks[at * len..(at + 1) * len].copy_from_slice(c);
-                p[..len].copy_from_slice(c);
-                p[len] = scales[at];
             }
-            state.set_group_params(sp, &params)?;
+            let set = |p: &mut [f32], g: usize| {
+                p[..len].copy_from_slice(&centroids[g * len..(g + 1) * len]);
+                p[len] = scales[g * spans + sp];
+            };
+            match &row_scales {
+                None => {
+                    let mut params = vec![0f32; groups * per_group];
+                    for (g, p) in params.chunks_mut(per_group).enumerate() {
+                        set(p, g);
+                    }
+                    state.set_group_params(sp, &params)?;
+                }
+                Some(rs) => {
+                    let mut params = vec![0f32; rows * per_group];
+                    for b in start / unit..end.div_ceil(unit) {
+                        for (r, p) in params.chunks_mut(per_group).enumerate() {
+                            set(p, r / rpc);
+                            p[len + 1] = rs.values[r * rs.blocks + b];
+                        }
+                        state.set_group_params(b, &params)?;
+                    }
+                }
+            }
             seconds_em += t.elapsed().as_secs_f64();
         }
         state.quantize_block(start)?;
@@ -216,6 +255,7 @@ pub fn quantize_factored(
         codebooks,
         scales,
         svd: None,
+        row_scales: row_scales.map(Box::new),
     };
     if s.svd_rank > 0 {
         t = svd::compress(&t, s.svd_rank as usize)?;
