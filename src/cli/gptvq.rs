@@ -15,9 +15,9 @@ pub struct VqArgs {
     /// groups span fewer columns of one row). Default: from --bpw.
     #[arg(long, conflicts_with = "bpw")]
     vq_group_size: Option<usize>,
-    /// GPTVQ: target bits per weight counting the codebooks (as the paper's
-    /// tables: 2.125, 2.25, 3.125, 4.125); picks the group size and prints
-    /// it. Default 0.125 above --bits.
+    /// GPTVQ: target bits per weight counting the codebooks and any row
+    /// scales (as the paper's tables: 2.125, 2.25, 3.125, 4.125); picks the
+    /// group size and prints it. Default 0.125 above --bits.
     #[arg(long)]
     bpw: Option<f64>,
     /// GPTVQ: EM iterations per codebook at most (stops when no assignment
@@ -65,11 +65,24 @@ impl VqArgs {
             (Some(g), _) => g,
             (None, bpw) => {
                 let target = bpw.unwrap_or(bits as f64 + 0.125);
-                let g = VqScheme::group_for_bpw(self.vq_dim, bits, self.codebook_bits, target)?;
+                // Row scales take their 4/BLOCK bits off the codebooks' share.
+                let scale_bits = self.vq_scale_block.map_or(0.0, |b| {
+                    llmq_gpu::encoding::vq::row_scale::BITS as f64 / b.max(1) as f64
+                });
+                let g = VqScheme::group_for_bpw(
+                    self.vq_dim,
+                    bits,
+                    self.codebook_bits,
+                    target - scale_bits,
+                )?;
                 eprintln!(
                     "--bpw {target}: {}D codebooks of {bits} bits per weight take groups of {g} \
-                     weights",
-                    self.vq_dim
+                     weights{}",
+                    self.vq_dim,
+                    match scale_bits > 0.0 {
+                        true => format!(" ({scale_bits} bits per weight go to row scales)"),
+                        false => String::new(),
+                    }
                 );
                 g
             }
