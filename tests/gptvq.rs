@@ -64,12 +64,19 @@ fn vq_matmul_matches_the_f64_reference() {
         (1, 3, 128, 8, 0),
         (2, 2, 512, 8, 0),
         (2, 3, 1024, 0, 0),
-        (4, 2, 1024, 8, 0),
+        (4, 2, 4096, 8, 0),
         (2, 2, 512, 8, 64),
-        (4, 2, 1024, 8, 64),
+        (4, 2, 4096, 8, 64),
     ] {
         let s = scheme(d, b, group, cb, sb);
-        let (rows, cols) = (8 * s.rows_per_codebook(), 576);
+        // A shorter last row group where its codebooks still cover k vectors.
+        let (base, cols) = (8 * s.rows_per_codebook(), 576);
+        let ragged = base + s.rows_per_codebook() / 2;
+        let rows = if s.check_shape("t", ragged, cols).is_ok() {
+            ragged
+        } else {
+            base
+        };
         let t = random_vq(&mut rng, s, rows, cols);
         for tokens in [1, 3, 16] {
             let x: Vec<f32> = (0..tokens * cols).map(|_| rng.gen::<f32>() - 0.5).collect();
@@ -260,9 +267,13 @@ fn bad_inputs_are_refused_with_the_tensor_name() {
         gptvq::quantize_factored(&CpuBackend, &weight, &f, &GptvqOptions::new(s), 128, &[])
             .map(|_| ())
     };
-    // 8 rows share a codebook, 12 do not divide.
-    let e = run(&w, rows, cols, s).unwrap_err().to_string();
-    assert!(e.contains("blk.0.attn_q") && e.contains("rows"), "{e}");
+    // 8 rows share a codebook of 256 centroids; of 9 rows the last group
+    // has 1 row, 128 vectors: too few. (12 rows, a last group of 4 and 512
+    // vectors, are fine: ragged like a row's last span.)
+    let wide = VqScheme::new(2, 4, 2048, 8).unwrap();
+    let e = run(&w[..9 * cols], 9, cols, wide).unwrap_err().to_string();
+    assert!(e.contains("blk.0.attn_q") && e.contains("vectors"), "{e}");
+    assert!(run(&w, rows, cols, s).is_ok());
     // d = 4 does not divide 254 columns (checked before anything else).
     let s4 = VqScheme::new(4, 2, 1024, 8).unwrap();
     let e = s4
@@ -295,7 +306,7 @@ fn vq_matmul_on_the_gpu_matches_the_f64_reference() {
         (1, 3, 128, 8, 0),
         (2, 2, 512, 8, 0),
         (2, 3, 1024, 0, 0),
-        (4, 2, 1024, 8, 0),
+        (4, 2, 4096, 8, 0),
         (2, 2, 512, 8, 64),
     ];
     for (split, (d, b, group, cb, sb)) in [false, true]
@@ -303,7 +314,13 @@ fn vq_matmul_on_the_gpu_matches_the_f64_reference() {
         .flat_map(|s| cases.map(|c| (s, c)))
     {
         let s = scheme(d, b, group, cb, sb);
-        let (rows, cols) = (48 * s.rows_per_codebook(), 320);
+        let (base, cols) = (48 * s.rows_per_codebook(), 320);
+        let ragged = base + s.rows_per_codebook() / 2;
+        let rows = if s.check_shape("t", ragged, cols).is_ok() {
+            ragged
+        } else {
+            base
+        };
         let t = random_vq(&mut rng, s, rows, cols);
         // Split: bindings of two row groups' indices or codebooks (at least
         // one token's activations), so the 48 row groups take many chunks.

@@ -142,7 +142,7 @@ fn gptvq_on_the_gpu_matches_the_cpu() {
     for (d, bits, group, svd, block) in [
         (2, 2, 1024, 0, 0),
         (1, 3, 256, 0, 0),
-        (4, 2, 2048, 0, 0),
+        (4, 2, 4096, 0, 0),
         (1, 3, 256, 4, 0),
         (2, 2, 1024, 0, 64),
     ] {
@@ -211,7 +211,7 @@ fn codebook_update_operator_on_the_gpu_matches_the_cpu() {
     use llmq_gpu::encoding::vq::row_scale::RowScales;
     use llmq_gpu::encoding::{VqScheme, VqTensor};
     let ctx = common::fresh_gpu();
-    ctx.set_max_binding(20000);
+    ctx.set_max_binding(24000);
     let gpu = GpuBackend::new(ctx.into());
     let mut rng = common::rng("codebook_update_operator_on_the_gpu_matches_the_cpu");
     let cols = 320; // a 256-column span and a short 64-column one
@@ -219,7 +219,7 @@ fn codebook_update_operator_on_the_gpu_matches_the_cpu() {
     for (d, bits, group, rows, block) in [
         (2, 2, 512, 40, 0),
         (1, 3, 256, 40, 0),
-        (4, 2, 2048, 16, 0),
+        (4, 2, 4096, 16, 0),
         (2, 2, 512, 40, 64),
     ] {
         let mut s = VqScheme::new(d, bits, group, 8).unwrap();

@@ -117,7 +117,6 @@ impl VqArgs {
             codebook_update: !self.no_codebook_update,
             update_iters: self.codebook_update_steps,
             seed,
-            group_is_target: self.vq_group_size.is_none(),
             ..GptvqOptions::new(scheme)
         })
     }

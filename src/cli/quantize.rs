@@ -290,16 +290,6 @@ pub fn run(a: Args) -> Result<()> {
             report.ragged_group_tensors
         );
     }
-    if !report.vq_fitted_groups.is_empty() {
-        let groups: std::collections::BTreeSet<usize> =
-            report.vq_fitted_groups.iter().map(|f| f.group).collect();
-        println!(
-            "                   {} tensors have too few rows for the --bpw group; they take \
-             groups of {:?} (the report lists them)",
-            report.vq_fitted_groups.len(),
-            groups
-        );
-    }
     println!("  source size      {}", human_bytes(report.source_bytes));
     println!("  as f16           {}", human_bytes(report.f16_bytes));
     println!("  output size      {}", human_bytes(report.output_bytes));

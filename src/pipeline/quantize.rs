@@ -194,13 +194,6 @@ pub struct KindError {
     pub mean_relative_error: f64,
 }
 
-/// A tensor that took a smaller VQ group than the `--bpw` target's.
-#[derive(Clone, Debug, Serialize)]
-pub struct FittedGroup {
-    pub tensor: String,
-    pub group: usize,
-}
-
 #[derive(Clone, Debug, Serialize)]
 pub struct QuantizeReport {
     pub model: PathBuf,
@@ -211,9 +204,6 @@ pub struct QuantizeReport {
     pub quantized_tensors: usize,
     /// Quantized tensors whose rows end in a shorter group.
     pub ragged_group_tensors: usize,
-    /// GPTVQ with a `--bpw` target: tensors whose rows took a smaller
-    /// group than the target's.
-    pub vq_fitted_groups: Vec<FittedGroup>,
     pub kept_tensors: usize,
     /// Size of the source file(s) on disk.
     pub source_bytes: u64,
@@ -357,7 +347,6 @@ pub fn quantize_model_with(
     let tensors = model.tensors().to_vec();
     // Validate every quantized shape before doing any work.
     let mut ragged = 0;
-    let mut vq_fitted_groups = Vec::new();
     if config.method == Method::Gptvq && config.vq_options().is_none() {
         return Err(Error::Config(
             "GPTVQ needs its settings (QuantizeConfig::gptvq)".into(),
@@ -365,20 +354,7 @@ pub fn quantize_model_with(
     }
     for t in tensors.iter().filter(|t| should_quantize(t, config)) {
         if let Some(o) = config.vq_options() {
-            let fitted = o.for_shape(&t.name, t.shape[0], t.shape[1])?;
-            if fitted.scheme != o.scheme {
-                log::info!(
-                    "{}: {} rows do not divide into groups of {} weights; it takes groups of {}",
-                    t.name,
-                    t.shape[0],
-                    o.scheme.group,
-                    fitted.scheme.group
-                );
-                vq_fitted_groups.push(FittedGroup {
-                    tensor: t.name.clone(),
-                    group: fitted.scheme.group,
-                });
-            }
+            o.scheme.check_shape(&t.name, t.shape[0], t.shape[1])?;
         }
         config.scheme.check_shape(&t.name, t.shape[0], t.shape[1])?;
         if config
@@ -523,7 +499,6 @@ pub fn quantize_model_with(
         backend: backend.name(),
         quantized_tensors: tally.quantized,
         ragged_group_tensors: ragged,
-        vq_fitted_groups,
         kept_tensors: tally.kept,
         source_bytes: source_bytes(&model),
         f16_bytes: tally.f16_bytes,

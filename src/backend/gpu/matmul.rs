@@ -222,8 +222,9 @@ impl GpuQuantWeights {
         let mut chunks = Vec::new();
         let scales_per_group = rpc * v.row_scales.as_ref().map_or(0, |rs| rs.blocks);
         let widest = (rpc * wpr).max(per_group).max(scales_per_group) * 4;
-        for range in row_chunks(ctx, v.rows / rpc, widest)? {
-            let (r0, r1) = (range.start * rpc, range.end * rpc);
+        // Chunks of whole row groups; the last group may be shorter.
+        for range in row_chunks(ctx, v.rows.div_ceil(rpc), widest)? {
+            let (r0, r1) = (range.start * rpc, (range.end * rpc).min(v.rows));
             chunks.push(WeightChunk {
                 row0: r0,
                 rows: r1 - r0,

@@ -2,7 +2,9 @@
 //! `dim` consecutive columns of a row, `bits` bits per weight (so
 //! `k = 2^(dim·bits)` centroids per codebook), one codebook per group of
 //! `group` weights laid out as `span` columns × `group / span` rows, with
-//! `span = min(256, group)` as in the official code's `get_groupsize`.
+//! `span = min(256, group)` as in the official code's `get_groupsize`. A
+//! row's last span and a tensor's last row group may be shorter (ragged),
+//! as long as every codebook covers at least `k` vectors.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -194,36 +196,31 @@ impl VqScheme {
                 ),
             });
         }
-        if !rows.is_multiple_of(rpc) {
+        // A shorter last row group and a shorter last span (ragged, like
+        // SmolLM2's 576 = 2 × 256 + 64) still need k vectors per codebook.
+        let last = |n: usize, of: usize| if n.is_multiple_of(of) { of } else { n % of };
+        let (r_last, c_last) = (last(rows, rpc), last(cols, self.span()));
+        let smallest = r_last.min(rows) * c_last.min(cols) / d;
+        if smallest < self.centroids() {
             return Err(Error::BadTensor {
                 name: name.into(),
                 msg: format!(
-                    "shape [{rows}, {cols}]: a VQ group of {} weights shares each codebook \
-                     among {rpc} rows, which does not divide {rows} rows; use a group of at \
-                     most {} weights whose row count divides {rows}",
-                    self.group,
-                    largest_fitting_group(rows, self.span())
+                    "shape [{rows}, {cols}]: with codebooks over {rpc} rows x {} columns, the \
+                     last ones cover {r_last} x {c_last} weights, {smallest} vectors for {} \
+                     centroids; use {} or fewer bits",
+                    self.span(),
+                    self.centroids(),
+                    match r_last < rpc.min(rows) {
+                        true => format!(
+                            "a group whose rows divide {rows} (e.g. {})",
+                            largest_fitting_group(rows, self.span())
+                        ),
+                        false => "a larger group (more rows per codebook)".to_string(),
+                    }
                 ),
             });
         }
         Ok(())
-    }
-
-    /// This scheme with the largest power-of-two group whose rows per
-    /// codebook divide `rows` (the span unchanged), when its own do not:
-    /// what a `--bpw` target becomes on a tensor of fewer or odd rows
-    /// (SmolLM2's 192-row k/v projections under 4D's 256-row groups).
-    pub fn fitted_to(&self, rows: usize) -> Result<Self> {
-        if rows.is_multiple_of(self.rows_per_codebook()) {
-            return Ok(*self);
-        }
-        let group = largest_fitting_group(rows, self.span()).min(self.group);
-        let fitted = Self::new(self.dim, self.bits, group, self.codebook_bits)?;
-        Ok(Self {
-            svd_rank: self.svd_rank,
-            scale_block: self.scale_block,
-            ..fitted
-        })
     }
 
     /// Bits per weight the paper counts: `bits + k·dim·b_c / group` (its
@@ -325,16 +322,16 @@ mod tests {
         assert!(VqScheme::new(2, 4, 256, 8).is_err()); // 256 centroids, 128 vectors
         let s = VqScheme::new(2, 2, 2048, 8).unwrap();
         assert_eq!((s.span(), s.rows_per_codebook()), (256, 8));
-        assert!(s.check_shape("t", 12, 512).is_err());
+        // 12 rows: a last row group of 4 (ragged, 512 vectors: fine).
+        assert!(s.check_shape("t", 12, 512).is_ok());
         assert!(s.check_shape("t", 16, 511).is_err());
+        // 4D 2 bits, 256 rows per codebook: a last row group of 1 row and
+        // 64 columns holds 16 vectors for 256 centroids.
+        let s4 = VqScheme::new(4, 2, 65536, 8).unwrap();
+        assert!(s4.check_shape("t", 257, 576).is_err());
+        assert!(s4.check_shape("t", 576, 576).is_ok());
         assert!(s.check_shape("t", 16, 576).is_ok());
         assert_eq!(s.codebooks(16, 576), 2 * 3);
         assert_eq!(s.codebook_of(576, 9, 513), 3 + 2);
-        // A --bpw target on fewer rows: 4D's 256-row groups onto 192 rows.
-        let s4 = VqScheme::new(4, 2, 65536, 8).unwrap();
-        assert_eq!(s4.fitted_to(192).unwrap().group, 64 * 256);
-        assert_eq!(s4.fitted_to(512).unwrap(), s4);
-        // Too few vectors left for 256 centroids: refused.
-        assert!(s4.fitted_to(1).is_err());
     }
 }

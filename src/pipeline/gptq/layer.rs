@@ -245,7 +245,6 @@ impl<'a> LayerRunner<'a> {
                 (EncodedTensor::Affine(q), r)
             }
             Solver::Gptvq(o) => {
-                let o = o.for_shape(name, rows, cols)?;
                 let (v, r, baseline) =
                     self.gptvq_linear(name, w, (rows, cols), &hess.h, factored, &o, &rw)?;
                 gptq_baseline = baseline;

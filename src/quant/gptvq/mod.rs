@@ -42,10 +42,6 @@ pub struct GptvqOptions {
     /// Conjugate-gradient steps of the codebook update at most.
     pub update_iters: usize,
     pub seed: u64,
-    /// The group is a bits-per-weight target (`--bpw`), not a size the
-    /// user fixed: a tensor whose rows do not divide into its row groups
-    /// takes the largest group that fits ([`GptvqOptions::for_shape`]).
-    pub group_is_target: bool,
 }
 
 impl GptvqOptions {
@@ -61,24 +57,7 @@ impl GptvqOptions {
             codebook_update: true,
             update_iters: 25,
             seed: 0,
-            group_is_target: false,
         }
-    }
-
-    /// These options for the `[rows, cols]` tensor `name`: the scheme as
-    /// given when it fits, else (a `--bpw` target only) the largest group
-    /// that does; an error naming the tensor otherwise.
-    pub fn for_shape(&self, name: &str, rows: usize, cols: usize) -> Result<Self> {
-        let exact = self.scheme.check_shape(name, rows, cols);
-        if exact.is_ok() || !self.group_is_target {
-            return exact.map(|_| *self);
-        }
-        let scheme = self.scheme.fitted_to(rows).map_err(|e| Error::BadTensor {
-            name: name.into(),
-            msg: format!("no VQ group fits its {rows} rows: {e}"),
-        })?;
-        scheme.check_shape(name, rows, cols)?;
-        Ok(Self { scheme, ..*self })
     }
 
     pub fn grid(&self) -> VqGrid {
@@ -160,7 +139,8 @@ pub fn quantize_factored(
     let weights = column_weights(&f.hinv, cols, s.dim as usize, opts.weighting);
     let rpc = s.rows_per_codebook();
     let (d, k) = (s.dim as usize, s.centroids());
-    let (groups, len) = (rows / rpc, s.codebook_len());
+    // Row groups; the last may be shorter (ragged rows).
+    let (groups, len) = (rows.div_ceil(rpc), s.codebook_len());
     let per_group = grid.params_per_group();
     let spans = s.spans(cols);
     let mut codebooks = vec![0f32; groups * spans * len];
@@ -205,11 +185,23 @@ pub fn quantize_factored(
                 .par_chunks_mut(len)
                 .enumerate()
                 .for_each(|(g, c)| {
-                    let (pts, w) = (&cur[g * n..(g + 1) * n], &wts[g * n..(g + 1) * n]);
+                    let at = g * n..((g + 1) * n).min(cur.len());
+                    let (pts, w) = (&cur[at.clone()], &wts[at]);
                     em::initialise(pts, w, d, k, opts.init, grid.seed_for(pts), c)
                 });
-            let ran = backend.vq_em(&cur, &wts, groups, k, opts.em_iters, &mut centroids)?;
-            em_flops += (ran * groups * (n / d) * (3 * d * k + 4 * d)) as f64;
+            // Whole row groups in one EM call, a shorter last one in another.
+            let full = rows / rpc;
+            let mut ran = 0;
+            let (cf, cl) = centroids.split_at_mut(full * len);
+            if full > 0 {
+                let (p, w) = (&cur[..full * n], &wts[..full * n]);
+                ran = backend.vq_em(p, w, full, k, opts.em_iters, cf)?;
+            }
+            if groups > full {
+                let (p, w) = (&cur[full * n..], &wts[full * n..]);
+                ran = ran.max(backend.vq_em(p, w, 1, k, opts.em_iters, cl)?);
+            }
+            em_flops += (ran * (cur.len() / d) * (3 * d * k + 4 * d)) as f64;
             for (g, c) in centroids.chunks_mut(len).enumerate() {
                 let at = g * spans + sp;
                 scales[at] = quantize_codebook(c, s.codebook_bits);
