@@ -171,6 +171,44 @@ fn bad_vq_settings_fail_before_anything_is_written() {
         "ragged rows, GPU vs CPU forward: {d} of {max}"
     );
     std::fs::remove_dir_all(&out).unwrap();
+    // Row scales and SVD codebooks survive the file: the schemes read back
+    // are the ones written, the stored bytes the report's, and the packed
+    // forward equals the dequantized weights' (1e-4).
+    for scheme in [
+        VqScheme::new(2, 2, 512, 8).unwrap().with_scale_block(32).unwrap(),
+        VqScheme::new(1, 3, 256, 8).unwrap().with_svd_rank(4).unwrap(),
+    ] {
+        let o = GptvqOptions {
+            codebook_update: true,
+            ..GptvqOptions::new(scheme)
+        };
+        let r = run_with(&CpuBackend, &model, &out, o).unwrap();
+        let view = ModelView::open(&out).unwrap();
+        let mut stored = 0u64;
+        for t in view.tensors() {
+            if let Some(EncodedTensor::Vq(v)) = view.load_encoded(&t.name).unwrap() {
+                assert_eq!(v.scheme, scheme, "{}", t.name);
+                stored += v.stored_bytes();
+            }
+        }
+        assert_eq!(stored, r.linears.stored_bytes, "{scheme:?}");
+        let packed = CpuForward::load(&view).unwrap();
+        let mut dense_w = packed.weights.clone();
+        for layer in &mut dense_w.layers {
+            use llmq_gpu::model::TensorKind::*;
+            for kind in [AttnQ, AttnK, AttnV, AttnOutput, MlpGate, MlpUp, MlpDown] {
+                let l = layer.linear_mut(kind).unwrap();
+                if let Linear::Packed(q) = l {
+                    *l = Linear::dense(q.rows(), q.cols(), q.dequantize().unwrap()).unwrap();
+                }
+            }
+        }
+        let tokens: Vec<u32> = vec![1, 5, 9, 30, 2, 17];
+        let a = packed.logits(&tokens).unwrap();
+        let (d, max) = max_diff(&a, &CpuForward::new(dense_w).logits(&tokens).unwrap());
+        assert!(d <= 1e-4 * max, "{scheme:?} packed vs dense: {d} of {max}");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
     // NaN weights name the tensor.
     let poisoned = tiny_model(&dir.path().join("nan"), &mut rng, &|name, v| {
         if name.contains("layers.1.mlp.up_proj") {

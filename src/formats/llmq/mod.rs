@@ -110,12 +110,15 @@ impl LlmqTensorMeta {
     pub fn encoding(&self) -> Option<Encoding> {
         match (self.kind, self.vq) {
             (StoredKind::Quantized, Some(vq)) => {
-                let s = VqScheme::new(vq.dim, vq.bits, vq.group, vq.codebook_bits).ok()?;
-                match vq.svd_rank {
-                    0 => Some(s),
-                    r => s.with_svd_rank(r).ok(),
+                // Rebuilt through the validating constructors, options included.
+                let mut s = VqScheme::new(vq.dim, vq.bits, vq.group, vq.codebook_bits).ok()?;
+                if vq.svd_rank > 0 {
+                    s = s.with_svd_rank(vq.svd_rank).ok()?;
                 }
-                .map(Encoding::Vq)
+                if vq.scale_block > 0 {
+                    s = s.with_scale_block(vq.scale_block).ok()?;
+                }
+                Some(Encoding::Vq(s))
             }
             _ => self.scheme().map(Encoding::Affine),
         }
