@@ -175,8 +175,14 @@ fn bad_vq_settings_fail_before_anything_is_written() {
     // are the ones written, the stored bytes the report's, and the packed
     // forward equals the dequantized weights' (1e-4).
     for scheme in [
-        VqScheme::new(2, 2, 512, 8).unwrap().with_scale_block(32).unwrap(),
-        VqScheme::new(1, 3, 256, 8).unwrap().with_svd_rank(4).unwrap(),
+        VqScheme::new(2, 2, 512, 8)
+            .unwrap()
+            .with_scale_block(32)
+            .unwrap(),
+        VqScheme::new(1, 3, 256, 8)
+            .unwrap()
+            .with_svd_rank(4)
+            .unwrap(),
     ] {
         let o = GptvqOptions {
             codebook_update: true,

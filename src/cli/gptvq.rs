@@ -80,7 +80,7 @@ impl VqArgs {
                      weights{}",
                     self.vq_dim,
                     match scale_bits > 0.0 {
-                        true => format!(" ({scale_bits} bits per weight go to row scales)"),
+                        true => format!(" ({scale_bits:.4} bits per weight go to row scales)"),
                         false => String::new(),
                     }
                 );
