@@ -5,7 +5,7 @@
 //! of a dense matrix), the dense GEMM with H (`matmul_dense.wgsl`) and the
 //! gather kernel, then reads back one value per codebook coordinate.
 
-use super::context::{Binding, GpuContext};
+use super::context::{Binding, GpuContext, Kernel};
 use super::matmul_dense::{encode_dense, GpuDenseWeights};
 use super::{f32_bytes, GpuBuffer};
 use crate::backend::CodebookSystem;
@@ -14,6 +14,7 @@ use crate::encoding::VqTensor;
 use crate::error::{Error, Result};
 use bytemuck::{Pod, Zeroable};
 use std::ops::Range;
+use std::sync::Arc;
 
 const SOURCE: &str = concat!(
     include_str!("../../../shaders/vq_index.wgsl"),
@@ -62,7 +63,9 @@ pub struct GpuCodebookSystem<'a> {
     t: &'a VqTensor,
     h: GpuDenseWeights,
     chunks: Vec<Chunk>,
-    index_bits: u32,
+    /// The expand and gather kernels for this weight's index width.
+    expand: Arc<Kernel>,
+    gather: Arc<Kernel>,
 }
 
 impl<'a> GpuCodebookSystem<'a> {
@@ -127,17 +130,17 @@ impl<'a> GpuCodebookSystem<'a> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let bits = s.index_bits();
+        let src = format!("const VQ_INDEX_BITS: u32 = {bits}u;\n{SOURCE}");
+        let key = format!("vq_codebook.{bits}");
         Ok(Self {
             ctx,
             t,
             h: GpuDenseWeights::upload(ctx, h, cols, cols)?,
             chunks,
-            index_bits: s.index_bits(),
+            expand: ctx.kernel(&format!("{key}.expand"), &src, "expand", &BINDINGS)?,
+            gather: ctx.kernel(&format!("{key}.gather"), &src, "gather", &BINDINGS)?,
         })
-    }
-
-    fn source(&self) -> String {
-        format!("const VQ_INDEX_BITS: u32 = {}u;\n{SOURCE}", self.index_bits)
     }
 
     /// `Pᵀ(M · H)` (`with_h`) or `Pᵀ M`, `M` per chunk expanded from
@@ -147,10 +150,6 @@ impl<'a> GpuCodebookSystem<'a> {
         let ctx = self.ctx;
         let s = &self.t.scheme;
         let (cols, len, spans) = (self.t.cols, s.codebook_len(), s.spans(self.t.cols));
-        let src = self.source();
-        let key = format!("vq_codebook.{}", self.index_bits);
-        let expand = ctx.kernel(&format!("{key}.expand"), &src, "expand", &BINDINGS)?;
-        let gather = ctx.kernel(&format!("{key}.gather"), &src, "gather", &BINDINGS)?;
         let cb = match m {
             Input::Codebooks(c) => Some(ctx.upload("vq_codebook.c", f32_bytes(c))?),
             Input::Dense(_) => None,
@@ -164,7 +163,7 @@ impl<'a> GpuCodebookSystem<'a> {
                     let q = ctx.storage("vq_codebook.q", (n * 4) as u64)?;
                     let groups = ctx.grid(n.div_ceil(WG) as u32);
                     let bufs: [&wgpu::Buffer; 5] = [&ch.params, &ch.idx, cb, &q, &ch.scales];
-                    ctx.encode(&mut enc, &expand, &bufs, groups);
+                    ctx.encode(&mut enc, &self.expand, &bufs, groups);
                     q
                 }
                 (None, Input::Dense(w) | Input::Codebooks(w)) => ctx.upload(
@@ -183,7 +182,7 @@ impl<'a> GpuCodebookSystem<'a> {
             let sums = ctx.storage("vq_codebook.sums", (codebooks * len * 4) as u64)?;
             let grid = [s.centroids() as u32, codebooks as u32, 1];
             let bufs: [&wgpu::Buffer; 5] = [&ch.params, &ch.idx, &g, &sums, &ch.scales];
-            ctx.encode(&mut enc, &gather, &bufs, grid);
+            ctx.encode(&mut enc, &self.gather, &bufs, grid);
             ctx.submit_and_wait(enc)?;
             let at = ch.rows.start / s.rows_per_codebook() * spans * len;
             let values = ctx.read::<f32>(&sums, codebooks * len)?;
