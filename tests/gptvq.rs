@@ -60,17 +60,22 @@ fn scheme(d: u32, b: u32, group: usize, cb: u32, scale_block: u32) -> VqScheme {
 #[test]
 fn vq_matmul_matches_the_f64_reference() {
     let mut rng = common::rng("vq_matmul_matches_the_f64_reference");
-    for (d, b, group, cb, sb) in [
-        (1, 3, 128, 8, 0),
-        (2, 2, 512, 8, 0),
-        (2, 3, 1024, 0, 0),
-        (4, 2, 4096, 8, 0),
-        (2, 2, 512, 8, 64),
-        (4, 2, 4096, 8, 64),
+    // Every CPU kernel: 16 centroids (nibbles), up to 8 (permuted), more
+    // (gathered), units starting mid-word (2D 3-bit, blocks of 16) and
+    // rows whose vectors are no multiple of 8 (584 columns).
+    for (d, b, group, cb, sb, cols) in [
+        (1, 3, 128, 8, 0, 576),
+        (1, 2, 256, 8, 0, 584),
+        (2, 2, 512, 8, 0, 576),
+        (2, 3, 1024, 0, 0, 584),
+        (2, 3, 1024, 8, 16, 576),
+        (4, 2, 4096, 8, 0, 576),
+        (2, 2, 512, 8, 64, 576),
+        (4, 2, 4096, 8, 64, 576),
     ] {
         let s = scheme(d, b, group, cb, sb);
         // A shorter last row group where its codebooks still cover k vectors.
-        let (base, cols) = (8 * s.rows_per_codebook(), 576);
+        let base = 8 * s.rows_per_codebook();
         let ragged = base + s.rows_per_codebook() / 2;
         let rows = if s.check_shape("t", ragged, cols).is_ok() {
             ragged

@@ -44,10 +44,12 @@ impl Default for MatmulBenchOptions {
             ],
             bits: vec![4, 8],
             group: 128,
-            // GPTVQ 2D at 2.125 and 3.125 bits per weight (the paper's groups).
-            vq: [(2, 2048), (3, 8192)]
+            // GPTVQ 2D at 2.125 and 3.125 bits per weight (the paper's
+            // groups), 1D at 3.125 and 4D at 2.25: one case per CPU kernel
+            // (16 centroids; up to 8, permuted; more, gathered).
+            vq: [(2, 2, 2048), (2, 3, 8192), (1, 3, 512), (4, 2, 32768)]
                 .into_iter()
-                .filter_map(|(b, g)| VqScheme::new(2, b, g, 8).ok())
+                .filter_map(|(d, b, g)| VqScheme::new(d, b, g, 8).ok())
                 .collect(),
             iters: 10,
         }

@@ -47,13 +47,14 @@ pub fn matmul(v: &VqTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
         let c = s.codebook_of(cols, r, u * unit);
         &v.codebooks[c * len..(c + 1) * len]
     };
-    // 16 centroids, whole index words per unit: the AVX2 kernel, on the
-    // activations split by coordinate, `[tokens, d, cols / d]`.
-    let nibbles = crate::encoding::avx2_fma()
-        && s.index_bits() == 4
-        && unit.is_multiple_of(8 * d)
-        && cols.is_multiple_of(8 * d);
-    let xs: Vec<f32> = match nibbles {
+    // AVX2: 16 centroids with whole index words per unit take the nibble
+    // kernel, every other width the packed one; both read the activations
+    // split by coordinate, `[tokens, d, cols / d]`.
+    let avx2 = crate::encoding::avx2_fma();
+    let nibbles =
+        avx2 && s.index_bits() == 4 && unit.is_multiple_of(8 * d) && cols.is_multiple_of(8 * d);
+    let packed = avx2 && !nibbles && s.index_bits() <= simd::MAX_PACKED_BITS;
+    let xs: Vec<f32> = match nibbles || packed {
         true => x
             .chunks(cols)
             .flat_map(|xt| (0..d).flat_map(move |p| xt.iter().skip(p).step_by(d).copied()))
@@ -68,16 +69,25 @@ pub fn matmul(v: &VqTensor, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
                 let r0 = b * ROW_BLOCK;
                 for i in 0..out.len() / tokens {
                     let r = r0 + i;
-                    if nibbles {
-                        let row = &v.indices[r * words..(r + 1) * words];
+                    if nibbles || packed {
+                        // To the tensor's end: the packed kernel's loads may
+                        // run past the row (what they read there is masked).
+                        let row = &v.indices[r * words..];
                         for t in 0..tokens {
                             let xt = &xs[t * cols..(t + 1) * cols];
                             out[i * tokens + t] = (0..units)
                                 .map(|u| {
                                     let (v0, v1) = (u * unit / d, ((u + 1) * unit).min(cols) / d);
-                                    let part = |p: usize| &xt[p * nidx + v0..p * nidx + v1];
-                                    let dot =
-                                        nibble_dot(d, &row[v0 / 8..v1 / 8], unit_cb(r, u), &part);
+                                    let part = |p: usize| &xt[p * nidx..(p + 1) * nidx];
+                                    let cb = unit_cb(r, u);
+                                    let dot = match nibbles {
+                                        true => nibble_dot(d, &row[v0 / 8..v1 / 8], cb, &|p| {
+                                            &part(p)[v0..v1]
+                                        }),
+                                        false => {
+                                            packed_dot(d, row, s.index_bits(), (v0, v1), cb, &part)
+                                        }
+                                    };
                                     v.unit_scale(r, u) * dot
                                 })
                                 .sum();
@@ -159,6 +169,39 @@ fn nibble_dot<'x>(d: usize, words: &[u32], cb: &[f32], part: &dyn Fn(usize) -> &
             }
         }
         acc
+    }
+}
+
+/// [`simd::packed_dot`] for `d`-dimensional vectors `v0..v1` of `words`;
+/// `part(p)` is coordinate `p` of the row's activations.
+fn packed_dot<'x>(
+    d: usize,
+    words: &[u32],
+    bits: u32,
+    span: (usize, usize),
+    cb: &[f32],
+    part: &dyn Fn(usize) -> &'x [f32],
+) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller checked `avx2_fma()` and `bits ≤ MAX_PACKED_BITS`;
+    // the codebook has `2^bits` centroids, `words` starts at the row and
+    // each part holds the row's `cols / d` values.
+    unsafe {
+        match d {
+            1 => simd::packed_dot::<1>(words, bits, span, cb, [part(0)]),
+            2 => simd::packed_dot::<2>(words, bits, span, cb, [part(0), part(1)]),
+            _ => simd::packed_dot::<4>(words, bits, span, cb, [part(0), part(1), part(2), part(3)]),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // Not reached (`avx2_fma()` is false here); the same sum in scalar code.
+        (span.0..span.1)
+            .map(|v| {
+                let i = unpack_code(words, bits, v) as usize;
+                (0..d).map(|p| part(p)[v] * cb[i * d + p]).sum::<f32>()
+            })
+            .sum()
     }
 }
 

@@ -22,13 +22,22 @@ pub(super) unsafe fn nibble_dot<const D: usize>(words: &[u32], cb: &[f32], xs: [
     // Coordinate p of centroids 0..8 and 8..16.
     let mut lo = [_mm256_setzero_ps(); D];
     let mut hi = [_mm256_setzero_ps(); D];
+    // Gathered, not assembled in a stack array: eight scalar stores read
+    // back as one vector stall store forwarding, once per span.
+    let first = _mm256_setr_epi32(
+        0,
+        D as i32,
+        2 * D as i32,
+        3 * D as i32,
+        4 * D as i32,
+        5 * D as i32,
+        6 * D as i32,
+        7 * D as i32,
+    );
+    let second = _mm256_add_epi32(first, _mm256_set1_epi32(8 * D as i32));
     for p in 0..D {
-        let mut col = [0f32; 16];
-        for (c, v) in col.iter_mut().enumerate() {
-            *v = cb[c * D + p];
-        }
-        lo[p] = _mm256_loadu_ps(col.as_ptr());
-        hi[p] = _mm256_loadu_ps(col.as_ptr().add(8));
+        lo[p] = _mm256_i32gather_ps::<4>(cb.as_ptr().add(p), first);
+        hi[p] = _mm256_i32gather_ps::<4>(cb.as_ptr().add(p), second);
     }
     let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
     let (fifteen, seven) = (_mm256_set1_epi32(15), _mm256_set1_epi32(7));
@@ -55,4 +64,98 @@ pub(super) unsafe fn nibble_dot<const D: usize>(words: &[u32], cb: &[f32], xs: [
     let s = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+}
+
+/// Widest index [`packed_dot`] decodes: eight indices starting anywhere
+/// in a word then lie in its first five words.
+pub(super) const MAX_PACKED_BITS: u32 = 12;
+
+/// `Σ_{v0 ≤ v < v1} Σ_p xs[p][v] · cb[idx(v)·D + p]` for indices of any
+/// width up to [`MAX_PACKED_BITS`] packed in `words` (low bits first,
+/// index `v` at bit `v · bits`), the codebooks that [`nibble_dot`] does
+/// not take (3-bit 1D, 3-bit 2D, 2-bit 4D, ...). Eight indices at a time
+/// come out of one 8-word load by two in-register word permutes and
+/// variable shifts, so spans need not start on a word; centroids of
+/// codebooks up to 8 entries are permuted from registers, larger ones
+/// gathered. `words` may run past the row (reads stop 8 words early
+/// otherwise, and the rest is summed one index at a time).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `bits ≤ MAX_PACKED_BITS`, `cb`
+/// holds `2^bits` centroids, `words` holds bits `0..v1 · bits` and each
+/// `xs[p]` at least `v1` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn packed_dot<const D: usize>(
+    words: &[u32],
+    bits: u32,
+    (v0, v1): (usize, usize),
+    cb: &[f32],
+    xs: [&[f32]; D],
+) -> f32 {
+    debug_assert!(bits <= MAX_PACKED_BITS && cb.len() >= (D << bits));
+    let k = 1usize << bits;
+    // Coordinate p of up to 8 centroids, for the permute lookup.
+    let mut small = [_mm256_setzero_ps(); D];
+    if k <= 8 {
+        for (p, reg) in small.iter_mut().enumerate() {
+            let mut col = [0f32; 8];
+            for (c, v) in col.iter_mut().take(k).enumerate() {
+                *v = cb[c * D + p];
+            }
+            *reg = _mm256_loadu_ps(col.as_ptr());
+        }
+    }
+    let b = bits as i32;
+    let lane_bits = _mm256_setr_epi32(0, b, 2 * b, 3 * b, 4 * b, 5 * b, 6 * b, 7 * b);
+    let (mask, one, thirty_one, thirty_two) = (
+        _mm256_set1_epi32((1 << bits) - 1),
+        _mm256_set1_epi32(1),
+        _mm256_set1_epi32(31),
+        _mm256_set1_epi32(32),
+    );
+    let mut acc = [_mm256_setzero_ps(); D];
+    let mut v = v0;
+    while v + 8 <= v1 {
+        let bit = v * bits as usize;
+        let w0 = bit / 32;
+        if w0 + 8 > words.len() {
+            break;
+        }
+        let wv = _mm256_loadu_si256(words.as_ptr().add(w0) as *const __m256i);
+        let rel = _mm256_add_epi32(_mm256_set1_epi32((bit % 32) as i32), lane_bits);
+        let wi = _mm256_srli_epi32(rel, 5);
+        let sh = _mm256_and_si256(rel, thirty_one);
+        let lo = _mm256_srlv_epi32(_mm256_permutevar8x32_epi32(wv, wi), sh);
+        // A shift by 32 gives 0: an index inside one word takes nothing
+        // from the next.
+        let hi = _mm256_sllv_epi32(
+            _mm256_permutevar8x32_epi32(wv, _mm256_add_epi32(wi, one)),
+            _mm256_sub_epi32(thirty_two, sh),
+        );
+        let idx = _mm256_and_si256(_mm256_or_si256(lo, hi), mask);
+        let at = _mm256_mullo_epi32(idx, _mm256_set1_epi32(D as i32));
+        for p in 0..D {
+            let c = match k <= 8 {
+                true => _mm256_permutevar8x32_ps(small[p], idx),
+                false => _mm256_i32gather_ps::<4>(cb.as_ptr().add(p), at),
+            };
+            acc[p] = _mm256_fmadd_ps(c, _mm256_loadu_ps(xs[p].as_ptr().add(v)), acc[p]);
+        }
+        v += 8;
+    }
+    let mut sum = _mm256_setzero_ps();
+    for a in acc {
+        sum = _mm256_add_ps(sum, a);
+    }
+    let s = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let mut total = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+    for v in v..v1 {
+        let i = crate::encoding::affine::packing::unpack_code(words, bits, v) as usize;
+        for (x, c) in xs.iter().zip(&cb[i * D..(i + 1) * D]) {
+            total += x[v] * c;
+        }
+    }
+    total
 }
