@@ -23,14 +23,16 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs gguf_dump.py on `gguf` into a temp dir and returns (dir, index.json).
-fn reference_dump(gguf: &Path) -> (tempfile::TempDir, Value) {
+/// Runs gguf_dump.py on `gguf` (dequantizing only `names`, or every
+/// tensor when empty) into a temp dir and returns (dir, index.json).
+fn reference_dump(gguf: &Path, names: &[&str]) -> (tempfile::TempDir, Value) {
     let python = common::python_with_references();
     let dir = tempfile::tempdir().expect("temp dir");
     let out = Command::new(&python)
         .arg(repo().join("tests/py/gguf_dump.py"))
         .arg(gguf)
         .arg(dir.path())
+        .args(names)
         .output()
         .expect("run gguf_dump.py");
     assert!(
@@ -43,18 +45,23 @@ fn reference_dump(gguf: &Path) -> (tempfile::TempDir, Value) {
     (dir, index)
 }
 
-/// Compares every tensor; returns (tensors compared, values not bit-identical).
+/// Compares every tensor (every one dumped); returns (tensors compared,
+/// values not bit-identical).
 fn compare_tensors(m: &GgufModel, dir: &Path, index: &Value) -> (usize, usize) {
     let refs = index["tensors"].as_array().expect("tensors");
     assert_eq!(refs.len(), m.tensors().len(), "tensor count");
-    let mut inexact = 0;
+    let (mut inexact, mut compared) = (0, 0);
     for (r, t) in refs.iter().zip(m.tensors()) {
         let name = r["name"].as_str().unwrap();
         assert_eq!(t.name, name, "tensor order");
         let shape: Vec<usize> = serde_json::from_value(r["shape"].clone()).unwrap();
         assert_eq!(t.shape, shape, "{name} shape");
         assert_eq!(t.dtype, r["type"].as_str().unwrap(), "{name} type");
-        let bytes = std::fs::read(dir.join(r["file"].as_str().unwrap())).unwrap();
+        let Some(file) = r["file"].as_str() else {
+            continue;
+        };
+        compared += 1;
+        let bytes = std::fs::read(dir.join(file)).unwrap();
         let want: Vec<f32> = bytes
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -73,14 +80,14 @@ fn compare_tensors(m: &GgufModel, dir: &Path, index: &Value) -> (usize, usize) {
             );
         }
     }
-    (refs.len(), inexact)
+    (compared, inexact)
 }
 
 #[test]
 fn smollm2_matches_gguf_py() {
     let path = common::smollm2_gguf();
     let m = GgufModel::open(&path).unwrap();
-    let (dir, index) = reference_dump(&path);
+    let (dir, index) = reference_dump(&path, &[]);
 
     // Metadata: every key, full values (tokenizer included).
     let want = index["metadata"].as_object().expect("metadata");
@@ -127,6 +134,8 @@ const SYNTHETIC: &[(&str, u32, usize, usize, &[usize])] = &[
     ("Q8_0", 8, 32, 34, &[0]),
     ("Q4_0", 2, 32, 18, &[0]),
     ("Q4_1", 3, 32, 20, &[0, 2]),
+    ("Q5_0", 6, 32, 22, &[0]),
+    ("Q5_1", 7, 32, 24, &[0, 2]),
     ("Q4_K", 12, 256, 144, &[0, 2]),
     ("Q5_K", 13, 256, 176, &[0, 2]),
     ("Q6_K", 14, 256, 210, &[208]),
@@ -182,8 +191,104 @@ fn synthetic_blocks_of_every_type_match_gguf_py() {
     let path = dir.path().join("synthetic.gguf");
     synthetic_gguf(&path);
     let m = GgufModel::open(&path).unwrap();
-    let (out, index) = reference_dump(&path);
+    let (out, index) = reference_dump(&path, &[]);
     let (n, inexact) = compare_tensors(&m, out.path(), &index);
     assert_eq!(n, SYNTHETIC.len());
     eprintln!("synthetic: {n} types match gguf-py; {inexact} values not bit-identical");
+}
+
+/// Our GGUF writer under every preset it writes, checked by gguf-py
+/// (whose dequantization of every type the synthetic test checks):
+/// tests/py/gguf_requantize_ref.py requantizes the source with gguf-py's
+/// numpy ports of llama.cpp's reference quantizers and must find our
+/// bytes in every tensor (copied tensors: the source's bytes); gguf-py
+/// reads every metadata key back (the source's, plus the ones we set)
+/// and dequantizes tensors of three types to what our reader gives.
+#[test]
+fn written_gguf_matches_gguf_py_for_every_preset() {
+    use llmq_gpu::formats::gguf::export::{export, GgufExport};
+    use llmq_gpu::formats::gguf::presets::Preset;
+    let src_path = common::smollm2_gguf();
+    let src = GgufModel::open(&src_path).unwrap();
+    let python = common::python_with_references();
+    let dir = tempfile::tempdir().unwrap();
+    let presets = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"];
+    let mut written = Vec::new();
+    for preset in presets {
+        let out = dir.path().join(format!("{preset}.gguf"));
+        let opts = GgufExport {
+            preset: Preset::parse(preset).unwrap(),
+            rules: Vec::new(),
+            overwrite: false,
+        };
+        let report = export(&src, &out, &opts, &mut |_, _, _| {}).unwrap();
+        written.push((preset, out, opts, report));
+    }
+    let run = Command::new(&python)
+        .arg(repo().join("tests/py/gguf_requantize_ref.py"))
+        .arg(&src_path)
+        .args(written.iter().map(|w| &w.1))
+        .output()
+        .expect("run gguf_requantize_ref.py");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines = String::from_utf8(run.stdout).unwrap();
+    assert_eq!(lines.lines().count(), presets.len());
+    for ((preset, out, opts, report), line) in written.iter().zip(lines.lines()) {
+        let r: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["mismatches"], serde_json::json!([]), "{preset}: {r}");
+        assert_eq!(r["tensors"].as_u64(), Some(272), "{preset}");
+        assert_eq!(
+            r["metadata_only_in_source"],
+            serde_json::json!([]),
+            "{preset}"
+        );
+        // The tied head's 576-wide rows take Q8_0 under quantized presets.
+        let head = report
+            .tensors
+            .iter()
+            .find(|t| t.name == "token_embd.weight")
+            .unwrap();
+        let head_want = match *preset {
+            "F32" | "F16" | "BF16" => *preset,
+            _ => "Q8_0",
+        };
+        assert_eq!(head.to, head_want, "{preset}");
+        eprintln!(
+            "{preset}: {} tensors as gguf-py requantizes them, {:.3} bits/weight",
+            r["tensors"], report.bits_per_weight
+        );
+        // Read back whole by gguf-py (its dump of the metadata takes
+        // seconds): two files cover the header paths and three types.
+        if !matches!(*preset, "Q4_0" | "BF16") {
+            continue;
+        }
+        let m = GgufModel::open(out).unwrap();
+        let names = [
+            "blk.0.attn_q.weight",
+            "blk.3.ffn_down.weight",
+            "blk.0.attn_norm.weight",
+        ];
+        let (dump, index) = reference_dump(out, &names);
+        let (n, inexact) = compare_tensors(&m, dump.path(), &index);
+        assert_eq!(n, names.len());
+        let want = index["metadata"].as_object().unwrap();
+        let got: serde_json::Map<String, Value> = m.metadata().into_iter().collect();
+        assert_eq!(&got, want, "{preset} metadata");
+        assert_eq!(got["general.file_type"], opts.preset.file_type());
+        assert_eq!(got["general.quantization_version"], 2);
+        let srcmd: serde_json::Map<String, Value> = src.metadata().into_iter().collect();
+        for (k, v) in &srcmd {
+            if !matches!(
+                k.as_str(),
+                "general.file_type" | "general.quantization_version"
+            ) {
+                assert_eq!(&got[k], v, "{preset}: '{k}' carried over");
+            }
+        }
+        eprintln!("{preset}: {n} tensors read back by gguf-py, {inexact} values not bit-identical");
+    }
 }

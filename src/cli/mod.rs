@@ -4,6 +4,7 @@ mod bench;
 mod devices;
 mod eval;
 mod generate;
+mod gguf_out;
 mod gptvq;
 mod inspect;
 mod quantize;

@@ -15,7 +15,8 @@ pub struct Args {
     /// Input model: a GGUF file, a Hugging Face folder (config.json + *.safetensors), or an llmq folder.
     #[arg(long)]
     model: PathBuf,
-    /// Output folder (written atomically: nothing appears unless the run succeeds).
+    /// Output folder (a file with --format gguf), written atomically:
+    /// nothing appears unless the run succeeds.
     #[arg(long)]
     out: PathBuf,
     /// Quantization method: rtn (round to nearest, no data), gptq (layer by
@@ -114,6 +115,8 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     vq: super::gptvq::VqArgs,
+    #[command(flatten)]
+    gguf: super::gguf_out::GgufArgs,
     /// GPTVQ: skip the GPTQ run at the --bits/--group-size scheme that the
     /// report compares every linear against (saves its time).
     #[arg(long)]
@@ -123,6 +126,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.gguf.wanted() {
+        let asked = (a.method.as_str(), !a.calib.is_empty());
+        return super::gguf_out::run(&a.gguf, &a.model, &a.out, a.overwrite, asked, a.json);
+    }
     let granularity = if a.per_tensor {
         Granularity::PerTensor
     } else if a.per_channel {

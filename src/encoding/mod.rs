@@ -18,6 +18,7 @@
 //! it depends on nothing else in it but the error type.
 
 pub mod affine;
+pub mod ggml;
 pub mod grid;
 pub mod vq;
 

@@ -1,12 +1,13 @@
 //! GGUF model files (llama.cpp), versions 2 and 3: memory-mapped, parsed
 //! up front, tensors dequantized to f32 on demand.
 
-mod blocks;
+pub mod export;
+pub mod presets;
 mod reader;
-mod types;
+pub mod writer;
 
+pub use crate::encoding::ggml::GgmlType;
 pub use reader::{GgufValue, RawTensorInfo, DEFAULT_ALIGNMENT};
-pub use types::GgmlType;
 
 use crate::error::{Error, Result};
 use crate::formats::source::{TensorInfo, TensorSource};
@@ -219,7 +220,7 @@ impl TensorSource for GgufModel {
             ));
         }
         let bytes = self.tensor_bytes(name)?;
-        blocks::dequantize(t.ty, bytes, t.n_elements).ok_or_else(|| {
+        crate::encoding::ggml::dequantize(t.ty, bytes, t.n_elements).ok_or_else(|| {
             Error::format(
                 &self.path,
                 format!(

@@ -3,7 +3,7 @@
 //! file so that a truncated or corrupt file gives an error, never a panic
 //! or a huge allocation.
 
-use super::types::GgmlType;
+use super::GgmlType;
 use crate::error::{Error, Result};
 use std::collections::HashSet;
 use std::path::Path;

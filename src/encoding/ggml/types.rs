@@ -115,7 +115,7 @@ impl GgmlType {
                 | GgmlType::I64
         )
     }
-    /// Types [`super::blocks::dequantize`] handles.
+    /// Types [`super::dequantize`] handles.
     pub fn dequantizable(self) -> bool {
         matches!(
             self,
@@ -125,6 +125,8 @@ impl GgmlType {
                 | GgmlType::Q8_0
                 | GgmlType::Q4_0
                 | GgmlType::Q4_1
+                | GgmlType::Q5_0
+                | GgmlType::Q5_1
                 | GgmlType::Q4K
                 | GgmlType::Q5K
                 | GgmlType::Q6K

@@ -1,0 +1,114 @@
+//! `quantize --format gguf`: a GGUF file of llama.cpp's block types.
+
+use super::human_bytes;
+use indicatif::{ProgressBar, ProgressStyle};
+use llmq_gpu::formats::gguf::export::{self, ExportReport, GgufExport};
+use llmq_gpu::formats::gguf::presets::{Preset, TypeRule};
+use llmq_gpu::formats::gguf::{has_gguf_magic, GgufModel};
+use llmq_gpu::{Error, Result};
+use std::path::Path;
+
+#[derive(clap::Args, Debug)]
+pub struct GgufArgs {
+    /// Output format: llmq (a folder of llmq-gpu's own encodings, the
+    /// default) or gguf (one file of llama.cpp's block types, loaded by
+    /// llama.cpp and every tool built on it; --gguf-type picks them).
+    #[arg(long, default_value = "llmq", value_parser = ["llmq", "gguf"])]
+    pub format: String,
+    /// With --format gguf: llama-quantize's preset (F32, F16, BF16, Q8_0,
+    /// Q4_0, Q4_1, Q5_0, Q5_1), with its per-tensor mix: the output head
+    /// (or the tied token embedding) takes Q8_0 when its rows are no
+    /// multiple of 256, Q6_K otherwise.
+    #[arg(long, default_value = "Q8_0")]
+    pub gguf_type: String,
+    /// With --format gguf: REGEX=TYPE gives the tensors whose name matches
+    /// that type (repeatable; the first match wins), as llama-quantize's
+    /// option, e.g. --tensor-type 'ffn_down=Q8_0'.
+    #[arg(long, value_name = "REGEX=TYPE")]
+    pub tensor_type: Vec<String>,
+}
+
+impl GgufArgs {
+    pub fn wanted(&self) -> bool {
+        self.format == "gguf"
+    }
+}
+
+/// Writes the GGUF file; `method` and `calibrated` say what else was asked
+/// (only round-to-nearest without calibration is built for GGUF yet).
+pub fn run(
+    a: &GgufArgs,
+    model: &Path,
+    out: &Path,
+    overwrite: bool,
+    (method, calibrated): (&str, bool),
+    json: bool,
+) -> Result<()> {
+    if method != "rtn" || calibrated {
+        return Err(Error::Config(format!(
+            "--format gguf writes llama.cpp's reference rounding (--method rtn, no --calib); \
+             --method {method}{} onto GGUF block types is not built yet",
+            if calibrated { " with --calib" } else { "" }
+        )));
+    }
+    if !model.is_file() || !has_gguf_magic(model)? {
+        return Err(Error::Config(format!(
+            "--format gguf needs a GGUF source model for now; {} is not a GGUF file",
+            model.display()
+        )));
+    }
+    let opts = GgufExport {
+        preset: Preset::parse(&a.gguf_type)?,
+        rules: a
+            .tensor_type
+            .iter()
+            .map(|r| r.parse::<TypeRule>())
+            .collect::<Result<_>>()?,
+        overwrite,
+    };
+    let src = GgufModel::open(model)?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
+            .expect("static template"),
+    );
+    let report = export::export(&src, out, &opts, &mut |done, total, name| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(name.to_string());
+    })?;
+    bar.finish_and_clear();
+    match json {
+        true => {
+            let text =
+                serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+            println!("{text}");
+        }
+        false => print_summary(&report, out),
+    }
+    Ok(())
+}
+
+fn print_summary(r: &ExportReport, out: &Path) {
+    let mut counts: Vec<(&str, usize, u64)> = Vec::new();
+    for t in &r.tensors {
+        match counts.iter_mut().find(|c| c.0 == t.to) {
+            Some(c) => (c.1, c.2) = (c.1 + 1, c.2 + t.bytes),
+            None => counts.push((t.to, 1, t.bytes)),
+        }
+    }
+    println!(
+        "wrote {} ({} preset) in {:.1} s",
+        out.display(),
+        r.preset,
+        r.seconds
+    );
+    for (ty, n, bytes) in counts {
+        println!("  {ty:<6} {n:>4} tensors  {}", human_bytes(bytes));
+    }
+    println!(
+        "  file size        {} ({:.3} bits per weight over all tensors)",
+        human_bytes(r.file_bytes),
+        r.bits_per_weight
+    );
+}

@@ -1,0 +1,256 @@
+//! llama.cpp's 32-weight block types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1):
+//! one f16 scale (and min) per block, codes packed as ggml-common.h lays
+//! them out. Dequantization follows `dequantize_row_*` and quantization
+//! `quantize_row_*_ref` of ggml-quants.c operation for operation, so both
+//! match llama.cpp bit for bit.
+
+use super::{f16_bits, h, Block, Quantize};
+use bytemuck::{Pod, Zeroable};
+
+/// ggml-common.h `block_q8_0`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct BlockQ8_0 {
+    d: [u8; 2],
+    qs: [i8; 32],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+
+impl Block for BlockQ8_0 {
+    const N: usize = 32;
+    /// `dequantize_row_q8_0`: y = q·d.
+    fn dequant(&self, y: &mut [f32]) {
+        let d = h(self.d);
+        for (y, &q) in y.iter_mut().zip(&self.qs) {
+            *y = f32::from(q) * d;
+        }
+    }
+}
+
+/// ggml-common.h `block_q4_0`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct BlockQ4_0 {
+    d: [u8; 2],
+    qs: [u8; 16],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
+
+impl Quantize for BlockQ8_0 {
+    /// `quantize_row_q8_0_ref`: d = max|x| / 127, q = round(x / d).
+    fn quantize(x: &[f32]) -> Self {
+        let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut qs = [0i8; 32];
+        for (q, &v) in qs.iter_mut().zip(x) {
+            *q = (v * id).round() as i8;
+        }
+        Self { d: f16_bits(d), qs }
+    }
+}
+
+impl Block for BlockQ4_0 {
+    const N: usize = 32;
+    /// `dequantize_row_q4_0`: low nibbles are elements 0..16, high nibbles 16..32.
+    fn dequant(&self, y: &mut [f32]) {
+        let d = h(self.d);
+        for (j, &q) in self.qs.iter().enumerate() {
+            let x0 = i32::from(q & 0x0F) - 8;
+            let x1 = i32::from(q >> 4) - 8;
+            y[j] = x0 as f32 * d;
+            y[j + 16] = x1 as f32 * d;
+        }
+    }
+}
+
+/// ggml-common.h `block_q4_1`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct BlockQ4_1 {
+    d: [u8; 2],
+    m: [u8; 2],
+    qs: [u8; 16],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
+
+/// The value of largest magnitude (the first of equal magnitudes), as
+/// `quantize_row_q4_0_ref` and `_q5_0_ref` pick it: its sign sets the
+/// scale's, so it lands on the code that has no positive twin.
+fn signed_absmax(x: &[f32]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+/// `(min, max)` of a block, `quantize_row_q4_1_ref`'s loop.
+fn min_max(x: &[f32]) -> (f32, f32) {
+    x.iter()
+        .fold((f32::MAX, -f32::MAX), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+fn inverse(d: f32) -> f32 {
+    if d != 0.0 {
+        1.0 / d
+    } else {
+        0.0
+    }
+}
+
+impl Quantize for BlockQ4_0 {
+    /// `quantize_row_q4_0_ref`: d = max / −8, q = min(15, trunc(x/d + 8.5)).
+    fn quantize(x: &[f32]) -> Self {
+        let d = signed_absmax(x) / -8.0;
+        let id = inverse(d);
+        let mut qs = [0u8; 16];
+        for (j, q) in qs.iter_mut().enumerate() {
+            let q0 = ((x[j] * id + 8.5) as i8).min(15) as u8;
+            let q1 = ((x[j + 16] * id + 8.5) as i8).min(15) as u8;
+            *q = q0 | (q1 << 4);
+        }
+        Self { d: f16_bits(d), qs }
+    }
+}
+
+impl Block for BlockQ4_1 {
+    const N: usize = 32;
+    /// `dequantize_row_q4_1`: y = q·d + m.
+    fn dequant(&self, y: &mut [f32]) {
+        let d = h(self.d);
+        let m = h(self.m);
+        for (j, &q) in self.qs.iter().enumerate() {
+            y[j] = f32::from(q & 0x0F) * d + m;
+            y[j + 16] = f32::from(q >> 4) * d + m;
+        }
+    }
+}
+
+impl Quantize for BlockQ4_1 {
+    /// `quantize_row_q4_1_ref`: d = (max − min) / 15, m = min,
+    /// q = min(15, trunc((x − min)/d + 0.5)).
+    fn quantize(x: &[f32]) -> Self {
+        let (min, max) = min_max(x);
+        let d = (max - min) / 15.0;
+        let id = inverse(d);
+        let mut qs = [0u8; 16];
+        for (j, q) in qs.iter_mut().enumerate() {
+            let q0 = (((x[j] - min) * id + 0.5) as i8).min(15) as u8;
+            let q1 = (((x[j + 16] - min) * id + 0.5) as i8).min(15) as u8;
+            *q = q0 | (q1 << 4);
+        }
+        Self {
+            d: f16_bits(d),
+            m: f16_bits(min),
+            qs,
+        }
+    }
+}
+
+/// ggml-common.h `block_q5_0`: the fifth bit of element j is bit j of `qh`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct BlockQ5_0 {
+    d: [u8; 2],
+    qh: [u8; 4],
+    qs: [u8; 16],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
+
+/// ggml-common.h `block_q5_1`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct BlockQ5_1 {
+    d: [u8; 2],
+    m: [u8; 2],
+    qh: [u8; 4],
+    qs: [u8; 16],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
+
+/// Codes 0..32 of a 5-bit block from its `qs` nibbles and `qh` bits.
+fn unpack5(qs: &[u8; 16], qh: [u8; 4]) -> [u8; 32] {
+    let qh = u32::from_le_bytes(qh);
+    let mut q = [0u8; 32];
+    for j in 0..16 {
+        q[j] = (qs[j] & 0x0F) | ((((qh >> j) << 4) & 0x10) as u8);
+        q[j + 16] = (qs[j] >> 4) | (((qh >> (j + 12)) & 0x10) as u8);
+    }
+    q
+}
+
+/// Inverse of [`unpack5`].
+fn pack5(q: &[u8; 32]) -> ([u8; 16], [u8; 4]) {
+    let (mut qs, mut qh) = ([0u8; 16], 0u32);
+    for j in 0..16 {
+        qs[j] = (q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4);
+        qh |= u32::from((q[j] & 0x10) >> 4) << j;
+        qh |= u32::from((q[j + 16] & 0x10) >> 4) << (j + 16);
+    }
+    (qs, qh.to_le_bytes())
+}
+
+impl Block for BlockQ5_0 {
+    const N: usize = 32;
+    /// `dequantize_row_q5_0`: y = (q − 16)·d.
+    fn dequant(&self, y: &mut [f32]) {
+        let d = h(self.d);
+        for (y, q) in y.iter_mut().zip(unpack5(&self.qs, self.qh)) {
+            *y = (i32::from(q) - 16) as f32 * d;
+        }
+    }
+}
+
+impl Quantize for BlockQ5_0 {
+    /// `quantize_row_q5_0_ref`: d = max / −16, q = min(31, trunc(x/d + 16.5)).
+    fn quantize(x: &[f32]) -> Self {
+        let d = signed_absmax(x) / -16.0;
+        let id = inverse(d);
+        let mut q = [0u8; 32];
+        for (q, &v) in q.iter_mut().zip(x) {
+            *q = ((v * id + 16.5) as i8).min(31) as u8;
+        }
+        let (qs, qh) = pack5(&q);
+        Self {
+            d: f16_bits(d),
+            qh,
+            qs,
+        }
+    }
+}
+
+impl Block for BlockQ5_1 {
+    const N: usize = 32;
+    /// `dequantize_row_q5_1`: y = q·d + m.
+    fn dequant(&self, y: &mut [f32]) {
+        let (d, m) = (h(self.d), h(self.m));
+        for (y, q) in y.iter_mut().zip(unpack5(&self.qs, self.qh)) {
+            *y = f32::from(q) * d + m;
+        }
+    }
+}
+
+impl Quantize for BlockQ5_1 {
+    /// `quantize_row_q5_1_ref`: d = (max − min) / 31, m = min,
+    /// q = trunc((x − min)/d + 0.5).
+    fn quantize(x: &[f32]) -> Self {
+        let (min, max) = min_max(x);
+        let d = (max - min) / 31.0;
+        let id = inverse(d);
+        let mut q = [0u8; 32];
+        for (q, &v) in q.iter_mut().zip(x) {
+            *q = ((v - min) * id + 0.5) as u8;
+        }
+        let (qs, qh) = pack5(&q);
+        Self {
+            d: f16_bits(d),
+            m: f16_bits(min),
+            qh,
+            qs,
+        }
+    }
+}

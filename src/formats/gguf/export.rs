@@ -1,0 +1,186 @@
+//! GGUF → GGUF with llama.cpp's block types, as `llama-quantize` does it
+//! without an imatrix: the same tensors quantized (see
+//! [`super::presets`]), each dequantized to f32 and requantized by the
+//! block type's reference quantizer; tensors whose type does not change,
+//! and those not quantized, copied byte for byte; the metadata carried
+//! over with `general.file_type` and `general.quantization_version` set.
+
+use super::presets::{is_quantized_tensor, tensor_type, Preset, TypeRule};
+use super::writer::{self, TensorPlan};
+use super::{GgmlType, GgufModel, GgufValue};
+use crate::error::{Error, Result};
+use crate::formats::source::TensorSource;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+/// `GGML_QNT_VERSION`: the block layouts' version.
+const QUANTIZATION_VERSION: u32 = 2;
+
+/// What to write.
+#[derive(Clone, Debug)]
+pub struct GgufExport {
+    pub preset: Preset,
+    /// `--tensor-type` overrides, first match wins.
+    pub rules: Vec<TypeRule>,
+    pub overwrite: bool,
+}
+
+/// One tensor of the written file.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportedTensor {
+    pub name: String,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportReport {
+    pub preset: &'static str,
+    pub tensors: Vec<ExportedTensor>,
+    /// Tensor data bytes (the file adds its header and padding).
+    pub tensor_bytes: u64,
+    pub file_bytes: u64,
+    /// Over every tensor of the file, as llama.cpp reports a model's size.
+    pub bits_per_weight: f64,
+    /// Rules that matched no tensor (also warned about on stderr).
+    pub unused_rules: Vec<String>,
+    pub seconds: f64,
+}
+
+/// Writes `src` to `out` under `opts`; `progress(done, total, name)` after
+/// each tensor. Nothing is left at `out` on error.
+pub fn export(
+    src: &GgufModel,
+    out: &Path,
+    opts: &GgufExport,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<ExportReport> {
+    let start = Instant::now();
+    refuse_source_as_target(src.path(), out)?;
+    let raw = src.raw_tensors();
+    let has_output = raw.iter().any(|t| t.name == "output.weight");
+    let mut plans = Vec::with_capacity(raw.len());
+    for t in raw {
+        let ty = match is_quantized_tensor(&t.name, &t.dims) {
+            true => tensor_type(
+                opts.preset,
+                &opts.rules,
+                &t.name,
+                t.dims.first().copied().unwrap_or(1),
+                has_output,
+            )?,
+            false => t.ty,
+        };
+        plans.push(TensorPlan {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty,
+        });
+    }
+    let unused_rules: Vec<String> = opts
+        .rules
+        .iter()
+        .filter(|r| !plans.iter().any(|p| r.pattern.is_match(&p.name)))
+        .map(|r| r.pattern.as_str().to_string())
+        .collect();
+    for r in &unused_rules {
+        eprintln!(
+            "warning: --tensor-type '{r}=...' matches no tensor of {}",
+            src.path().display()
+        );
+    }
+    let alignment = src.alignment().max(1);
+    let metadata = carried_metadata(src.metadata_values(), opts.preset, alignment);
+    let total = plans.len();
+    writer::write(out, opts.overwrite, &metadata, &plans, alignment, |i| {
+        let (t, p) = (&raw[i], &plans[i]);
+        let bytes = match t.ty == p.ty {
+            true => src.tensor_bytes(&t.name)?.to_vec(),
+            false => {
+                let x = src.load_f32(&t.name)?;
+                if let Some(j) = x.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::format(
+                        src.path(),
+                        format!(
+                            "tensor '{}' holds a non-finite value ({}) at element {j}",
+                            t.name, x[j]
+                        ),
+                    ));
+                }
+                crate::encoding::ggml::quantize(&t.name, p.ty, &x, t.dims[0] as usize)?
+            }
+        };
+        progress(i + 1, total, &t.name);
+        Ok(bytes)
+    })?;
+    let tensors: Vec<ExportedTensor> = plans
+        .iter()
+        .zip(raw)
+        .map(|(p, t)| {
+            Ok(ExportedTensor {
+                name: p.name.clone(),
+                from: t.ty.name(),
+                to: p.ty.name(),
+                bytes: p.bytes()?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let tensor_bytes = tensors.iter().map(|t| t.bytes).sum();
+    let weights: u64 = plans.iter().map(TensorPlan::elements).sum();
+    let file_bytes = std::fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
+    Ok(ExportReport {
+        preset: opts.preset.name(),
+        tensors,
+        tensor_bytes,
+        file_bytes,
+        bits_per_weight: tensor_bytes as f64 * 8.0 / weights.max(1) as f64,
+        unused_rules,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The source's keys in their order, with the file type, quantization
+/// version and alignment set (replaced where present, else appended).
+fn carried_metadata(
+    md: &[(String, GgufValue)],
+    preset: Preset,
+    alignment: u64,
+) -> Vec<(String, GgufValue)> {
+    let mut out: Vec<(String, GgufValue)> = md.to_vec();
+    let mut set = |key: &str, v: GgufValue| match out.iter_mut().find(|(k, _)| k == key) {
+        Some(e) => e.1 = v,
+        None => out.push((key.to_string(), v)),
+    };
+    set(
+        "general.quantization_version",
+        GgufValue::U32(QUANTIZATION_VERSION),
+    );
+    set("general.file_type", GgufValue::U32(preset.file_type()));
+    set("general.alignment", GgufValue::U32(alignment as u32));
+    out
+}
+
+fn refuse_source_as_target(src: &Path, out: &Path) -> Result<()> {
+    let same = match (src.canonicalize(), out.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Err(Error::Config(format!(
+            "--out {} is the source model itself; write to another file",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The types [`export`] can give a tensor (for help texts).
+pub fn written_types() -> Vec<&'static str> {
+    (0..64)
+        .filter_map(GgmlType::from_id)
+        .filter(|t| crate::encoding::ggml::quantizable(*t))
+        .map(GgmlType::name)
+        .collect()
+}
