@@ -89,15 +89,31 @@ pub(super) const MAX_PACKED_BITS: u32 = 12;
 pub(super) unsafe fn packed_dot<const D: usize>(
     words: &[u32],
     bits: u32,
-    (v0, v1): (usize, usize),
+    span: (usize, usize),
     cb: &[f32],
     xs: [&[f32]; D],
 ) -> f32 {
     debug_assert!(bits <= MAX_PACKED_BITS && cb.len() >= (D << bits));
+    // The lookup chosen once, outside the loop.
+    match bits <= 3 {
+        true => packed_dot_with::<D, false>(words, bits, span, cb, xs),
+        false => packed_dot_with::<D, true>(words, bits, span, cb, xs),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn packed_dot_with<const D: usize, const GATHER: bool>(
+    words: &[u32],
+    bits: u32,
+    (v0, v1): (usize, usize),
+    cb: &[f32],
+    xs: [&[f32]; D],
+) -> f32 {
     let k = 1usize << bits;
     // Coordinate p of up to 8 centroids, for the permute lookup.
     let mut small = [_mm256_setzero_ps(); D];
-    if k <= 8 {
+    if !GATHER {
         for (p, reg) in small.iter_mut().enumerate() {
             let mut col = [0f32; 8];
             for (c, v) in col.iter_mut().take(k).enumerate() {
@@ -134,11 +150,16 @@ pub(super) unsafe fn packed_dot<const D: usize>(
             _mm256_sub_epi32(thirty_two, sh),
         );
         let idx = _mm256_and_si256(_mm256_or_si256(lo, hi), mask);
-        let at = _mm256_mullo_epi32(idx, _mm256_set1_epi32(D as i32));
+        // Centroid `idx` starts at value `idx · D` (D is 1, 2 or 4).
+        let at = match D {
+            1 => idx,
+            2 => _mm256_add_epi32(idx, idx),
+            _ => _mm256_slli_epi32::<2>(idx),
+        };
         for p in 0..D {
-            let c = match k <= 8 {
-                true => _mm256_permutevar8x32_ps(small[p], idx),
-                false => _mm256_i32gather_ps::<4>(cb.as_ptr().add(p), at),
+            let c = match GATHER {
+                false => _mm256_permutevar8x32_ps(small[p], idx),
+                true => _mm256_i32gather_ps::<4>(cb.as_ptr().add(p), at),
             };
             acc[p] = _mm256_fmadd_ps(c, _mm256_loadu_ps(xs[p].as_ptr().add(v)), acc[p]);
         }
