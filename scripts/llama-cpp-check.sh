@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# llama.cpp itself against llmq-gpu's GGUF output, on SmolLM2-135M
+# (the fixture; its dequantized Q4_1 weights are the reference):
+#  1. `llama-quantize` (no imatrix) and `llmq-gpu quantize --format gguf`
+#     write the Q8_0, Q4_0 and Q4_1 presets of the same source: every
+#     tensor's type and bytes must be identical (tests/py/gguf_compare.py;
+#     metadata differences are listed, not fatal);
+#  2. `llama-perplexity` on our Q8_0 file against our own `eval` of the
+#     same file (Persuasion, ctx 512, the same windows): within 0.5%.
+# Builds llama.cpp's tools first (scripts/build-llama-cpp.sh, cached).
+# Usage: bash scripts/llama-cpp-check.sh [CHUNKS]   (default 20 windows)
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${LLMQ_CACHE:-$REPO/.cache}"
+CHUNKS="${1:-20}"
+cd "$REPO"
+bash scripts/build-llama-cpp.sh >/dev/null
+BIN="$CACHE/llama.cpp/bin"
+SRC="$CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+TEXT="$CACHE/austen/persuasion.txt"
+cargo build --release --quiet
+LLMQ="$REPO/target/release/llmq-gpu"
+OUT="$(mktemp -d)"
+trap 'rm -rf "$OUT"' EXIT
+
+status=0
+for preset in Q8_0 Q4_0 Q4_1; do
+    # The source is already quantized, hence --allow-requantize.
+    "$BIN/llama-quantize" --allow-requantize "$SRC" "$OUT/lc-$preset.gguf" "$preset" \
+        >"$OUT/lc-$preset.log" 2>&1 || { cat "$OUT/lc-$preset.log"; exit 1; }
+    "$LLMQ" quantize --model "$SRC" --out "$OUT/ours-$preset.gguf" --format gguf \
+        --gguf-type "$preset" >/dev/null
+    echo "== $preset: llama-quantize vs llmq-gpu"
+    python3 tests/py/gguf_compare.py "$OUT/lc-$preset.gguf" "$OUT/ours-$preset.gguf" || status=1
+done
+
+echo "== perplexity of our Q8_0 file: llama-perplexity vs llmq-gpu eval ($CHUNKS windows of 512)"
+"$BIN/llama-perplexity" -m "$OUT/ours-Q8_0.gguf" -f "$TEXT" -c 512 -b 512 --chunks "$CHUNKS" \
+    -t "$(nproc)" >"$OUT/ppl.log" 2>&1 || { tail -20 "$OUT/ppl.log"; exit 1; }
+theirs="$(grep -o 'Final estimate: PPL = [0-9.]*' "$OUT/ppl.log" | grep -o '[0-9.]*$')"
+ours="$("$LLMQ" eval --model "$OUT/ours-Q8_0.gguf" --text "$TEXT" --ctx 512 --chunks "$CHUNKS" \
+    --device cpu --json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["ppl"])')"
+python3 - "$theirs" "$ours" <<'PY' || status=1
+import sys
+theirs, ours = map(float, sys.argv[1:])
+rel = abs(ours - theirs) / theirs
+print(f"llama-perplexity {theirs:.4f}  llmq-gpu eval {ours:.4f}  difference {100 * rel:.3f}%")
+sys.exit(0 if rel <= 0.005 else 1)
+PY
+exit $status
