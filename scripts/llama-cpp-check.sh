@@ -2,9 +2,10 @@
 # llama.cpp itself against llmq-gpu's GGUF output, on SmolLM2-135M
 # (the fixture; its dequantized Q4_1 weights are the reference):
 #  1. `llama-quantize` (no imatrix) and `llmq-gpu quantize --format gguf`
-#     write the Q8_0, Q4_0 and Q4_1 presets of the same source: every
-#     tensor's type and bytes must be identical (tests/py/gguf_compare.py;
-#     metadata differences are listed, not fatal);
+#     write the Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 presets of the same source,
+#     and Q8_0 with the 1536-wide down projections in Q6_K: every tensor's
+#     type and bytes must be identical (tests/py/gguf_compare.py; metadata
+#     differences are listed, not fatal);
 #  2. `llama-perplexity` on our Q8_0 file against our own `eval` of the
 #     same file (Persuasion, ctx 512, the same windows): within 0.5%.
 # Builds llama.cpp's tools first (scripts/build-llama-cpp.sh, cached).
@@ -24,14 +25,19 @@ OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 
 status=0
-for preset in Q8_0 Q4_0 Q4_1; do
+# name, preset, extra options (given to both tools)
+cases=("Q8_0 Q8_0" "Q4_0 Q4_0" "Q4_1 Q4_1" "Q5_0 Q5_0" "Q5_1 Q5_1" "Q6_K-down Q8_0 --tensor-type ffn_down=Q6_K")
+for c in "${cases[@]}"; do
+    read -r name preset extra <<<"$c"
     # The source is already quantized, hence --allow-requantize.
-    "$BIN/llama-quantize" --allow-requantize "$SRC" "$OUT/lc-$preset.gguf" "$preset" \
-        >"$OUT/lc-$preset.log" 2>&1 || { cat "$OUT/lc-$preset.log"; exit 1; }
-    "$LLMQ" quantize --model "$SRC" --out "$OUT/ours-$preset.gguf" --format gguf \
-        --gguf-type "$preset" >/dev/null
-    echo "== $preset: llama-quantize vs llmq-gpu"
-    python3 tests/py/gguf_compare.py "$OUT/lc-$preset.gguf" "$OUT/ours-$preset.gguf" || status=1
+    # shellcheck disable=SC2086
+    "$BIN/llama-quantize" --allow-requantize $extra "$SRC" "$OUT/lc-$name.gguf" "$preset" \
+        >"$OUT/lc-$name.log" 2>&1 || { cat "$OUT/lc-$name.log"; exit 1; }
+    # shellcheck disable=SC2086
+    "$LLMQ" quantize --model "$SRC" --out "$OUT/ours-$name.gguf" --format gguf \
+        --gguf-type "$preset" $extra >/dev/null
+    echo "== $name: llama-quantize vs llmq-gpu"
+    python3 tests/py/gguf_compare.py "$OUT/lc-$name.gguf" "$OUT/ours-$name.gguf" || status=1
 done
 
 echo "== perplexity of our Q8_0 file: llama-perplexity vs llmq-gpu eval ($CHUNKS windows of 512)"

@@ -78,6 +78,9 @@ pub fn run(
         bar.set_message(name.to_string());
     })?;
     bar.finish_and_clear();
+    for n in &report.notes {
+        eprintln!("warning: {n}");
+    }
     match json {
         true => {
             let text =

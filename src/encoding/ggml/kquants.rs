@@ -1,8 +1,9 @@
 //! llama.cpp's k-quants (256-weight super-blocks of 16- or 32-weight
 //! sub-blocks with 6- or 8-bit sub-block scales), dequantized as
-//! ggml-quants.c `dequantize_row_q{4,5,6}_K`.
+//! ggml-quants.c `dequantize_row_q{4,5,6}_K`; Q6_K also quantized as
+//! `quantize_row_q6_K_ref`.
 
-use super::{h, Block, QK_K};
+use super::{f16_bits, h, Block, Quantize, QK_K};
 use bytemuck::{Pod, Zeroable};
 
 /// ggml-quants.c `get_scale_min_k4`: 6-bit scale and min of sub-block `j`
@@ -127,5 +128,143 @@ impl Block for BlockQ6K {
                 y[l + 96] = d * f32::from(sc[is + 6]) * f32::from(q4);
             }
         }
+    }
+}
+
+/// ggml-quants.c `GROUP_MAX_EPS`: a block whose largest value is below it
+/// is all zero.
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// ggml-quants.c `nearest_int`: round half to even by adding 1.5·2²³
+/// (valid for |v| ≤ 2²², as there).
+fn nearest_int(v: f32) -> i32 {
+    let t = v + 12582912.0;
+    (t.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// ggml-quants.c `make_qx_quants` with `rmse_type` 1 and no imatrix:
+/// codes `L` in `0..2·nmax` of the symmetric scale that, over 19 trial
+/// scales around `max / −nmax`, maximises `(Σ w·x·l)² / Σ w·l²` with
+/// `w = x²`; returns that scale.
+fn make_qx_quants(nmax: i32, x: &[f32], codes: &mut [i8]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        codes.iter_mut().for_each(|l| *l = 0);
+        return 0.0;
+    }
+    let code = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for &v in x {
+            let (l, w) = (code(iscale, v) as f32, v * v);
+            sumlx += w * v * l;
+            suml2 += w * l * l;
+        }
+        (sumlx, suml2)
+    };
+    let iscale = -(nmax as f32) / max;
+    for (l, &v) in codes.iter_mut().zip(x) {
+        *l = (code(iscale, v) + nmax) as i8;
+    }
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in (-9..=9).filter(|&is| is != 0) {
+        let iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for (l, &v) in codes.iter_mut().zip(x) {
+                *l = (code(iscale, v) + nmax) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+impl Quantize for BlockQ6K {
+    /// `quantize_row_q6_K_ref`: each 16-weight sub-block's scale by
+    /// [`make_qx_quants`], the scales as int8 of `d = max_scale / −128`,
+    /// then the codes requantized against the stored scales.
+    fn quantize(x: &[f32]) -> Self {
+        let mut codes = [0i8; QK_K];
+        let mut scales = [0f32; QK_K / 16];
+        let (mut max_scale, mut max_abs) = (0f32, 0f32);
+        for (ib, sc) in scales.iter_mut().enumerate() {
+            *sc = make_qx_quants(
+                32,
+                &x[16 * ib..16 * ib + 16],
+                &mut codes[16 * ib..16 * ib + 16],
+            );
+            if sc.abs() > max_abs {
+                max_abs = sc.abs();
+                max_scale = *sc;
+            }
+        }
+        let mut y = Self::zeroed();
+        if max_abs < GROUP_MAX_EPS {
+            return y;
+        }
+        let iscale = -128.0 / max_scale;
+        y.d = f16_bits(1.0 / iscale);
+        for (q, &sc) in y.scales.iter_mut().zip(&scales) {
+            *q = nearest_int(iscale * sc).min(127) as i8;
+        }
+        for j in 0..QK_K / 16 {
+            let d = h(y.d) * f32::from(y.scales[j]);
+            // A zero scale keeps make_qx_quants' codes, as upstream.
+            if d == 0.0 {
+                continue;
+            }
+            for i in 16 * j..16 * j + 16 {
+                codes[i] = (nearest_int(x[i] / d).clamp(-32, 31) + 32) as i8;
+            }
+        }
+        for half in 0..2 {
+            let (l0, ql, qh) = (128 * half, 64 * half, 32 * half);
+            for l in 0..32 {
+                let q = |k: usize| codes[l0 + l + 32 * k] as u8;
+                y.ql[ql + l] = (q(0) & 0xF) | ((q(2) & 0xF) << 4);
+                y.ql[ql + l + 32] = (q(1) & 0xF) | ((q(3) & 0xF) << 4);
+                y.qh[qh + l] =
+                    (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
+            }
+        }
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Q6_K keeps 6 bits a weight: a round trip stays within a fraction
+    /// of each sub-block's step, a zero block stays zero, and codes sit in
+    /// `0..64`. (Bit-exactness against llama-quantize is checked by
+    /// scripts/llama-cpp-check.sh.)
+    #[test]
+    fn q6_k_round_trips() {
+        let x: Vec<f32> = (0..QK_K)
+            .map(|i| ((i * 7919) % 257) as f32 / 64.0 - 2.0)
+            .collect();
+        let b = BlockQ6K::quantize(&x);
+        let mut y = vec![0f32; QK_K];
+        b.dequant(&mut y);
+        let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for (a, w) in x.iter().zip(&y) {
+            assert!((a - w).abs() <= amax / 32.0, "{a} vs {w}");
+        }
+        let z = BlockQ6K::quantize(&[0f32; QK_K]);
+        z.dequant(&mut y);
+        assert!(y.iter().all(|&v| v == 0.0));
+        assert_eq!(nearest_int(2.5), 2);
+        assert_eq!(nearest_int(-3.5), -4);
     }
 }

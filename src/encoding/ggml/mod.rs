@@ -111,6 +111,7 @@ pub fn quantizable(ty: GgmlType) -> bool {
             | GgmlType::Q4_1
             | GgmlType::Q5_0
             | GgmlType::Q5_1
+            | GgmlType::Q6K
     )
 }
 
@@ -156,6 +157,7 @@ pub fn quantize(tensor: &str, ty: GgmlType, x: &[f32], row: usize) -> Result<Vec
         GgmlType::Q4_0 => quantize_blocks::<BlockQ4_0>(x),
         GgmlType::Q4_1 => quantize_blocks::<BlockQ4_1>(x),
         GgmlType::Q5_0 => quantize_blocks::<BlockQ5_0>(x),
-        _ => quantize_blocks::<BlockQ5_1>(x),
+        GgmlType::Q5_1 => quantize_blocks::<BlockQ5_1>(x),
+        _ => quantize_blocks::<BlockQ6K>(x),
     })
 }

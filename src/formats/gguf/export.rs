@@ -44,8 +44,10 @@ pub struct ExportReport {
     pub file_bytes: u64,
     /// Over every tensor of the file, as llama.cpp reports a model's size.
     pub bits_per_weight: f64,
-    /// Rules that matched no tensor (also warned about on stderr).
+    /// Rules that matched no tensor.
     pub unused_rules: Vec<String>,
+    /// What a user should hear about: fallbacks taken, rules unused.
+    pub notes: Vec<String>,
     pub seconds: f64,
 }
 
@@ -61,16 +63,15 @@ pub fn export(
     refuse_source_as_target(src.path(), out)?;
     let raw = src.raw_tensors();
     let has_output = raw.iter().any(|t| t.name == "output.weight");
-    let mut plans = Vec::with_capacity(raw.len());
+    let (mut plans, mut notes) = (Vec::with_capacity(raw.len()), Vec::new());
     for t in raw {
         let ty = match is_quantized_tensor(&t.name, &t.dims) {
-            true => tensor_type(
-                opts.preset,
-                &opts.rules,
-                &t.name,
-                t.dims.first().copied().unwrap_or(1),
-                has_output,
-            )?,
+            true => {
+                let row = t.dims.first().copied().unwrap_or(1);
+                let (ty, note) = tensor_type(opts.preset, &opts.rules, &t.name, row, has_output)?;
+                notes.extend(note);
+                ty
+            }
             false => t.ty,
         };
         plans.push(TensorPlan {
@@ -137,6 +138,7 @@ pub fn export(
         file_bytes,
         bits_per_weight: tensor_bytes as f64 * 8.0 / weights.max(1) as f64,
         unused_rules,
+        notes,
         seconds: start.elapsed().as_secs_f64(),
     })
 }

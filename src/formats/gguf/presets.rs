@@ -140,29 +140,61 @@ pub fn preset_type(preset: Preset, name: &str, row: u64, has_output: bool) -> Gg
     }
 }
 
-/// The type a quantized tensor is written as: the first `rules` match,
-/// else the preset's; an error when that type cannot hold its rows or is
-/// not one llmq-gpu writes.
+/// `tensor_type_fallback` of llama-quant.cpp: the type taken when `ty`'s
+/// blocks do not divide a row (a 256-block k-quant or IQ type falls back
+/// to a 32-block type; a 32-block type, or a fallback that still does not
+/// fit, to F16).
+fn fallback(ty: GgmlType, row: u64) -> GgmlType {
+    let fb = match ty {
+        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Tq1_0 | GgmlType::Tq2_0 => GgmlType::Q4_0,
+        GgmlType::Q4K => GgmlType::Q5_0,
+        GgmlType::Q5K => GgmlType::Q5_1,
+        GgmlType::Q6K => GgmlType::Q8_0,
+        GgmlType::Iq1S
+        | GgmlType::Iq1M
+        | GgmlType::Iq2Xxs
+        | GgmlType::Iq2Xs
+        | GgmlType::Iq2S
+        | GgmlType::Iq3Xxs
+        | GgmlType::Iq3S
+        | GgmlType::Iq4Xs => GgmlType::Iq4Nl,
+        other => other,
+    };
+    match row.is_multiple_of(fb.block_size() as u64) {
+        true => fb,
+        false => GgmlType::F16,
+    }
+}
+
+/// The type a quantized tensor is written as, and a note when its rows
+/// forced a fallback: the first `rules` match, else the preset's; an
+/// error when the type is not one llmq-gpu writes.
 pub fn tensor_type(
     preset: Preset,
     rules: &[TypeRule],
     name: &str,
     row: u64,
     has_output: bool,
-) -> Result<GgmlType> {
+) -> Result<(GgmlType, Option<String>)> {
     let ruled = rules
         .iter()
         .find(|r| r.pattern.is_match(name))
         .map(|r| r.ty);
-    let ty = ruled.unwrap_or_else(|| preset_type(preset, name, row, has_output));
-    if !row.is_multiple_of(ty.block_size() as u64) {
-        return Err(Error::Config(format!(
-            "tensor '{name}': rows of {row} values do not split into {} blocks of {}; \
-             choose another type for it with --tensor-type",
-            ty.name(),
-            ty.block_size()
-        )));
-    }
+    let wanted = ruled.unwrap_or_else(|| preset_type(preset, name, row, has_output));
+    let (ty, note) = match row.is_multiple_of(wanted.block_size() as u64) {
+        true => (wanted, None),
+        false => {
+            let fb = fallback(wanted, row);
+            let note = format!(
+                "tensor '{name}': rows of {row} values are no multiple of {} ({}'s block); \
+                 written as {} instead, as llama-quantize does",
+                wanted.block_size(),
+                wanted.name(),
+                fb.name()
+            );
+            (fb, Some(note))
+        }
+    };
     if !quantizable(ty) {
         return Err(Error::Config(format!(
             "tensor '{name}' takes {} under the {} preset, a type llmq-gpu does not write yet; \
@@ -172,7 +204,7 @@ pub fn tensor_type(
             regex::escape(name)
         )));
     }
-    Ok(ty)
+    Ok((ty, note))
 }
 
 #[cfg(test)]
@@ -200,10 +232,18 @@ mod tests {
         );
         let rule: TypeRule = "ffn_down=q8_0".parse().unwrap();
         let t = tensor_type(p, &[rule], "blk.0.ffn_down.weight", 1536, false).unwrap();
-        assert_eq!(t, GgmlType::Q8_0);
+        assert_eq!(t, (GgmlType::Q8_0, None));
         assert!("ffn_down".parse::<TypeRule>().is_err());
         assert!("x=Q4_K".parse::<TypeRule>().is_err());
-        assert!(tensor_type(p, &[], "output.weight", 4096, true).is_err());
+        let t = tensor_type(p, &[], "output.weight", 4096, true).unwrap();
+        assert_eq!(t, (GgmlType::Q6K, None));
+        // Q6_K on 576-wide rows falls back to Q8_0, with a note.
+        let rule: TypeRule = "attn_q=Q6_K".parse().unwrap();
+        let (t, note) = tensor_type(p, &[rule], "blk.0.attn_q.weight", 576, true).unwrap();
+        assert_eq!(t, GgmlType::Q8_0);
+        assert!(note.unwrap().contains("no multiple of 256"));
+        // A 32-block type on 48-wide rows falls back to F16.
+        assert_eq!(fallback(GgmlType::Q4_0, 48), GgmlType::F16);
         assert!(is_quantized_tensor("blk.0.attn_q.weight", &[576, 576]));
         assert!(!is_quantized_tensor("blk.0.attn_norm.weight", &[576]));
     }
