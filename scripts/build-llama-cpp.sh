@@ -18,6 +18,15 @@ cd "$REPO"
 CACHE="${LLMQ_CACHE:-$REPO/.cache}"
 LC="$CACHE/llama.cpp"
 SDIST_VERSION="0.3.36"
+# Not -march=native: VMs often report AMX or AVX-512 features whose state
+# the kernel does not enable, and the tools then die of an illegal
+# instruction (seen: llama-perplexity on AMX). AVX2+FMA+F16C runs on any
+# x86-64 of the last decade; elsewhere (ARM) the default native build.
+CPU_FLAGS=""
+if [[ "$(uname -m)" == "x86_64" ]]; then
+    CPU_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+fi
+BUILD_ID="$SDIST_VERSION portable-2"
 SDIST_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 SDIST="$LC/dl/llama_cpp_python-$SDIST_VERSION.tar.gz"
 # The llama.cpp commit that sdist vendors (.git/modules/vendor/llama.cpp/HEAD in it).
@@ -43,7 +52,7 @@ have_all_bins() {
     done
 }
 
-if have_all_bins && [[ "$(cat "$LC/version" 2>/dev/null)" == "$SDIST_VERSION" ]]; then
+if have_all_bins && [[ "$(cat "$LC/version" 2>/dev/null)" == "$BUILD_ID" ]]; then
     echo "llama.cpp: cached (llama-cpp-python $SDIST_VERSION, llama.cpp $LLAMA_COMMIT)"
     print_bins
     exit 0
@@ -124,6 +133,7 @@ build_tools() {
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
         -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
         -DLLAMA_BUILD_COMMIT="${LLAMA_COMMIT:0:7}" -DLLAMA_BUILD_NUMBER=0 \
+        $CPU_FLAGS \
         >"$LC/configure.log" 2>&1 || {
         tail -n 40 "$LC/configure.log" >&2
         echo "ERROR: cmake configure failed; see $LC/configure.log" >&2
@@ -149,7 +159,7 @@ build_tools() {
         cp "$BUILD/bin/$t" "$BIN/$t.part"
         mv "$BIN/$t.part" "$BIN/$t"
     done
-    echo "$SDIST_VERSION" >"$LC/version"
+    echo "$BUILD_ID" >"$LC/version"
 }
 
 ensure_cmake
