@@ -410,13 +410,13 @@ fn unknown_tensor_type() {
 fn known_type_without_dequantizer_is_unsupported() {
     let dir = tempfile::tempdir().unwrap();
     let mut g = Gguf::new("llama");
-    g.tensor("blk.0.attn_k.weight", &[32], 6, vec![0; 22]); // Q5_0
+    g.tensor("blk.0.attn_k.weight", &[256], 16, vec![0; 66]); // IQ2_XXS
     let m = GgufModel::open(&g.write(&dir)).unwrap();
-    assert_eq!(m.tensors()[0].dtype, "Q5_0");
+    assert_eq!(m.tensors()[0].dtype, "IQ2_XXS");
     let e = m.load_f32("blk.0.attn_k.weight").err().unwrap();
     assert!(matches!(e, Error::Unsupported { .. }), "{e}");
     assert_contains(&e.to_string(), "blk.0.attn_k.weight");
-    assert_contains(&e.to_string(), "Q5_0");
+    assert_contains(&e.to_string(), "IQ2_XXS");
     assert!(matches!(
         m.load_f32("nope"),
         Err(Error::MissingTensor { .. })
