@@ -135,6 +135,19 @@ fn bad_gguf_requests_fail_cleanly_on_smollm2() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("matches no tensor"), "{}", stderr(&o));
     assert!(out.exists());
+    // A type whose blocks do not divide the rows takes llama-quantize's
+    // fallback, named in a warning: Q6_K on 576-wide rows is Q8_0.
+    let o = gguf(&["--overwrite", "--tensor-type", "attn_q=Q6_K", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("blk.0.attn_q.weight': rows of 576 values are no multiple of 256"),
+        "{}",
+        stderr(&o)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let q = report["tensors"].as_array().unwrap().iter();
+    let q: Vec<_> = q.filter(|t| t["name"] == "blk.0.attn_q.weight").collect();
+    assert_eq!(q[0]["to"], "Q8_0");
     // An existing output is not replaced without --overwrite.
     let o = gguf(&[]);
     assert!(!o.status.success());
