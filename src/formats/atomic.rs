@@ -64,6 +64,32 @@ impl StagingDir {
     }
 }
 
+/// Writes one file all-or-nothing: `write` fills a temporary file beside
+/// `out`, which is synced and renamed into place only if it succeeds (on
+/// error it is deleted). Fails if `out` exists and `overwrite` is false.
+pub fn write_file(
+    out: &Path,
+    overwrite: bool,
+    write: impl FnOnce(&mut std::io::BufWriter<&File>, &Path) -> Result<()>,
+) -> Result<()> {
+    check_target(out, overwrite)?;
+    let parent = parent_of(out);
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.llmq-tmp-", file_name(out)))
+        .tempfile_in(&parent)
+        .map_err(|e| Error::io(&parent, e))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+    write(&mut w, tmp.path())?;
+    std::io::Write::flush(&mut w).map_err(|e| Error::io(tmp.path(), e))?;
+    drop(w);
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
+    sync_dir(&parent)
+}
+
 fn replace(staged: &Path, out: &Path) -> Result<()> {
     if std::fs::symlink_metadata(out).is_err() {
         return std::fs::rename(staged, out).map_err(|e| Error::io(out, e));

@@ -147,14 +147,8 @@ fn nearest_int(v: f32) -> i32 {
 /// scales around `max / −nmax`, maximises `(Σ w·x·l)² / Σ w·l²` with
 /// `w = x²`; returns that scale.
 fn make_qx_quants(nmax: i32, x: &[f32], codes: &mut [i8]) -> f32 {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let max = super::legacy::signed_absmax(x);
+    if max.abs() < GROUP_MAX_EPS {
         codes.iter_mut().for_each(|l| *l = 0);
         return 0.0;
     }

@@ -39,9 +39,8 @@ const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
 impl Quantize for BlockQ8_0 {
     /// `quantize_row_q8_0_ref`: d = max|x| / 127, q = round(x / d).
     fn quantize(x: &[f32]) -> Self {
-        let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let d = signed_absmax(x).abs() / 127.0;
+        let id = inverse(d);
         let mut qs = [0i8; 32];
         for (q, &v) in qs.iter_mut().zip(x) {
             *q = (v * id).round() as i8;
@@ -77,7 +76,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 /// The value of largest magnitude (the first of equal magnitudes), as
 /// `quantize_row_q4_0_ref` and `_q5_0_ref` pick it: its sign sets the
 /// scale's, so it lands on the code that has no positive twin.
-fn signed_absmax(x: &[f32]) -> f32 {
+pub(super) fn signed_absmax(x: &[f32]) -> f32 {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
         if amax < v.abs() {

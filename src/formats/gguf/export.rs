@@ -7,7 +7,7 @@
 
 use super::presets::{is_quantized_tensor, tensor_type, Preset, TypeRule};
 use super::writer::{self, TensorPlan};
-use super::{GgmlType, GgufModel, GgufValue};
+use super::{GgufModel, GgufValue};
 use crate::error::{Error, Result};
 use crate::formats::source::TensorSource;
 use serde::Serialize;
@@ -176,13 +176,4 @@ fn refuse_source_as_target(src: &Path, out: &Path) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// The types [`export`] can give a tensor (for help texts).
-pub fn written_types() -> Vec<&'static str> {
-    (0..64)
-        .filter_map(GgmlType::from_id)
-        .filter(|t| crate::encoding::ggml::quantizable(*t))
-        .map(GgmlType::name)
-        .collect()
 }

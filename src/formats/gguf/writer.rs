@@ -7,7 +7,7 @@
 use super::reader::{GgufValue, MAGIC};
 use super::GgmlType;
 use crate::error::{Error, Result};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 
 /// The GGUF version written.
@@ -155,59 +155,35 @@ pub fn write(
             "GGUF alignment {alignment} is not a power of two"
         )));
     }
-    if !overwrite && std::fs::symlink_metadata(out).is_ok() {
-        return Err(Error::Config(format!(
-            "{} already exists; use --overwrite to replace it",
-            out.display()
-        )));
-    }
     let (head, offsets) = header(metadata, tensors, alignment)?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => ".".into(),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    // Dropped on error: the temporary file is deleted.
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.llmq-tmp-",
-            out.file_name()
-                .map_or("out".into(), |n| n.to_string_lossy())
-        ))
-        .tempfile_in(&parent)
-        .map_err(|e| Error::io(&parent, e))?;
-    let io = |e| Error::io(tmp.path(), e);
-    let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
-    w.write_all(&head).map_err(io)?;
-    let data_start = pad(head.len() as u64, alignment);
-    w.write_all(&vec![0u8; (data_start - head.len() as u64) as usize])
-        .map_err(io)?;
-    let mut written = 0u64;
-    for (i, t) in tensors.iter().enumerate() {
-        let bytes = data(i)?;
-        if bytes.len() as u64 != t.bytes()? {
-            return Err(Error::Config(format!(
-                "tensor '{}': {} bytes given for {} {} elements ({} expected)",
-                t.name,
-                bytes.len(),
-                t.elements(),
-                t.ty.name(),
-                t.bytes()?
-            )));
-        }
-        w.write_all(&vec![0u8; (offsets[i] - written) as usize])
+    crate::formats::atomic::write_file(out, overwrite, |w, tmp| {
+        let io = |e| Error::io(tmp, e);
+        w.write_all(&head).map_err(io)?;
+        let data_start = pad(head.len() as u64, alignment);
+        w.write_all(&vec![0u8; (data_start - head.len() as u64) as usize])
             .map_err(io)?;
-        w.write_all(&bytes).map_err(io)?;
-        written = offsets[i] + bytes.len() as u64;
-    }
-    let end = pad(written, alignment);
-    w.write_all(&vec![0u8; (end - written) as usize])
-        .map_err(io)?;
-    w.flush().map_err(io)?;
-    drop(w);
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
-    crate::formats::atomic::sync_dir(&parent)
+        let mut written = 0u64;
+        for (i, t) in tensors.iter().enumerate() {
+            let bytes = data(i)?;
+            if bytes.len() as u64 != t.bytes()? {
+                return Err(Error::Config(format!(
+                    "tensor '{}': {} bytes given for {} {} elements ({} expected)",
+                    t.name,
+                    bytes.len(),
+                    t.elements(),
+                    t.ty.name(),
+                    t.bytes()?
+                )));
+            }
+            w.write_all(&vec![0u8; (offsets[i] - written) as usize])
+                .map_err(io)?;
+            w.write_all(&bytes).map_err(io)?;
+            written = offsets[i] + bytes.len() as u64;
+        }
+        let end = pad(written, alignment);
+        w.write_all(&vec![0u8; (end - written) as usize])
+            .map_err(io)
+    })
 }
 
 #[cfg(test)]
