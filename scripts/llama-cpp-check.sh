@@ -2,10 +2,12 @@
 # llama.cpp itself against llmq-gpu's GGUF output, on SmolLM2-135M
 # (the fixture; its dequantized Q4_1 weights are the reference):
 #  1. `llama-quantize` (no imatrix) and `llmq-gpu quantize --format gguf`
-#     write the Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 presets of the same source,
-#     and Q8_0 with the 1536-wide down projections in Q6_K: every tensor's
-#     type and bytes must be identical (tests/py/gguf_compare.py; metadata
-#     differences are listed, not fatal);
+#     write every preset llmq-gpu has (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
+#     Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, IQ4_NL) of the same source, Q8_0
+#     with the 1536-wide down projections in Q6_K, and Q8_0 with one down
+#     projection in each k-quant: every tensor's type and bytes must be
+#     identical (tests/py/gguf_compare.py; metadata differences are listed,
+#     not fatal);
 #  2. `llama-perplexity` on our F32 and Q8_0 files against our own `eval`
 #     of the same files (Persuasion, ctx 512, the same windows).
 # Builds llama.cpp's tools first (scripts/build-llama-cpp.sh, cached).
@@ -26,7 +28,15 @@ trap 'rm -rf "$OUT"' EXIT
 
 status=0
 # name, preset, extra options (given to both tools)
-cases=("Q8_0 Q8_0" "Q4_0 Q4_0" "Q4_1 Q4_1" "Q5_0 Q5_0" "Q5_1 Q5_1" "Q6_K-down Q8_0 --tensor-type ffn_down=Q6_K")
+# every-k: one down projection in each k-quant (SmolLM2's other rows are
+# 576 wide, no multiple of 256, and take the 32-block fallbacks).
+EVERY_K="--tensor-type blk\\.0\\.ffn_down=Q2_K --tensor-type blk\\.1\\.ffn_down=Q3_K"
+EVERY_K+=" --tensor-type blk\\.2\\.ffn_down=Q4_K --tensor-type blk\\.3\\.ffn_down=Q5_K"
+EVERY_K+=" --tensor-type blk\\.4\\.ffn_down=Q6_K"
+cases=("Q8_0 Q8_0" "Q4_0 Q4_0" "Q4_1 Q4_1" "Q5_0 Q5_0" "Q5_1 Q5_1"
+    "Q6_K-down Q8_0 --tensor-type ffn_down=Q6_K" "every-k Q8_0 $EVERY_K"
+    "Q2_K Q2_K" "Q3_K_S Q3_K_S" "Q3_K_M Q3_K_M" "Q3_K_L Q3_K_L" "Q4_K_S Q4_K_S"
+    "Q4_K_M Q4_K_M" "Q5_K_S Q5_K_S" "Q5_K_M Q5_K_M" "Q6_K Q6_K" "IQ4_NL IQ4_NL")
 for c in "${cases[@]}"; do
     read -r name preset extra <<<"$c"
     # The source is already quantized, hence --allow-requantize.

@@ -206,23 +206,50 @@ fn synthetic_blocks_of_every_type_match_gguf_py() {
 /// and dequantizes tensors of three types to what our reader gives.
 #[test]
 fn written_gguf_matches_gguf_py_for_every_preset() {
+    /// tests/py/gguf_requantize_ref.py's fingerprint of f32 values.
+    fn fingerprint(x: &[f32]) -> [String; 2] {
+        let (mut sum, mut weighted) = (0u64, 0u64);
+        for (i, v) in x.iter().enumerate() {
+            let b = u64::from(v.to_bits());
+            sum = sum.wrapping_add(b);
+            weighted = weighted.wrapping_add(b.wrapping_mul(i as u64 + 1));
+        }
+        [sum.to_string(), weighted.to_string()]
+    }
     use llmq_gpu::formats::gguf::export::{export, GgufExport};
     use llmq_gpu::formats::gguf::presets::Preset;
     let src_path = common::smollm2_gguf();
     let src = GgufModel::open(&src_path).unwrap();
     let python = common::python_with_references();
     let dir = tempfile::tempdir().unwrap();
-    let presets = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"];
+    // (file, preset, rules): the presets, and one file holding every
+    // k-quant (SmolLM2's 576-wide rows take the fallbacks; its 1536-wide
+    // down projections take 256-blocks).
+    let every_k = [
+        "blk\\.0\\.ffn_down=Q2_K",
+        "blk\\.1\\.ffn_down=Q3_K",
+        "blk\\.2\\.ffn_down=Q4_K",
+        "blk\\.3\\.ffn_down=Q5_K",
+        "blk\\.4\\.ffn_down=Q6_K",
+    ];
+    let mut files: Vec<(&str, &str, &[&str])> = [
+        "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "IQ4_NL",
+    ]
+    .iter()
+    .map(|p| (*p, *p, &[][..]))
+    .collect();
+    files.push(("every-k-quant", "Q8_0", &every_k));
+    let presets: Vec<&str> = files.iter().map(|f| f.0).collect();
     let mut written = Vec::new();
-    for preset in presets {
-        let out = dir.path().join(format!("{preset}.gguf"));
+    for (file, preset, rules) in &files {
+        let out = dir.path().join(format!("{file}.gguf"));
         let opts = GgufExport {
             preset: Preset::parse(preset).unwrap(),
-            rules: Vec::new(),
+            rules: rules.iter().map(|r| r.parse().unwrap()).collect(),
             overwrite: false,
         };
         let report = export(&src, &out, &opts, &mut |_, _, _| {}).unwrap();
-        written.push((preset, out, opts, report));
+        written.push((*file, out, opts, report));
     }
     let run = Command::new(&python)
         .arg(repo().join("tests/py/gguf_requantize_ref.py"))
@@ -240,6 +267,28 @@ fn written_gguf_matches_gguf_py_for_every_preset() {
     for ((preset, out, opts, report), line) in written.iter().zip(lines.lines()) {
         let r: Value = serde_json::from_str(line).unwrap();
         assert_eq!(r["mismatches"], serde_json::json!([]), "{preset}: {r}");
+        // Types gguf-py only dequantizes: its values equal ours exactly.
+        let fingerprints = r["fingerprints"].as_object().unwrap();
+        let m = GgufModel::open(out).unwrap();
+        for (name, want) in fingerprints {
+            let got = fingerprint(&m.load_f32(name).unwrap());
+            assert_eq!(&serde_json::json!(got), want, "{preset}: {name}");
+        }
+        let k_types: std::collections::BTreeSet<&str> = report
+            .tensors
+            .iter()
+            .filter(|t| fingerprints.contains_key(&t.name))
+            .map(|t| t.to)
+            .collect();
+        match *preset {
+            "every-k-quant" => assert_eq!(
+                k_types.into_iter().collect::<Vec<_>>(),
+                ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+            ),
+            "Q4_K_M" => assert_eq!(k_types.into_iter().collect::<Vec<_>>(), ["Q4_K", "Q6_K"]),
+            "IQ4_NL" => assert!(k_types.contains("IQ4_NL"), "{k_types:?}"),
+            _ => {}
+        }
         assert_eq!(r["tensors"].as_u64(), Some(272), "{preset}");
         assert_eq!(
             r["metadata_only_in_source"],

@@ -225,10 +225,13 @@ fn identity_hessian_assigns_nearest_centroids() {
     }
 }
 
-/// Both assignment weightings and both inits run and land near each other.
-/// EM finds local optima: the spread seen is up to 2.2× (seed
-/// 15472371886646739573: inverse-diag with Mahalanobis init 0.047, the
-/// other three 0.021–0.025), so the bound is 3×.
+/// Both assignment weightings and both inits run and land near the best
+/// of the four. EM finds local optima, and the Mahalanobis init finds
+/// worse ones on these Gaussian weights: over seeds 200–260 the worst
+/// ratio to the best of the four was 1.20 for k-means++ under either
+/// weighting, 1.85 for the default (Cholesky diagonal, Mahalanobis) and
+/// 4.41 for the inverse diagonal with Mahalanobis (CI failed at 3.3 with
+/// seed 8517594624536712199), so the bounds are 1.6, 2.5 and 6.
 #[test]
 fn weightings_and_inits_all_work() {
     let mut rng = common::rng("weightings_and_inits_all_work");
@@ -245,13 +248,21 @@ fn weightings_and_inits_all_work() {
             };
             let (e, before) = gptvq_error(&w, &h, rows, cols, &o);
             eprintln!("{weighting:?} {init:?}: {e:.5} (before the update {before:.5})");
-            errors.push(e);
+            errors.push((weighting, init, e));
         }
     }
-    let (lo, hi) = errors
-        .iter()
-        .fold((f64::MAX, 0f64), |(a, b), &e| (a.min(e), b.max(e)));
-    assert!(hi < 3.0 * lo, "{errors:?}");
+    let best = errors.iter().fold(f64::MAX, |a, e| a.min(e.2));
+    for &(weighting, init, e) in &errors {
+        let bound = match (weighting, init) {
+            (_, VqInit::KmeansPlusPlus) => 1.6,
+            (AssignWeight::CholeskyDiag, VqInit::Mahalanobis) => 2.5,
+            (AssignWeight::InverseDiag, VqInit::Mahalanobis) => 6.0,
+        };
+        assert!(
+            e.is_finite() && e <= bound * best,
+            "{weighting:?} {init:?}: {e} vs best {best}: {errors:?}"
+        );
+    }
 }
 
 #[test]

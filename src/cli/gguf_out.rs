@@ -16,9 +16,13 @@ pub struct GgufArgs {
     #[arg(long, default_value = "llmq", value_parser = ["llmq", "gguf"])]
     pub format: String,
     /// With --format gguf: llama-quantize's preset (F32, F16, BF16, Q8_0,
-    /// Q4_0, Q4_1, Q5_0, Q5_1), with its per-tensor mix: the output head
-    /// (or the tied token embedding) takes Q8_0 when its rows are no
-    /// multiple of 256, Q6_K otherwise.
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S,
+    /// Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL), with its per-tensor mix as
+    /// llama.cpp's: the output head (or the tied token embedding) takes
+    /// Q6_K (Q8_0 when its rows are no multiple of 256), the _M/_L mixes
+    /// give value and down projections of some layers more bits, and a
+    /// 256-block type on rows it does not divide falls back to a 32-block
+    /// type (Q4_K→Q5_0, Q5_K→Q5_1, Q6_K→Q8_0, Q2_K/Q3_K→Q4_0).
     #[arg(long, default_value = "Q8_0")]
     pub gguf_type: String,
     /// With --format gguf: REGEX=TYPE gives the tensors whose name matches

@@ -1,6 +1,7 @@
 //! Command-line parsing and one module per subcommand.
 
 mod bench;
+mod convert;
 mod devices;
 mod eval;
 mod generate;
@@ -41,6 +42,8 @@ pub enum Command {
     Generate(generate::Args),
     /// Measure INT4/INT8 GEMV and GEMM throughput per device against its copy bandwidth.
     Bench(bench::Args),
+    /// Write a GGUF file as a Hugging Face safetensors folder (f16, bf16 or f32).
+    Convert(convert::Args),
 }
 
 /// `--device` and `--adapter`, shared by every command that runs kernels.
@@ -66,6 +69,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Devices(a) => devices::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Convert(a) => convert::run(a),
     }
 }
 

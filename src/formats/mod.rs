@@ -3,6 +3,7 @@
 pub mod atomic;
 pub mod gguf;
 pub mod hf_config;
+pub mod hf_export;
 pub mod llmq;
 pub mod safetensors_model;
 pub mod source;

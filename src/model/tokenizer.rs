@@ -443,3 +443,35 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_reader(std::io::BufReader::new(f))
         .map_err(|e| Error::format(path, format!("bad JSON: {e}")))
 }
+
+impl Tokenizer {
+    /// `tokenizer.json` (the `tokenizers` serialization, which Hugging Face
+    /// and every tool built on it read) and the `tokenizer_config.json`
+    /// keys that carry this tokenizer's BOS/EOS conventions (read back by
+    /// [`Tokenizer::from_model`]), plus `chat_template` when given.
+    pub fn hf_files(&self, chat_template: Option<&str>) -> Result<(String, String)> {
+        let json = self.inner.to_string(true).map_err(|e| {
+            Error::format(&self.path, format!("cannot serialize the tokenizer: {e}"))
+        })?;
+        let token = |id: Option<u32>| id.and_then(|i| self.inner.id_to_token(i));
+        let mut cfg = serde_json::Map::new();
+        cfg.insert("add_bos_token".into(), Value::Bool(self.add_bos));
+        cfg.insert("add_eos_token".into(), Value::Bool(false));
+        if let Some(t) = token(self.bos) {
+            cfg.insert("bos_token".into(), Value::String(t));
+        }
+        if let Some(t) = token(self.eos) {
+            cfg.insert("eos_token".into(), Value::String(t));
+        }
+        if let Some(t) = chat_template {
+            cfg.insert("chat_template".into(), Value::String(t.to_string()));
+        }
+        cfg.insert(
+            "tokenizer_class".into(),
+            Value::String("PreTrainedTokenizerFast".into()),
+        );
+        let cfg = serde_json::to_string_pretty(&Value::Object(cfg))
+            .map_err(|e| Error::format(&self.path, e.to_string()))?;
+        Ok((json, cfg))
+    }
+}

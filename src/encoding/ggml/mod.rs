@@ -6,6 +6,7 @@
 //! operation so that both match llama.cpp bit for bit. The GGUF reader
 //! and writer (`formats::gguf`) dispatch here by [`GgmlType`].
 
+mod iq4_nl;
 mod kquants;
 mod legacy;
 mod types;
@@ -15,7 +16,8 @@ pub use types::GgmlType;
 use crate::error::{Error, Result};
 use bytemuck::Pod;
 use half::{bf16, f16};
-use kquants::{BlockQ4K, BlockQ5K, BlockQ6K};
+use iq4_nl::BlockIq4Nl;
+use kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
 use legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
 use rayon::prelude::*;
 
@@ -92,27 +94,19 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Option<Vec<f32>> {
         GgmlType::Q4_1 => blocks::<BlockQ4_1>(bytes, n),
         GgmlType::Q5_0 => blocks::<BlockQ5_0>(bytes, n),
         GgmlType::Q5_1 => blocks::<BlockQ5_1>(bytes, n),
+        GgmlType::Q2K => blocks::<BlockQ2K>(bytes, n),
+        GgmlType::Q3K => blocks::<BlockQ3K>(bytes, n),
         GgmlType::Q4K => blocks::<BlockQ4K>(bytes, n),
         GgmlType::Q5K => blocks::<BlockQ5K>(bytes, n),
         GgmlType::Q6K => blocks::<BlockQ6K>(bytes, n),
+        GgmlType::Iq4Nl => blocks::<BlockIq4Nl>(bytes, n),
         _ => None,
     }
 }
 
-/// Types [`quantize`] writes.
+/// Types [`quantize`] writes: every type llmq-gpu reads.
 pub fn quantizable(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::F32
-            | GgmlType::F16
-            | GgmlType::Bf16
-            | GgmlType::Q8_0
-            | GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q5_0
-            | GgmlType::Q5_1
-            | GgmlType::Q6K
-    )
+    ty.dequantizable()
 }
 
 fn quantize_blocks<B: Quantize>(x: &[f32]) -> Vec<u8> {
@@ -158,6 +152,11 @@ pub fn quantize(tensor: &str, ty: GgmlType, x: &[f32], row: usize) -> Result<Vec
         GgmlType::Q4_1 => quantize_blocks::<BlockQ4_1>(x),
         GgmlType::Q5_0 => quantize_blocks::<BlockQ5_0>(x),
         GgmlType::Q5_1 => quantize_blocks::<BlockQ5_1>(x),
-        _ => quantize_blocks::<BlockQ6K>(x),
+        GgmlType::Q2K => quantize_blocks::<BlockQ2K>(x),
+        GgmlType::Q3K => quantize_blocks::<BlockQ3K>(x),
+        GgmlType::Q4K => quantize_blocks::<BlockQ4K>(x),
+        GgmlType::Q5K => quantize_blocks::<BlockQ5K>(x),
+        GgmlType::Q6K => quantize_blocks::<BlockQ6K>(x),
+        _ => quantize_blocks::<BlockIq4Nl>(x),
     })
 }

@@ -5,7 +5,8 @@
 //! and those not quantized, copied byte for byte; the metadata carried
 //! over with `general.file_type` and `general.quantization_version` set.
 
-use super::presets::{is_quantized_tensor, tensor_type, Preset, TypeRule};
+use super::mix::{visit_order, Mix, ModelFacts};
+use super::presets::{is_quantized_tensor, tensor_type, Fallback, Preset, TypeRule};
 use super::writer::{self, TensorPlan};
 use super::{GgufModel, GgufValue};
 use crate::error::{Error, Result};
@@ -62,24 +63,39 @@ pub fn export(
     let start = Instant::now();
     refuse_source_as_target(src.path(), out)?;
     let raw = src.raw_tensors();
-    let has_output = raw.iter().any(|t| t.name == "output.weight");
-    let (mut plans, mut notes) = (Vec::with_capacity(raw.len()), Vec::new());
-    for t in raw {
-        let ty = match is_quantized_tensor(&t.name, &t.dims) {
-            true => {
-                let row = t.dims.first().copied().unwrap_or(1);
-                let (ty, note) = tensor_type(opts.preset, &opts.rules, &t.name, row, has_output)?;
-                notes.extend(note);
-                ty
-            }
-            false => t.ty,
-        };
-        plans.push(TensorPlan {
+    let names: Vec<&str> = raw.iter().map(|t| t.name.as_str()).collect();
+    let arch = src
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("llama");
+    let facts = ModelFacts::from_metadata(arch, |k| src.get(k).and_then(|v| v.as_u64()));
+    let mut mix = Mix::new(opts.preset, facts, &names);
+    let mut plans: Vec<TensorPlan> = raw
+        .iter()
+        .map(|t| TensorPlan {
             name: t.name.clone(),
             dims: t.dims.clone(),
-            ty,
-        });
+            ty: t.ty,
+        })
+        .collect();
+    // One note per kind of fallback, naming its tensors.
+    let mut fallbacks: Vec<(Fallback, Vec<&str>)> = Vec::new();
+    // llama.cpp's mix counts tensors in its own order.
+    for i in visit_order(&names) {
+        let t = &raw[i];
+        if is_quantized_tensor(&t.name, &t.dims) {
+            let row = t.dims.first().copied().unwrap_or(1);
+            let (ty, fb) = tensor_type(&mut mix, &opts.rules, &t.name, row)?;
+            if let Some(fb) = fb {
+                match fallbacks.iter_mut().find(|f| f.0 == fb) {
+                    Some(f) => f.1.push(&t.name),
+                    None => fallbacks.push((fb, vec![&t.name])),
+                }
+            }
+            plans[i].ty = ty;
+        }
     }
+    let mut notes: Vec<String> = fallbacks.iter().map(|(f, n)| f.note(n)).collect();
     let unused_rules: Vec<String> = opts
         .rules
         .iter()
@@ -87,10 +103,10 @@ pub fn export(
         .map(|r| r.pattern.as_str().to_string())
         .collect();
     for r in &unused_rules {
-        eprintln!(
-            "warning: --tensor-type '{r}=...' matches no tensor of {}",
+        notes.push(format!(
+            "--tensor-type '{r}=...' matches no tensor of {}",
             src.path().display()
-        );
+        ));
     }
     let alignment = src.alignment().max(1);
     let metadata = carried_metadata(src.metadata_values(), opts.preset, alignment);

@@ -2,6 +2,7 @@
 //! up front, tensors dequantized to f32 on demand.
 
 pub mod export;
+pub mod mix;
 pub mod presets;
 mod reader;
 pub mod writer;

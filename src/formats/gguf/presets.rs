@@ -3,13 +3,10 @@
 //! per-tensor mix (`llama_tensor_get_type` in llama.cpp
 //! src/llama-quant.cpp) and `--tensor-type REGEX=TYPE` overrides.
 
+use super::mix::Mix;
 use super::GgmlType;
 use crate::encoding::ggml::quantizable;
 use crate::error::{Error, Result};
-
-/// Elements per k-quant super-block: types built on it need rows of a
-/// multiple of 256.
-const QK_K: u64 = 256;
 
 /// A `llama-quantize` preset: the type most weights get, and the
 /// `general.file_type` it records.
@@ -23,6 +20,16 @@ pub enum Preset {
     Q4_1,
     Q5_0,
     Q5_1,
+    Q2K,
+    Q3KS,
+    Q3KM,
+    Q3KL,
+    Q4KS,
+    Q4KM,
+    Q5KS,
+    Q5KM,
+    Q6K,
+    Iq4Nl,
 }
 
 /// (preset, name, `llama_ftype` id, base type).
@@ -35,6 +42,16 @@ const PRESETS: &[(Preset, &str, u32, GgmlType)] = &[
     (Preset::Q4_1, "Q4_1", 3, GgmlType::Q4_1),
     (Preset::Q5_0, "Q5_0", 8, GgmlType::Q5_0),
     (Preset::Q5_1, "Q5_1", 9, GgmlType::Q5_1),
+    (Preset::Q2K, "Q2_K", 10, GgmlType::Q2K),
+    (Preset::Q3KS, "Q3_K_S", 11, GgmlType::Q3K),
+    (Preset::Q3KM, "Q3_K_M", 12, GgmlType::Q3K),
+    (Preset::Q3KL, "Q3_K_L", 13, GgmlType::Q3K),
+    (Preset::Q4KS, "Q4_K_S", 14, GgmlType::Q4K),
+    (Preset::Q4KM, "Q4_K_M", 15, GgmlType::Q4K),
+    (Preset::Q5KS, "Q5_K_S", 16, GgmlType::Q5K),
+    (Preset::Q5KM, "Q5_K_M", 17, GgmlType::Q5K),
+    (Preset::Q6K, "Q6_K", 18, GgmlType::Q6K),
+    (Preset::Iq4Nl, "IQ4_NL", 25, GgmlType::Iq4Nl),
 ];
 
 impl Preset {
@@ -47,8 +64,7 @@ impl Preset {
             .ok_or_else(|| {
                 let known: Vec<&str> = PRESETS.iter().map(|p| p.1).collect();
                 Error::Config(format!(
-                    "unknown GGUF type preset '{name}'; llmq-gpu writes {} (the k-quant and \
-                     IQ presets are not written yet)",
+                    "unknown GGUF type preset '{name}'; llmq-gpu writes {}",
                     known.join(", ")
                 ))
             })
@@ -122,24 +138,6 @@ pub fn is_quantized_tensor(name: &str, dims: &[u64]) -> bool {
         && !name.contains("token_types")
 }
 
-/// The type `llama_tensor_get_type` gives a tensor with rows of
-/// `row` values: the output head (the token embedding when the model
-/// ties them) takes Q8_0 when its rows are no multiple of 256 and Q6_K
-/// otherwise (unless the preset is Q8_0); every other weight the base.
-/// Non-quantized presets take the base everywhere.
-pub fn preset_type(preset: Preset, name: &str, row: u64, has_output: bool) -> GgmlType {
-    let base = preset.base();
-    if !base.is_quantized() {
-        return base;
-    }
-    let is_output = name == "output.weight" || (!has_output && name == "token_embd.weight");
-    match is_output {
-        true if !row.is_multiple_of(QK_K) => GgmlType::Q8_0,
-        true if base != GgmlType::Q8_0 => GgmlType::Q6K,
-        _ => base,
-    }
-}
-
 /// `tensor_type_fallback` of llama-quant.cpp: the type taken when `ty`'s
 /// blocks do not divide a row (a 256-block k-quant or IQ type falls back
 /// to a 32-block type; a 32-block type, or a fallback that still does not
@@ -166,33 +164,61 @@ fn fallback(ty: GgmlType, row: u64) -> GgmlType {
     }
 }
 
-/// The type a quantized tensor is written as, and a note when its rows
-/// forced a fallback: the first `rules` match, else the preset's; an
-/// error when the type is not one llmq-gpu writes.
+/// A type whose blocks do not divide a tensor's rows, and what was
+/// written instead ([`tensor_type`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fallback {
+    pub wanted: GgmlType,
+    pub written: GgmlType,
+    pub row: u64,
+}
+
+impl Fallback {
+    /// The warning llama-quantize prints, for `names` (one or more tensors).
+    pub fn note(&self, names: &[&str]) -> String {
+        let who = match names {
+            [one] => format!("tensor '{one}'"),
+            [first, rest @ ..] => format!("tensor '{first}' (and {} more)", rest.len()),
+            [] => "no tensor".to_string(),
+        };
+        format!(
+            "{who}: rows of {} values are no multiple of {} ({}'s block); written as {} \
+             instead, as llama-quantize does",
+            self.row,
+            self.wanted.block_size(),
+            self.wanted.name(),
+            self.written.name()
+        )
+    }
+}
+
+/// The type a quantized tensor is written as, and the fallback when its
+/// rows forced one: the first `rules` match, else the preset's mix
+/// ([`Mix`], called in [`super::mix::visit_order`]); an error when the
+/// type is not one llmq-gpu writes.
 pub fn tensor_type(
-    preset: Preset,
+    mix: &mut Mix,
     rules: &[TypeRule],
     name: &str,
     row: u64,
-    has_output: bool,
-) -> Result<(GgmlType, Option<String>)> {
+) -> Result<(GgmlType, Option<Fallback>)> {
+    let preset = mix.preset();
+    // A ruled tensor skips the mix and its counters, as in llama.cpp.
     let ruled = rules
         .iter()
         .find(|r| r.pattern.is_match(name))
         .map(|r| r.ty);
-    let wanted = ruled.unwrap_or_else(|| preset_type(preset, name, row, has_output));
-    let (ty, note) = match row.is_multiple_of(wanted.block_size() as u64) {
+    let wanted = ruled.unwrap_or_else(|| mix.choose(name, row));
+    let (ty, fb) = match row.is_multiple_of(wanted.block_size() as u64) {
         true => (wanted, None),
         false => {
-            let fb = fallback(wanted, row);
-            let note = format!(
-                "tensor '{name}': rows of {row} values are no multiple of {} ({}'s block); \
-                 written as {} instead, as llama-quantize does",
-                wanted.block_size(),
-                wanted.name(),
-                fb.name()
-            );
-            (fb, Some(note))
+            let written = fallback(wanted, row);
+            let fb = Fallback {
+                wanted,
+                written,
+                row,
+            };
+            (written, Some(fb))
         }
     };
     if !quantizable(ty) {
@@ -204,44 +230,67 @@ pub fn tensor_type(
             regex::escape(name)
         )));
     }
-    Ok((ty, note))
+    Ok((ty, fb))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::formats::gguf::mix::ModelFacts;
+
+    fn mix(p: Preset, names: &[&str]) -> Mix {
+        let facts = ModelFacts {
+            n_layer: 30,
+            n_gqa: 3,
+            n_expert: 1,
+            falcon: false,
+            is_70b: false,
+        };
+        Mix::new(p, facts, names)
+    }
+
     #[test]
     fn presets_follow_llama_quantize() {
         let p = Preset::parse("q4_0").unwrap();
         assert_eq!((p.file_type(), p.base()), (2, GgmlType::Q4_0));
+        assert_eq!(Preset::parse("q4_k_m").unwrap().file_type(), 15);
         assert!(Preset::parse("Q9_9").is_err());
-        // A tied head with 576-wide rows takes Q8_0; 4096-wide rows Q6_K.
-        assert_eq!(
-            preset_type(p, "token_embd.weight", 576, false),
-            GgmlType::Q8_0
-        );
-        assert_eq!(preset_type(p, "output.weight", 4096, true), GgmlType::Q6K);
-        assert_eq!(
-            preset_type(p, "token_embd.weight", 4096, true),
-            GgmlType::Q4_0
-        );
-        assert_eq!(
-            preset_type(Preset::F16, "output.weight", 4096, true),
-            GgmlType::F16
-        );
+        // A tied head with 576-wide rows takes Q6_K's fallback Q8_0 (with
+        // llama-quantize's warning); 4096-wide rows Q6_K.
+        let mut m = mix(p, &["token_embd.weight"]);
+        let (t, fb) = tensor_type(&mut m, &[], "token_embd.weight", 576).unwrap();
+        assert_eq!(t, GgmlType::Q8_0);
+        assert_eq!(fb.unwrap().wanted, GgmlType::Q6K);
+        let mut m = mix(p, &["token_embd.weight", "output.weight"]);
+        let t = tensor_type(&mut m, &[], "output.weight", 4096).unwrap();
+        assert_eq!(t, (GgmlType::Q6K, None));
+        let t = tensor_type(&mut m, &[], "token_embd.weight", 4096).unwrap();
+        assert_eq!(t, (GgmlType::Q4_0, None));
+        let mut m = mix(Preset::F16, &["output.weight"]);
+        let t = tensor_type(&mut m, &[], "output.weight", 4096).unwrap();
+        assert_eq!(t, (GgmlType::F16, None));
         let rule: TypeRule = "ffn_down=q8_0".parse().unwrap();
-        let t = tensor_type(p, &[rule], "blk.0.ffn_down.weight", 1536, false).unwrap();
+        let t = tensor_type(&mut m, &[rule], "blk.0.ffn_down.weight", 1536).unwrap();
         assert_eq!(t, (GgmlType::Q8_0, None));
         assert!("ffn_down".parse::<TypeRule>().is_err());
-        assert!("x=Q4_K".parse::<TypeRule>().is_err());
-        let t = tensor_type(p, &[], "output.weight", 4096, true).unwrap();
-        assert_eq!(t, (GgmlType::Q6K, None));
-        // Q6_K on 576-wide rows falls back to Q8_0, with a note.
+        assert!("x=IQ2_XXS".parse::<TypeRule>().is_err());
+        // Q6_K on 576-wide rows falls back to Q8_0, with a note; Q4_K to Q5_0.
         let rule: TypeRule = "attn_q=Q6_K".parse().unwrap();
-        let (t, note) = tensor_type(p, &[rule], "blk.0.attn_q.weight", 576, true).unwrap();
+        let (t, fb) = tensor_type(&mut m, &[rule], "blk.0.attn_q.weight", 576).unwrap();
         assert_eq!(t, GgmlType::Q8_0);
-        assert!(note.unwrap().contains("no multiple of 256"));
+        let note = fb
+            .unwrap()
+            .note(&["blk.0.attn_q.weight", "blk.1.attn_q.weight"]);
+        assert!(
+            note.contains(
+                "'blk.0.attn_q.weight' (and 1 more): rows of 576 values are no multiple of 256"
+            ),
+            "{note}"
+        );
+        let mut m = mix(Preset::Q4KM, &["blk.0.attn_q.weight"]);
+        let (t, _) = tensor_type(&mut m, &[], "blk.0.attn_q.weight", 576).unwrap();
+        assert_eq!(t, GgmlType::Q5_0);
         // A 32-block type on 48-wide rows falls back to F16.
         assert_eq!(fallback(GgmlType::Q4_0, 48), GgmlType::F16);
         assert!(is_quantized_tensor("blk.0.attn_q.weight", &[576, 576]));

@@ -1,0 +1,329 @@
+//! GGUF → Hugging Face folder (`llmq-gpu convert`): `config.json`, one
+//! `model.safetensors` of f32, f16 or bf16 weights under the transformers
+//! names (q/k rows un-permuted back to the half-split RoPE layout that
+//! llama.cpp's converter permuted them out of), `tokenizer.json` and
+//! `tokenizer_config.json` built from the GGUF tokenizer, and
+//! `generation_config.json`. Quantized GGUF tensors are dequantized; the
+//! folder is written all or nothing.
+
+use super::atomic::{self, StagingDir};
+use super::gguf::GgufModel;
+use super::source::TensorSource;
+use crate::error::{Error, Result};
+use crate::model::arch::{ArchConfig, RopeScaling};
+use crate::model::tokenizer::Tokenizer;
+use half::{bf16, f16};
+use serde_json::{json, Map, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The stored type of the written weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HfDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl HfDtype {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(Self::F32),
+            "f16" | "float16" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            _ => Err(Error::Config(format!(
+                "unknown --dtype '{s}'; use f32, f16 or bf16"
+            ))),
+        }
+    }
+    fn safetensors_name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::Bf16 => "BF16",
+        }
+    }
+    fn torch_name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::F16 => "float16",
+            Self::Bf16 => "bfloat16",
+        }
+    }
+    fn width(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            _ => 2,
+        }
+    }
+    fn encode(self, x: &[f32]) -> Vec<u8> {
+        match self {
+            Self::F32 => bytemuck::cast_slice(x).to_vec(),
+            Self::F16 => x
+                .iter()
+                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                .collect(),
+            Self::Bf16 => x
+                .iter()
+                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                .collect(),
+        }
+    }
+}
+
+/// What was written.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HfExportReport {
+    pub out: PathBuf,
+    pub tensors: usize,
+    pub bytes: u64,
+    /// Tensors of the GGUF file left out, with why.
+    pub skipped: Vec<String>,
+}
+
+/// The transformers name of GGUF tensor `name`, and whether its rows are
+/// q/k rows to un-permute (`Some(heads)`); `None` for tensors transformers
+/// has no place for (`rope_freqs.weight`: config.json's rope_scaling).
+fn hf_name(name: &str, arch: &ArchConfig) -> Result<Option<(String, Option<usize>)>> {
+    let top = match name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        "rope_freqs.weight" => return Ok(None),
+        _ => None,
+    };
+    if let Some(t) = top {
+        return Ok(Some((t.to_string(), None)));
+    }
+    let unknown = || {
+        Error::Config(format!(
+            "tensor '{name}' has no Hugging Face name for a {} model; convert supports the \
+             Llama family's tensors",
+            arch.architecture
+        ))
+    };
+    let rest = name.strip_prefix("blk.").ok_or_else(unknown)?;
+    let (layer, what) = rest.split_once('.').ok_or_else(unknown)?;
+    let layer: usize = layer.parse().map_err(|_| unknown())?;
+    let (what, param) = what.rsplit_once('.').ok_or_else(unknown)?;
+    let permuted = |heads| arch.rope_adjacent_pairs.then_some(heads);
+    let (hf, perm) = match what {
+        "attn_norm" => ("input_layernorm", None),
+        "attn_q" => ("self_attn.q_proj", permuted(arch.num_heads)),
+        "attn_k" => ("self_attn.k_proj", permuted(arch.num_kv_heads)),
+        "attn_v" => ("self_attn.v_proj", None),
+        "attn_output" => ("self_attn.o_proj", None),
+        "ffn_norm" => ("post_attention_layernorm", None),
+        "ffn_gate" => ("mlp.gate_proj", None),
+        "ffn_up" => ("mlp.up_proj", None),
+        "ffn_down" => ("mlp.down_proj", None),
+        _ => return Err(unknown()),
+    };
+    Ok(Some((format!("model.layers.{layer}.{hf}.{param}"), perm)))
+}
+
+/// llama.cpp's converter stores q/k rows of each head as interleaved
+/// pairs (row `2i + j` of a head was HF row `j·hd/2 + i`); undoes it.
+fn unpermute(x: &[f32], rows: usize, heads: usize) -> Result<Vec<f32>> {
+    let cols = x.len() / rows.max(1);
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
+        return Err(Error::Config(format!(
+            "cannot un-permute {rows} q/k rows over {heads} heads"
+        )));
+    }
+    let hd = rows / heads;
+    let mut out = vec![0f32; x.len()];
+    for h in 0..heads {
+        for i in 0..hd / 2 {
+            for j in 0..2 {
+                let (g, f) = (h * hd + 2 * i + j, h * hd + j * hd / 2 + i);
+                out[f * cols..(f + 1) * cols].copy_from_slice(&x[g * cols..(g + 1) * cols]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An f32 as the f64 of its shortest decimal form (1e-5, not
+/// 9.999999747378752e-6).
+fn shortest(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(f64::from(v))
+}
+
+/// transformers' `config.json` for `arch`.
+fn config_json(arch: &ArchConfig, dtype: HfDtype, tok: &Tokenizer) -> Result<Value> {
+    let class = match arch.architecture.as_str() {
+        "llama" => "LlamaForCausalLM",
+        "mistral" => "MistralForCausalLM",
+        "qwen2" => "Qwen2ForCausalLM",
+        other => {
+            return Err(Error::Config(format!(
+                "convert writes Llama, Mistral and Qwen2 models, not '{other}'"
+            )))
+        }
+    };
+    let mut c = json!({
+        "architectures": [class],
+        "model_type": arch.architecture,
+        "hidden_size": arch.hidden_size,
+        "intermediate_size": arch.intermediate_size,
+        "num_hidden_layers": arch.num_layers,
+        "num_attention_heads": arch.num_heads,
+        "num_key_value_heads": arch.num_kv_heads,
+        "head_dim": arch.hidden_size / arch.num_heads.max(1),
+        "vocab_size": arch.vocab_size,
+        "max_position_embeddings": arch.context_length,
+        "rope_theta": shortest(arch.rope_theta),
+        "rms_norm_eps": shortest(arch.rms_norm_eps),
+        "tie_word_embeddings": arch.tied_embeddings,
+        "hidden_act": "silu",
+        "torch_dtype": dtype.torch_name(),
+        "bos_token_id": tok.bos_id(),
+        "eos_token_id": tok.eos_id(),
+    });
+    let scaling = match &arch.rope_scaling {
+        None => Value::Null,
+        Some(RopeScaling::Linear { factor }) => json!({"rope_type": "linear", "factor": factor}),
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_context_length,
+        }) => json!({
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": low_freq_factor,
+            "high_freq_factor": high_freq_factor,
+            "original_max_position_embeddings": original_context_length,
+        }),
+        Some(RopeScaling::Unsupported { name }) => {
+            return Err(Error::Config(format!(
+                "the model's RoPE scaling '{name}' has no config.json form llmq-gpu writes"
+            )))
+        }
+    };
+    c["rope_scaling"] = scaling;
+    Ok(c)
+}
+
+/// Writes `src` as a Hugging Face folder at `out`; `progress(done, total,
+/// name)` after each tensor.
+pub fn gguf_to_hf(
+    src: &GgufModel,
+    out: &Path,
+    dtype: HfDtype,
+    overwrite: bool,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<HfExportReport> {
+    let arch = src.arch().clone();
+    let tok = Tokenizer::from_gguf_metadata(src.path(), &src.metadata().into_iter().collect())?;
+    let template = src.get("tokenizer.chat_template").and_then(|v| v.as_str());
+    let (mut plan, mut skipped) = (Vec::new(), Vec::new());
+    for t in src.tensors() {
+        match hf_name(&t.name, &arch)? {
+            Some((hf, perm)) => plan.push((t.clone(), hf, perm)),
+            None => skipped.push(format!(
+                "{}: transformers computes it from config.json's rope_scaling",
+                t.name
+            )),
+        }
+    }
+    let stage = StagingDir::create(out, overwrite)?;
+    let dir = stage.path().to_path_buf();
+    let write_text = |name: &str, text: &str| -> Result<()> {
+        let p = dir.join(name);
+        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
+    };
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    write_text("config.json", &pretty(&config_json(&arch, dtype, &tok)?))?;
+    let (tok_json, tok_cfg) = tok.hf_files(template)?;
+    write_text("tokenizer.json", &tok_json)?;
+    write_text("tokenizer_config.json", &tok_cfg)?;
+    let mut gen = Map::new();
+    if let Some(b) = tok.bos_id() {
+        gen.insert("bos_token_id".into(), b.into());
+    }
+    if let Some(e) = tok.eos_id() {
+        gen.insert("eos_token_id".into(), e.into());
+    }
+    write_text("generation_config.json", &pretty(&Value::Object(gen)))?;
+
+    // safetensors: an 8-byte header length, the JSON header (padded with
+    // spaces to 8 bytes), then the tensors back to back in header order.
+    let mut header = Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for (t, hf, _) in &plan {
+        let end = offset + t.numel() * dtype.width();
+        header.insert(
+            hf.clone(),
+            json!({"dtype": dtype.safetensors_name(), "shape": t.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut head =
+        serde_json::to_vec(&Value::Object(header)).map_err(|e| Error::Config(e.to_string()))?;
+    head.resize(head.len().next_multiple_of(8), b' ');
+    let path = dir.join("model.safetensors");
+    let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+    let mut w = std::io::BufWriter::new(file);
+    let io = |e| Error::io(&path, e);
+    w.write_all(&(head.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    w.write_all(&head).map_err(io)?;
+    for (i, (t, _, perm)) in plan.iter().enumerate() {
+        let mut x = src.load_f32(&t.name)?;
+        if let Some(j) = x.iter().position(|v| !v.is_finite()) {
+            return Err(Error::format(
+                src.path(),
+                format!(
+                    "tensor '{}' holds a non-finite value ({}) at element {j}",
+                    t.name, x[j]
+                ),
+            ));
+        }
+        if let Some(heads) = perm {
+            x = unpermute(&x, t.shape[0], *heads)
+                .map_err(|e| Error::format(src.path(), format!("tensor '{}': {e}", t.name)))?;
+        }
+        w.write_all(&dtype.encode(&x)).map_err(io)?;
+        progress(i + 1, plan.len(), &t.name);
+    }
+    w.flush().map_err(io)?;
+    drop(w);
+    atomic::sync_file(&path)?;
+    let bytes = (head.len() + 8 + offset) as u64;
+    let out = stage.commit()?;
+    Ok(HfExportReport {
+        out,
+        tensors: plan.len(),
+        bytes,
+        skipped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Un-permuting inverts llama.cpp's `permute` (convert_hf_to_gguf.py):
+    /// `w.reshape(heads, 2, hd/2, cols).swapaxes(1, 2)`.
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        let (heads, hd, cols) = (3, 4, 2);
+        let rows = heads * hd;
+        let hf: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let mut gguf = vec![0f32; hf.len()];
+        for h in 0..heads {
+            for j in 0..2 {
+                for i in 0..hd / 2 {
+                    // permute: new index (h, i, j) takes old (h, j, i).
+                    let (new, old) = (h * hd + i * 2 + j, h * hd + j * hd / 2 + i);
+                    gguf[new * cols..][..cols].copy_from_slice(&hf[old * cols..][..cols]);
+                }
+            }
+        }
+        assert_eq!(unpermute(&gguf, rows, heads).unwrap(), hf);
+        assert!(unpermute(&gguf, rows, 5).is_err());
+    }
+}
