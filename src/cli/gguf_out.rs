@@ -1,4 +1,4 @@
-//! `quantize --format gguf`: a GGUF file of llama.cpp's block types.
+//! `quantize --format gguf` (a GGUF file of llama.cpp's block types) and `--format gptq` (a Hugging Face GPTQ checkpoint made from the llmq folder).
 
 use super::human_bytes;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -11,9 +11,12 @@ use std::path::Path;
 #[derive(clap::Args, Debug)]
 pub struct GgufArgs {
     /// Output format: llmq (a folder of llmq-gpu's own encodings, the
-    /// default) or gguf (one file of llama.cpp's block types, loaded by
-    /// llama.cpp and every tool built on it; --gguf-type picks them).
-    #[arg(long, default_value = "llmq", value_parser = ["llmq", "gguf"])]
+    /// default), gguf (one file of llama.cpp's block types, loaded by
+    /// llama.cpp and every tool built on it; --gguf-type picks them) or
+    /// gptq (a Hugging Face GPTQ checkpoint as transformers, GPTQModel and
+    /// vLLM load it: 2, 4 or 8 bits, per channel or group, --method rtn or
+    /// gptq).
+    #[arg(long, default_value = "llmq", value_parser = ["llmq", "gguf", "gptq"])]
     pub format: String,
     /// With --format gguf: llama-quantize's preset (F32, F16, BF16, Q8_0,
     /// Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S,
@@ -30,6 +33,47 @@ pub struct GgufArgs {
     /// option, e.g. --tensor-type 'ffn_down=Q8_0'.
     #[arg(long, value_name = "REGEX=TYPE")]
     pub tensor_type: Vec<String>,
+}
+
+/// A temporary folder beside `out` for the llmq folder a GPTQ checkpoint
+/// is made from; refuses an existing `out` without `overwrite` up front.
+pub fn gptq_staging(out: &Path, overwrite: bool) -> Result<tempfile::TempDir> {
+    if out.exists() && !overwrite {
+        return Err(Error::Config(format!(
+            "{} exists; pass --overwrite to replace it",
+            out.display()
+        )));
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    tempfile::Builder::new()
+        .prefix(".llmq-gptq-")
+        .tempdir_in(&parent)
+        .map_err(|e| Error::io(&parent, e))
+}
+
+/// The llmq folder `llmq` rewritten as a GPTQ checkpoint at `out`.
+pub fn write_gptq(llmq: &Path, out: &Path, overwrite: bool, json: bool) -> Result<()> {
+    let view = llmq_gpu::model::view::ModelView::open(llmq)?;
+    let r = llmq_gpu::formats::gptq_export::llmq_to_gptq(&view, out, overwrite, &mut |_, _, _| {})?;
+    if !json {
+        println!(
+            "GPTQ checkpoint: {} linears, {} bits, group size {}, {} ({})",
+            r.quantized_linears,
+            r.bits,
+            r.group_size,
+            if r.symmetric {
+                "symmetric"
+            } else {
+                "asymmetric"
+            },
+            human_bytes(r.bytes)
+        );
+    }
+    Ok(())
 }
 
 impl GgufArgs {

@@ -144,7 +144,16 @@ pub fn run(a: Args) -> Result<()> {
         "gptvq" => Method::Gptvq,
         other => return Err(Error::Config(format!("unknown method '{other}'"))),
     };
-    let mut config = QuantizeConfig::new(&a.model, &a.out, scheme);
+    // --format gptq: the llmq folder is written to a temporary place, then
+    // rewritten as the GPTQ checkpoint (refused early if --out exists).
+    let gptq_stage = match a.gguf.format == "gptq" {
+        true => Some(super::gguf_out::gptq_staging(&a.out, a.overwrite)?),
+        false => None,
+    };
+    let llmq_out = gptq_stage
+        .as_ref()
+        .map_or(a.out.clone(), |d| d.path().join("llmq"));
+    let mut config = QuantizeConfig::new(&a.model, &llmq_out, scheme);
     let sources = a
         .calib
         .iter()
@@ -276,7 +285,11 @@ pub fn run(a: Args) -> Result<()> {
     };
     let result = llmq_gpu::quantize_model(&config, &mut on_progress, &CancelToken::default());
     bar.finish_and_clear();
-    let report = result?;
+    let mut report = result?;
+    if gptq_stage.is_some() {
+        super::gguf_out::write_gptq(&llmq_out, &a.out, a.overwrite, a.json)?;
+        report.out = a.out.clone();
+    }
 
     if a.json {
         let json =

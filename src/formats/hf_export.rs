@@ -8,13 +8,13 @@
 
 use super::atomic::{self, StagingDir};
 use super::gguf::GgufModel;
+use super::safetensors_writer::{self, Entry};
 use super::source::TensorSource;
 use crate::error::{Error, Result};
 use crate::model::arch::{ArchConfig, RopeScaling};
 use crate::model::tokenizer::Tokenizer;
 use half::{bf16, f16};
 use serde_json::{json, Map, Value};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The stored type of the written weights.
@@ -36,7 +36,7 @@ impl HfDtype {
             ))),
         }
     }
-    fn safetensors_name(self) -> &'static str {
+    pub(crate) fn safetensors_name(self) -> &'static str {
         match self {
             Self::F32 => "F32",
             Self::F16 => "F16",
@@ -50,13 +50,7 @@ impl HfDtype {
             Self::Bf16 => "bfloat16",
         }
     }
-    fn width(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            _ => 2,
-        }
-    }
-    fn encode(self, x: &[f32]) -> Vec<u8> {
+    pub(crate) fn encode(self, x: &[f32]) -> Vec<u8> {
         match self {
             Self::F32 => bytemuck::cast_slice(x).to_vec(),
             Self::F16 => x
@@ -84,7 +78,7 @@ pub struct HfExportReport {
 /// The transformers name of GGUF tensor `name`, and whether its rows are
 /// q/k rows to un-permute (`Some(heads)`); `None` for tensors transformers
 /// has no place for (`rope_freqs.weight`: config.json's rope_scaling).
-fn hf_name(name: &str, arch: &ArchConfig) -> Result<Option<(String, Option<usize>)>> {
+pub(crate) fn hf_name(name: &str, arch: &ArchConfig) -> Result<Option<(String, Option<usize>)>> {
     let top = match name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -151,7 +145,7 @@ fn shortest(v: f32) -> f64 {
 }
 
 /// transformers' `config.json` for `arch`.
-fn config_json(arch: &ArchConfig, dtype: HfDtype, tok: &Tokenizer) -> Result<Value> {
+pub(crate) fn config_json(arch: &ArchConfig, dtype: HfDtype, tok: &Tokenizer) -> Result<Value> {
     let class = match arch.architecture.as_str() {
         "llama" => "LlamaForCausalLM",
         "mistral" => "MistralForCausalLM",
@@ -206,6 +200,58 @@ fn config_json(arch: &ArchConfig, dtype: HfDtype, tok: &Tokenizer) -> Result<Val
     Ok(c)
 }
 
+/// The f32 values of GGUF tensor `t` as transformers stores them: finite,
+/// q/k rows un-permuted when `perm` gives the heads.
+pub(crate) fn hf_tensor(
+    src: &dyn TensorSource,
+    t: &crate::formats::source::TensorInfo,
+    perm: Option<usize>,
+) -> Result<Vec<f32>> {
+    let x = src.load_f32(&t.name)?;
+    if let Some(j) = x.iter().position(|v| !v.is_finite()) {
+        return Err(Error::format(
+            src.path(),
+            format!(
+                "tensor '{}' holds a non-finite value ({}) at element {j}",
+                t.name, x[j]
+            ),
+        ));
+    }
+    match perm {
+        Some(heads) => unpermute(&x, t.shape[0], heads)
+            .map_err(|e| Error::format(src.path(), format!("tensor '{}': {e}", t.name))),
+        None => Ok(x),
+    }
+}
+
+/// `config.json`, `tokenizer.json`, `tokenizer_config.json` and
+/// `generation_config.json` into `dir`.
+pub(crate) fn write_companions(
+    dir: &Path,
+    config: &Value,
+    tok: &Tokenizer,
+    chat_template: Option<&str>,
+) -> Result<()> {
+    let write_text = |name: &str, text: &str| -> Result<()> {
+        let p = dir.join(name);
+        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
+        atomic::sync_file(&p)
+    };
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    write_text("config.json", &pretty(config))?;
+    let (tok_json, tok_cfg) = tok.hf_files(chat_template)?;
+    write_text("tokenizer.json", &tok_json)?;
+    write_text("tokenizer_config.json", &tok_cfg)?;
+    let mut gen = Map::new();
+    if let Some(b) = tok.bos_id() {
+        gen.insert("bos_token_id".into(), b.into());
+    }
+    if let Some(e) = tok.eos_id() {
+        gen.insert("eos_token_id".into(), e.into());
+    }
+    write_text("generation_config.json", &pretty(&Value::Object(gen)))
+}
+
 /// Writes `src` as a Hugging Face folder at `out`; `progress(done, total,
 /// name)` after each tensor.
 pub fn gguf_to_hf(
@@ -230,69 +276,23 @@ pub fn gguf_to_hf(
     }
     let stage = StagingDir::create(out, overwrite)?;
     let dir = stage.path().to_path_buf();
-    let write_text = |name: &str, text: &str| -> Result<()> {
-        let p = dir.join(name);
-        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
-    };
-    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
-    write_text("config.json", &pretty(&config_json(&arch, dtype, &tok)?))?;
-    let (tok_json, tok_cfg) = tok.hf_files(template)?;
-    write_text("tokenizer.json", &tok_json)?;
-    write_text("tokenizer_config.json", &tok_cfg)?;
-    let mut gen = Map::new();
-    if let Some(b) = tok.bos_id() {
-        gen.insert("bos_token_id".into(), b.into());
-    }
-    if let Some(e) = tok.eos_id() {
-        gen.insert("eos_token_id".into(), e.into());
-    }
-    write_text("generation_config.json", &pretty(&Value::Object(gen)))?;
+    write_companions(&dir, &config_json(&arch, dtype, &tok)?, &tok, template)?;
 
-    // safetensors: an 8-byte header length, the JSON header (padded with
-    // spaces to 8 bytes), then the tensors back to back in header order.
-    let mut header = Map::new();
-    header.insert("__metadata__".into(), json!({"format": "pt"}));
-    let mut offset = 0usize;
-    for (t, hf, _) in &plan {
-        let end = offset + t.numel() * dtype.width();
-        header.insert(
-            hf.clone(),
-            json!({"dtype": dtype.safetensors_name(), "shape": t.shape, "data_offsets": [offset, end]}),
-        );
-        offset = end;
-    }
-    let mut head =
-        serde_json::to_vec(&Value::Object(header)).map_err(|e| Error::Config(e.to_string()))?;
-    head.resize(head.len().next_multiple_of(8), b' ');
+    let entries: Vec<Entry> = plan
+        .iter()
+        .map(|(t, hf, _)| Entry {
+            name: hf.clone(),
+            dtype: dtype.safetensors_name(),
+            shape: t.shape.clone(),
+        })
+        .collect();
     let path = dir.join("model.safetensors");
-    let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-    let mut w = std::io::BufWriter::new(file);
-    let io = |e| Error::io(&path, e);
-    w.write_all(&(head.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    w.write_all(&head).map_err(io)?;
-    for (i, (t, _, perm)) in plan.iter().enumerate() {
-        let mut x = src.load_f32(&t.name)?;
-        if let Some(j) = x.iter().position(|v| !v.is_finite()) {
-            return Err(Error::format(
-                src.path(),
-                format!(
-                    "tensor '{}' holds a non-finite value ({}) at element {j}",
-                    t.name, x[j]
-                ),
-            ));
-        }
-        if let Some(heads) = perm {
-            x = unpermute(&x, t.shape[0], *heads)
-                .map_err(|e| Error::format(src.path(), format!("tensor '{}': {e}", t.name)))?;
-        }
-        w.write_all(&dtype.encode(&x)).map_err(io)?;
+    let bytes = safetensors_writer::write(&path, &entries, &[("format", "pt")], |i| {
+        let (t, _, perm) = &plan[i];
+        let x = hf_tensor(src, t, *perm)?;
         progress(i + 1, plan.len(), &t.name);
-    }
-    w.flush().map_err(io)?;
-    drop(w);
-    atomic::sync_file(&path)?;
-    let bytes = (head.len() + 8 + offset) as u64;
+        Ok(dtype.encode(&x))
+    })?;
     let out = stage.commit()?;
     Ok(HfExportReport {
         out,
