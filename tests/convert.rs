@@ -5,20 +5,10 @@
 
 mod common;
 
+use common::{llmq, stderr};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn llmq(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llmq-gpu"))
-        .args(args)
-        .output()
-        .expect("run llmq-gpu")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use std::process::Command;
 
 fn persuasion() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/austen/persuasion.txt")

@@ -206,16 +206,6 @@ fn synthetic_blocks_of_every_type_match_gguf_py() {
 /// and dequantizes tensors of three types to what our reader gives.
 #[test]
 fn written_gguf_matches_gguf_py_for_every_preset() {
-    /// tests/py/gguf_requantize_ref.py's fingerprint of f32 values.
-    fn fingerprint(x: &[f32]) -> [String; 2] {
-        let (mut sum, mut weighted) = (0u64, 0u64);
-        for (i, v) in x.iter().enumerate() {
-            let b = u64::from(v.to_bits());
-            sum = sum.wrapping_add(b);
-            weighted = weighted.wrapping_add(b.wrapping_mul(i as u64 + 1));
-        }
-        [sum.to_string(), weighted.to_string()]
-    }
     use llmq_gpu::formats::gguf::export::{export, GgufExport};
     use llmq_gpu::formats::gguf::presets::Preset;
     let src_path = common::smollm2_gguf();
@@ -271,7 +261,7 @@ fn written_gguf_matches_gguf_py_for_every_preset() {
         let fingerprints = r["fingerprints"].as_object().unwrap();
         let m = GgufModel::open(out).unwrap();
         for (name, want) in fingerprints {
-            let got = fingerprint(&m.load_f32(name).unwrap());
+            let got = common::fingerprint(&m.load_f32(name).unwrap());
             assert_eq!(&serde_json::json!(got), want, "{preset}: {name}");
         }
         let k_types: std::collections::BTreeSet<&str> = report

@@ -5,32 +5,11 @@
 
 mod common;
 
+use common::{llmq, stderr};
 use llmq_gpu::model::view::ModelView;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn llmq(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llmq-gpu"))
-        .args(args)
-        .output()
-        .expect("run llmq-gpu")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// tests/py/gguf_requantize_ref.py's fingerprint of f32 values.
-fn fingerprint(x: &[f32]) -> Value {
-    let (mut sum, mut weighted) = (0u64, 0u64);
-    for (i, v) in x.iter().enumerate() {
-        let b = u64::from(v.to_bits());
-        sum = sum.wrapping_add(b);
-        weighted = weighted.wrapping_add(b.wrapping_mul(i as u64 + 1));
-    }
-    serde_json::json!([sum.to_string(), weighted.to_string()])
-}
+use std::process::Command;
 
 /// transformers' name of a GGUF linear, and the heads of its q/k rows.
 fn hf(name: &str, heads: usize, kv_heads: usize) -> (String, Option<usize>) {
@@ -113,7 +92,11 @@ fn check(dir: &Path, extra: &[&str]) {
             Some(h) => unpermute(&w, q.rows, q.cols, h),
             None => w,
         };
-        assert_eq!(linears[&name], fingerprint(&w), "{name}");
+        assert_eq!(
+            linears[&name],
+            serde_json::json!(common::fingerprint(&w)),
+            "{name}"
+        );
         checked += 1;
     }
     assert_eq!(checked, linears.len());

@@ -208,15 +208,8 @@ pub(crate) fn hf_tensor(
     perm: Option<usize>,
 ) -> Result<Vec<f32>> {
     let x = src.load_f32(&t.name)?;
-    if let Some(j) = x.iter().position(|v| !v.is_finite()) {
-        return Err(Error::format(
-            src.path(),
-            format!(
-                "tensor '{}' holds a non-finite value ({}) at element {j}",
-                t.name, x[j]
-            ),
-        ));
-    }
+    crate::quant::rtn::check_finite(&t.name, &x)
+        .map_err(|e| Error::format(src.path(), e.to_string()))?;
     match perm {
         Some(heads) => unpermute(&x, t.shape[0], heads)
             .map_err(|e| Error::format(src.path(), format!("tensor '{}': {e}", t.name))),

@@ -369,3 +369,27 @@ pub mod gptq_model {
         model
     }
 }
+
+/// Runs the `llmq-gpu` binary with `args`.
+pub fn llmq(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_llmq-gpu"))
+        .args(args)
+        .output()
+        .expect("the llmq-gpu binary runs")
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// tests/py/gguf_requantize_ref.py's exact fingerprint of f32 values: the
+/// bit patterns' sum and position-weighted sum modulo 2⁶⁴, as decimals.
+pub fn fingerprint(x: &[f32]) -> [String; 2] {
+    let (mut sum, mut weighted) = (0u64, 0u64);
+    for (i, v) in x.iter().enumerate() {
+        let b = u64::from(v.to_bits());
+        sum = sum.wrapping_add(b);
+        weighted = weighted.wrapping_add(b.wrapping_mul(i as u64 + 1));
+    }
+    [sum.to_string(), weighted.to_string()]
+}

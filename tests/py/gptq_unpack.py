@@ -15,6 +15,8 @@ import sys
 
 import numpy as np
 
+from gguf_requantize_ref import fingerprint
+
 
 def read_safetensors(path):
     with open(path, "rb") as f:
@@ -42,13 +44,6 @@ def unpack(words, bits, axis):
         return codes.reshape(w.shape[0] * pack, w.shape[1])
     codes = (w[:, :, None] >> shifts[None, None, :]) & mask
     return codes.reshape(w.shape[0], w.shape[1] * pack)
-
-
-def fingerprint(values):
-    b = np.ascontiguousarray(values, dtype=np.float32).reshape(-1).view(np.uint32).astype(np.uint64)
-    i = np.arange(1, b.size + 1, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        return [str(int(b.sum(dtype=np.uint64))), str(int((b * i).sum(dtype=np.uint64)))]
 
 
 def main():

@@ -117,15 +117,8 @@ pub fn export(
             true => src.tensor_bytes(&t.name)?.to_vec(),
             false => {
                 let x = src.load_f32(&t.name)?;
-                if let Some(j) = x.iter().position(|v| !v.is_finite()) {
-                    return Err(Error::format(
-                        src.path(),
-                        format!(
-                            "tensor '{}' holds a non-finite value ({}) at element {j}",
-                            t.name, x[j]
-                        ),
-                    ));
-                }
+                crate::quant::rtn::check_finite(&t.name, &x)
+                    .map_err(|e| Error::format(src.path(), e.to_string()))?;
                 crate::encoding::ggml::quantize(&t.name, p.ty, &x, t.dims[0] as usize)?
             }
         };

@@ -98,27 +98,36 @@ pub(crate) struct BlockQ4K {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
 
+/// `dequantize_row_q{4,5}_K`: sub-block pair `n` (64 weights) from byte
+/// `l`'s low and high nibbles plus `fifth(n, l)` (the 16s of Q5_K's fifth
+/// bit, for the pair's first and second sub-block), y = d·sc·q − dmin·m.
+fn dequant_k(
+    (d, dmin, scales): ([u8; 2], [u8; 2], &[u8; 12]),
+    qs: &[u8; QK_K / 2],
+    y: &mut [f32],
+    fifth: impl Fn(usize, usize) -> (u8, u8),
+) {
+    let (d, min) = (h(d), h(dmin));
+    for (n, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+        let (sc1, m1) = scale_min_k4(2 * n, scales);
+        let (sc2, m2) = scale_min_k4(2 * n + 1, scales);
+        let (d1, m1) = (d * f32::from(sc1), min * f32::from(m1));
+        let (d2, m2) = (d * f32::from(sc2), min * f32::from(m2));
+        for l in 0..32 {
+            let (hi1, hi2) = fifth(n, l);
+            y[l] = d1 * f32::from((q[l] & 0xF) + hi1) - m1;
+            y[l + 32] = d2 * f32::from((q[l] >> 4) + hi2) - m2;
+        }
+    }
+}
+
 impl Block for BlockQ4K {
     const N: usize = QK_K;
-    /// `dequantize_row_q4_K`: 8 sub-blocks of 32, y = d·sc·q − dmin·m.
+    /// `dequantize_row_q4_K`: 8 sub-blocks of 32.
     fn dequant(&self, y: &mut [f32]) {
-        let d = h(self.d);
-        let min = h(self.dmin);
-        for (n, (q, y)) in self
-            .qs
-            .chunks_exact(32)
-            .zip(y.chunks_exact_mut(64))
-            .enumerate()
-        {
-            let (sc1, m1) = scale_min_k4(2 * n, &self.scales);
-            let (sc2, m2) = scale_min_k4(2 * n + 1, &self.scales);
-            let (d1, m1) = (d * f32::from(sc1), min * f32::from(m1));
-            let (d2, m2) = (d * f32::from(sc2), min * f32::from(m2));
-            for l in 0..32 {
-                y[l] = d1 * f32::from(q[l] & 0xF) - m1;
-                y[l + 32] = d2 * f32::from(q[l] >> 4) - m2;
-            }
-        }
+        dequant_k((self.d, self.dmin, &self.scales), &self.qs, y, |_, _| {
+            (0, 0)
+        });
     }
 }
 
@@ -136,29 +145,12 @@ const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
 
 impl Block for BlockQ5K {
     const N: usize = QK_K;
-    /// `dequantize_row_q5_K`: as Q4_K with a fifth bit from `qh`.
+    /// `dequantize_row_q5_K`: as Q4_K with a fifth bit from `qh` (bits
+    /// `2n` and `2n + 1` for sub-block pair `n`).
     fn dequant(&self, y: &mut [f32]) {
-        let d = h(self.d);
-        let min = h(self.dmin);
-        for (n, (ql, y)) in self
-            .qs
-            .chunks_exact(32)
-            .zip(y.chunks_exact_mut(64))
-            .enumerate()
-        {
-            let (sc1, m1) = scale_min_k4(2 * n, &self.scales);
-            let (sc2, m2) = scale_min_k4(2 * n + 1, &self.scales);
-            let (d1, m1) = (d * f32::from(sc1), min * f32::from(m1));
-            let (d2, m2) = (d * f32::from(sc2), min * f32::from(m2));
-            let u1 = 1u8 << (2 * n);
-            let u2 = 2u8 << (2 * n);
-            for l in 0..32 {
-                let hi1 = if self.qh[l] & u1 != 0 { 16 } else { 0 };
-                let hi2 = if self.qh[l] & u2 != 0 { 16 } else { 0 };
-                y[l] = d1 * f32::from((ql[l] & 0xF) + hi1) - m1;
-                y[l + 32] = d2 * f32::from((ql[l] >> 4) + hi2) - m2;
-            }
-        }
+        let bit = |l: usize, b: usize| if self.qh[l] & (1 << b) != 0 { 16 } else { 0 };
+        let fifth = |n: usize, l: usize| (bit(l, 2 * n), bit(l, 2 * n + 1));
+        dequant_k((self.d, self.dmin, &self.scales), &self.qs, y, fifth);
     }
 }
 
