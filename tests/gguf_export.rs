@@ -94,12 +94,19 @@ fn bad_gguf_requests_fail_cleanly_on_smollm2() {
             "unknown GGUF type preset 'Q9_9'",
         ),
         (
-            &["--tensor-type", "attn_q=Q4_K"][..],
-            "Q4_K is not one llmq-gpu writes yet",
+            &["--tensor-type", "attn_q=IQ2_XXS"][..],
+            "IQ2_XXS is not one llmq-gpu writes yet",
         ),
         (&["--tensor-type", "attn_q"][..], "expected REGEX=TYPE"),
         (
-            &["--method", "gptq", "--calib", "x.txt"][..],
+            &[
+                "--gguf-type",
+                "Q4_K_M",
+                "--method",
+                "gptq",
+                "--calib",
+                "x.txt",
+            ][..],
             "not built yet",
         ),
     ] {

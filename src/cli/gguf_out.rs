@@ -2,6 +2,8 @@
 
 use super::human_bytes;
 use indicatif::{ProgressBar, ProgressStyle};
+use llmq_gpu::encoding::ggml::GgmlType;
+use llmq_gpu::encoding::{Granularity, QuantScheme};
 use llmq_gpu::formats::gguf::export::{self, ExportReport, GgufExport};
 use llmq_gpu::formats::gguf::presets::{Preset, TypeRule};
 use llmq_gpu::formats::gguf::{has_gguf_magic, GgufModel};
@@ -82,30 +84,9 @@ impl GgufArgs {
     }
 }
 
-/// Writes the GGUF file; `method` and `calibrated` say what else was asked
-/// (only round-to-nearest without calibration is built for GGUF yet).
-pub fn run(
-    a: &GgufArgs,
-    model: &Path,
-    out: &Path,
-    overwrite: bool,
-    (method, calibrated): (&str, bool),
-    json: bool,
-) -> Result<()> {
-    if method != "rtn" || calibrated {
-        return Err(Error::Config(format!(
-            "--format gguf writes llama.cpp's reference rounding (--method rtn, no --calib); \
-             --method {method}{} onto GGUF block types is not built yet",
-            if calibrated { " with --calib" } else { "" }
-        )));
-    }
-    if !model.is_file() || !has_gguf_magic(model)? {
-        return Err(Error::Config(format!(
-            "--format gguf needs a GGUF source model for now; {} is not a GGUF file",
-            model.display()
-        )));
-    }
-    let opts = GgufExport {
+/// The export's options from the arguments.
+fn options(a: &GgufArgs, overwrite: bool) -> Result<GgufExport> {
+    Ok(GgufExport {
         preset: Preset::parse(&a.gguf_type)?,
         rules: a
             .tensor_type
@@ -113,7 +94,78 @@ pub fn run(
             .map(|r| r.parse::<TypeRule>())
             .collect::<Result<_>>()?,
         overwrite,
+    })
+}
+
+fn require_gguf(model: &Path) -> Result<()> {
+    if !model.is_file() || !has_gguf_magic(model)? {
+        return Err(Error::Config(format!(
+            "--format gguf needs a GGUF source model for now; {} is not a GGUF file",
+            model.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `--method gptq` (or RTN with `--calib`) with `--format gguf`: the
+/// scheme whose codes are the preset's blocks (Q4_0: 4-bit symmetric
+/// groups of 32, ...). Presets of other types, and `--tensor-type` rules
+/// (which would take linears off that grid), are refused.
+pub fn coded_scheme(a: &GgufArgs, model: &Path, method: &str) -> Result<QuantScheme> {
+    require_gguf(model)?;
+    let preset = Preset::parse(&a.gguf_type)?;
+    let (bits, symmetric) = match preset.base() {
+        GgmlType::Q4_0 => (4, true),
+        GgmlType::Q4_1 => (4, false),
+        GgmlType::Q5_0 => (5, true),
+        GgmlType::Q5_1 => (5, false),
+        GgmlType::Q8_0 => (8, true),
+        _ => {
+            return Err(Error::Config(format!(
+                "--method {method} --format gguf rounds onto Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 \
+                 blocks; GPTQ onto {}'s blocks is not built yet (--method rtn without --calib \
+                 writes every preset)",
+                preset.name()
+            )))
+        }
     };
+    if !a.tensor_type.is_empty() {
+        return Err(Error::Config(format!(
+            "--tensor-type with --method {method} --format gguf: every linear is rounded onto \
+             {}'s grid; drop the rules or use --method rtn",
+            preset.name()
+        )));
+    }
+    eprintln!(
+        "note: --gguf-type {} sets the grid: {bits}-bit {} groups of 32 (--bits, --group-size \
+         and --sym are ignored)",
+        preset.name(),
+        if symmetric { "symmetric" } else { "asymmetric" }
+    );
+    QuantScheme::new(bits, symmetric, Granularity::Group(32))
+}
+
+/// The GGUF file of `model` whose linears are the codes of the llmq folder
+/// `llmq` (quantized from it under [`coded_scheme`]).
+pub fn write_coded(
+    a: &GgufArgs,
+    model: &Path,
+    llmq: &Path,
+    out: &Path,
+    overwrite: bool,
+    json: bool,
+) -> Result<()> {
+    let opts = options(a, overwrite)?;
+    let src = GgufModel::open(model)?;
+    let codes = llmq_gpu::model::view::ModelView::open(llmq)?;
+    let report = export::export_codes(&src, Some(codes.source()), out, &opts, &mut |_, _, _| {})?;
+    finish(&report, out, json)
+}
+
+/// Writes the GGUF file by llama.cpp's reference rounding.
+pub fn run(a: &GgufArgs, model: &Path, out: &Path, overwrite: bool, json: bool) -> Result<()> {
+    require_gguf(model)?;
+    let opts = options(a, overwrite)?;
     let src = GgufModel::open(model)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -126,16 +178,20 @@ pub fn run(
         bar.set_message(name.to_string());
     })?;
     bar.finish_and_clear();
+    finish(&report, out, json)
+}
+
+fn finish(report: &ExportReport, out: &Path, json: bool) -> Result<()> {
     for n in &report.notes {
         eprintln!("warning: {n}");
     }
     match json {
         true => {
             let text =
-                serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+                serde_json::to_string_pretty(report).map_err(|e| Error::Config(e.to_string()))?;
             println!("{text}");
         }
-        false => print_summary(&report, out),
+        false => print_summary(report, out),
     }
     Ok(())
 }
@@ -154,6 +210,12 @@ fn print_summary(r: &ExportReport, out: &Path) {
         r.preset,
         r.seconds
     );
+    if r.from_codes > 0 {
+        println!(
+            "  {} tensors written from the calibrated codes (the rest by llama.cpp's rounding)",
+            r.from_codes
+        );
+    }
     for (ty, n, bytes) in counts {
         println!("  {ty:<6} {n:>4} tensors  {}", human_bytes(bytes));
     }

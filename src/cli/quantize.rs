@@ -126,9 +126,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.gguf.wanted() {
-        let asked = (a.method.as_str(), !a.calib.is_empty());
-        return super::gguf_out::run(&a.gguf, &a.model, &a.out, a.overwrite, asked, a.json);
+    // GGUF: llama.cpp's reference rounding, or (GPTQ, calibrated RTN) the
+    // codes of an llmq folder on the preset's grid, written as its blocks.
+    let gguf_codes = a.gguf.wanted() && (a.method != "rtn" || !a.calib.is_empty());
+    if a.gguf.wanted() && !gguf_codes {
+        return super::gguf_out::run(&a.gguf, &a.model, &a.out, a.overwrite, a.json);
     }
     let granularity = if a.per_tensor {
         Granularity::PerTensor
@@ -137,7 +139,10 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         Granularity::Group(a.group_size)
     };
-    let scheme = QuantScheme::new(a.bits, a.sym, granularity)?;
+    let scheme = match gguf_codes {
+        true => super::gguf_out::coded_scheme(&a.gguf, &a.model, &a.method)?,
+        false => QuantScheme::new(a.bits, a.sym, granularity)?,
+    };
     let method = match a.method.as_str() {
         "rtn" => Method::Rtn,
         "gptq" => Method::Gptq,
@@ -146,7 +151,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     // --format gptq: the llmq folder is written to a temporary place, then
     // rewritten as the GPTQ checkpoint (refused early if --out exists).
-    let gptq_stage = match a.gguf.format == "gptq" {
+    let gptq_stage = match a.gguf.format == "gptq" || gguf_codes {
         true => Some(super::gguf_out::gptq_staging(&a.out, a.overwrite)?),
         false => None,
     };
@@ -286,8 +291,32 @@ pub fn run(a: Args) -> Result<()> {
     let result = llmq_gpu::quantize_model(&config, &mut on_progress, &CancelToken::default());
     bar.finish_and_clear();
     let mut report = result?;
+    // Where the GPTQ report ends up: in the llmq folder, or beside a
+    // file or checkpoint made from a staged one.
+    let mut report_at = "gptq-report.json in the output folder".to_string();
     if gptq_stage.is_some() {
-        super::gguf_out::write_gptq(&llmq_out, &a.out, a.overwrite, a.json)?;
+        match gguf_codes {
+            true => super::gguf_out::write_coded(
+                &a.gguf,
+                &a.model,
+                &llmq_out,
+                &a.out,
+                a.overwrite,
+                a.json,
+            )?,
+            false => super::gguf_out::write_gptq(&llmq_out, &a.out, a.overwrite, a.json)?,
+        }
+        let staged = llmq_out.join("gptq-report.json");
+        if staged.is_file() {
+            let mut name = a.out.as_os_str().to_owned();
+            name.push(".gptq-report.json");
+            let beside = PathBuf::from(name);
+            std::fs::copy(&staged, &beside).map_err(|e| Error::io(&beside, e))?;
+            report_at = beside.display().to_string();
+        }
+        if !a.json {
+            println!("the llmq codes it was written from (sizes are theirs, not the file's):");
+        }
         report.out = a.out.clone();
     }
 
@@ -327,12 +356,12 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     if let Some(g) = &report.gptq {
-        print_gptq_summary(g);
+        print_gptq_summary(g, &report_at);
     }
     Ok(())
 }
 
-fn print_gptq_summary(g: &GptqRunReport) {
+fn print_gptq_summary(g: &GptqRunReport, report_at: &str) {
     let linears: Vec<_> = g
         .layers
         .iter()
@@ -447,5 +476,5 @@ fn print_gptq_summary(g: &GptqRunReport) {
             human_bytes(down)
         );
     }
-    println!("  report           gptq-report.json in the output folder");
+    println!("  report           {report_at}");
 }

@@ -253,3 +253,37 @@ impl Quantize for BlockQ5_1 {
         }
     }
 }
+
+/// One 32-weight group of linear integer codes (`w = s·(q − z)`, `s`
+/// already f16-exact) as the block of `ty`: Q4_0, Q5_0 and Q8_0 hold
+/// symmetric codes exactly (`z` = 8, 16, 128, `d = s`); Q4_1 and Q5_1
+/// store `d = s` and the min `−s·z` rounded to f16, the one change.
+pub(super) fn affine_block(ty: super::GgmlType, codes: &[u32], s: f32, z: u8) -> Vec<u8> {
+    use super::GgmlType as T;
+    let q: [u8; 32] = std::array::from_fn(|j| codes[j] as u8);
+    let nibbles =
+        |q: &[u8; 32]| -> [u8; 16] { std::array::from_fn(|j| (q[j] & 0xF) | (q[j + 16] << 4)) };
+    let (d, m) = (f16_bits(s), f16_bits(-s * f32::from(z)));
+    match ty {
+        T::Q8_0 => bytemuck::bytes_of(&BlockQ8_0 {
+            d,
+            qs: std::array::from_fn(|j| (i32::from(q[j]) - 128) as i8),
+        })
+        .to_vec(),
+        T::Q4_0 => bytemuck::bytes_of(&BlockQ4_0 { d, qs: nibbles(&q) }).to_vec(),
+        T::Q4_1 => bytemuck::bytes_of(&BlockQ4_1 {
+            d,
+            m,
+            qs: nibbles(&q),
+        })
+        .to_vec(),
+        T::Q5_0 => {
+            let (qs, qh) = pack5(&q);
+            bytemuck::bytes_of(&BlockQ5_0 { d, qh, qs }).to_vec()
+        }
+        _ => {
+            let (qs, qh) = pack5(&q);
+            bytemuck::bytes_of(&BlockQ5_1 { d, m, qh, qs }).to_vec()
+        }
+    }
+}

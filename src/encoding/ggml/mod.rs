@@ -160,3 +160,67 @@ pub fn quantize(tensor: &str, ty: GgmlType, x: &[f32], row: usize) -> Result<Vec
         _ => quantize_blocks::<BlockIq4Nl>(x),
     })
 }
+
+/// The ggml type whose blocks hold `scheme`'s codes without requantizing:
+/// groups of 32, 4 or 5 bits (symmetric: Q4_0, Q5_0; asymmetric: Q4_1,
+/// Q5_1) or 8 bits symmetric (Q8_0). llmq-gpu's symmetric rule is Q4_0's
+/// (the value of largest magnitude onto the code without a positive twin),
+/// so GPTQ and RTN codes of these schemes are these types' codes.
+pub fn affine_type(scheme: &crate::encoding::QuantScheme) -> Option<GgmlType> {
+    use crate::encoding::Granularity;
+    if scheme.granularity != Granularity::Group(32) {
+        return None;
+    }
+    match (scheme.bits, scheme.symmetric) {
+        (4, true) => Some(GgmlType::Q4_0),
+        (4, false) => Some(GgmlType::Q4_1),
+        (5, true) => Some(GgmlType::Q5_0),
+        (5, false) => Some(GgmlType::Q5_1),
+        (8, true) => Some(GgmlType::Q8_0),
+        _ => None,
+    }
+}
+
+/// `q`'s codes as blocks of `ty` (its [`affine_type`]); errors name
+/// `tensor`. Q4_0, Q5_0 and Q8_0 dequantize to exactly `q`'s values; Q4_1
+/// and Q5_1 differ by the f16 rounding of each group's min `−scale·zero`.
+pub fn from_affine(
+    tensor: &str,
+    q: &crate::encoding::QuantizedTensor,
+    ty: GgmlType,
+) -> Result<Vec<u8>> {
+    if affine_type(&q.scheme) != Some(ty) || !q.cols.is_multiple_of(32) {
+        return Err(Error::Config(format!(
+            "tensor '{tensor}': {} codes on {} columns have no {} form (that needs groups of 32 \
+             on rows of a multiple of 32, {})",
+            q.scheme.label(),
+            q.cols,
+            ty.name(),
+            match ty {
+                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => "symmetric",
+                _ => "asymmetric",
+            }
+        )));
+    }
+    q.validate(tensor)?;
+    let groups = q.cols / 32;
+    let rows: Vec<Vec<u8>> = (0..q.rows)
+        .into_par_iter()
+        .map(|r| {
+            let wpr = q.words_per_row();
+            let mut codes = vec![0u32; q.cols];
+            crate::encoding::affine::packing::unpack_row(
+                &q.packed[r * wpr..(r + 1) * wpr],
+                q.scheme.bits,
+                &mut codes,
+            );
+            let mut out = Vec::with_capacity(groups * ty.type_size());
+            for (g, c) in codes.chunks_exact(32).enumerate() {
+                let i = r * groups + g;
+                out.extend(legacy::affine_block(ty, c, q.scales[i], q.zeros[i]));
+            }
+            out
+        })
+        .collect();
+    Ok(rows.concat())
+}

@@ -45,6 +45,9 @@ pub struct ExportReport {
     pub file_bytes: u64,
     /// Over every tensor of the file, as llama.cpp reports a model's size.
     pub bits_per_weight: f64,
+    /// Tensors written from the codes of an llmq folder (GPTQ, calibrated
+    /// RTN) rather than by llama.cpp's reference rounding.
+    pub from_codes: usize,
     /// Rules that matched no tensor.
     pub unused_rules: Vec<String>,
     /// What a user should hear about: fallbacks taken, rules unused.
@@ -56,6 +59,21 @@ pub struct ExportReport {
 /// each tensor. Nothing is left at `out` on error.
 pub fn export(
     src: &GgufModel,
+    out: &Path,
+    opts: &GgufExport,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<ExportReport> {
+    export_codes(src, None, out, opts, progress)
+}
+
+/// As [`export`], with the tensors that `codes` (an llmq folder quantized
+/// from `src`, by GPTQ or calibrated RTN) holds as linear integer codes
+/// written from those codes ([`crate::encoding::ggml::from_affine`])
+/// instead of llama.cpp's reference rounding of `src`: their type must be
+/// the one the preset gives them.
+pub fn export_codes(
+    src: &GgufModel,
+    codes: Option<&dyn TensorSource>,
     out: &Path,
     opts: &GgufExport,
     progress: &mut dyn FnMut(usize, usize, &str),
@@ -111,11 +129,20 @@ pub fn export(
     let alignment = src.alignment().max(1);
     let metadata = carried_metadata(src.metadata_values(), opts.preset, alignment);
     let total = plans.len();
+    let mut from_codes = 0;
     writer::write(out, opts.overwrite, &metadata, &plans, alignment, |i| {
         let (t, p) = (&raw[i], &plans[i]);
-        let bytes = match t.ty == p.ty {
-            true => src.tensor_bytes(&t.name)?.to_vec(),
-            false => {
+        let coded = match codes {
+            Some(c) if c.tensors().iter().any(|i| i.name == t.name) => c.load_quantized(&t.name)?,
+            _ => None,
+        };
+        let bytes = match (coded, t.ty == p.ty) {
+            (Some(q), _) => {
+                from_codes += 1;
+                crate::encoding::ggml::from_affine(&t.name, &q, p.ty)?
+            }
+            (None, true) => src.tensor_bytes(&t.name)?.to_vec(),
+            (None, false) => {
                 let x = src.load_f32(&t.name)?;
                 crate::quant::rtn::check_finite(&t.name, &x)
                     .map_err(|e| Error::format(src.path(), e.to_string()))?;
@@ -146,6 +173,7 @@ pub fn export(
         tensor_bytes,
         file_bytes,
         bits_per_weight: tensor_bytes as f64 * 8.0 / weights.max(1) as f64,
+        from_codes,
         unused_rules,
         notes,
         seconds: start.elapsed().as_secs_f64(),
