@@ -9,7 +9,8 @@
 #     identical (tests/py/gguf_compare.py; metadata differences are listed,
 #     not fatal);
 #  2. `llama-perplexity` on our F32 and Q8_0 files against our own `eval`
-#     of the same files (Persuasion, ctx 512, the same windows).
+#     of the same files (Persuasion, ctx 512, the same windows; the Q8_0
+#     file also with `eval --llama-cpp-activations`).
 # Builds llama.cpp's tools first (scripts/build-llama-cpp.sh, cached).
 # Usage: bash scripts/llama-cpp-check.sh [CHUNKS]   (default 20 windows)
 set -euo pipefail
@@ -53,16 +54,20 @@ done
 # Perplexity under both runtimes, the same windows. F32 tests the protocol
 # (tokens, windows, scoring): within 0.05%. Q8_0 adds llama.cpp's CPU
 # kernel rounding the activations to 8 bits (vec_dot_q8_0_q8_0), which our
-# eval does not do; measured 0.52% at 20 windows. It must stay below 1%.
+# default eval does not do (measured 0.52% at 20 windows; it must stay
+# below 1%); `eval --llama-cpp-activations` rounds them the same way and
+# must agree within 0.5% (measured 0.15% at 20 windows; the rest is not
+# explained yet: llama.cpp's f16 KV cache is shared with the F32 case).
 "$LLMQ" quantize --model "$SRC" --out "$OUT/ours-F32.gguf" --format gguf --gguf-type F32 >/dev/null
-for c in "F32 0.0005" "Q8_0 0.01"; do
-    read -r name bound <<<"$c"
-    echo "== perplexity of our $name file: llama-perplexity vs llmq-gpu eval ($CHUNKS windows of 512)"
+for c in "F32 0.0005" "Q8_0 0.01" "Q8_0 0.005 --llama-cpp-activations"; do
+    read -r name bound flag <<<"$c"
+    echo "== perplexity of our $name file: llama-perplexity vs llmq-gpu eval ${flag:-} ($CHUNKS windows of 512)"
     "$BIN/llama-perplexity" -m "$OUT/ours-$name.gguf" -f "$TEXT" -c 512 -b 512 --chunks "$CHUNKS" \
         -t "$(nproc)" >"$OUT/ppl-$name.log" 2>&1 || { tail -20 "$OUT/ppl-$name.log"; exit 1; }
     theirs="$(grep -o 'Final estimate: PPL = [0-9.]*' "$OUT/ppl-$name.log" | grep -o '[0-9.]*$')"
+    # shellcheck disable=SC2086
     ours="$("$LLMQ" eval --model "$OUT/ours-$name.gguf" --text "$TEXT" --ctx 512 --chunks "$CHUNKS" \
-        --device cpu --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')"
+        --device cpu --json ${flag:-} | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')"
     python3 - "$theirs" "$ours" "$bound" <<'PY' || status=1
 import sys
 theirs, ours, bound = map(float, sys.argv[1:])

@@ -52,13 +52,3 @@ fn quantize_vectors(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
         }
     }
 }
-
-@compute @workgroup_size(64)
-fn gather_columns(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.x + wg.y * nwg.x) * WG + lid;
-    if (i >= p.rows * p.len) {
-        return;
-    }
-    err[i] = w[(i / p.len) * p.cols + p.start + i % p.len];
-}

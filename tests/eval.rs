@@ -525,3 +525,61 @@ fn bad_inputs_fail_with_clear_messages() {
         "names both models: {e}"
     );
 }
+
+/// `--llama-cpp-activations`: a GGUF of Q4_1 linears is scored with each
+/// linear's input rounded to q8_0 blocks, as llama.cpp runs it (a small
+/// change of perplexity, not none), an f32 model is unchanged, and the
+/// GPU is refused.
+#[test]
+fn llama_cpp_activations_round_quantized_inputs_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let persuasion = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/austen/persuasion.txt");
+    let gguf = common::smollm2_gguf();
+    let ppl = |model: &Path, text: &Path, ctx: &str, flag: bool| {
+        let mut args = vec![
+            "--model",
+            s(model),
+            "--text",
+            s(text),
+            "--ctx",
+            ctx,
+            "--chunks",
+            "2",
+            "--json",
+        ];
+        if flag {
+            args.push("--llama-cpp-activations");
+        }
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["ppl"].as_f64().unwrap()
+    };
+    let (plain, rounded) = (
+        ppl(&gguf, &persuasion, "128", false),
+        ppl(&gguf, &persuasion, "128", true),
+    );
+    eprintln!(
+        "SmolLM2 Q4_1, 2 windows of 128: PPL {plain:.4} plain, {rounded:.4} with q8_0 inputs"
+    );
+    assert!(plain != rounded && (plain - rounded).abs() < 0.03 * plain);
+    let m = tiny(dir.path(), true);
+    let t = text(dir.path(), 200);
+    assert_eq!(ppl(&m, &t, "32", false), ppl(&m, &t, "32", true));
+    let o = Command::new(env!("CARGO_BIN_EXE_llmq-gpu"))
+        .args([
+            "eval",
+            "--model",
+            s(&m),
+            "--text",
+            s(&t),
+            "--ctx",
+            "32",
+            "--llama-cpp-activations",
+        ])
+        .args(["--device", "vulkan"])
+        .output()
+        .unwrap();
+    let e = failure(&o);
+    assert!(e.contains("--device cpu"), "{e}");
+}

@@ -1,7 +1,9 @@
 //! GPTQ's codes written as GGUF blocks (`quantize --format gguf --method
 //! gptq`): gguf-py's dequantization of every Q4_0 linear equals llmq-gpu's
 //! dequantization of the llmq folder the file was made from, bit for bit;
-//! the CLI runs end to end and refuses what it cannot write.
+//! the CLI runs end to end onto Q4_K_M's mix (GPTQ onto Q4_K, Q6_K, Q5_0
+//! and Q8_0 blocks) and IQ4_NL (the imatrix-weighted rounding), gguf-py
+//! reading every tensor as llmq-gpu does; what it cannot write is refused.
 
 mod common;
 
@@ -9,6 +11,7 @@ use common::{llmq, stderr};
 use llmq_gpu::formats::gguf::export::{export_codes, GgufExport};
 use llmq_gpu::formats::gguf::presets::Preset;
 use llmq_gpu::formats::gguf::GgufModel;
+use llmq_gpu::formats::source::TensorSource;
 use llmq_gpu::model::view::ModelView;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -20,6 +23,11 @@ fn emma() -> PathBuf {
 
 /// `quantize` of SmolLM2 with GPTQ on 4 short calibration windows, plus `extra`.
 fn gptq(out: &Path, extra: &[&str]) -> std::process::Output {
+    calibrated("gptq", out, extra)
+}
+
+/// `quantize` of SmolLM2 by `method` on 4 short calibration windows, plus `extra`.
+fn calibrated(method: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     let (gguf, emma) = (common::smollm2_gguf(), emma());
     let mut args = vec![
         "quantize",
@@ -28,7 +36,7 @@ fn gptq(out: &Path, extra: &[&str]) -> std::process::Output {
         "--out",
         out.to_str().unwrap(),
         "--method",
-        "gptq",
+        method,
         "--calib",
         emma.to_str().unwrap(),
         "--calib-samples",
@@ -96,14 +104,57 @@ fn gptq_codes_become_the_gguf_blocks() {
     assert!(dir.path().join("cli.gguf.gptq-report.json").is_file());
     let m = GgufModel::open(&file).unwrap();
     assert!(m.raw_tensors().iter().any(|t| t.ty.name() == "Q8_0"));
-    for (extra, why) in [
-        (&["--gguf-type", "Q4_K_M"][..], "not built yet"),
-        (&["--tensor-type", "ffn_down=Q8_0"][..], "--tensor-type"),
+    // Q4_K_M's mix under GPTQ, IQ4_NL under the weighted rounding: every
+    // tensor of both files as gguf-py dequantizes it is what we read.
+    for (preset, method, ty) in [("Q4_K_M", "gptq", "Q4_K"), ("IQ4_NL", "rtn", "IQ4_NL")] {
+        let file = dir.path().join(format!("{preset}.gguf"));
+        let o = calibrated(method, &file, &["--format", "gguf", "--gguf-type", preset]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout_has(
+            &o,
+            "210 tensors written from the calibrated codes"
+        ));
+        let m = GgufModel::open(&file).unwrap();
+        assert!(
+            m.raw_tensors().iter().any(|t| t.ty.name() == ty),
+            "{preset}"
+        );
+        let script = "import json, sys\nsys.path.insert(0, sys.argv[1])\n\
+            import gguf\nfrom gguf import quants\nfrom gguf_requantize_ref import fingerprint\n\
+            r = gguf.GGUFReader(sys.argv[2])\n\
+            print(json.dumps({t.name: fingerprint(quants.dequantize(t.data, t.tensor_type)) \
+            for t in r.tensors}))";
+        let o = Command::new(common::python_with_references())
+            .args(["-c", script])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py"))
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let theirs: Value = serde_json::from_slice(&o.stdout).unwrap();
+        for t in m.raw_tensors() {
+            let ours = common::fingerprint(&m.load_f32(&t.name).unwrap());
+            assert_eq!(
+                theirs[&t.name],
+                serde_json::json!(ours),
+                "{preset} {}",
+                t.name
+            );
+        }
+        eprintln!(
+            "{preset} by {method}: gguf-py reads all {} tensors as we do",
+            m.raw_tensors().len()
+        );
+    }
+    // What it refuses: an unknown type, GPTVQ (no block type holds its codebooks).
+    for (method, extra, why) in [
+        ("gptq", &["--gguf-type", "Q9_9"][..], "Q9_9"),
+        ("gptvq", &[][..], "GPTVQ"),
     ] {
         let x = dir.path().join("refused.gguf");
         let mut args = vec!["--format", "gguf"];
         args.extend_from_slice(extra);
-        let o = gptq(&x, &args);
+        let o = calibrated(method, &x, &args);
         assert!(!o.status.success());
         assert!(stderr(&o).contains(why), "{}", stderr(&o));
         assert!(!x.exists());

@@ -103,11 +103,11 @@ fn bad_gguf_requests_fail_cleanly_on_smollm2() {
                 "--gguf-type",
                 "Q4_K_M",
                 "--method",
-                "gptq",
+                "gptvq",
                 "--calib",
                 "x.txt",
             ][..],
-            "not built yet",
+            "GPTVQ's codebooks have no ggml block type",
         ),
     ] {
         let o = gguf(extra);

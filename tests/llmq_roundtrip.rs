@@ -259,3 +259,86 @@ fn missing_component_is_reported() {
     let err = LlmqModel::open(&out).err().unwrap().to_string();
     assert!(err.contains("model.missing.weight"), "{err}");
 }
+
+/// ggml blocks (what GPTQ onto a GGUF type stages) come back byte for byte
+/// with their type, dequantize as llama.cpp's blocks do, and run through
+/// the packed CPU matmul; a wrong byte count is refused with the name.
+#[test]
+fn ggml_blocks_round_trip() {
+    use llmq_gpu::encoding::ggml::{self, GgmlTensor, GgmlType};
+    use llmq_gpu::encoding::{EncodedTensor, Encoding};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (rows, cols) = (4, 512);
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|_| rng.gen_range(-1.0f32..1.0))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("blocks");
+    let mut writer = LlmqWriter::create(&out, false).unwrap();
+    let mut written = Vec::new();
+    for (i, ty) in [GgmlType::Q4K, GgmlType::Iq4Nl, GgmlType::Q6K]
+        .into_iter()
+        .enumerate()
+    {
+        let t = GgmlTensor {
+            ty,
+            rows,
+            cols,
+            data: ggml::quantize("w", ty, &w, cols).unwrap(),
+        };
+        let name = format!("model.layers.{i}.mlp.down_proj.weight");
+        writer
+            .add_encoded(
+                &name,
+                &[rows, cols],
+                &EncodedTensor::Ggml(t.clone()),
+                "gptq",
+            )
+            .unwrap();
+        written.push((name, t));
+    }
+    let bad = GgmlTensor {
+        ty: GgmlType::Q4K,
+        rows,
+        cols,
+        data: vec![0; 7],
+    };
+    let e = writer
+        .add_encoded(
+            "bad.weight",
+            &[rows, cols],
+            &EncodedTensor::Ggml(bad),
+            "gptq",
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("bad.weight"), "{e}");
+    writer
+        .finish(
+            &arch(),
+            Path::new("/m.gguf"),
+            Vec::new(),
+            &[],
+            serde_json::json!({}),
+        )
+        .unwrap();
+    let m = LlmqModel::open(&out).unwrap();
+    let x: Vec<f32> = (0..3 * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    for (name, t) in &written {
+        let back = m.load_encoded(name).unwrap().unwrap();
+        assert_eq!(back.encoding(), Encoding::Ggml(t.ty));
+        assert_eq!(back, EncodedTensor::Ggml(t.clone()));
+        let dense = ggml::dequantize(t.ty, &t.data, rows * cols).unwrap();
+        assert_eq!(m.load_f32(name).unwrap(), dense);
+        let y = back.matmul(&x, 3).unwrap();
+        for (k, &v) in y.iter().enumerate() {
+            let (tok, r) = (k / rows, k % rows);
+            let want: f32 = (0..cols)
+                .map(|c| x[tok * cols + c] * dense[r * cols + c])
+                .sum();
+            assert!(
+                (v - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "{name}: {v} vs {want}"
+            );
+        }
+    }
+}

@@ -184,6 +184,7 @@ impl<B: Backend + ?Sized> ResidentLinear for HostLinear<'_, B> {
         match self.q {
             EncodedTensor::Affine(q) => self.backend.matmul(q, x, tokens),
             EncodedTensor::Vq(v) => v.matmul(x, tokens),
+            EncodedTensor::Ggml(g) => g.matmul(x, tokens),
         }
     }
 }

@@ -35,6 +35,12 @@ pub struct Args {
     /// Write an SVG chart of perplexity against bits per weight to this file.
     #[arg(long)]
     chart: Option<PathBuf>,
+    /// Score GGUF files as llama.cpp's CPU backend runs them: each linear's
+    /// input rounded to the activation type llama.cpp multiplies that
+    /// tensor type with (q8_0 blocks for Q4_0..Q8_0 and IQ4_NL, q8_K for
+    /// the k-quants, f16 for F16; none for F32). Needs --device cpu.
+    #[arg(long)]
+    llama_cpp_activations: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -49,7 +55,8 @@ pub fn run(a: Args) -> Result<()> {
         .ctx(a.ctx)
         .chunks(a.chunks)
         .device(a.device.device)
-        .adapter(a.device.adapter.clone());
+        .adapter(a.device.adapter.clone())
+        .llama_cpp_activations(a.llama_cpp_activations);
 
     let bar = progress_bar();
     if a.text.len() > 1 {

@@ -8,6 +8,7 @@ use llmq_gpu::formats::gguf::export::{self, ExportReport, GgufExport};
 use llmq_gpu::formats::gguf::presets::{Preset, TypeRule};
 use llmq_gpu::formats::gguf::{has_gguf_magic, GgufModel};
 use llmq_gpu::{Error, Result};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 #[derive(clap::Args, Debug)]
@@ -108,45 +109,42 @@ fn require_gguf(model: &Path) -> Result<()> {
 }
 
 /// `--method gptq` (or RTN with `--calib`) with `--format gguf`: the
-/// scheme whose codes are the preset's blocks (Q4_0: 4-bit symmetric
-/// groups of 32, ...). Presets of other types, and `--tensor-type` rules
-/// (which would take linears off that grid), are refused.
-pub fn coded_scheme(a: &GgufArgs, model: &Path, method: &str) -> Result<QuantScheme> {
+/// block type every tensor gets (the preset's mix and the rules, as the
+/// file will hold them), which the pipeline rounds each linear onto
+/// (GPTQ onto the type, or the imatrix-weighted rounding), and the scheme
+/// of any linear left in a float type (quantized in the calibration
+/// forward as 8-bit groups, written from the source).
+pub fn coded_plan(
+    a: &GgufArgs,
+    model: &Path,
+    method: &str,
+) -> Result<(QuantScheme, BTreeMap<String, GgmlType>)> {
     require_gguf(model)?;
-    let preset = Preset::parse(&a.gguf_type)?;
-    let (bits, symmetric) = match preset.base() {
-        GgmlType::Q4_0 => (4, true),
-        GgmlType::Q4_1 => (4, false),
-        GgmlType::Q5_0 => (5, true),
-        GgmlType::Q5_1 => (5, false),
-        GgmlType::Q8_0 => (8, true),
-        _ => {
-            return Err(Error::Config(format!(
-                "--method {method} --format gguf rounds onto Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 \
-                 blocks; GPTQ onto {}'s blocks is not built yet (--method rtn without --calib \
-                 writes every preset)",
-                preset.name()
-            )))
-        }
-    };
-    if !a.tensor_type.is_empty() {
-        return Err(Error::Config(format!(
-            "--tensor-type with --method {method} --format gguf: every linear is rounded onto \
-             {}'s grid; drop the rules or use --method rtn",
-            preset.name()
-        )));
+    let opts = options(a, false)?;
+    let src = GgufModel::open(model)?;
+    let plan = export::plan(&src, &opts)?;
+    let types: BTreeMap<String, GgmlType> = plan
+        .tensors
+        .iter()
+        .filter(|t| llmq_gpu::encoding::ggml::layout(t.ty).is_some())
+        .map(|t| (t.name.clone(), t.ty))
+        .collect();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for ty in types.values() {
+        *counts.entry(ty.name()).or_default() += 1;
     }
+    let counts: Vec<String> = counts.iter().map(|(t, n)| format!("{n} {t}")).collect();
     eprintln!(
-        "note: --gguf-type {} sets the grid: {bits}-bit {} groups of 32 (--bits, --group-size \
-         and --sym are ignored)",
-        preset.name(),
-        if symmetric { "symmetric" } else { "asymmetric" }
+        "note: --method {method} rounds onto {}'s block types ({}; --bits, --group-size and \
+         --sym are ignored)",
+        opts.preset.name(),
+        counts.join(", ")
     );
-    QuantScheme::new(bits, symmetric, Granularity::Group(32))
+    Ok((QuantScheme::new(8, true, Granularity::Group(32))?, types))
 }
 
 /// The GGUF file of `model` whose linears are the codes of the llmq folder
-/// `llmq` (quantized from it under [`coded_scheme`]).
+/// `llmq` (quantized from it under [`coded_plan`]).
 pub fn write_coded(
     a: &GgufArgs,
     model: &Path,

@@ -129,6 +129,13 @@ pub fn run(a: Args) -> Result<()> {
     // GGUF: llama.cpp's reference rounding, or (GPTQ, calibrated RTN) the
     // codes of an llmq folder on the preset's grid, written as its blocks.
     let gguf_codes = a.gguf.wanted() && (a.method != "rtn" || !a.calib.is_empty());
+    if gguf_codes && a.method == "gptvq" {
+        return Err(Error::Config(
+            "--method gptvq --format gguf: GPTVQ's codebooks have no ggml block type; use \
+             --method gptq (GPTQ onto the preset's blocks) or --format llmq"
+                .into(),
+        ));
+    }
     if a.gguf.wanted() && !gguf_codes {
         return super::gguf_out::run(&a.gguf, &a.model, &a.out, a.overwrite, a.json);
     }
@@ -139,9 +146,12 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         Granularity::Group(a.group_size)
     };
-    let scheme = match gguf_codes {
-        true => super::gguf_out::coded_scheme(&a.gguf, &a.model, &a.method)?,
-        false => QuantScheme::new(a.bits, a.sym, granularity)?,
+    let (scheme, ggml_types) = match gguf_codes {
+        true => super::gguf_out::coded_plan(&a.gguf, &a.model, &a.method)?,
+        false => (
+            QuantScheme::new(a.bits, a.sym, granularity)?,
+            Default::default(),
+        ),
     };
     let method = match a.method.as_str() {
         "rtn" => Method::Rtn,
@@ -179,6 +189,7 @@ pub fn run(a: Args) -> Result<()> {
             if let Some(n) = a.calib_holdout {
                 settings.holdout = n;
             }
+            settings.ggml_types = ggml_types;
             settings.options = GptqOptions {
                 damp: a.damp,
                 block: a.block_size,
@@ -212,7 +223,18 @@ pub fn run(a: Args) -> Result<()> {
         Method::Gptvq => config,
         _ => config.method(method),
     };
-    let label = config.label();
+    let label = match gguf_codes {
+        true => format!(
+            "{} onto {}'s blocks",
+            if method == Method::Gptq {
+                "GPTQ"
+            } else {
+                "imatrix-weighted rounding"
+            },
+            a.gguf.gguf_type.to_uppercase()
+        ),
+        false => config.label(),
+    };
     let config = config
         .device(a.device.device)
         .adapter(a.device.adapter.clone())

@@ -69,6 +69,16 @@ pub trait Grid: Send + Sync {
         1
     }
 
+    /// `Some(n)` for grids fitted only on the host, `n` groups at a time
+    /// (a k-quant super-block's sub-blocks share its f16 scales; their
+    /// WGSL has no `grid_fit`): GPTQ runs them with static groups, fitted
+    /// once from the original weights under act-order and otherwise
+    /// refitted from the current weights at each block of the column
+    /// loop ([`crate::quant::gptq::quantize_on_grid`]).
+    fn host_fit_groups(&self) -> Option<usize> {
+        None
+    }
+
     /// Rounds the `step()` weights `x` together under `params`, writing
     /// their values to `out` and returning the code. `u` is the `[step,
     /// step]` row-major block of H⁻¹'s upper factor at these columns (what

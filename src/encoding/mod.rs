@@ -13,8 +13,8 @@
 //!   resident on a backend (what bandwidth figures count).
 //!
 //! Encodings: linear integer codes with a scale and zero-point per group
-//! ([`affine`]) and vector-quantized codebooks ([`vq`]); the GGML block
-//! types join as siblings. This module is a leaf of the crate:
+//! ([`affine`]), vector-quantized codebooks ([`vq`]) and llama.cpp's block
+//! types ([`ggml`], as GGUF stores them). This module is a leaf of the crate:
 //! it depends on nothing else in it but the error type.
 
 pub mod affine;
@@ -101,6 +101,8 @@ pub enum Encoding {
     /// Vector quantization: each vector of `dim` weights is an index into
     /// its group's codebook.
     Vq(VqScheme),
+    /// llama.cpp's blocks of one ggml type, as a GGUF file stores them.
+    Ggml(ggml::GgmlType),
 }
 
 impl Encoding {
@@ -109,6 +111,7 @@ impl Encoding {
         match self {
             Encoding::Affine(s) => s.label(),
             Encoding::Vq(s) => s.label(),
+            Encoding::Ggml(t) => t.name().to_string(),
         }
     }
 
@@ -117,6 +120,7 @@ impl Encoding {
         match self {
             Encoding::Affine(s) => affine::parts(s, rows, cols),
             Encoding::Vq(s) => vq::parts(s, rows, cols),
+            Encoding::Ggml(t) => ggml::parts(*t, rows, cols),
         }
     }
 
@@ -137,6 +141,9 @@ impl Encoding {
         match self {
             Encoding::Affine(s) => affine::resident_bytes(s, rows, cols),
             Encoding::Vq(s) => vq::resident_bytes(s, rows, cols),
+            // The blocks, as the CPU's matmul reads them (the GPU has no
+            // block kernels yet and holds them dequantized).
+            Encoding::Ggml(t) => (ggml::row_bytes(*t, cols) * rows) as u64,
         }
     }
 }
@@ -182,6 +189,7 @@ impl std::fmt::Display for LinearStorage {
 pub enum EncodedTensor {
     Affine(QuantizedTensor),
     Vq(VqTensor),
+    Ggml(ggml::GgmlTensor),
 }
 
 impl EncodedTensor {
@@ -189,6 +197,7 @@ impl EncodedTensor {
         match self {
             EncodedTensor::Affine(q) => q.rows,
             EncodedTensor::Vq(v) => v.rows,
+            EncodedTensor::Ggml(g) => g.rows,
         }
     }
 
@@ -196,6 +205,7 @@ impl EncodedTensor {
         match self {
             EncodedTensor::Affine(q) => q.cols,
             EncodedTensor::Vq(v) => v.cols,
+            EncodedTensor::Ggml(g) => g.cols,
         }
     }
 
@@ -203,6 +213,7 @@ impl EncodedTensor {
         match self {
             EncodedTensor::Affine(q) => q.encoding(),
             EncodedTensor::Vq(v) => v.encoding(),
+            EncodedTensor::Ggml(g) => g.encoding(),
         }
     }
 
@@ -210,6 +221,7 @@ impl EncodedTensor {
         match self {
             EncodedTensor::Affine(q) => q.validate(name),
             EncodedTensor::Vq(v) => v.validate(name),
+            EncodedTensor::Ggml(g) => g.validate(name),
         }
     }
 
@@ -218,6 +230,7 @@ impl EncodedTensor {
         match self {
             EncodedTensor::Affine(q) => q.dequantize(),
             EncodedTensor::Vq(v) => v.dequantize(),
+            EncodedTensor::Ggml(g) => g.dequantize(),
         }
     }
 
@@ -226,6 +239,7 @@ impl EncodedTensor {
         match self {
             EncodedTensor::Affine(q) => q.matmul(x, tokens),
             EncodedTensor::Vq(v) => v.matmul(x, tokens),
+            EncodedTensor::Ggml(g) => g.matmul(x, tokens),
         }
     }
 
@@ -233,6 +247,7 @@ impl EncodedTensor {
         match self {
             EncodedTensor::Affine(q) => q.stored_parts(name),
             EncodedTensor::Vq(v) => v.stored_parts(name),
+            EncodedTensor::Ggml(g) => g.stored_parts(name),
         }
     }
 
@@ -251,6 +266,9 @@ impl EncodedTensor {
             Encoding::Vq(s) => {
                 EncodedTensor::Vq(VqTensor::from_stored_parts(name, s, rows, cols, part)?)
             }
+            Encoding::Ggml(t) => EncodedTensor::Ggml(ggml::GgmlTensor::from_stored_parts(
+                name, t, rows, cols, part,
+            )?),
         })
     }
 

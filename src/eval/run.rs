@@ -7,7 +7,7 @@ use super::size;
 use crate::backend::gpu::DeviceChoice;
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
-use crate::model::forward::{open_forward, Forward};
+use crate::model::forward::{open_forward_as, Forward};
 use crate::model::{ModelView, Tokenizer};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,9 @@ pub struct EvalConfig {
     pub device: DeviceChoice,
     /// Picks an adapter by case-insensitive name substring.
     pub adapter: Option<String>,
+    /// Round every linear's input as llama.cpp's CPU backend does for the
+    /// file's tensor types (scores a GGUF file as llama.cpp runs it; CPU).
+    pub llama_cpp_activations: bool,
 }
 
 impl EvalConfig {
@@ -48,6 +51,7 @@ impl EvalConfig {
             chunks: None,
             device: DeviceChoice::Auto,
             adapter: None,
+            llama_cpp_activations: false,
         }
     }
     pub fn reference(mut self, path: Option<PathBuf>) -> Self {
@@ -68,6 +72,10 @@ impl EvalConfig {
     }
     pub fn adapter(mut self, name: Option<String>) -> Self {
         self.adapter = name;
+        self
+    }
+    pub fn llama_cpp_activations(mut self, on: bool) -> Self {
+        self.llama_cpp_activations = on;
         self
     }
 }
@@ -323,7 +331,12 @@ pub fn evaluate(
         on_progress(EvalProgress::Loading {
             model: p.to_path_buf(),
         });
-        open_forward(p, config.device, config.adapter.as_deref())
+        open_forward_as(
+            p,
+            config.device,
+            config.adapter.as_deref(),
+            config.llama_cpp_activations,
+        )
     };
     let ref_forward = match &reference {
         Some(r) => Some(load(&r.path, on_progress)?),

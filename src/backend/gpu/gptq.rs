@@ -28,6 +28,7 @@ use std::sync::Arc;
 const SOURCE: &str = with_tile_gemm!("gptq.wgsl");
 /// The column loop of vector grids, after [`SOURCE`].
 const VQ_SOURCE: &str = include_str!("../../../shaders/vq_columns.wgsl");
+const GATHER_SOURCE: &str = include_str!("../../../shaders/gptq_gather.wgsl");
 const PACK_SOURCE: &str = concat!(
     include_str!("../../../shaders/pack_word.wgsl"),
     include_str!("../../../shaders/gptq_pack.wgsl")
@@ -179,10 +180,11 @@ impl<'a> GpuGptqColumns<'a> {
             entry,
             &BLOCK_BINDINGS,
         )?;
-        let gather = match vector {
+        // Grids the host fits read the current columns back.
+        let gather = match vector || spec.grid.host_fit_groups().is_some() {
             true => Some(ctx.kernel(
                 &format!("gptq.gather_columns/{key}"),
-                &source,
+                &format!("{}\n{SOURCE}\n{GATHER_SOURCE}", spec.grid.wgsl()),
                 "gather_columns",
                 &BLOCK_BINDINGS,
             )?),

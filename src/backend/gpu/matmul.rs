@@ -93,9 +93,18 @@ fn specialise(source: &str, consts: &[(&str, u32)], subgroups: bool) -> String {
     out
 }
 
+/// ggml blocks have no packed GPU kernels yet; the forward pass and
+/// `Backend::resident_linear` run them dequantized instead.
+fn no_ggml_kernels(t: crate::encoding::ggml::GgmlType) -> Error {
+    Error::Gpu(format!(
+        "{} blocks have no packed GPU matmul yet (the forward pass runs them dequantized)",
+        t.name()
+    ))
+}
+
 /// The decode fragment's source and constants for `encoding`.
-fn fragment(encoding: &Encoding) -> (&'static str, Vec<(&'static str, u32)>) {
-    match encoding {
+fn fragment(encoding: &Encoding) -> Result<(&'static str, Vec<(&'static str, u32)>)> {
+    Ok(match encoding {
         Encoding::Affine(s) => (SOURCE, vec![("BITS", s.bits)]),
         Encoding::Vq(s) => (
             VQ_SOURCE,
@@ -107,7 +116,8 @@ fn fragment(encoding: &Encoding) -> (&'static str, Vec<(&'static str, u32)>) {
                 ("VQ_SCALE_BLOCK", s.scale_block),
             ],
         ),
-    }
+        Encoding::Ggml(t) => return Err(no_ggml_kernels(*t)),
+    })
 }
 
 fn kernel(
@@ -130,7 +140,7 @@ fn kernel(
     }
     // Subgroups only matter for the GEMV reduction.
     let sg = entry == "gemv" && subgroups;
-    let (source, consts) = fragment(encoding);
+    let (source, consts) = fragment(encoding)?;
     let tag: Vec<String> = consts.iter().map(|(n, v)| format!("{n}{v}")).collect();
     let key = format!(
         "matmul.{entry}_{}{}",
@@ -265,6 +275,7 @@ impl GpuQuantWeights {
         match t {
             EncodedTensor::Affine(q) => Self::upload(ctx, q),
             EncodedTensor::Vq(v) => Self::upload_vq(ctx, v),
+            EncodedTensor::Ggml(g) => Err(no_ggml_kernels(g.ty)),
         }
     }
 

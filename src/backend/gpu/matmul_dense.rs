@@ -149,3 +149,19 @@ pub fn dense_resident(
     }
     Ok(y)
 }
+
+/// A dense weight uploaded once, as a [`crate::backend::ResidentLinear`].
+pub struct ResidentDenseLinear<'a> {
+    pub ctx: &'a GpuContext,
+    pub w: GpuDenseWeights,
+}
+
+impl crate::backend::ResidentLinear for ResidentDenseLinear<'_> {
+    fn shape(&self) -> [usize; 2] {
+        [self.w.rows, self.w.cols]
+    }
+
+    fn apply(&self, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
+        dense_resident(self.ctx, &self.w, x, tokens)
+    }
+}

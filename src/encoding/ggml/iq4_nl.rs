@@ -71,32 +71,57 @@ fn fit(x: &[f32], w: &[f32], id: f32) -> (f32, f32) {
     (sumqx, sumq2)
 }
 
+/// `quantize_row_iq4_nl_impl`'s scale for one 32-weight block with
+/// weights `w` and `ntry` 7: the least-squares scale of the grid codes
+/// over 15 trial scales `max / (values[0] + t)`.
+fn search_scale(x: &[f32], w: &[f32]) -> f32 {
+    const NTRY: i32 = 7;
+    let v0 = f32::from(KVALUES_IQ4NL[0]);
+    let max = super::legacy::signed_absmax(x);
+    if max.abs() < GROUP_MAX_EPS {
+        return 0.0;
+    }
+    let (sumqx, sumq2) = fit(x, w, 1.0 / (-max / v0));
+    let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+    let mut best = d * sumqx;
+    for itry in -NTRY..=NTRY {
+        let (sumqx, sumq2) = fit(x, w, (itry as f32 + v0) / max);
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            d = sumqx / sumq2;
+            best = d * sumqx;
+        }
+    }
+    d
+}
+
+impl BlockIq4Nl {
+    /// The block of scale `d` (f16 bits) and grid indices `codes`.
+    pub(crate) fn pack(d: [u8; 2], codes: &[u8]) -> Self {
+        Self {
+            d,
+            qs: std::array::from_fn(|j| codes[j] | (codes[j + 16] << 4)),
+        }
+    }
+
+    /// `quantize_iq4_nl`'s scale with importances `qw` (what
+    /// `llama-quantize --imatrix` stores): the search weighted by
+    /// `qw·sqrt(σ² + x²)`, `σ² = 2·mean(x²)`.
+    pub(crate) fn fit_weighted(x: &[f32], qw: &[f32]) -> [u8; 2] {
+        let sigma2 = 2.0 * x.iter().fold(0f32, |s, &v| s + v * v) / 32.0;
+        let w: [f32; 32] = std::array::from_fn(|j| qw[j] * (sigma2 + x[j] * x[j]).sqrt());
+        f16_bits(search_scale(x, &w))
+    }
+}
+
 impl Quantize for BlockIq4Nl {
     /// `quantize_row_iq4_nl_impl` with one 32-weight block, weights `x²`
-    /// and `ntry` 7: the least-squares scale of the grid codes over 15
-    /// trial scales `max / (values[0] + t)`, then every code nearest to
-    /// `x / d` (d before its f16 rounding, as upstream).
+    /// and `ntry` 7 ([`search_scale`]), then every code nearest to `x / d`
+    /// (d before its f16 rounding, as upstream).
     fn quantize(x: &[f32]) -> Self {
-        const NTRY: i32 = 7;
-        let v0 = f32::from(KVALUES_IQ4NL[0]);
         let w: [f32; 32] = std::array::from_fn(|j| x[j] * x[j]);
-        let max = super::legacy::signed_absmax(x);
-        let mut d = 0f32;
-        if max.abs() >= GROUP_MAX_EPS {
-            let (sumqx, sumq2) = fit(x, &w, 1.0 / (-max / v0));
-            d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
-            let mut best = d * sumqx;
-            for itry in -NTRY..=NTRY {
-                let (sumqx, sumq2) = fit(x, &w, (itry as f32 + v0) / max);
-                if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-                    d = sumqx / sumq2;
-                    best = d * sumqx;
-                }
-            }
-        }
+        let d = search_scale(x, &w);
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let l: [u8; 32] = std::array::from_fn(|j| best_index(&KVALUES_IQ4NL, id * x[j]) as u8);
-        let qs = std::array::from_fn(|j| l[j] | (l[j + 16] << 4));
-        Self { d: f16_bits(d), qs }
+        Self::pack(f16_bits(d), &l)
     }
 }

@@ -254,16 +254,14 @@ impl Quantize for BlockQ5_1 {
     }
 }
 
-/// One 32-weight group of linear integer codes (`w = s·(q − z)`, `s`
-/// already f16-exact) as the block of `ty`: Q4_0, Q5_0 and Q8_0 hold
-/// symmetric codes exactly (`z` = 8, 16, 128, `d = s`); Q4_1 and Q5_1
-/// store `d = s` and the min `−s·z` rounded to f16, the one change.
-pub(super) fn affine_block(ty: super::GgmlType, codes: &[u32], s: f32, z: u8) -> Vec<u8> {
+/// `codes` (32, unsigned: Q8_0's `q + 128`, Q4_0's `q + 8`, Q5_0's `q + 16`)
+/// with the block scale `d` and, for Q4_1/Q5_1, the min `m` (f16 bits) as
+/// a block of `ty`, one of the legacy types.
+pub(super) fn pack(ty: super::GgmlType, d: [u8; 2], m: [u8; 2], codes: &[u8]) -> Vec<u8> {
     use super::GgmlType as T;
-    let q: [u8; 32] = std::array::from_fn(|j| codes[j] as u8);
+    let q: [u8; 32] = std::array::from_fn(|j| codes[j]);
     let nibbles =
         |q: &[u8; 32]| -> [u8; 16] { std::array::from_fn(|j| (q[j] & 0xF) | (q[j + 16] << 4)) };
-    let (d, m) = (f16_bits(s), f16_bits(-s * f32::from(z)));
     match ty {
         T::Q8_0 => bytemuck::bytes_of(&BlockQ8_0 {
             d,
@@ -285,5 +283,50 @@ pub(super) fn affine_block(ty: super::GgmlType, codes: &[u32], s: f32, z: u8) ->
             let (qs, qh) = pack5(&q);
             bytemuck::bytes_of(&BlockQ5_1 { d, m, qh, qs }).to_vec()
         }
+    }
+}
+
+/// One 32-weight group of linear integer codes (`w = s·(q − z)`, `s`
+/// already f16-exact) as the block of `ty`: Q4_0, Q5_0 and Q8_0 hold
+/// symmetric codes exactly (`z` = 8, 16, 128, `d = s`); Q4_1 and Q5_1
+/// store `d = s` and the min `−s·z` rounded to f16, the one change.
+pub(super) fn affine_block(ty: super::GgmlType, codes: &[u32], s: f32, z: u8) -> Vec<u8> {
+    let q: [u8; 32] = std::array::from_fn(|j| codes[j] as u8);
+    pack(ty, f16_bits(s), f16_bits(-s * f32::from(z)), &q)
+}
+
+/// `quantize_row_{q4_0,q4_1,q5_0,q5_1}_impl`'s block scale (and min) for
+/// importances `qw`, the f16 bits of `(d, m)`: Q4_0/Q5_0 by the weighted
+/// `make_qx_quants`, Q4_1/Q5_1 by the weighted `make_qkx3_quants`, with
+/// weights `qw·sqrt(σ² + x²)`. Upstream takes `σ²` over the whole row; a
+/// block fitted alone takes it over the block. Q8_0 has no weighted
+/// quantizer upstream: its reference scale.
+pub(super) fn fit_weighted(ty: super::GgmlType, x: &[f32], qw: &[f32]) -> ([u8; 2], [u8; 2]) {
+    use super::kquants::search::{make_qkx2_quants, make_qx_quants, Qkx2};
+    use super::GgmlType as T;
+    let sigma2 = x.iter().fold(0f32, |s, &v| s + v * v) / x.len() as f32;
+    let w: [f32; 32] = std::array::from_fn(|j| qw[j] * (sigma2 + x[j] * x[j]).sqrt());
+    let p = Qkx2 {
+        rmin: -0.9,
+        rdelta: 0.05,
+        nstep: 36,
+        use_mad: false,
+    };
+    let (mut signed, mut codes) = ([0i8; 32], [0u8; 32]);
+    match ty {
+        T::Q4_0 => (
+            f16_bits(make_qx_quants(8, x, &mut signed, Some(&w))),
+            [0; 2],
+        ),
+        T::Q5_0 => (
+            f16_bits(make_qx_quants(16, x, &mut signed, Some(&w))),
+            [0; 2],
+        ),
+        T::Q4_1 | T::Q5_1 => {
+            let nmax = if ty == T::Q4_1 { 15 } else { 31 };
+            let (d, min) = make_qkx2_quants(nmax, x, &w, &mut codes, &p);
+            (f16_bits(d), f16_bits(-min))
+        }
+        _ => (f16_bits(signed_absmax(x).abs() / 127.0), [0; 2]),
     }
 }

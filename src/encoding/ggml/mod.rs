@@ -6,12 +6,23 @@
 //! operation so that both match llama.cpp bit for bit. The GGUF reader
 //! and writer (`formats::gguf`) dispatch here by [`GgmlType`].
 
+mod activations;
+mod coded;
+mod grid;
 mod iq4_nl;
 mod kquants;
 mod legacy;
+mod tensor;
 mod types;
 
+pub use activations::{activation_rounding, round_activations, ActivationRounding};
+pub use coded::{layout, round, Layout, Rounding, GRID_TYPES};
+pub use grid::GgmlGrid;
+pub(crate) use tensor::parts;
+pub use tensor::{row_bytes, GgmlTensor};
 pub use types::GgmlType;
+
+pub(crate) use coded::Header;
 
 use crate::error::{Error, Result};
 use bytemuck::Pod;

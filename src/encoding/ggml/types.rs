@@ -81,6 +81,14 @@ impl GgmlType {
         TABLE.iter().find(|e| e.1 == id).map(|e| e.0)
     }
 
+    /// The type named `name` (upstream spelling, any case).
+    pub fn from_name(name: &str) -> Option<GgmlType> {
+        TABLE
+            .iter()
+            .find(|e| e.2.eq_ignore_ascii_case(name))
+            .map(|e| e.0)
+    }
+
     fn entry(self) -> &'static (GgmlType, u32, &'static str, usize, usize) {
         // The table lists every variant, so the lookup always succeeds;
         // fall back to the first entry rather than panic.

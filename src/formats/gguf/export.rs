@@ -7,8 +7,11 @@
 
 use super::mix::{visit_order, Mix, ModelFacts};
 use super::presets::{is_quantized_tensor, tensor_type, Fallback, Preset, TypeRule};
-use super::writer::{self, TensorPlan};
+use super::writer;
+pub use super::writer::TensorPlan;
 use super::{GgufModel, GgufValue};
+use crate::encoding::ggml::GgmlType;
+use crate::encoding::EncodedTensor;
 use crate::error::{Error, Result};
 use crate::formats::source::TensorSource;
 use serde::Serialize;
@@ -66,20 +69,33 @@ pub fn export(
     export_codes(src, None, out, opts, progress)
 }
 
-/// As [`export`], with the tensors that `codes` (an llmq folder quantized
-/// from `src`, by GPTQ or calibrated RTN) holds as linear integer codes
-/// written from those codes ([`crate::encoding::ggml::from_affine`])
-/// instead of llama.cpp's reference rounding of `src`: their type must be
-/// the one the preset gives them.
-pub fn export_codes(
-    src: &GgufModel,
-    codes: Option<&dyn TensorSource>,
-    out: &Path,
-    opts: &GgufExport,
-    progress: &mut dyn FnMut(usize, usize, &str),
-) -> Result<ExportReport> {
-    let start = Instant::now();
-    refuse_source_as_target(src.path(), out)?;
+/// The bytes of the calibrated tensor `q` as the type `ty` the plan gives
+/// it: ggml blocks of that type as they are, linear integer codes of its
+/// grid repacked.
+fn coded_bytes(name: &str, q: EncodedTensor, ty: GgmlType) -> Result<Vec<u8>> {
+    match q {
+        EncodedTensor::Ggml(g) if g.ty == ty => Ok(g.data),
+        EncodedTensor::Affine(q) => crate::encoding::ggml::from_affine(name, &q, ty),
+        other => Err(Error::Config(format!(
+            "tensor '{name}': the calibrated codes are {}, but the file gives it {}",
+            other.encoding().label(),
+            ty.name()
+        ))),
+    }
+}
+
+/// Every tensor of `src` with the type the preset and rules give it,
+/// and what the choice has to say (fallbacks taken, rules unused).
+pub struct Plan {
+    pub tensors: Vec<TensorPlan>,
+    pub notes: Vec<String>,
+    pub unused_rules: Vec<String>,
+}
+
+/// The types `export` writes `src`'s tensors as under `opts`: llama.cpp's
+/// mix of the preset (its per-tensor choices and fallbacks), then the
+/// `--tensor-type` rules.
+pub fn plan(src: &GgufModel, opts: &GgufExport) -> Result<Plan> {
     let raw = src.raw_tensors();
     let names: Vec<&str> = raw.iter().map(|t| t.name.as_str()).collect();
     let arch = src
@@ -126,6 +142,33 @@ pub fn export_codes(
             src.path().display()
         ));
     }
+    Ok(Plan {
+        tensors: plans,
+        notes,
+        unused_rules,
+    })
+}
+
+/// As [`export`], with the tensors that `codes` (an llmq folder quantized
+/// from `src`, by GPTQ or calibrated RTN) holds as linear integer codes
+/// written from those codes ([`crate::encoding::ggml::from_affine`])
+/// instead of llama.cpp's reference rounding of `src`: their type must be
+/// the one the preset gives them.
+pub fn export_codes(
+    src: &GgufModel,
+    codes: Option<&dyn TensorSource>,
+    out: &Path,
+    opts: &GgufExport,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<ExportReport> {
+    let start = Instant::now();
+    refuse_source_as_target(src.path(), out)?;
+    let raw = src.raw_tensors();
+    let Plan {
+        tensors: plans,
+        notes,
+        unused_rules,
+    } = plan(src, opts)?;
     let alignment = src.alignment().max(1);
     let metadata = carried_metadata(src.metadata_values(), opts.preset, alignment);
     let total = plans.len();
@@ -133,13 +176,15 @@ pub fn export_codes(
     writer::write(out, opts.overwrite, &metadata, &plans, alignment, |i| {
         let (t, p) = (&raw[i], &plans[i]);
         let coded = match codes {
-            Some(c) if c.tensors().iter().any(|i| i.name == t.name) => c.load_quantized(&t.name)?,
+            Some(c) if c.tensors().iter().any(|i| i.name == t.name) => c.load_encoded(&t.name)?,
             _ => None,
         };
+        // A tensor the plan keeps in a float type is written from the source.
+        let coded = coded.filter(|_| p.ty.is_quantized());
         let bytes = match (coded, t.ty == p.ty) {
             (Some(q), _) => {
                 from_codes += 1;
-                crate::encoding::ggml::from_affine(&t.name, &q, p.ty)?
+                coded_bytes(&t.name, q, p.ty)?
             }
             (None, true) => src.tensor_bytes(&t.name)?.to_vec(),
             (None, false) => {

@@ -89,9 +89,7 @@ impl Preset {
 /// A ggml type by name, for `--tensor-type` (`q8_0`, `F16`, ...); only
 /// types llmq-gpu writes.
 pub fn parse_type(name: &str) -> Result<GgmlType> {
-    let ty = (0..64)
-        .filter_map(GgmlType::from_id)
-        .find(|t| t.name().eq_ignore_ascii_case(name))
+    let ty = GgmlType::from_name(name)
         .ok_or_else(|| Error::Config(format!("unknown ggml type '{name}'")))?;
     if !quantizable(ty) {
         return Err(Error::Config(format!(

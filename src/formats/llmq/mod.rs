@@ -21,6 +21,7 @@ pub use reader::LlmqModel;
 pub use writer::LlmqWriter;
 
 use super::safetensors_model::{INDEX_FILE, SINGLE_FILE};
+use crate::encoding::ggml::GgmlType;
 use crate::encoding::{Encoding, Granularity, QuantScheme, VqScheme};
 use crate::model::arch::ArchConfig;
 use serde::{Deserialize, Serialize};
@@ -77,6 +78,10 @@ pub struct LlmqTensorMeta {
     /// bits per weight of the indices and the affine fields are absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vq: Option<VqScheme>,
+    /// Tensors kept as llama.cpp's blocks: the ggml type (`Q4_K`, ...),
+    /// stored as one `NAME.blocks` part of raw bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ggml: Option<String>,
 }
 
 impl LlmqTensorMeta {
@@ -108,6 +113,9 @@ impl LlmqTensorMeta {
     /// The encoding of a quantized tensor; `None` for kept ones or
     /// incomplete entries.
     pub fn encoding(&self) -> Option<Encoding> {
+        if let (StoredKind::Quantized, Some(t)) = (self.kind, &self.ggml) {
+            return GgmlType::from_name(t).map(Encoding::Ggml);
+        }
         match (self.kind, self.vq) {
             (StoredKind::Quantized, Some(vq)) => {
                 // Rebuilt through the validating constructors, options included.

@@ -121,6 +121,7 @@ impl LlmqWriter {
                     shape: shape.to_vec(),
                     dtype: s.dtype_label(),
                     vq: None,
+                    ggml: None,
                 }
             }
             EncodedTensor::Vq(v) => LlmqTensorMeta {
@@ -133,6 +134,19 @@ impl LlmqWriter {
                 shape: shape.to_vec(),
                 dtype: v.scheme.label(),
                 vq: Some(v.scheme),
+                ggml: None,
+            },
+            EncodedTensor::Ggml(g) => LlmqTensorMeta {
+                kind: StoredKind::Quantized,
+                method: Some(method.to_string()),
+                bits: None,
+                group_size: None,
+                granularity: None,
+                symmetric: None,
+                shape: shape.to_vec(),
+                dtype: g.ty.name().to_string(),
+                vq: None,
+                ggml: Some(g.ty.name().to_string()),
             },
         };
         self.tensors.insert(name.to_string(), meta);
@@ -173,6 +187,7 @@ impl LlmqWriter {
                 shape: shape.to_vec(),
                 dtype: "F16".into(),
                 vq: None,
+                ggml: None,
             },
         );
         Ok(())

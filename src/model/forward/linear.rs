@@ -4,6 +4,7 @@
 //! never expanded to a full f32 copy).
 
 use super::ops::matmul_t;
+use crate::encoding::ggml::{round_activations, ActivationRounding};
 use crate::encoding::EncodedTensor;
 use crate::error::{Error, Result};
 
@@ -17,6 +18,10 @@ pub enum Linear {
     },
     /// Any stored encoding (linear integer codes, VQ codebooks).
     Packed(EncodedTensor),
+    /// A linear whose input is first rounded as llama.cpp's CPU backend
+    /// rounds it for the file's tensor type (`eval
+    /// --llama-cpp-activations`; CPU only).
+    RoundedInput(ActivationRounding, Box<Linear>),
 }
 
 impl Linear {
@@ -35,6 +40,7 @@ impl Linear {
         match self {
             Linear::Dense { rows, .. } => *rows,
             Linear::Packed(q) => q.rows(),
+            Linear::RoundedInput(_, l) => l.rows(),
         }
     }
 
@@ -43,6 +49,7 @@ impl Linear {
         match self {
             Linear::Dense { cols, .. } => *cols,
             Linear::Packed(q) => q.cols(),
+            Linear::RoundedInput(_, l) => l.cols(),
         }
     }
 
@@ -52,18 +59,22 @@ impl Linear {
         match self {
             Linear::Dense { w, .. } => w.len() * 4,
             Linear::Packed(q) => q.encoding().resident_bytes(q.rows(), q.cols()) as usize,
+            Linear::RoundedInput(_, l) => l.resident_bytes(),
         }
     }
 
     pub fn is_packed(&self) -> bool {
-        matches!(self, Linear::Packed(_))
+        match self {
+            Linear::RoundedInput(_, l) => l.is_packed(),
+            l => matches!(l, Linear::Packed(_)),
+        }
     }
 
     /// The dense weights, if this linear is dense.
     pub fn as_dense(&self) -> Option<&[f32]> {
         match self {
             Linear::Dense { w, .. } => Some(w),
-            Linear::Packed(_) => None,
+            Linear::Packed(_) | Linear::RoundedInput(..) => None,
         }
     }
 
@@ -80,6 +91,11 @@ impl Linear {
                 Ok(matmul_t(x, w, m, *cols, *rows))
             }
             Linear::Packed(q) => q.matmul(x, m),
+            Linear::RoundedInput(r, l) => {
+                let mut x = x.to_vec();
+                round_activations(*r, &mut x);
+                l.apply(&x, m)
+            }
         }
     }
 }

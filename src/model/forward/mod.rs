@@ -298,6 +298,65 @@ impl LlamaWeights {
     }
 }
 
+impl LlamaWeights {
+    /// The weights with every linear's input rounded as llama.cpp's CPU
+    /// backend rounds it for the tensor type `view` stores it as
+    /// ([`crate::encoding::ggml::activation_rounding`]), the tied output
+    /// head included (then held as its own dense copy); F32 tensors and
+    /// non-GGUF sources are unchanged.
+    pub fn with_llama_cpp_activations(mut self, view: &ModelView) -> Result<Self> {
+        use crate::encoding::ggml::{activation_rounding, GgmlType};
+        let rounding = |name: &str| -> Result<Option<_>> {
+            let info = view.tensor(name)?;
+            Ok(GgmlType::from_name(&info.dtype).and_then(activation_rounding))
+        };
+        let wrap = |l: Linear, r| match r {
+            Some(r) => Linear::RoundedInput(r, Box::new(l)),
+            None => l,
+        };
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let sites = [
+                LinearSite::AttnQkv,
+                LinearSite::AttnOutput,
+                LinearSite::MlpGateUp,
+                LinearSite::MlpDown,
+            ];
+            for &kind in sites.iter().flat_map(|s| s.kinds()) {
+                let name =
+                    LayerWeights::tensor_name(view, i, kind).expect("block linears have names");
+                if let Some(l) = layer.linear_mut(kind) {
+                    let r = rounding(&name)?;
+                    let dense = std::mem::replace(
+                        l,
+                        Linear::Dense {
+                            rows: 0,
+                            cols: 0,
+                            w: Vec::new(),
+                        },
+                    );
+                    *l = wrap(dense, r);
+                }
+            }
+        }
+        let names = Names::of(view);
+        self.head = match self.head.take() {
+            Some(h) => Some(wrap(h, rounding(&names.global("head"))?)),
+            None => match rounding(&names.global("embed"))? {
+                Some(r) => Some(Linear::RoundedInput(
+                    r,
+                    Box::new(Linear::dense(
+                        self.arch.vocab_size,
+                        self.arch.hidden_size,
+                        self.embed.clone(),
+                    )?),
+                )),
+                None => None,
+            },
+        };
+        Ok(self)
+    }
+}
+
 /// RoPE inverse frequencies `[head_dim / 2]` of `arch` with its scaling and,
 /// when given, Llama 3.1's per-frequency divisors (`rope_freqs.weight`).
 pub fn rope_inv_freq(arch: &ArchConfig, freq_factors: Option<&[f32]>) -> Vec<f64> {
@@ -458,6 +517,18 @@ pub fn open_forward(
     device: crate::backend::gpu::DeviceChoice,
     adapter: Option<&str>,
 ) -> Result<Box<dyn Forward>> {
+    open_forward_as(path, device, adapter, false)
+}
+
+/// [`open_forward`], with `llama_cpp_activations` every linear's input
+/// rounded as llama.cpp's CPU backend rounds it
+/// ([`LlamaWeights::with_llama_cpp_activations`]; CPU only).
+pub fn open_forward_as(
+    path: &std::path::Path,
+    device: crate::backend::gpu::DeviceChoice,
+    adapter: Option<&str>,
+    llama_cpp_activations: bool,
+) -> Result<Box<dyn Forward>> {
     use crate::backend::gpu::{DeviceChoice, GpuContext};
     if device == DeviceChoice::Cpu && adapter.is_some() {
         return Err(Error::Config(
@@ -465,6 +536,15 @@ pub fn open_forward(
         ));
     }
     let view = ModelView::open(path)?;
+    if llama_cpp_activations {
+        if device != DeviceChoice::Cpu {
+            return Err(Error::Config(
+                "llama.cpp's activation rounding runs on the CPU backend: add --device cpu".into(),
+            ));
+        }
+        let weights = LlamaWeights::load(&view)?.with_llama_cpp_activations(&view)?;
+        return Ok(Box::new(CpuForward::new(weights)));
+    }
     if device == DeviceChoice::Cpu {
         return Ok(Box::new(CpuForward::load(&view)?));
     }

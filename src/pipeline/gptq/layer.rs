@@ -5,6 +5,7 @@ use super::report::{LinearReport, Phases};
 use super::{GptqEvent, Solver};
 use crate::backend::cpu::ops;
 use crate::backend::{Backend, ResidentLinear};
+use crate::encoding::ggml::GgmlType;
 use crate::encoding::EncodedTensor;
 use crate::error::{Error, Result};
 use crate::model::arch::ArchConfig;
@@ -36,6 +37,8 @@ pub(crate) struct LayerRunner<'a> {
     pub(super) store_mlp: bool,
     /// GPTVQ: also run GPTQ at the affine scheme for the report.
     pub(super) gptq_baseline: bool,
+    /// Linears rounded onto a ggml block type instead of `scheme`.
+    pub(super) ggml_types: &'a std::collections::BTreeMap<String, GgmlType>,
     pub(super) phases: Phases,
 }
 
@@ -44,6 +47,7 @@ fn dense(linear: &Linear) -> Result<Vec<f32>> {
     match linear {
         Linear::Dense { w, .. } => Ok(w.clone()),
         Linear::Packed(q) => q.dequantize(),
+        Linear::RoundedInput(_, l) => dense(l),
     }
 }
 
@@ -218,14 +222,32 @@ impl<'a> LayerRunner<'a> {
         factored: &gptq::Factored,
     ) -> Result<(EncodedTensor, LinearReport)> {
         let (rows, cols) = (linear.rows(), linear.cols());
-        // RTN first, so its error is measured in the same trace call as GPTQ's.
+        // RTN first, so its error is measured in the same trace call as
+        // GPTQ's: llama.cpp's reference rounding for a ggml block type.
+        let ggml_type = self.ggml_types.get(name).copied();
         let t = Instant::now();
-        let rq = rtn::quantize(self.backend, name, w, rows, cols, self.scheme)?;
-        let rw = self.backend.dequantize(&rq)?;
+        let rw = match ggml_type {
+            Some(ty) => super::ggml::reference(name, ty, w, cols)?,
+            None => {
+                let rq = rtn::quantize(self.backend, name, w, rows, cols, self.scheme)?;
+                self.backend.dequantize(&rq)?
+            }
+        };
         let rtn_seconds = t.elapsed().as_secs_f64();
         let mut gptq_baseline = None;
-        let (q, r) = match self.solver {
-            Solver::Gptq => {
+        let (q, r) = match (ggml_type, self.solver) {
+            (Some(_), Solver::Gptvq(_)) => {
+                return Err(Error::Config(format!(
+                    "'{name}': GPTVQ's codebooks have no ggml block type; use --method gptq"
+                )))
+            }
+            (Some(ty), solver) => {
+                let gptq = solver == Solver::Gptq;
+                let (g, r) =
+                    self.ggml_linear(name, w, (rows, cols), &hess.h, factored, ty, gptq, &rw)?;
+                (EncodedTensor::Ggml(g), r)
+            }
+            (None, Solver::Gptq) => {
                 let (q, r) = gptq::quantize_factored(
                     self.backend,
                     name,
@@ -240,11 +262,11 @@ impl<'a> LayerRunner<'a> {
                 )?;
                 (EncodedTensor::Affine(q), r)
             }
-            Solver::RtnSearch => {
+            (None, Solver::RtnSearch) => {
                 let (q, r) = self.searched_rtn(name, w, rows, cols, &hess.h, factored, &rw)?;
                 (EncodedTensor::Affine(q), r)
             }
-            Solver::Gptvq(o) => {
+            (None, Solver::Gptvq(o)) => {
                 let (v, r, baseline) =
                     self.gptvq_linear(name, w, (rows, cols), &hess.h, factored, &o, &rw)?;
                 gptq_baseline = baseline;

@@ -28,6 +28,7 @@
 //! `vq.rs` (a linear under GPTVQ),
 //! `report.rs` (what the run measured).
 
+mod ggml;
 mod layer;
 mod report;
 mod vq;
@@ -99,6 +100,11 @@ pub struct GptqSettings {
     /// column order, same factored Hessian) on every linear, for the
     /// report's comparison (its time counts with the report phase).
     pub gptq_baseline: bool,
+    /// Linears (by tensor name) rounded onto a ggml block type instead of
+    /// the pipeline's scheme, for a GGUF file (`formats::gguf::export`
+    /// chooses them as llama.cpp's mix does); scored against llama.cpp's
+    /// reference rounding of that type.
+    pub ggml_types: std::collections::BTreeMap<String, crate::encoding::ggml::GgmlType>,
 }
 
 impl GptqSettings {
@@ -109,6 +115,7 @@ impl GptqSettings {
             options: GptqOptions::recommended(),
             solver: Solver::Gptq,
             gptq_baseline: true,
+            ggml_types: Default::default(),
             chunk_budget: 256 << 20,
             activation_budget: memory::available_bytes()
                 .map_or(1 << 30, |a| (a / 4).clamp(1 << 30, 16 << 30))
@@ -192,6 +199,7 @@ pub fn run(
         fit_rows: fitted * windows.len,
         store_mlp,
         gptq_baseline: settings.gptq_baseline,
+        ggml_types: &settings.ggml_types,
         phases: Phases::default(),
     };
     on_event(GptqEvent::Calibrated {

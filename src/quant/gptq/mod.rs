@@ -288,7 +288,15 @@ pub fn quantize_on_grid(
         .map(|p| p.iter().map(|&c| c as u32).collect());
     // Act-order: every group's parameters fitted once to the weights as
     // they are now, then the columns (and diag(H)) in the factor's order.
+    // Host-fitted grids take static groups in natural order too, refitted
+    // below as the loop reaches them.
+    let host_fit = grid.host_fit_groups();
     let (w, hdiag, fixed) = match &f.perm {
+        None if host_fit.is_some() => {
+            let params = fit_groups(grid, &w, cols, &hdiag, group_len);
+            let group_of: Vec<u32> = (0..cols).map(|c| (c / group_len) as u32).collect();
+            (w, hdiag, Some((group_of, params)))
+        }
         None => (w, hdiag, None),
         Some(order) => {
             let params = fit_groups(grid, &w, cols, &hdiag, group_len);
@@ -316,12 +324,65 @@ pub fn quantize_on_grid(
     // then apply the block's errors to every later column at once.
     let mut state = backend.gptq_columns(w, rows, cols, spec)?;
     for start in (0..cols).step_by(opts.block) {
+        if let (Some(n), None) = (host_fit, &f.perm) {
+            refit_spans(
+                &mut *state,
+                grid,
+                (rows, cols),
+                &hdiag,
+                (group_len, n),
+                start,
+                opts,
+            )?;
+        }
         state.quantize_block(start)?;
         if start + opts.block < cols {
             state.update_rest(start)?;
         }
     }
     state.finish()
+}
+
+/// GPTQ's dynamic groups for a host-fitted grid: the spans (`groups`
+/// groups of `group_len` columns, fitted together) that start in the block at `start` are
+/// refitted to the current weights, which hold every earlier block's
+/// error (as gptq.py fits a group from `W` at the block's start). The
+/// first span's fit from the original weights is already current.
+fn refit_spans(
+    state: &mut dyn crate::backend::GptqColumns,
+    grid: &dyn Grid,
+    (rows, cols): (usize, usize),
+    hdiag: &[f32],
+    (group_len, groups): (usize, usize),
+    start: usize,
+    opts: &GptqOptions,
+) -> Result<()> {
+    let per_group = grid.params_per_group();
+    let span = group_len * groups;
+    let end = (start + opts.block).min(cols);
+    for first in (start.div_ceil(span) * span..end)
+        .step_by(span)
+        .filter(|&c| c > 0)
+    {
+        let last = (first + span).min(cols);
+        let cur = state.current_columns(first..last)?;
+        let n = last - first;
+        let mut params = vec![0f32; rows * groups * per_group];
+        params
+            .par_chunks_mut(groups * per_group)
+            .zip(cur.par_chunks(n))
+            .for_each(|(p, row)| grid.fit(row, &hdiag[first..last], p));
+        let g0 = first / group_len;
+        for g in 0..n.div_ceil(group_len) {
+            let at: Vec<f32> = params
+                .chunks(groups * per_group)
+                .flat_map(|p| &p[g * per_group..(g + 1) * per_group])
+                .copied()
+                .collect();
+            state.set_group_params(g0 + g, &at)?;
+        }
+    }
+    Ok(())
 }
 
 /// `w` with the columns of dead inputs zeroed. The host passes over W (a
@@ -347,6 +408,8 @@ fn fit_groups(
     hdiag: &[f32],
     group_len: usize,
 ) -> Vec<f32> {
+    // Host-fitted grids fit several groups (a super-block) at once.
+    let n = grid.host_fit_groups().unwrap_or(1);
     let per_group = grid.params_per_group();
     let row_params = cols.div_ceil(group_len) * per_group;
     let mut params = vec![0f32; w.len() / cols * row_params];
@@ -355,9 +418,9 @@ fn fit_groups(
         .zip(w.par_chunks(cols))
         .for_each(|(out, row)| {
             for ((p, g), hd) in out
-                .chunks_mut(per_group)
-                .zip(row.chunks(group_len))
-                .zip(hdiag.chunks(group_len))
+                .chunks_mut(per_group * n)
+                .zip(row.chunks(group_len * n))
+                .zip(hdiag.chunks(group_len * n))
             {
                 grid.fit(g, hd, p);
             }

@@ -3,8 +3,10 @@
 //! sub-block scales; dequantized as `dequantize_row_q{2,3}_K` and
 //! quantized as `quantize_row_q{2,3}_K_ref`.
 
-use super::search::{make_q3_quants, make_qkx2_quants, nearest_int, Qkx2};
-use super::{f16_bits, h, Block, Quantize, QK_K};
+use super::search::{
+    make_q3_quants, make_qkx2_quants, make_qp_quants, make_qx_quants, nearest_int, Qkx2,
+};
+use super::{f16_bits, h, Block, Header, Quantize, QK_K};
 use bytemuck::{Pod, Zeroable};
 
 /// ggml-common.h `block_q2_K`.
@@ -50,6 +52,46 @@ impl Block for BlockQ2K {
                 *y = dl * f32::from(code_2bit(&self.qs, 16 * j + l)) - ml;
             }
         }
+    }
+}
+
+impl BlockQ2K {
+    /// The block of header `h` (4-bit scales and mins in `sc`, `m`) and
+    /// codes in `0..4`.
+    pub(crate) fn pack(h: &Header, codes: &[u8]) -> Self {
+        let codes: &[u8; QK_K] = codes.try_into().expect("a super-block of codes");
+        Self {
+            scales: std::array::from_fn(|j| (h.sc[j] & 0xF) | (h.m[j] << 4)),
+            qs: pack_2bit(codes),
+            d: h.d,
+            dmin: h.dmin,
+        }
+    }
+
+    /// `quantize_row_q2_K_impl`'s header for importances `qw`: each
+    /// 16-weight sub-block's (scale, min) by the weighted search, both
+    /// sets as 4-bit integers by [`make_qp_quants`].
+    pub(crate) fn fit_weighted(x: &[f32], qw: &[f32]) -> Header {
+        let p = Qkx2 {
+            rmin: -0.9,
+            rdelta: 0.05,
+            nstep: 36,
+            use_mad: false,
+        };
+        let sigma2 = x.iter().fold(0f32, |s, &v| s + v * v) / QK_K as f32;
+        let (mut scales, mut mins, mut sw) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+        let mut codes = [0u8; 16];
+        for j in 0..16 {
+            let (xs, q) = (&x[16 * j..16 * j + 16], &qw[16 * j..16 * j + 16]);
+            let w: [f32; 16] = std::array::from_fn(|l| q[l] * (sigma2 + xs[l] * xs[l]).sqrt());
+            sw[j] = w.iter().sum();
+            (scales[j], mins[j]) = make_qkx2_quants(3, xs, &w, &mut codes, &p);
+        }
+        let mut h = Header::default();
+        let d = make_qp_quants(15, &scales, &mut h.sc, &sw);
+        let m = make_qp_quants(15, &mins, &mut h.m, &sw);
+        (h.d, h.dmin) = (f16_bits(d), f16_bits(m));
+        h
     }
 }
 
@@ -152,6 +194,55 @@ impl Block for BlockQ3K {
                 let q = code_2bit(&self.qs, i) as i8 - if high != 0 { 0 } else { 4 };
                 *y = dl * f32::from(q);
             }
+        }
+    }
+}
+
+impl BlockQ3K {
+    /// The block of header `h` (scales `sc` in `0..64`, i.e. scale + 32)
+    /// and codes in `0..8` (q + 4).
+    pub(crate) fn pack(h: &Header, codes: &[u8]) -> Self {
+        let mut y = Self::zeroed();
+        for (j, &l) in h.sc.iter().enumerate() {
+            if j < 8 {
+                y.scales[j] = l & 0xF;
+            } else {
+                y.scales[j - 8] |= (l & 0xF) << 4;
+            }
+            y.scales[j % 4 + 8] |= (l >> 4) << (2 * (j / 4));
+        }
+        y.d = h.d;
+        let mut low = [0u8; QK_K];
+        for (i, (c, &l)) in low.iter_mut().zip(codes).enumerate() {
+            if l > 3 {
+                y.hmask[i % 32] |= 1 << (i / 32);
+            }
+            *c = l & 3;
+        }
+        y.qs = pack_2bit(&low);
+        y
+    }
+
+    /// `quantize_row_q3_K_impl`'s header for importances `qw`: each
+    /// sub-block's symmetric scale by the weighted `make_qx_quants`, the
+    /// scales as 6-bit integers by the same search weighted by the
+    /// sub-blocks' total weight.
+    pub(crate) fn fit_weighted(x: &[f32], qw: &[f32]) -> Header {
+        let sigma2 = 2.0 * x.iter().fold(0f32, |s, &v| s + v * v) / QK_K as f32;
+        let (mut scales, mut sw) = ([0f32; 16], [0f32; 16]);
+        let mut codes = [0i8; 16];
+        for j in 0..16 {
+            let (xs, q) = (&x[16 * j..16 * j + 16], &qw[16 * j..16 * j + 16]);
+            let w: [f32; 16] = std::array::from_fn(|l| q[l] * (sigma2 + xs[l] * xs[l]).sqrt());
+            sw[j] = w.iter().sum();
+            scales[j] = make_qx_quants(4, xs, &mut codes, Some(&w));
+        }
+        let mut ls = [0i8; 16];
+        let d = make_qx_quants(32, &scales, &mut ls, Some(&sw));
+        Header {
+            d: f16_bits(d),
+            sc: ls.map(|l| l as u8),
+            ..Header::default()
         }
     }
 }

@@ -3,8 +3,8 @@
 //! of two f16 super-block scales; dequantized as `dequantize_row_q{4,5}_K`
 //! and quantized as `quantize_row_q{4,5}_K_ref`.
 
-use super::search::{make_qkx2_quants, nearest_int, Qkx2};
-use super::{f16_bits, h, Block, Quantize, QK_K};
+use super::search::{make_qkx2_quants, make_qp_quants, nearest_int, Qkx2};
+use super::{f16_bits, h, Block, Header, Quantize, QK_K};
 use bytemuck::{Pod, Zeroable};
 
 /// ggml-quants.c `get_scale_min_k4`: 6-bit scale and min of sub-block `j`
@@ -154,16 +154,10 @@ impl Block for BlockQ5K {
     }
 }
 
-impl Quantize for BlockQ4K {
-    /// `quantize_row_q4_K_ref`: 16 trial scales from `nmax − 1`.
-    fn quantize(x: &[f32]) -> Self {
-        let p = Qkx2 {
-            rmin: -1.0,
-            rdelta: 0.1,
-            nstep: 20,
-            use_mad: false,
-        };
-        let (d, dmin, scales, codes) = quantize_sub_blocks(x, 15, &p);
+impl BlockQ4K {
+    /// The block of header `h` (6-bit scales and mins in `sc`, `m`) and
+    /// codes in `0..16`.
+    pub(crate) fn pack(h: &Header, codes: &[u8]) -> Self {
         let mut qs = [0u8; QK_K / 2];
         for (q, l) in qs.chunks_exact_mut(32).zip(codes.chunks_exact(64)) {
             for i in 0..32 {
@@ -171,25 +165,53 @@ impl Quantize for BlockQ4K {
             }
         }
         Self {
-            d,
-            dmin,
-            scales,
+            d: h.d,
+            dmin: h.dmin,
+            scales: pack_header_k4(h),
             qs,
         }
     }
 }
 
-impl Quantize for BlockQ5K {
-    /// `quantize_row_q5_K_ref`: the fifth bit of sub-block pair `n` in
-    /// bits `2n` and `2n + 1` of `qh`.
-    fn quantize(x: &[f32]) -> Self {
-        let p = Qkx2 {
-            rmin: -0.5,
-            rdelta: 0.1,
-            nstep: 15,
-            use_mad: false,
-        };
-        let (d, dmin, scales, codes) = quantize_sub_blocks(x, 31, &p);
+/// `quantize_row_q{4,5}_K_impl`'s header (what `llama-quantize
+/// --imatrix` stores) for one super-block `x` with importances `qw`
+/// (`Σx²` of each input column, or GPTQ's `diag(H)`): each sub-block's
+/// (scale, min) by the weighted search, then both sets as 6-bit integers
+/// of one f16 scale each by [`make_qp_quants`], weighted by the
+/// sub-blocks' total weight. Codes in `0..=nmax` (15 or 31).
+pub(crate) fn fit_weighted(x: &[f32], qw: &[f32], nmax: i32) -> Header {
+    let p = Qkx2 {
+        rmin: -0.9,
+        rdelta: 0.05,
+        nstep: 36,
+        use_mad: false,
+    };
+    let sigma2 = 2.0 * x.iter().fold(0f32, |s, &v| s + v * v) / QK_K as f32;
+    let (mut scales, mut mins, mut sw) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+    let mut codes = [0u8; 32];
+    for j in 0..8 {
+        let (xs, q) = (&x[32 * j..32 * j + 32], &qw[32 * j..32 * j + 32]);
+        let w: [f32; 32] = std::array::from_fn(|l| q[l] * (sigma2 + xs[l] * xs[l]).sqrt());
+        sw[j] = w.iter().sum();
+        (scales[j], mins[j]) = make_qkx2_quants(nmax, xs, &w, &mut codes, &p);
+    }
+    let mut h = Header::default();
+    let d = make_qp_quants(63, &scales, &mut h.sc[..8], &sw);
+    let m = make_qp_quants(63, &mins, &mut h.m[..8], &sw);
+    (h.d, h.dmin) = (f16_bits(d), f16_bits(m));
+    h
+}
+
+/// The 12 scale bytes of a Q4_K/Q5_K header.
+fn pack_header_k4(h: &Header) -> [u8; 12] {
+    let ls: [u8; 8] = std::array::from_fn(|j| h.sc[j]);
+    let lm: [u8; 8] = std::array::from_fn(|j| h.m[j]);
+    pack_scale_min_k4(&ls, &lm)
+}
+
+impl BlockQ5K {
+    /// The block of header `h` and codes in `0..32`.
+    pub(crate) fn pack(h: &Header, codes: &[u8]) -> Self {
         let (mut qs, mut qh) = ([0u8; QK_K / 2], [0u8; QK_K / 8]);
         for (n, (q, l)) in qs
             .chunks_exact_mut(32)
@@ -209,11 +231,44 @@ impl Quantize for BlockQ5K {
             }
         }
         Self {
-            d,
-            dmin,
-            scales,
+            d: h.d,
+            dmin: h.dmin,
+            scales: pack_header_k4(h),
             qh,
             qs,
         }
+    }
+}
+
+impl Quantize for BlockQ4K {
+    /// `quantize_row_q4_K_ref`: 16 trial scales from `nmax − 1`.
+    fn quantize(x: &[f32]) -> Self {
+        let p = Qkx2 {
+            rmin: -1.0,
+            rdelta: 0.1,
+            nstep: 20,
+            use_mad: false,
+        };
+        let (d, dmin, scales, codes) = quantize_sub_blocks(x, 15, &p);
+        let mut y = Self::pack(&Header::default(), &codes);
+        (y.d, y.dmin, y.scales) = (d, dmin, scales);
+        y
+    }
+}
+
+impl Quantize for BlockQ5K {
+    /// `quantize_row_q5_K_ref`: the fifth bit of sub-block pair `n` in
+    /// bits `2n` and `2n + 1` of `qh`.
+    fn quantize(x: &[f32]) -> Self {
+        let p = Qkx2 {
+            rmin: -0.5,
+            rdelta: 0.1,
+            nstep: 15,
+            use_mad: false,
+        };
+        let (d, dmin, scales, codes) = quantize_sub_blocks(x, 31, &p);
+        let mut y = Self::pack(&Header::default(), &codes);
+        (y.d, y.dmin, y.scales) = (d, dmin, scales);
+        y
     }
 }

@@ -2,7 +2,7 @@
 //! sub-blocks with int8 scales, quantized as `quantize_row_q6_K_ref`.
 
 use super::search::{make_qx_quants, nearest_int, GROUP_MAX_EPS};
-use super::{f16_bits, h, Block, Quantize, QK_K};
+use super::{f16_bits, h, Block, Header, Quantize, QK_K};
 use bytemuck::{Pod, Zeroable};
 
 /// ggml-common.h `block_q6_K`.
@@ -42,36 +42,78 @@ impl Block for BlockQ6K {
     }
 }
 
-impl Quantize for BlockQ6K {
-    /// `quantize_row_q6_K_ref`: each 16-weight sub-block's scale by
-    /// [`make_qx_quants`], the scales as int8 of `d = max_scale / −128`,
-    /// then the codes requantized against the stored scales.
-    fn quantize(x: &[f32]) -> Self {
-        let mut codes = [0i8; QK_K];
-        let mut scales = [0f32; QK_K / 16];
-        let (mut max_scale, mut max_abs) = (0f32, 0f32);
-        for (ib, sc) in scales.iter_mut().enumerate() {
-            *sc = make_qx_quants(
-                32,
-                &x[16 * ib..16 * ib + 16],
-                &mut codes[16 * ib..16 * ib + 16],
-            );
-            if sc.abs() > max_abs {
-                max_abs = sc.abs();
-                max_scale = *sc;
+impl BlockQ6K {
+    /// The block of header `h` (int8 scales in `sc`, as their bits) and
+    /// codes in `0..64` (q + 32).
+    pub(crate) fn pack(h: &Header, codes: &[u8]) -> Self {
+        let mut y = Self::zeroed();
+        y.d = h.d;
+        y.scales = std::array::from_fn(|j| h.sc[j] as i8);
+        for half in 0..2 {
+            let (l0, ql, qh) = (128 * half, 64 * half, 32 * half);
+            for l in 0..32 {
+                let q = |k: usize| codes[l0 + l + 32 * k];
+                y.ql[ql + l] = (q(0) & 0xF) | ((q(2) & 0xF) << 4);
+                y.ql[ql + l + 32] = (q(1) & 0xF) | ((q(3) & 0xF) << 4);
+                y.qh[qh + l] =
+                    (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
             }
         }
-        let mut y = Self::zeroed();
-        if max_abs < GROUP_MAX_EPS {
-            return y;
+        y
+    }
+
+    /// `quantize_row_q6_K_impl`'s header for importances `qw`: each
+    /// sub-block's scale by `make_qx_quants` weighted by `qw` itself (as
+    /// upstream), the scales as int8 of `max_scale / −128`.
+    pub(crate) fn fit_weighted(x: &[f32], qw: &[f32]) -> Header {
+        header(x, Some(qw), &mut [0; QK_K]).unwrap_or_default()
+    }
+}
+
+/// What `quantize_row_q6_K_ref` and `_impl` share: each 16-weight
+/// sub-block's scale by [`make_qx_quants`] (weighted by `qw`, else `x²`),
+/// whose codes are left in `codes`, then the scales as int8 of
+/// `d = max_scale / −128`; `None` for an all-zero block.
+fn header(x: &[f32], qw: Option<&[f32]>, codes: &mut [i8; QK_K]) -> Option<Header> {
+    let mut scales = [0f32; QK_K / 16];
+    let (mut max_scale, mut max_abs) = (0f32, 0f32);
+    for (ib, sc) in scales.iter_mut().enumerate() {
+        let at = 16 * ib..16 * ib + 16;
+        *sc = make_qx_quants(
+            32,
+            &x[at.clone()],
+            &mut codes[at.clone()],
+            qw.map(|q| &q[at]),
+        );
+        if sc.abs() > max_abs {
+            max_abs = sc.abs();
+            max_scale = *sc;
         }
-        let iscale = -128.0 / max_scale;
-        y.d = f16_bits(1.0 / iscale);
-        for (q, &sc) in y.scales.iter_mut().zip(&scales) {
-            *q = nearest_int(iscale * sc).min(127) as i8;
-        }
+    }
+    if max_abs < GROUP_MAX_EPS {
+        return None;
+    }
+    let iscale = -128.0 / max_scale;
+    let mut h = Header {
+        d: f16_bits(1.0 / iscale),
+        ..Header::default()
+    };
+    for (q, &sc) in h.sc.iter_mut().zip(&scales) {
+        *q = nearest_int(iscale * sc).min(127) as i8 as u8;
+    }
+    Some(h)
+}
+
+impl Quantize for BlockQ6K {
+    /// `quantize_row_q6_K_ref`: [`header`] without importances, then the
+    /// codes requantized against the stored scales.
+    fn quantize(x: &[f32]) -> Self {
+        let mut codes = [0i8; QK_K];
+        let Some(head) = header(x, None, &mut codes) else {
+            return Self::zeroed();
+        };
         for j in 0..QK_K / 16 {
-            let d = h(y.d) * f32::from(y.scales[j]);
+            let d = h(head.d) * f32::from(head.sc[j] as i8);
             // A zero scale keeps make_qx_quants' codes, as upstream.
             if d == 0.0 {
                 continue;
@@ -80,17 +122,7 @@ impl Quantize for BlockQ6K {
                 codes[i] = (nearest_int(x[i] / d).clamp(-32, 31) + 32) as i8;
             }
         }
-        for half in 0..2 {
-            let (l0, ql, qh) = (128 * half, 64 * half, 32 * half);
-            for l in 0..32 {
-                let q = |k: usize| codes[l0 + l + 32 * k] as u8;
-                y.ql[ql + l] = (q(0) & 0xF) | ((q(2) & 0xF) << 4);
-                y.ql[ql + l + 32] = (q(1) & 0xF) | ((q(3) & 0xF) << 4);
-                y.qh[qh + l] =
-                    (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
-            }
-        }
-        y
+        Self::pack(&head, &codes.map(|c| c as u8))
     }
 }
 

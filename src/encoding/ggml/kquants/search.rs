@@ -14,11 +14,11 @@ pub(crate) fn nearest_int(v: f32) -> i32 {
     (t.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
-/// ggml-quants.c `make_qx_quants` with `rmse_type` 1 and no imatrix:
-/// codes `L` in `0..2·nmax` of the symmetric scale that, over 19 trial
-/// scales around `max / −nmax`, maximises `(Σ w·x·l)² / Σ w·l²` with
-/// `w = x²`; returns that scale.
-pub(super) fn make_qx_quants(nmax: i32, x: &[f32], codes: &mut [i8]) -> f32 {
+/// ggml-quants.c `make_qx_quants` with `rmse_type` 1: codes `L` in
+/// `0..2·nmax` of the symmetric scale that, over 19 trial scales around
+/// `max / −nmax`, maximises `(Σ w·x·l)² / Σ w·l²`, `w` the importance
+/// weights `qw` or, without them, `x²`; returns that scale.
+pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], codes: &mut [i8], qw: Option<&[f32]>) -> f32 {
     let max = crate::encoding::ggml::legacy::signed_absmax(x);
     if max.abs() < GROUP_MAX_EPS {
         codes.iter_mut().for_each(|l| *l = 0);
@@ -27,8 +27,8 @@ pub(super) fn make_qx_quants(nmax: i32, x: &[f32], codes: &mut [i8]) -> f32 {
     let code = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
     let sums = |iscale: f32| {
         let (mut sumlx, mut suml2) = (0f32, 0f32);
-        for &v in x {
-            let (l, w) = (code(iscale, v) as f32, v * v);
+        for (i, &v) in x.iter().enumerate() {
+            let (l, w) = (code(iscale, v) as f32, qw.map_or(v * v, |q| q[i]));
             sumlx += w * v * l;
             suml2 += w * l * l;
         }
@@ -109,18 +109,19 @@ pub(super) fn make_q3_quants(nmax: i32, x: &[f32], codes: &mut [i8]) -> f32 {
 /// The trial scales of [`make_qkx2_quants`]: `nmax + rmin + rdelta·is`
 /// for `is` in `0..=nstep`, and whether errors are absolute (`use_mad`)
 /// rather than squared.
-pub(super) struct Qkx2 {
+pub(crate) struct Qkx2 {
     pub rmin: f32,
     pub rdelta: f32,
     pub nstep: i32,
     pub use_mad: bool,
 }
 
-/// ggml-quants.c `make_qkx2_quants`: asymmetric codes `L` in `0..=nmax`
+/// ggml-quants.c `make_qkx2_quants` (and `make_qkx3_quants`, which the
+/// imatrix quantizers run: the same search given weights): asymmetric codes `L` in `0..=nmax`
 /// for `x ≈ scale·L − min` (min ≥ 0 returned in `.1`), starting from the
 /// min-max fit and keeping, over the trial scales, the weighted
 /// least-squares (scale, min) of lowest weighted error.
-pub(super) fn make_qkx2_quants(
+pub(crate) fn make_qkx2_quants(
     nmax: i32,
     x: &[f32],
     weights: &[f32],
@@ -189,6 +190,73 @@ pub(super) fn make_qkx2_quants(
         }
     }
     (scale, -min)
+}
+
+/// ggml-quants.c `make_qp_quants`: non-negative `x` (sub-block scales or
+/// mins) as integers `L` in `0..=nmax` of one scale, chosen over 9 trial
+/// scales by weighted squared error, then single codes moved while
+/// `(Σ w·x·l)² / Σ w·l²` grows; returns the least-squares scale.
+pub(crate) fn make_qp_quants(nmax: i32, x: &[f32], codes: &mut [u8], qw: &[f32]) -> f32 {
+    let max = x.iter().fold(0f32, |m, &v| m.max(v));
+    if max < GROUP_MAX_EPS {
+        codes.iter_mut().for_each(|l| *l = 0);
+        return 0.0;
+    }
+    let mut iscale = nmax as f32 / max;
+    let mse = |iscale: f32, cap: bool| {
+        let scale = 1.0 / iscale;
+        x.iter().zip(qw).fold(0f32, |e, (&v, &w)| {
+            let l = nearest_int(iscale * v);
+            let l = if cap { l.min(nmax) } else { l };
+            let diff = v - scale * l as f32;
+            e + w * diff * diff
+        })
+    };
+    let mut best = mse(iscale, false);
+    for is in (-4..=4).filter(|&is| is != 0) {
+        let trial = (0.1 * is as f32 + nmax as f32) / max;
+        let e = mse(trial, true);
+        if e < best {
+            best = e;
+            iscale = trial;
+        }
+    }
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for ((l, &v), &w) in codes.iter_mut().zip(x).zip(qw) {
+        *l = nearest_int(iscale * v).min(nmax) as u8;
+        let lf = f32::from(*l);
+        sumlx += w * v * lf;
+        suml2 += w * lf * lf;
+    }
+    for _ in 0..5 {
+        let mut changed = false;
+        for ((l, &v), &w) in codes.iter_mut().zip(x).zip(qw) {
+            let old = f32::from(*l);
+            let mut slx = sumlx - w * v * old;
+            let mut sl2 = suml2 - w * old * old;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new = nearest_int(v * sl2 / slx).min(nmax);
+                if new != i32::from(*l) {
+                    let nf = new as f32;
+                    slx += w * v * nf;
+                    sl2 += w * nf * nf;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        *l = new as u8;
+                        (sumlx, suml2) = (slx, sl2);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]
