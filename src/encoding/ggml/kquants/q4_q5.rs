@@ -39,8 +39,8 @@ fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
 /// What `quantize_row_q{4,5}_K_ref` share: each 32-weight sub-block's
 /// (scale, min) by [`make_qkx2_quants`] weighted by `rms + |x|`, both as
 /// 6-bit integers of `max/63`, then every code requantized in `0..=nmax`
-/// against the stored values. Returns (d, dmin, packed scales, codes).
-fn quantize_sub_blocks(x: &[f32], nmax: i32, p: &Qkx2) -> ([u8; 2], [u8; 2], [u8; 12], [u8; QK_K]) {
+/// against the stored values. Returns the header and the codes.
+fn quantize_sub_blocks(x: &[f32], nmax: i32, p: &Qkx2) -> (Header, [u8; QK_K]) {
     let mut codes = [0u8; QK_K];
     let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
     let (mut max_scale, mut max_min) = (0f32, 0f32);
@@ -71,10 +71,9 @@ fn quantize_sub_blocks(x: &[f32], nmax: i32, p: &Qkx2) -> ([u8; 2], [u8; 2], [u8
     let six = |v: f32| (nearest_int(v) as u8).min(63);
     let ls: [u8; 8] = std::array::from_fn(|j| six(inv_scale * scales[j]));
     let lm: [u8; 8] = std::array::from_fn(|j| six(inv_min * mins[j]));
-    let packed = pack_scale_min_k4(&ls, &lm);
     let (d, dmin) = (f16_bits(max_scale / 63.0), f16_bits(max_min / 63.0));
     for j in 0..8 {
-        let (sc, m) = scale_min_k4(j, &packed);
+        let (sc, m) = (ls[j], lm[j]);
         let dl = h(d) * f32::from(sc);
         if dl == 0.0 {
             continue;
@@ -84,7 +83,14 @@ fn quantize_sub_blocks(x: &[f32], nmax: i32, p: &Qkx2) -> ([u8; 2], [u8; 2], [u8
             codes[i] = nearest_int((x[i] + dm) / dl).clamp(0, nmax) as u8;
         }
     }
-    (d, dmin, packed, codes)
+    let mut head = Header {
+        d,
+        dmin,
+        ..Header::default()
+    };
+    head.sc[..8].copy_from_slice(&ls);
+    head.m[..8].copy_from_slice(&lm);
+    (head, codes)
 }
 
 /// ggml-common.h `block_q4_K`.
@@ -249,10 +255,8 @@ impl Quantize for BlockQ4K {
             nstep: 20,
             use_mad: false,
         };
-        let (d, dmin, scales, codes) = quantize_sub_blocks(x, 15, &p);
-        let mut y = Self::pack(&Header::default(), &codes);
-        (y.d, y.dmin, y.scales) = (d, dmin, scales);
-        y
+        let (head, codes) = quantize_sub_blocks(x, 15, &p);
+        Self::pack(&head, &codes)
     }
 }
 
@@ -266,9 +270,7 @@ impl Quantize for BlockQ5K {
             nstep: 15,
             use_mad: false,
         };
-        let (d, dmin, scales, codes) = quantize_sub_blocks(x, 31, &p);
-        let mut y = Self::pack(&Header::default(), &codes);
-        (y.d, y.dmin, y.scales) = (d, dmin, scales);
-        y
+        let (head, codes) = quantize_sub_blocks(x, 31, &p);
+        Self::pack(&head, &codes)
     }
 }
