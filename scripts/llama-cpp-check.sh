@@ -10,7 +10,11 @@
 #     not fatal);
 #  2. `llama-perplexity` on our F32 and Q8_0 files against our own `eval`
 #     of the same files (Persuasion, ctx 512, the same windows; the Q8_0
-#     file also with `eval --llama-cpp-activations`).
+#     file also with `eval --llama-cpp-activations`);
+#  3. `convert`: the fixture as a Hugging Face folder (f32) and back to
+#     GGUF (tokenizer keys rebuilt from tokenizer.json, q/k permuted
+#     again): every tensor identical to our F32 file, and llama-perplexity
+#     on it identical to its value on that file.
 # Builds llama.cpp's tools first (scripts/build-llama-cpp.sh, cached).
 # Usage: bash scripts/llama-cpp-check.sh [CHUNKS]   (default 20 windows)
 set -euo pipefail
@@ -78,4 +82,15 @@ print(f"llama-perplexity {theirs:.4f}  llmq-gpu eval {ours:.4f}  difference {100
 sys.exit(0 if rel <= bound else 1)
 PY
 done
+
+echo "== convert: GGUF -> Hugging Face (f32) -> GGUF, under llama.cpp"
+"$LLMQ" convert --model "$SRC" --out "$OUT/hf" --dtype f32 >/dev/null
+"$LLMQ" convert --model "$OUT/hf" --out "$OUT/hf.gguf" >/dev/null
+python3 tests/py/gguf_compare.py "$OUT/ours-F32.gguf" "$OUT/hf.gguf" | tail -n 1 || status=1
+"$BIN/llama-perplexity" -m "$OUT/hf.gguf" -f "$TEXT" -c 512 -b 512 --chunks "$CHUNKS" \
+    -t "$(nproc)" >"$OUT/ppl-hf.log" 2>&1 || { tail -20 "$OUT/ppl-hf.log"; exit 1; }
+a="$(grep -o 'Final estimate: PPL = [0-9.]*' "$OUT/ppl-F32.log")"
+b="$(grep -o 'Final estimate: PPL = [0-9.]*' "$OUT/ppl-hf.log")"
+if [ "$a" = "$b" ]; then echo "llama-perplexity: ${b#Final estimate: } on both ok"
+else echo "llama-perplexity: F32 file $a, converted $b FAILED"; status=1; fi
 exit $status

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{llmq, stderr};
-use llmq_gpu::formats::gguf::export::{export_codes, GgufExport};
+use llmq_gpu::formats::gguf::export::{export_codes, GgufExport, GgufLayout};
 use llmq_gpu::formats::gguf::presets::Preset;
 use llmq_gpu::formats::gguf::GgufModel;
 use llmq_gpu::formats::source::TensorSource;
@@ -64,7 +64,14 @@ fn gptq_codes_become_the_gguf_blocks() {
         rules: Vec::new(),
         overwrite: false,
     };
-    let report = export_codes(&src, Some(codes.source()), &out, &opts, &mut |_, _, _| {}).unwrap();
+    let report = export_codes(
+        &GgufLayout::of_gguf(&src),
+        Some(codes.source()),
+        &out,
+        &opts,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
     assert_eq!(report.from_codes, 210);
 
     let python = common::python_with_references();

@@ -128,7 +128,7 @@ fn bad_gguf_requests_fail_cleanly_on_smollm2() {
     ]);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("is the source model itself"),
+        stderr(&o).contains("is (or holds) the source model"),
         "{}",
         stderr(&o)
     );

@@ -206,7 +206,7 @@ fn synthetic_blocks_of_every_type_match_gguf_py() {
 /// and dequantizes tensors of three types to what our reader gives.
 #[test]
 fn written_gguf_matches_gguf_py_for_every_preset() {
-    use llmq_gpu::formats::gguf::export::{export, GgufExport};
+    use llmq_gpu::formats::gguf::export::{export, GgufExport, GgufLayout};
     use llmq_gpu::formats::gguf::presets::Preset;
     let src_path = common::smollm2_gguf();
     let src = GgufModel::open(&src_path).unwrap();
@@ -238,7 +238,7 @@ fn written_gguf_matches_gguf_py_for_every_preset() {
             rules: rules.iter().map(|r| r.parse().unwrap()).collect(),
             overwrite: false,
         };
-        let report = export(&src, &out, &opts, &mut |_, _, _| {}).unwrap();
+        let report = export(&GgufLayout::of_gguf(&src), &out, &opts, &mut |_, _, _| {}).unwrap();
         written.push((*file, out, opts, report));
     }
     let run = Command::new(&python)

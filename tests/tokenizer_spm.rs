@@ -99,6 +99,46 @@ fn sentencepiece_matches_llama_cpp_algorithm_and_round_trips() {
     eprintln!("{} samples, {total} tokens identical", samples.len());
     let with_bos = tok.encode("Hello", true).expect("encode");
     assert_eq!(with_bos[0], 1);
+
+    // Written as a Hugging Face tokenizer.json and turned back into GGUF
+    // keys (`convert --to gguf`): scores rebuilt from the merge ranks give
+    // llama.cpp's ids again.
+    let (json, cfg) = tok.hf_files(None).expect("hf files");
+    let (tj, tc) = (
+        dir.path().join("tokenizer.json"),
+        dir.path().join("tokenizer_config.json"),
+    );
+    std::fs::write(&tj, json).unwrap();
+    std::fs::write(&tc, cfg).unwrap();
+    let n = tok.vocab_size();
+    let keys = llmq_gpu::formats::gguf::tokenizer_keys::from_hf_files(&tj, Some(&tc), None, n)
+        .expect("GGUF keys from tokenizer.json");
+    let get = |k: &str| {
+        keys.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(get("tokenizer.ggml.model").unwrap().as_str(), Some("llama"));
+    assert!(get("tokenizer.ggml.scores").is_some() && get("tokenizer.ggml.merges").is_none());
+    let meta2: HashMap<String, Value> =
+        keys.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+    assert_eq!(
+        meta2["tokenizer.ggml.tokens"],
+        meta["tokenizer.ggml.tokens"]
+    );
+    assert_eq!(
+        meta2["tokenizer.ggml.token_type"],
+        meta["tokenizer.ggml.token_type"]
+    );
+    assert_eq!(meta2["tokenizer.ggml.bos_token_id"], json!(1));
+    let back = Tokenizer::from_gguf_metadata(Path::new("back.gguf"), &meta2).expect("rebuild");
+    for (s, want) in samples.iter().zip(&want) {
+        assert_eq!(
+            &back.encode(s, false).unwrap(),
+            want,
+            "after tokenizer.json: {s:?}"
+        );
+    }
 }
 
 #[test]

@@ -4,9 +4,11 @@ use super::human_bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 use llmq_gpu::encoding::ggml::GgmlType;
 use llmq_gpu::encoding::{Granularity, QuantScheme};
-use llmq_gpu::formats::gguf::export::{self, ExportReport, GgufExport};
+use llmq_gpu::formats::gguf::export::{self, ExportReport, GgufExport, GgufLayout};
+use llmq_gpu::formats::gguf::from_source::FloatType;
 use llmq_gpu::formats::gguf::presets::{Preset, TypeRule};
 use llmq_gpu::formats::gguf::{has_gguf_magic, GgufModel};
+use llmq_gpu::model::view::ModelView;
 use llmq_gpu::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -60,7 +62,7 @@ pub fn gptq_staging(out: &Path, overwrite: bool) -> Result<tempfile::TempDir> {
 
 /// The llmq folder `llmq` rewritten as a GPTQ checkpoint at `out`.
 pub fn write_gptq(llmq: &Path, out: &Path, overwrite: bool, json: bool) -> Result<()> {
-    let view = llmq_gpu::model::view::ModelView::open(llmq)?;
+    let view = ModelView::open(llmq)?;
     let r = llmq_gpu::formats::gptq_export::llmq_to_gptq(&view, out, overwrite, &mut |_, _, _| {})?;
     if !json {
         println!(
@@ -98,14 +100,15 @@ fn options(a: &GgufArgs, overwrite: bool) -> Result<GgufExport> {
     })
 }
 
-fn require_gguf(model: &Path) -> Result<()> {
-    if !model.is_file() || !has_gguf_magic(model)? {
-        return Err(Error::Config(format!(
-            "--format gguf needs a GGUF source model for now; {} is not a GGUF file",
-            model.display()
-        )));
+/// Runs `f` on `model` laid out as a GGUF file: a GGUF file as itself, a
+/// Hugging Face or llmq folder as llama.cpp's converter writes it.
+fn with_layout<T>(model: &Path, f: impl FnOnce(&GgufLayout) -> Result<T>) -> Result<T> {
+    if model.is_file() && has_gguf_magic(model)? {
+        let src = GgufModel::open(model)?;
+        return f(&GgufLayout::of_gguf(&src));
     }
-    Ok(())
+    let view = ModelView::open(model)?;
+    f(&GgufLayout::of_source(view.source(), FloatType::Auto)?)
 }
 
 /// `--method gptq` (or RTN with `--calib`) with `--format gguf`: the
@@ -119,16 +122,18 @@ pub fn coded_plan(
     model: &Path,
     method: &str,
 ) -> Result<(QuantScheme, BTreeMap<String, GgmlType>)> {
-    require_gguf(model)?;
     let opts = options(a, false)?;
-    let src = GgufModel::open(model)?;
-    let plan = export::plan(&src, &opts)?;
-    let types: BTreeMap<String, GgmlType> = plan
-        .tensors
-        .iter()
-        .filter(|t| llmq_gpu::encoding::ggml::layout(t.ty).is_some())
-        .map(|t| (t.name.clone(), t.ty))
-        .collect();
+    // Keyed by the source's names, which the pipeline quantizes.
+    let types: BTreeMap<String, GgmlType> = with_layout(model, |src| {
+        let plan = export::plan(src, &opts)?;
+        Ok(plan
+            .tensors
+            .iter()
+            .zip(&src.tensors)
+            .filter(|(p, _)| llmq_gpu::encoding::ggml::layout(p.ty).is_some())
+            .map(|(p, t)| (t.source.clone(), p.ty))
+            .collect())
+    })?;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for ty in types.values() {
         *counts.entry(ty.name()).or_default() += 1;
@@ -154,26 +159,27 @@ pub fn write_coded(
     json: bool,
 ) -> Result<()> {
     let opts = options(a, overwrite)?;
-    let src = GgufModel::open(model)?;
-    let codes = llmq_gpu::model::view::ModelView::open(llmq)?;
-    let report = export::export_codes(&src, Some(codes.source()), out, &opts, &mut |_, _, _| {})?;
+    let codes = ModelView::open(llmq)?;
+    let report = with_layout(model, |src| {
+        export::export_codes(src, Some(codes.source()), out, &opts, &mut |_, _, _| {})
+    })?;
     finish(&report, out, json)
 }
 
 /// Writes the GGUF file by llama.cpp's reference rounding.
 pub fn run(a: &GgufArgs, model: &Path, out: &Path, overwrite: bool, json: bool) -> Result<()> {
-    require_gguf(model)?;
     let opts = options(a, overwrite)?;
-    let src = GgufModel::open(model)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
             .expect("static template"),
     );
-    let report = export::export(&src, out, &opts, &mut |done, total, name| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        bar.set_message(name.to_string());
+    let report = with_layout(model, |src| {
+        export::export(src, out, &opts, &mut |done, total, name| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(name.to_string());
+        })
     })?;
     bar.finish_and_clear();
     finish(&report, out, json)

@@ -159,3 +159,20 @@ pub fn sync_dir(path: &Path) -> Result<()> {
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(path, e))
 }
+
+/// Refuses an output path that is the source model itself, or a folder
+/// holding it (replacing it would delete the source).
+pub fn refuse_source_as_target(src: &Path, out: &Path) -> Result<()> {
+    let same = match (src.canonicalize(), out.canonicalize()) {
+        (Ok(a), Ok(b)) => a.starts_with(b),
+        _ => false,
+    };
+    if same {
+        return Err(Error::Config(format!(
+            "--out {} is (or holds) the source model {}; write to another path",
+            out.display(),
+            src.display()
+        )));
+    }
+    Ok(())
+}

@@ -19,6 +19,7 @@
 use super::atomic::StagingDir;
 use super::hf_export::{config_json, hf_name, hf_tensor, write_companions, HfDtype};
 use super::safetensors_writer::{self, Entry};
+use super::tensor_names::hf_row_order;
 use crate::encoding::affine::packing::unpack_codes;
 use crate::encoding::{Granularity, QuantScheme, QuantizedTensor};
 use crate::error::{Error, Result};
@@ -53,24 +54,6 @@ struct Linear {
     q: QuantizedTensor,
     /// `order[r]`: the source row that is row `r` here (q/k un-permuted).
     order: Vec<usize>,
-}
-
-/// The row order that un-permutes llama.cpp's q/k layout (see
-/// [`super::hf_export`]): HF row `h·hd + j·hd/2 + i` is GGUF row `h·hd + 2i + j`.
-fn unpermuted_rows(rows: usize, heads: Option<usize>) -> Vec<usize> {
-    let Some(heads) = heads.filter(|&h| h > 0 && rows.is_multiple_of(2 * h)) else {
-        return (0..rows).collect();
-    };
-    let hd = rows / heads;
-    let mut order = vec![0; rows];
-    for h in 0..heads {
-        for i in 0..hd / 2 {
-            for j in 0..2 {
-                order[h * hd + j * hd / 2 + i] = h * hd + 2 * i + j;
-            }
-        }
-    }
-    order
 }
 
 /// The one scheme every quantized linear shares, checked against what a
@@ -157,6 +140,7 @@ pub fn llmq_to_gptq(
     overwrite: bool,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<GptqExportReport> {
+    super::atomic::refuse_source_as_target(model.path(), out)?;
     let arch = model.arch().clone();
     let (mut parts, mut entries, mut linears) = (Vec::new(), Vec::new(), Vec::new());
     let mut scheme = None;
@@ -216,7 +200,11 @@ pub fn llmq_to_gptq(
             });
             parts.push(Part::Linear(linears.len(), k as u8));
         }
-        let order = unpermuted_rows(q.rows, perm);
+        let order = match perm {
+            Some(heads) => hf_row_order(q.rows, heads)
+                .map_err(|e| Error::Config(format!("tensor '{}': {e}", t.name)))?,
+            None => (0..q.rows).collect(),
+        };
         linears.push(Linear { q, order });
     }
     let Some(s) = scheme else {

@@ -10,6 +10,8 @@ use super::atomic::{self, StagingDir};
 use super::gguf::GgufModel;
 use super::safetensors_writer::{self, Entry};
 use super::source::TensorSource;
+pub(crate) use super::tensor_names::hf_name;
+use super::tensor_names::unpermute;
 use crate::error::{Error, Result};
 use crate::model::arch::{ArchConfig, RopeScaling};
 use crate::model::tokenizer::Tokenizer;
@@ -65,6 +67,41 @@ impl HfDtype {
     }
 }
 
+/// The stored type of each written tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatType {
+    /// Float tensors keep their type (F32, F16, BF16): a GGUF → Hugging
+    /// Face → GGUF round trip keeps them bit for bit; quantized ones become
+    /// f16 (exact only in f32).
+    Auto,
+    Fixed(HfDtype),
+}
+
+impl FloatType {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            other => HfDtype::parse(other).map(Self::Fixed).map_err(|_| {
+                Error::Config(format!(
+                    "unknown --dtype '{s}'; use auto (keep each float tensor's type), f32, f16 or bf16"
+                ))
+            }),
+        }
+    }
+
+    /// The type of a tensor stored as `stored` (`F32`, `BF16`, `Q4_K`, ...).
+    pub fn for_stored(self, stored: &str) -> HfDtype {
+        match self {
+            Self::Fixed(d) => d,
+            Self::Auto => match stored.to_ascii_uppercase().as_str() {
+                "F32" => HfDtype::F32,
+                "BF16" => HfDtype::Bf16,
+                _ => HfDtype::F16,
+            },
+        }
+    }
+}
+
 /// What was written.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct HfExportReport {
@@ -73,69 +110,6 @@ pub struct HfExportReport {
     pub bytes: u64,
     /// Tensors of the GGUF file left out, with why.
     pub skipped: Vec<String>,
-}
-
-/// The transformers name of GGUF tensor `name`, and whether its rows are
-/// q/k rows to un-permute (`Some(heads)`); `None` for tensors transformers
-/// has no place for (`rope_freqs.weight`: config.json's rope_scaling).
-pub(crate) fn hf_name(name: &str, arch: &ArchConfig) -> Result<Option<(String, Option<usize>)>> {
-    let top = match name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        "rope_freqs.weight" => return Ok(None),
-        _ => None,
-    };
-    if let Some(t) = top {
-        return Ok(Some((t.to_string(), None)));
-    }
-    let unknown = || {
-        Error::Config(format!(
-            "tensor '{name}' has no Hugging Face name for a {} model; convert supports the \
-             Llama family's tensors",
-            arch.architecture
-        ))
-    };
-    let rest = name.strip_prefix("blk.").ok_or_else(unknown)?;
-    let (layer, what) = rest.split_once('.').ok_or_else(unknown)?;
-    let layer: usize = layer.parse().map_err(|_| unknown())?;
-    let (what, param) = what.rsplit_once('.').ok_or_else(unknown)?;
-    let permuted = |heads| arch.rope_adjacent_pairs.then_some(heads);
-    let (hf, perm) = match what {
-        "attn_norm" => ("input_layernorm", None),
-        "attn_q" => ("self_attn.q_proj", permuted(arch.num_heads)),
-        "attn_k" => ("self_attn.k_proj", permuted(arch.num_kv_heads)),
-        "attn_v" => ("self_attn.v_proj", None),
-        "attn_output" => ("self_attn.o_proj", None),
-        "ffn_norm" => ("post_attention_layernorm", None),
-        "ffn_gate" => ("mlp.gate_proj", None),
-        "ffn_up" => ("mlp.up_proj", None),
-        "ffn_down" => ("mlp.down_proj", None),
-        _ => return Err(unknown()),
-    };
-    Ok(Some((format!("model.layers.{layer}.{hf}.{param}"), perm)))
-}
-
-/// llama.cpp's converter stores q/k rows of each head as interleaved
-/// pairs (row `2i + j` of a head was HF row `j·hd/2 + i`); undoes it.
-fn unpermute(x: &[f32], rows: usize, heads: usize) -> Result<Vec<f32>> {
-    let cols = x.len() / rows.max(1);
-    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
-        return Err(Error::Config(format!(
-            "cannot un-permute {rows} q/k rows over {heads} heads"
-        )));
-    }
-    let hd = rows / heads;
-    let mut out = vec![0f32; x.len()];
-    for h in 0..heads {
-        for i in 0..hd / 2 {
-            for j in 0..2 {
-                let (g, f) = (h * hd + 2 * i + j, h * hd + j * hd / 2 + i);
-                out[f * cols..(f + 1) * cols].copy_from_slice(&x[g * cols..(g + 1) * cols]);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// An f32 as the f64 of its shortest decimal form (1e-5, not
@@ -250,10 +224,11 @@ pub(crate) fn write_companions(
 pub fn gguf_to_hf(
     src: &GgufModel,
     out: &Path,
-    dtype: HfDtype,
+    dtype: FloatType,
     overwrite: bool,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<HfExportReport> {
+    super::atomic::refuse_source_as_target(src.path(), out)?;
     let arch = src.arch().clone();
     let tok = Tokenizer::from_gguf_metadata(src.path(), &src.metadata().into_iter().collect())?;
     let template = src.get("tokenizer.chat_template").and_then(|v| v.as_str());
@@ -267,15 +242,20 @@ pub fn gguf_to_hf(
             )),
         }
     }
+    // config.json names the type of the matrices (most of the weights).
+    let main = plan
+        .iter()
+        .find(|(t, _, _)| t.shape.len() >= 2)
+        .map_or(HfDtype::F16, |(t, _, _)| dtype.for_stored(&t.dtype));
     let stage = StagingDir::create(out, overwrite)?;
     let dir = stage.path().to_path_buf();
-    write_companions(&dir, &config_json(&arch, dtype, &tok)?, &tok, template)?;
+    write_companions(&dir, &config_json(&arch, main, &tok)?, &tok, template)?;
 
     let entries: Vec<Entry> = plan
         .iter()
         .map(|(t, hf, _)| Entry {
             name: hf.clone(),
-            dtype: dtype.safetensors_name(),
+            dtype: dtype.for_stored(&t.dtype).safetensors_name(),
             shape: t.shape.clone(),
         })
         .collect();
@@ -284,7 +264,7 @@ pub fn gguf_to_hf(
         let (t, _, perm) = &plan[i];
         let x = hf_tensor(src, t, *perm)?;
         progress(i + 1, plan.len(), &t.name);
-        Ok(dtype.encode(&x))
+        Ok(dtype.for_stored(&t.dtype).encode(&x))
     })?;
     let out = stage.commit()?;
     Ok(HfExportReport {
@@ -293,30 +273,4 @@ pub fn gguf_to_hf(
         bytes,
         skipped,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Un-permuting inverts llama.cpp's `permute` (convert_hf_to_gguf.py):
-    /// `w.reshape(heads, 2, hd/2, cols).swapaxes(1, 2)`.
-    #[test]
-    fn unpermute_inverts_llama_cpp_permute() {
-        let (heads, hd, cols) = (3, 4, 2);
-        let rows = heads * hd;
-        let hf: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-        let mut gguf = vec![0f32; hf.len()];
-        for h in 0..heads {
-            for j in 0..2 {
-                for i in 0..hd / 2 {
-                    // permute: new index (h, i, j) takes old (h, j, i).
-                    let (new, old) = (h * hd + i * 2 + j, h * hd + j * hd / 2 + i);
-                    gguf[new * cols..][..cols].copy_from_slice(&hf[old * cols..][..cols]);
-                }
-            }
-        }
-        assert_eq!(unpermute(&gguf, rows, heads).unwrap(), hf);
-        assert!(unpermute(&gguf, rows, 5).is_err());
-    }
 }

@@ -9,3 +9,4 @@ pub mod llmq;
 pub mod safetensors_model;
 pub mod safetensors_writer;
 pub mod source;
+pub mod tensor_names;

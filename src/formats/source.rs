@@ -46,6 +46,11 @@ pub trait TensorSource: Send + Sync {
             .load_quantized(name)?
             .map(crate::encoding::EncodedTensor::Affine))
     }
+    /// The encoding tensor `name` is stored in, known without loading it;
+    /// `None` when it is stored unquantized or the format keeps no encodings.
+    fn encoding_of(&self, _name: &str) -> Option<crate::encoding::Encoding> {
+        None
+    }
     /// File-level metadata as `(key, printable value)` pairs, for `inspect`
     /// and to carry along (the tokenizer of a GGUF file lives here).
     fn metadata(&self) -> Vec<(String, serde_json::Value)>;

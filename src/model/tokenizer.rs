@@ -30,7 +30,7 @@ const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 const SPACE: &str = "\u{2581}";
 
 /// Llama 3's split pattern (llama.cpp `llama-bpe`, HF Llama 3 `tokenizer.json`).
-const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A ready tokenizer plus the model's BOS/EOS conventions.
 pub struct Tokenizer {

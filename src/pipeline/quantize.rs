@@ -374,6 +374,7 @@ pub fn quantize_model_with(
             config.scheme.label()
         );
     }
+    crate::formats::atomic::refuse_source_as_target(model.path(), &config.out)?;
     let mut writer = LlmqWriter::create(&config.out, config.overwrite)?;
     on_progress(Progress::Started {
         tensors: tensors.len(),

@@ -1,15 +1,19 @@
-//! GGUF → GGUF with llama.cpp's block types, as `llama-quantize` does it
-//! without an imatrix: the same tensors quantized (see
+//! A model → GGUF with llama.cpp's block types, as `llama-quantize` does
+//! it without an imatrix: the same tensors quantized (see
 //! [`super::presets`]), each dequantized to f32 and requantized by the
 //! block type's reference quantizer; tensors whose type does not change,
 //! and those not quantized, copied byte for byte; the metadata carried
 //! over with `general.file_type` and `general.quantization_version` set.
+//! The source is a [`GgufLayout`]: a GGUF file as itself, or a Hugging
+//! Face or llmq folder as llama.cpp's converter would write it.
 
+use super::from_source::QUANTIZATION_VERSION;
+pub use super::layout::GgufLayout;
 use super::mix::{visit_order, Mix, ModelFacts};
 use super::presets::{is_quantized_tensor, tensor_type, Fallback, Preset, TypeRule};
 use super::writer;
 pub use super::writer::TensorPlan;
-use super::{GgufModel, GgufValue};
+use super::GgufValue;
 use crate::encoding::ggml::GgmlType;
 use crate::encoding::EncodedTensor;
 use crate::error::{Error, Result};
@@ -17,9 +21,6 @@ use crate::formats::source::TensorSource;
 use serde::Serialize;
 use std::path::Path;
 use std::time::Instant;
-
-/// `GGML_QNT_VERSION`: the block layouts' version.
-const QUANTIZATION_VERSION: u32 = 2;
 
 /// What to write.
 #[derive(Clone, Debug)]
@@ -61,7 +62,7 @@ pub struct ExportReport {
 /// Writes `src` to `out` under `opts`; `progress(done, total, name)` after
 /// each tensor. Nothing is left at `out` on error.
 pub fn export(
-    src: &GgufModel,
+    src: &GgufLayout,
     out: &Path,
     opts: &GgufExport,
     progress: &mut dyn FnMut(usize, usize, &str),
@@ -95,23 +96,16 @@ pub struct Plan {
 /// The types `export` writes `src`'s tensors as under `opts`: llama.cpp's
 /// mix of the preset (its per-tensor choices and fallbacks), then the
 /// `--tensor-type` rules.
-pub fn plan(src: &GgufModel, opts: &GgufExport) -> Result<Plan> {
-    let raw = src.raw_tensors();
+pub fn plan(src: &GgufLayout, opts: &GgufExport) -> Result<Plan> {
+    let raw: Vec<&TensorPlan> = src.tensors.iter().map(|t| &t.plan).collect();
     let names: Vec<&str> = raw.iter().map(|t| t.name.as_str()).collect();
-    let arch = src
-        .get("general.architecture")
+    let get = |key: &str| src.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let arch = get("general.architecture")
         .and_then(|v| v.as_str())
         .unwrap_or("llama");
-    let facts = ModelFacts::from_metadata(arch, |k| src.get(k).and_then(|v| v.as_u64()));
+    let facts = ModelFacts::from_metadata(arch, |k| get(k).and_then(|v| v.as_u64()));
     let mut mix = Mix::new(opts.preset, facts, &names);
-    let mut plans: Vec<TensorPlan> = raw
-        .iter()
-        .map(|t| TensorPlan {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ty: t.ty,
-        })
-        .collect();
+    let mut plans: Vec<TensorPlan> = raw.iter().map(|&t| t.clone()).collect();
     // One note per kind of fallback, naming its tensors.
     let mut fallbacks: Vec<(Fallback, Vec<&str>)> = Vec::new();
     // llama.cpp's mix counts tensors in its own order.
@@ -139,7 +133,7 @@ pub fn plan(src: &GgufModel, opts: &GgufExport) -> Result<Plan> {
     for r in &unused_rules {
         notes.push(format!(
             "--tensor-type '{r}=...' matches no tensor of {}",
-            src.path().display()
+            src.source().path().display()
         ));
     }
     Ok(Plan {
@@ -155,55 +149,54 @@ pub fn plan(src: &GgufModel, opts: &GgufExport) -> Result<Plan> {
 /// instead of llama.cpp's reference rounding of `src`: their type must be
 /// the one the preset gives them.
 pub fn export_codes(
-    src: &GgufModel,
+    src: &GgufLayout,
     codes: Option<&dyn TensorSource>,
     out: &Path,
     opts: &GgufExport,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<ExportReport> {
     let start = Instant::now();
-    refuse_source_as_target(src.path(), out)?;
-    let raw = src.raw_tensors();
+    crate::formats::atomic::refuse_source_as_target(src.source().path(), out)?;
     let Plan {
         tensors: plans,
         notes,
         unused_rules,
     } = plan(src, opts)?;
-    let alignment = src.alignment().max(1);
-    let metadata = carried_metadata(src.metadata_values(), opts.preset, alignment);
+    let alignment = src.alignment;
+    let metadata = carried_metadata(&src.metadata, opts.preset, alignment);
     let total = plans.len();
     let mut from_codes = 0;
     writer::write(out, opts.overwrite, &metadata, &plans, alignment, |i| {
-        let (t, p) = (&raw[i], &plans[i]);
+        let (t, p) = (&src.tensors[i], &plans[i]);
         let coded = match codes {
-            Some(c) if c.tensors().iter().any(|i| i.name == t.name) => c.load_encoded(&t.name)?,
+            Some(c) if c.tensors().iter().any(|i| i.name == t.source) => {
+                c.load_encoded(&t.source)?
+            }
             _ => None,
         };
         // A tensor the plan keeps in a float type is written from the source.
         let coded = coded.filter(|_| p.ty.is_quantized());
-        let bytes = match (coded, t.ty == p.ty) {
+        let bytes = match (coded, t.plan.ty == p.ty) {
             (Some(q), _) => {
                 from_codes += 1;
-                coded_bytes(&t.name, q, p.ty)?
+                src.reorder(i, coded_bytes(&t.source, q, p.ty)?)?
             }
-            (None, true) => src.tensor_bytes(&t.name)?.to_vec(),
+            (None, true) => src.stored_bytes(i)?,
             (None, false) => {
-                let x = src.load_f32(&t.name)?;
-                crate::quant::rtn::check_finite(&t.name, &x)
-                    .map_err(|e| Error::format(src.path(), e.to_string()))?;
-                crate::encoding::ggml::quantize(&t.name, p.ty, &x, t.dims[0] as usize)?
+                let x = src.load_f32(i)?;
+                crate::encoding::ggml::quantize(&p.name, p.ty, &x, p.dims[0] as usize)?
             }
         };
-        progress(i + 1, total, &t.name);
+        progress(i + 1, total, &p.name);
         Ok(bytes)
     })?;
     let tensors: Vec<ExportedTensor> = plans
         .iter()
-        .zip(raw)
+        .zip(&src.tensors)
         .map(|(p, t)| {
             Ok(ExportedTensor {
                 name: p.name.clone(),
-                from: t.ty.name(),
+                from: t.plan.ty.name(),
                 to: p.ty.name(),
                 bytes: p.bytes()?,
             })
@@ -244,18 +237,4 @@ fn carried_metadata(
     set("general.file_type", GgufValue::U32(preset.file_type()));
     set("general.alignment", GgufValue::U32(alignment as u32));
     out
-}
-
-fn refuse_source_as_target(src: &Path, out: &Path) -> Result<()> {
-    let same = match (src.canonicalize(), out.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same {
-        return Err(Error::Config(format!(
-            "--out {} is the source model itself; write to another file",
-            out.display()
-        )));
-    }
-    Ok(())
 }

@@ -2,9 +2,13 @@
 //! up front, tensors dequantized to f32 on demand.
 
 pub mod export;
+pub mod from_source;
+pub mod layout;
 pub mod mix;
+pub mod model_keys;
 pub mod presets;
 mod reader;
+pub mod tokenizer_keys;
 pub mod writer;
 
 pub use crate::encoding::ggml::GgmlType;

@@ -69,6 +69,11 @@ impl Preset {
                 ))
             })
     }
+    /// The first preset whose base type is `ty` (`general.file_type` of a
+    /// file mostly of `ty`).
+    pub fn for_type(ty: GgmlType) -> Option<Self> {
+        PRESETS.iter().find(|p| p.3 == ty).map(|p| p.0)
+    }
     fn entry(self) -> &'static (Preset, &'static str, u32, GgmlType) {
         // PRESETS lists every variant.
         PRESETS.iter().find(|p| p.0 == self).unwrap_or(&PRESETS[0])

@@ -14,6 +14,7 @@
 //! [`LlmqWriter`] (`writer.rs`) builds the folder atomically (see
 //! [`super::atomic`]); [`LlmqModel`] (`reader.rs`) reads it back.
 
+pub mod from_gguf;
 mod reader;
 mod writer;
 

@@ -209,6 +209,9 @@ impl TensorSource for LlmqModel {
     fn load_encoded(&self, name: &str) -> Result<Option<EncodedTensor>> {
         LlmqModel::load_encoded(self, name)
     }
+    fn encoding_of(&self, name: &str) -> Option<crate::encoding::Encoding> {
+        self.tensor_meta(name).and_then(LlmqTensorMeta::encoding)
+    }
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
         match LlmqModel::load_encoded(self, name)? {
             Some(q) => q.dequantize(),
