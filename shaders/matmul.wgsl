@@ -1,6 +1,6 @@
 // Dequant-matmul family: y[t, row0 + r] = sum_k x[t, k] * W[r, k] with W
-// stored in an encoding whose decode fragment the host prepends (today the
-// affine one, shaders/affine_decode.wgsl). The fragment declares the
+// stored in an encoding whose decode fragment the host prepends (the
+// affine, VQ or ggml one, shaders/*_decode.wgsl). The fragment declares the
 // encoding's parts at bindings 1..=3 and defines, against `p` and `xs`:
 // - unit_dot(row, u, xb, sum_x): sum over the 32 weights of unit u (columns
 //   32u..32u+32) of `row` of W[row, k] * xs[xb + (k - 32u) / 4][k % 4], where

@@ -60,8 +60,8 @@ pub fn run(a: Args) -> Result<()> {
     };
     if !gguf_in && (to != "gguf" || !a.model.is_dir()) {
         return Err(Error::Config(format!(
-            "convert --to {to} reads a GGUF file; {} is not one (a Hugging Face or llmq folder \
-             converts --to gguf)",
+            "{} is not one of the models convert --to {to} reads: a GGUF file (--to hf or \
+             llmq) or a Hugging Face or llmq folder (--to gguf)",
             a.model.display()
         )));
     }

@@ -153,11 +153,13 @@ pub fn llmq_to_gptq(
             },
         };
         let Some(q) = model.load_quantized(&t.name)? else {
-            if model.load_encoded(&t.name)?.is_some() {
+            if let Some(e) = model.load_encoded(&t.name)? {
                 return Err(Error::Config(format!(
-                    "tensor '{}' is vector-quantized; GPTQ checkpoints hold linear integer \
-                     codes only (keep the llmq format for GPTVQ models)",
-                    t.name
+                    "tensor '{}' is stored as {}; GPTQ checkpoints hold linear integer codes \
+                     only (quantize the model with --format gptq; keep the llmq format for \
+                     GPTVQ models)",
+                    t.name,
+                    e.encoding().label()
                 )));
             }
             entries.push(Entry {

@@ -13,6 +13,7 @@
 
 use super::context::{Binding, GpuContext, Kernel};
 use super::{row_chunks, GpuBuffer, GEMM_TILE};
+use crate::encoding::ggml::{row_bytes, GgmlTensor};
 use crate::encoding::vq::{index_words, VqTensor};
 use crate::encoding::{EncodedTensor, Encoding, QuantizedTensor};
 use crate::error::{Error, Result};
@@ -30,6 +31,12 @@ const SOURCE: &str = concat!(
 const VQ_SOURCE: &str = concat!(
     include_str!("../../../shaders/vq_index.wgsl"),
     include_str!("../../../shaders/vq_decode.wgsl"),
+    with_tile_gemm!("matmul.wgsl")
+);
+
+/// The kernels after the ggml block encoding's decode fragment.
+const GGML_SOURCE: &str = concat!(
+    include_str!("../../../shaders/ggml_decode.wgsl"),
     with_tile_gemm!("matmul.wgsl")
 );
 
@@ -93,15 +100,6 @@ fn specialise(source: &str, consts: &[(&str, u32)], subgroups: bool) -> String {
     out
 }
 
-/// ggml blocks have no packed GPU kernels yet; the forward pass and
-/// `Backend::resident_linear` run them dequantized instead.
-fn no_ggml_kernels(t: crate::encoding::ggml::GgmlType) -> Error {
-    Error::Gpu(format!(
-        "{} blocks have no packed GPU matmul yet (the forward pass runs them dequantized)",
-        t.name()
-    ))
-}
-
 /// The decode fragment's source and constants for `encoding`.
 fn fragment(encoding: &Encoding) -> Result<(&'static str, Vec<(&'static str, u32)>)> {
     Ok(match encoding {
@@ -116,7 +114,7 @@ fn fragment(encoding: &Encoding) -> Result<(&'static str, Vec<(&'static str, u32
                 ("VQ_SCALE_BLOCK", s.scale_block),
             ],
         ),
-        Encoding::Ggml(t) => return Err(no_ggml_kernels(*t)),
+        Encoding::Ggml(t) => (GGML_SOURCE, vec![("GGML_TYPE", t.id())]),
     })
 }
 
@@ -270,12 +268,45 @@ impl GpuQuantWeights {
         })
     }
 
+    /// Uploads llama.cpp blocks as the file stores them, each row padded
+    /// to whole u32 words (rows of most types already are).
+    pub fn upload_ggml(ctx: &GpuContext, g: &GgmlTensor) -> Result<Self> {
+        g.validate("matmul weight")?;
+        let rb = row_bytes(g.ty, g.cols);
+        let wpr = rb.div_ceil(4);
+        let mut chunks = Vec::new();
+        for range in row_chunks(ctx, g.rows, wpr * 4)? {
+            let mut words = vec![0u8; range.len() * wpr * 4];
+            for (r, out) in range.clone().zip(words.chunks_exact_mut(wpr * 4)) {
+                out[..rb].copy_from_slice(&g.data[r * rb..(r + 1) * rb]);
+            }
+            chunks.push(WeightChunk {
+                row0: range.start,
+                rows: range.len(),
+                packed: ctx.upload("matmul.ggml_blocks", &words)?,
+                aux: [
+                    ctx.upload("matmul.unused", &[0u8; 4])?,
+                    ctx.upload("matmul.unused", &[0u8; 4])?,
+                ],
+            });
+        }
+        Ok(Self {
+            rows: g.rows,
+            cols: g.cols,
+            encoding: Encoding::Ggml(g.ty),
+            words_per_row: wpr,
+            groups_per_row: 0,
+            group_len: 0,
+            chunks,
+        })
+    }
+
     /// Uploads a weight of any encoding.
     pub fn upload_encoded(ctx: &GpuContext, t: &EncodedTensor) -> Result<Self> {
         match t {
             EncodedTensor::Affine(q) => Self::upload(ctx, q),
             EncodedTensor::Vq(v) => Self::upload_vq(ctx, v),
-            EncodedTensor::Ggml(g) => Err(no_ggml_kernels(g.ty)),
+            EncodedTensor::Ggml(g) => Self::upload_ggml(ctx, g),
         }
     }
 

@@ -140,18 +140,6 @@ impl Backend for GpuBackend {
     }
 
     fn resident_linear<'a>(&'a self, q: &'a EncodedTensor) -> Result<Box<dyn ResidentLinear + 'a>> {
-        // ggml blocks have no GPU kernels yet: they run dequantized.
-        if let EncodedTensor::Ggml(g) = q {
-            return Ok(Box::new(matmul_dense::ResidentDenseLinear {
-                ctx: &self.ctx,
-                w: matmul_dense::GpuDenseWeights::upload(
-                    &self.ctx,
-                    &g.dequantize()?,
-                    g.rows,
-                    g.cols,
-                )?,
-            }));
-        }
         Ok(Box::new(matmul::ResidentQuantLinear {
             ctx: &self.ctx,
             w: matmul::GpuQuantWeights::upload_encoded(&self.ctx, q)?,

@@ -87,28 +87,36 @@ impl GgmlTensor {
 
     /// `x · Wᵀ` for `tokens` rows of `x`: each weight row dequantized once
     /// (rows in parallel) and dotted with every token.
+    /// `y = x · Wᵀ` (`x` `[tokens, cols]` → `[tokens, rows]`) with the
+    /// blocks dequantized a few rows at a time: into the blocked SGEMM for
+    /// batches, row by row against each token for GEMV-sized ones.
     pub fn matmul(&self, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
         self.validate("ggml tensor")?;
         check_activations(x, tokens, self.cols)?;
-        let rb = row_bytes(self.ty, self.cols);
-        let mut yt = vec![0f32; self.rows * tokens];
-        yt.par_chunks_mut(tokens)
-            .zip(self.data.par_chunks(rb))
-            .for_each(|(out, bytes)| {
-                let w = super::dequantize(self.ty, bytes, self.cols).unwrap_or_default();
-                for (t, o) in out.iter_mut().enumerate() {
-                    let xt = &x[t * self.cols..(t + 1) * self.cols];
-                    *o = w.iter().zip(xt).map(|(a, b)| a * b).sum();
-                }
-            });
-        // [rows, tokens] → [tokens, rows].
-        let mut y = vec![0f32; tokens * self.rows];
-        for (r, row) in yt.chunks_exact(tokens).enumerate() {
-            for (t, &v) in row.iter().enumerate() {
-                y[t * self.rows + r] = v;
+        let (rb, cols) = (row_bytes(self.ty, self.cols), self.cols);
+        let dequant = |r0: usize, n: usize, out: &mut [f32]| {
+            let bytes = &self.data[r0 * rb..(r0 + n) * rb];
+            // validate() checked the byte count, so this cannot fail.
+            if let Some(w) = super::dequantize(self.ty, bytes, n * cols) {
+                out[..n * cols].copy_from_slice(&w);
             }
+        };
+        if tokens >= crate::gemm::MIN_TOKENS {
+            return Ok(crate::gemm::blocked_xwt(
+                x, tokens, cols, self.rows, &dequant,
+            ));
         }
-        Ok(y)
+        let mut yt = vec![0f32; self.rows * tokens];
+        yt.par_chunks_mut(tokens).enumerate().for_each_init(
+            || vec![0f32; cols],
+            |w, (r, out)| {
+                dequant(r, 1, w);
+                for (t, o) in out.iter_mut().enumerate() {
+                    *o = crate::gemm::dot(w, &x[t * cols..(t + 1) * cols]);
+                }
+            },
+        );
+        Ok(crate::gemm::transpose(&yt, tokens, self.rows))
     }
 
     pub fn stored_parts(&self, name: &str) -> Result<Vec<(Part, Vec<u8>)>> {

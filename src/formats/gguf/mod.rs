@@ -237,6 +237,27 @@ impl TensorSource for GgufModel {
             )
         })
     }
+    /// Quantized matrices as their ggml blocks, so that `eval`, `generate`
+    /// and `bench` run a GGUF file packed, as llama.cpp does; float
+    /// tensors (and 1-D or 3-D ones) load as f32.
+    fn load_encoded(&self, name: &str) -> Result<Option<crate::encoding::EncodedTensor>> {
+        let t = self.raw(name)?;
+        let &[cols, rows] = &t.dims[..] else {
+            return Ok(None);
+        };
+        if !t.ty.is_quantized() || !t.ty.dequantizable() {
+            return Ok(None);
+        }
+        let g = crate::encoding::ggml::GgmlTensor {
+            ty: t.ty,
+            rows: rows as usize,
+            cols: cols as usize,
+            data: self.tensor_bytes(name)?.to_vec(),
+        };
+        g.validate(name)
+            .map_err(|e| Error::format(&self.path, e.to_string()))?;
+        Ok(Some(crate::encoding::EncodedTensor::Ggml(g)))
+    }
     /// Every key with its full value (tokenizer arrays included), in file order.
     fn metadata(&self) -> Vec<(String, serde_json::Value)> {
         self.header

@@ -163,7 +163,7 @@ mod tests {
             let want = base[i] / scaled[i];
             assert!((divisors[i] as f64 - want).abs() < 1e-5 * want, "{i}");
         }
-        assert!(divisors.iter().any(|&d| d == 1.0) && divisors.iter().any(|&d| d == 8.0));
+        assert!(divisors.contains(&1.0) && divisors.contains(&8.0));
         let keys = arch_keys(&arch, "m").unwrap();
         assert!(keys.iter().any(|(k, _)| k == "llama.rope.dimension_count"));
         assert!(!keys.iter().any(|(k, _)| k.contains("scaling")));

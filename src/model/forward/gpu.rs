@@ -18,7 +18,6 @@ use crate::backend::gpu::matmul::{encode_matmul, GpuQuantWeights};
 use crate::backend::gpu::matmul_dense::{encode_dense, GpuDenseWeights};
 use crate::backend::gpu::rope::{encode_rope, GpuRopeTable};
 use crate::backend::gpu::{elementwise, f32_bytes, row_chunks, GpuBuffer, GpuContext};
-use crate::encoding::EncodedTensor;
 use crate::error::{Error, Result};
 use crate::model::arch::ArchConfig;
 use crate::model::view::ModelView;
@@ -36,13 +35,6 @@ impl GpuLinear {
             Linear::Dense { rows, cols, w } => {
                 GpuLinear::Dense(GpuDenseWeights::upload(ctx, w, *rows, *cols)?)
             }
-            // ggml blocks have no GPU kernels yet: they run dequantized.
-            Linear::Packed(EncodedTensor::Ggml(g)) => GpuLinear::Dense(GpuDenseWeights::upload(
-                ctx,
-                &g.dequantize()?,
-                g.rows,
-                g.cols,
-            )?),
             Linear::Packed(q) => GpuLinear::Packed(GpuQuantWeights::upload_encoded(ctx, q)?),
             Linear::RoundedInput(..) => {
                 return Err(Error::Config(
