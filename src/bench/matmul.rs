@@ -7,6 +7,7 @@ use crate::backend::gpu::matmul::{time_matmul, GpuQuantWeights};
 use crate::backend::gpu::GpuContext;
 use crate::encoding::affine::packing::pack_codes;
 use crate::encoding::affine::scheme::{Granularity, QuantScheme};
+use crate::encoding::ggml::{GgmlTensor, GgmlType};
 use crate::encoding::{EncodedTensor, QuantizedTensor, VqScheme, VqTensor};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -27,6 +28,9 @@ pub struct MatmulBenchOptions {
     pub group: usize,
     /// VQ encodings measured beside the linear codes.
     pub vq: Vec<VqScheme>,
+    /// llama.cpp block types measured beside them (the kernels `eval` runs
+    /// GGUF files with).
+    pub ggml: Vec<GgmlType>,
     /// Timed repetitions per case (after one warm-up).
     pub iters: usize,
 }
@@ -51,6 +55,7 @@ impl Default for MatmulBenchOptions {
                 .into_iter()
                 .filter_map(|(d, b, g)| VqScheme::new(d, b, g, 8).ok())
                 .collect(),
+            ggml: vec![GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q6K],
             iters: 10,
         }
     }
@@ -178,6 +183,27 @@ fn bench_tensor(rows: usize, cols: usize, bits: u32, group: usize) -> Result<Qua
         packed: pack_codes(&codes, rows, cols, bits),
         scales: (0..n).map(|i| 0.01 + (i % 7) as f32 * 1e-3).collect(),
         zeros: (0..n).map(|i| (i % (maxq + 1)) as u8).collect(),
+    })
+}
+
+/// Deterministic ggml blocks of `ty`: 16 distinct rows quantized by the
+/// type's reference quantizer, repeated (quantizing every row of a 4096 ×
+/// 11008 weight would take longer than the measurement).
+fn bench_ggml_tensor(rows: usize, cols: usize, ty: GgmlType) -> Result<GgmlTensor> {
+    let distinct = rows.min(16);
+    let x: Vec<f32> = (0..distinct * cols)
+        .map(|i| (((i * 7919) % 1013) as f32 - 506.0) * 4e-5)
+        .collect();
+    let pattern = crate::encoding::ggml::quantize("bench", ty, &x, cols)?;
+    let rb = pattern.len() / distinct;
+    let data: Vec<u8> = (0..rows)
+        .flat_map(|r| pattern[(r % distinct) * rb..(r % distinct + 1) * rb].iter().copied())
+        .collect();
+    Ok(GgmlTensor {
+        ty,
+        rows,
+        cols,
+        data,
     })
 }
 
@@ -348,6 +374,9 @@ pub fn run_matmul_bench(opts: &MatmulBenchOptions) -> Result<MatmulBenchReport> 
             {
                 cases.push((EncodedTensor::Vq(bench_vq_tensor(r, c, s)), t));
             }
+        }
+        for &ty in opts.ggml.iter().filter(|ty| c.is_multiple_of(ty.block_size())) {
+            cases.push((EncodedTensor::Ggml(bench_ggml_tensor(r, c, ty)?), t));
         }
     }
     let mut rows = Vec::new();
