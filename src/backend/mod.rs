@@ -212,6 +212,11 @@ pub trait Backend: Send + Sync {
         params: &GroupParams,
     ) -> Result<Vec<u32>>;
 
+    /// Histogram of `|x|` for range calibration ([`crate::quant::range`]):
+    /// `bins` counts of `min(⌊|x|·inv_width⌋, bins − 1)`, the product in
+    /// f32 so that every backend bins alike.
+    fn abs_histogram(&self, x: &[f32], bins: usize, inv_width: f32) -> Result<Vec<u32>>;
+
     /// Packs `rows * cols` codes of `bits` bits.
     fn pack(&self, codes: &[u32], rows: usize, cols: usize, bits: u32) -> Result<Vec<u32>>;
 

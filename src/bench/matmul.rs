@@ -197,7 +197,11 @@ fn bench_ggml_tensor(rows: usize, cols: usize, ty: GgmlType) -> Result<GgmlTenso
     let pattern = crate::encoding::ggml::quantize("bench", ty, &x, cols)?;
     let rb = pattern.len() / distinct;
     let data: Vec<u8> = (0..rows)
-        .flat_map(|r| pattern[(r % distinct) * rb..(r % distinct + 1) * rb].iter().copied())
+        .flat_map(|r| {
+            pattern[(r % distinct) * rb..(r % distinct + 1) * rb]
+                .iter()
+                .copied()
+        })
         .collect();
     Ok(GgmlTensor {
         ty,
@@ -334,6 +338,41 @@ fn row(
     }
 }
 
+/// The INT8 × INT8 path beside an 8-bit case: the same codes as 8-bit
+/// symmetric weights, activations quantized per token inside the timing
+/// (the cost a W8A8 linear pays), CPU reference kernel.
+fn int8_activation_row(
+    w: &EncodedTensor,
+    x: &[f32],
+    tokens: usize,
+    iters: usize,
+    copy_gbps: f64,
+) -> Result<Option<MatmulBenchRow>> {
+    let EncodedTensor::Affine(q) = w else {
+        return Ok(None);
+    };
+    if q.scheme.bits != 8 || !q.cols.is_multiple_of(4) {
+        return Ok(None);
+    }
+    let mut sym = q.clone();
+    sym.scheme = QuantScheme::new(8, true, q.scheme.granularity)?;
+    sym.zeros.iter_mut().for_each(|z| *z = 128);
+    let time = best_of(iters, || {
+        let a = crate::encoding::act8::quantize_dynamic(x, tokens, q.cols)?;
+        crate::encoding::act8::matmul_i8(&sym, &a).map(|_| ())
+    })?;
+    let mut r = row(
+        cpu_name(),
+        &EncodedTensor::Affine(sym),
+        tokens,
+        time,
+        copy_gbps,
+        None,
+    );
+    r.encoding = format!("{} A8", r.encoding);
+    Ok(Some(r))
+}
+
 pub fn run_matmul_bench(opts: &MatmulBenchOptions) -> Result<MatmulBenchReport> {
     if !opts.cpu && opts.gpu.is_none() {
         return Err(Error::Config(
@@ -375,7 +414,11 @@ pub fn run_matmul_bench(opts: &MatmulBenchOptions) -> Result<MatmulBenchReport> 
                 cases.push((EncodedTensor::Vq(bench_vq_tensor(r, c, s)), t));
             }
         }
-        for &ty in opts.ggml.iter().filter(|ty| c.is_multiple_of(ty.block_size())) {
+        for &ty in opts
+            .ggml
+            .iter()
+            .filter(|ty| c.is_multiple_of(ty.block_size()))
+        {
             cases.push((EncodedTensor::Ggml(bench_ggml_tensor(r, c, ty)?), t));
         }
     }
@@ -390,6 +433,9 @@ pub fn run_matmul_bench(opts: &MatmulBenchOptions) -> Result<MatmulBenchReport> 
             let time = best_of(opts.iters, || w.matmul(&x, t).map(|_| ()))?;
             cpu_time = Some(time);
             rows.push(row(cpu_name(), w, t, time, cpu_bw, None));
+            if let Some(r) = int8_activation_row(w, &x, t, opts.iters, cpu_bw)? {
+                rows.push(r);
+            }
         }
         if let Some(ctx) = &opts.gpu {
             let gw = GpuQuantWeights::upload_encoded(ctx, w)?;

@@ -17,6 +17,7 @@
 //! types ([`ggml`], as GGUF stores them). This module is a leaf of the crate:
 //! it depends on nothing else in it but the error type.
 
+pub mod act8;
 pub mod affine;
 pub mod ggml;
 pub mod grid;

@@ -4,6 +4,7 @@
 
 pub mod gptq;
 pub mod gptvq;
+pub mod range;
 pub mod rtn;
 
 pub use crate::encoding::{Granularity, QuantScheme, QuantizedTensor};

@@ -83,6 +83,10 @@ impl Backend for CpuBackend {
         }))
     }
 
+    fn abs_histogram(&self, x: &[f32], bins: usize, inv_width: f32) -> Result<Vec<u32>> {
+        Ok(ops::abs_histogram(x, bins, inv_width))
+    }
+
     fn group_ranges(
         &self,
         w: &[f32],

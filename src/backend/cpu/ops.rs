@@ -376,6 +376,29 @@ pub fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> 
     y
 }
 
+/// Counts of `min(⌊|x|·inv_width⌋, bins − 1)` over `x` (the f32 product
+/// and saturating truncation of shaders/histogram.wgsl).
+pub fn abs_histogram(x: &[f32], bins: usize, inv_width: f32) -> Vec<u32> {
+    let last = bins.saturating_sub(1) as u32;
+    x.par_chunks(1 << 16)
+        .fold(
+            || vec![0u32; bins],
+            |mut c, xs| {
+                for &v in xs {
+                    c[((v.abs() * inv_width) as u32).min(last) as usize] += 1;
+                }
+                c
+            },
+        )
+        .reduce(
+            || vec![0u32; bins],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -310,6 +310,21 @@ impl GpuQuantWeights {
         }
     }
 
+    /// Each chunk's first row, rows, codes and first aux part (the scales
+    /// of linear integer codes), for other kernels over the same upload.
+    pub(super) fn chunk_parts(
+        &self,
+    ) -> impl Iterator<Item = (usize, usize, &GpuBuffer, &GpuBuffer)> {
+        self.chunks
+            .iter()
+            .map(|c| (c.row0, c.rows, &c.packed, &c.aux[0]))
+    }
+
+    /// Words per row of the codes.
+    pub(super) fn words_per_row(&self) -> usize {
+        self.words_per_row
+    }
+
     /// How many row chunks (buffer sets, dispatches per matmul) the weight uses.
     pub fn n_chunks(&self) -> usize {
         self.chunks.len()

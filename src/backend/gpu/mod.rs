@@ -21,8 +21,10 @@ pub mod context;
 pub mod elementwise;
 pub mod gptq;
 pub mod hessian;
+pub mod histogram;
 pub mod matmul;
 pub mod matmul_dense;
+pub mod matmul_i8;
 pub mod quantize;
 pub mod rope;
 pub mod trace;
@@ -121,6 +123,10 @@ impl Backend for GpuBackend {
         params: &GroupParams,
     ) -> Result<Vec<u32>> {
         quantize::quantize_codes(&self.ctx, w, rows, cols, params)
+    }
+
+    fn abs_histogram(&self, x: &[f32], bins: usize, inv_width: f32) -> Result<Vec<u32>> {
+        histogram::abs_histogram(&self.ctx, x, bins, inv_width)
     }
 
     fn pack(&self, codes: &[u32], rows: usize, cols: usize, bits: u32) -> Result<Vec<u32>> {

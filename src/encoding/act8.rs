@@ -1,0 +1,205 @@
+//! INT8 activations: the input of a linear as signed 8-bit codes with one
+//! scale per token (dynamic: `max|x_t| / 127`, computed at run time) or one
+//! for the whole tensor (static: calibrated beforehand, see
+//! [`crate::quant::range`]), `x ≈ scale · q`, `q ∈ [−127, 127]`, four codes
+//! packed per u32 little-endian as `dot4I8Packed` reads them.
+//!
+//! The INT8 × INT8 matmul ([`matmul_i8`]) takes 8-bit symmetric weights of
+//! the affine encoding (codes `c ∈ [0, 255]`, zero-point 128, so
+//! `c − 128` is the signed weight and `c ^ 0x80` its two's-complement
+//! byte): per output, each group's integer dot product is accumulated
+//! exactly in i32, then `y = s_t · Σ_g (scale_g · acc_g)` in f32, groups in
+//! order. `shaders/matmul_i8.wgsl` computes the same in the same order.
+
+use super::affine::scheme::round_half_up;
+use super::QuantizedTensor;
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+/// The largest code magnitude (symmetric: −127..=127).
+pub const QMAX: f32 = 127.0;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizedActivations {
+    pub tokens: usize,
+    pub cols: usize,
+    /// `[tokens, cols / 4]`: four i8 codes per word, column `4i + j` in byte `j`.
+    pub packed: Vec<u32>,
+    /// One per token.
+    pub scales: Vec<f32>,
+}
+
+fn check(x: &[f32], tokens: usize, cols: usize) -> Result<()> {
+    if x.len() != tokens * cols || !cols.is_multiple_of(4) {
+        return Err(Error::Config(format!(
+            "INT8 activations: {} values for {tokens} tokens x {cols} columns (columns must be a \
+             multiple of 4)",
+            x.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Codes of one token at `scale`: `clamp(⌊x / scale + ½⌋, −127, 127)`.
+fn quantize_row(x: &[f32], scale: f32, out: &mut [u32]) {
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    for (w, xs) in out.iter_mut().zip(x.chunks_exact(4)) {
+        *w = xs.iter().enumerate().fold(0u32, |acc, (j, &v)| {
+            let q = round_half_up(v * inv).clamp(-QMAX, QMAX) as i32;
+            acc | (((q as u8) as u32) << (8 * j))
+        });
+    }
+}
+
+/// Per-token (dynamic) quantization of `x` `[tokens, cols]`.
+pub fn quantize_dynamic(x: &[f32], tokens: usize, cols: usize) -> Result<QuantizedActivations> {
+    check(x, tokens, cols)?;
+    let scales: Vec<f32> = x
+        .par_chunks(cols.max(1))
+        .map(|r| r.iter().fold(0f32, |m, v| m.max(v.abs())) / QMAX)
+        .collect();
+    Ok(quantize_with(x, tokens, cols, scales))
+}
+
+/// Static quantization of `x` with one calibrated `scale` for every token.
+pub fn quantize_static(
+    x: &[f32],
+    tokens: usize,
+    cols: usize,
+    scale: f32,
+) -> Result<QuantizedActivations> {
+    check(x, tokens, cols)?;
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(Error::Config(format!(
+            "static INT8 activation scale {scale}: it must be positive and finite (a dead \
+             channel calibrates to 0; keep that linear's input in f32)"
+        )));
+    }
+    Ok(quantize_with(x, tokens, cols, vec![scale; tokens]))
+}
+
+fn quantize_with(x: &[f32], tokens: usize, cols: usize, scales: Vec<f32>) -> QuantizedActivations {
+    let wpr = cols / 4;
+    let mut packed = vec![0u32; tokens * wpr];
+    packed
+        .par_chunks_mut(wpr.max(1))
+        .zip(x.par_chunks(cols.max(1)))
+        .zip(&scales)
+        .for_each(|((out, xr), &s)| quantize_row(xr, s, out));
+    QuantizedActivations {
+        tokens,
+        cols,
+        packed,
+        scales,
+    }
+}
+
+impl QuantizedActivations {
+    /// `scale · q` for every value, `[tokens, cols]`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let wpr = self.cols / 4;
+        let mut out = Vec::with_capacity(self.tokens * self.cols);
+        for t in 0..self.tokens {
+            for &w in &self.packed[t * wpr..(t + 1) * wpr] {
+                out.extend((0..4).map(|j| ((w >> (8 * j)) as u8 as i8) as f32 * self.scales[t]));
+            }
+        }
+        out
+    }
+}
+
+/// Checks that `w` can take INT8 activations: 8-bit symmetric codes whose
+/// groups start on whole words of `a`.
+pub fn check_i8_weights(w: &QuantizedTensor, a: &QuantizedActivations) -> Result<usize> {
+    let glen = w.scheme.group_len(w.cols);
+    if w.scheme.bits != 8 || !w.scheme.symmetric || !glen.is_multiple_of(4) {
+        return Err(Error::Config(format!(
+            "the INT8 x INT8 matmul takes 8-bit symmetric weights in groups of a multiple of 4 \
+             columns, not {}",
+            w.scheme.label()
+        )));
+    }
+    if a.cols != w.cols {
+        return Err(Error::Config(format!(
+            "INT8 activations of {} columns for a weight of {}",
+            a.cols, w.cols
+        )));
+    }
+    Ok(glen)
+}
+
+/// The integer dot product of one row's group words with a token's words
+/// (AVX2 where the CPU has it: the sum is exact either way).
+fn group_dot(w: &[u32], x: &[u32], avx2: bool) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && w.len() >= 8 {
+        let whole = w.len() / 8 * 8;
+        // SAFETY: `avx2` comes from `crate::encoding::avx2_fma()`, which
+        // checked the CPU supports AVX2; the slices hold `whole` words.
+        let head = unsafe { dot_i8_avx2(&w[..whole], &x[..whole]) };
+        return head + group_dot_scalar(&w[whole..], &x[whole..]);
+    }
+    let _ = avx2;
+    group_dot_scalar(w, x)
+}
+
+/// 32 code pairs per step: |w| (unsigned) times x with w's sign
+/// (`vpsignb`), pairs summed to i16 (`vpmaddubsw`: at most 2·128·127, no
+/// saturation), then to i32 (`vpmaddwd`), as llama.cpp's q8_0 dot does.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_i8_avx2(w: &[u32], x: &[u32]) -> i32 {
+    use std::arch::x86_64::*;
+    let (flip, ones) = (_mm256_set1_epi8(-128), _mm256_set1_epi16(1));
+    let mut acc = _mm256_setzero_si256();
+    for (wc, xc) in w.chunks_exact(8).zip(x.chunks_exact(8)) {
+        let a = _mm256_xor_si256(_mm256_loadu_si256(wc.as_ptr().cast()), flip);
+        let b = _mm256_loadu_si256(xc.as_ptr().cast());
+        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+    }
+    let s = _mm_add_epi32(
+        _mm256_castsi256_si128(acc),
+        _mm256_extracti128_si256(acc, 1),
+    );
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+fn group_dot_scalar(w: &[u32], x: &[u32]) -> i32 {
+    w.iter()
+        .zip(x)
+        .map(|(&a, &b)| {
+            let a = a ^ 0x8080_8080;
+            (0..4)
+                .map(|j| ((a >> (8 * j)) as u8 as i8) as i32 * ((b >> (8 * j)) as u8 as i8) as i32)
+                .sum::<i32>()
+        })
+        .sum()
+}
+
+/// `y = x · Wᵀ` with INT8 activations and 8-bit weights: `[tokens, rows]`.
+/// The CPU reference of `shaders/matmul_i8.wgsl` (same order of f32 operations).
+pub fn matmul_i8(w: &QuantizedTensor, a: &QuantizedActivations) -> Result<Vec<f32>> {
+    let glen = check_i8_weights(w, a)?;
+    w.validate("INT8 matmul weight")?;
+    let (wpr, xpr, gpr, gw) = (w.words_per_row(), a.cols / 4, w.n_groups(), glen / 4);
+    let avx2 = super::avx2_fma();
+    let mut y = vec![0f32; a.tokens * w.rows];
+    y.par_chunks_mut(w.rows.max(1))
+        .enumerate()
+        .for_each(|(t, yt)| {
+            let x = &a.packed[t * xpr..(t + 1) * xpr];
+            for (r, out) in yt.iter_mut().enumerate() {
+                let row = &w.packed[r * wpr..(r + 1) * wpr];
+                let mut acc = 0f32;
+                for g in 0..gpr {
+                    let k = g * gw..((g + 1) * gw).min(xpr);
+                    acc += w.scales[r * gpr + g] * group_dot(&row[k.clone()], &x[k], avx2) as f32;
+                }
+                *out = a.scales[t] * acc;
+            }
+        });
+    Ok(y)
+}
