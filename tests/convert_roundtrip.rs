@@ -31,6 +31,45 @@ fn convert(from: &Path, to: &Path, extra: &[&str]) {
     );
 }
 
+/// `convert` of `from` to `to` fails with every one of `needles` in its
+/// message and leaves nothing at `to`.
+fn convert_refused(from: &Path, to: &Path, extra: &[&str], needles: &[&str]) {
+    let mut args = vec![
+        "convert",
+        "--model",
+        from.to_str().unwrap(),
+        "--out",
+        to.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = llmq(&args);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "convert {from:?} -> {to:?} succeeded");
+    for n in needles {
+        assert!(e.contains(n), "'{n}' not in: {e}");
+    }
+    // Nothing new at `to` (an existing folder, the source's, stays as it was).
+    assert!(!to.exists() || to.is_dir() && extra.contains(&"--overwrite"));
+}
+
+/// An llmq folder of RTN W4 codes in groups of `group` from `src`.
+fn rtn_llmq(src: &Path, out: &Path, group: &str) {
+    let o = llmq(&[
+        "quantize",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "rtn",
+        "--bits",
+        "4",
+        "--group-size",
+        group,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 /// gguf_compare.py's report of `a` against `b`, and whether every tensor matched.
 fn compare(a: &Path, b: &Path) -> (String, bool) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/gguf_compare.py");
@@ -106,21 +145,7 @@ fn gguf_to_hugging_face_and_back_keeps_every_float_tensor() {
         }
     }
     // Converting a GGUF to GGUF is refused with the command that does it.
-    let o = llmq(&[
-        "convert",
-        "--model",
-        src.to_str().unwrap(),
-        "--to",
-        "gguf",
-        "--out",
-        d("x.gguf").to_str().unwrap(),
-    ]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("--gguf-type"),
-        "{}",
-        stderr(&o)
-    );
-    assert!(!d("x.gguf").exists());
+    convert_refused(&src, &d("x.gguf"), &["--to", "gguf"], &["--gguf-type"]);
 }
 
 /// The 4-bit codes of Q4_1 blocks (`d`, `m`, 16 bytes: low nibbles are
@@ -170,20 +195,7 @@ fn llmq_to_gguf_and_back_keeps_the_codes() {
     // Linear integer codes (4-bit asymmetric groups of 32) become Q4_1
     // blocks with the same codes.
     let rtn = d("rtn");
-    let o = llmq(&[
-        "quantize",
-        "--model",
-        src.to_str().unwrap(),
-        "--out",
-        rtn.to_str().unwrap(),
-        "--method",
-        "rtn",
-        "--bits",
-        "4",
-        "--group-size",
-        "32",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    rtn_llmq(&src, &rtn, "32");
     convert(&rtn, &d("rtn.gguf"), &[]);
     convert(&d("rtn.gguf"), &d("rtn2"), &["--to", "llmq"]);
     let (a, b) = (
@@ -220,33 +232,8 @@ fn llmq_to_gguf_and_back_keeps_the_codes() {
 
     // Codes with no block type are refused by name, leaving nothing.
     let g128 = d("g128");
-    let o = llmq(&[
-        "quantize",
-        "--model",
-        src.to_str().unwrap(),
-        "--out",
-        g128.to_str().unwrap(),
-        "--method",
-        "rtn",
-        "--bits",
-        "4",
-        "--group-size",
-        "128",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = llmq(&[
-        "convert",
-        "--model",
-        g128.to_str().unwrap(),
-        "--out",
-        d("g128.gguf").to_str().unwrap(),
-    ]);
-    let e = stderr(&o);
-    assert!(
-        !o.status.success() && e.contains("no GGUF block type") && e.contains("blk."),
-        "{e}"
-    );
-    assert!(!d("g128.gguf").exists());
+    rtn_llmq(&src, &g128, "128");
+    convert_refused(&g128, &d("g128.gguf"), &[], &["no GGUF block type", "blk."]);
 }
 
 #[test]
@@ -308,34 +295,19 @@ fn hugging_face_folder_quantizes_to_the_same_gguf() {
 
     // A tokenizer GGUF has no form for is refused by name, leaving nothing.
     let tiny = common::tiny(dir.path(), true);
-    let o = llmq(&[
-        "convert",
-        "--model",
-        tiny.to_str().unwrap(),
-        "--out",
-        d("tiny.gguf").to_str().unwrap(),
-    ]);
-    let e = stderr(&o);
-    assert!(
-        !o.status.success() && e.contains("tokenizer.json") && e.contains("byte-level"),
-        "{e}"
+    convert_refused(
+        &tiny,
+        &d("tiny.gguf"),
+        &[],
+        &["tokenizer.json", "byte-level"],
     );
-    assert!(!d("tiny.gguf").exists());
     // Nor may the output replace the source.
-    let o = llmq(&[
-        "convert",
-        "--model",
-        src.to_str().unwrap(),
-        "--to",
-        "llmq",
-        "--out",
-        src.parent().unwrap().to_str().unwrap(),
-        "--overwrite",
-    ]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("source model"),
-        "{}",
-        stderr(&o)
+    let folder = src.parent().unwrap();
+    convert_refused(
+        &src,
+        folder,
+        &["--to", "llmq", "--overwrite"],
+        &["source model"],
     );
     assert!(src.is_file());
 }

@@ -70,15 +70,7 @@ fn magnitudes(q: &QuantizedTensor, x: &[f32], tokens: usize) -> Vec<f64> {
 }
 
 fn check(label: &str, got: &[f32], want: &[f64], mag: &[f64]) {
-    assert_eq!(got.len(), want.len(), "{label}: output length");
-    for (i, ((g, w), m)) in got.iter().zip(want).zip(mag).enumerate() {
-        let tol = 1e-4 * (m + 1e-6);
-        let err = (*g as f64 - w).abs();
-        assert!(
-            err <= tol,
-            "{label}: output {i}: got {g}, reference {w}, error {err:.3e} > tolerance {tol:.3e}"
-        );
-    }
+    common::check_within_magnitudes(label, got, want, mag)
 }
 
 /// One case on the CPU fast path and on `ctx`.

@@ -62,15 +62,7 @@ fn reference(
 }
 
 fn check(label: &str, got: &[f32], want: &[f64], mag: &[f64]) {
-    assert_eq!(got.len(), want.len(), "{label}: output length");
-    for (i, ((g, w), m)) in got.iter().zip(want).zip(mag).enumerate() {
-        let tol = 1e-4 * (m + 1e-6);
-        let err = (*g as f64 - w).abs();
-        assert!(
-            err <= tol,
-            "{label}: output {i}: got {g}, reference {w}, error {err:.3e} > {tol:.3e}"
-        );
-    }
+    common::check_within_magnitudes(label, got, want, mag)
 }
 
 /// Every weight decoded on the GPU equals the CPU's: one-hot inputs, the

@@ -393,3 +393,17 @@ pub fn fingerprint(x: &[f32]) -> [String; 2] {
     }
     [sum.to_string(), weighted.to_string()]
 }
+
+/// Asserts `|got − want| ≤ 1e-4 · (mag + 1e-6)` per output, `mag` the
+/// output's Σ|w·x| (f32 accumulation in another order than the reference).
+pub fn check_within_magnitudes(label: &str, got: &[f32], want: &[f64], mag: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{label}: output length");
+    for (i, ((g, w), m)) in got.iter().zip(want).zip(mag).enumerate() {
+        let tol = 1e-4 * (m + 1e-6);
+        let err = (*g as f64 - w).abs();
+        assert!(
+            err <= tol,
+            "{label}: output {i}: got {g}, reference {w}, error {err:.3e} > tolerance {tol:.3e}"
+        );
+    }
+}
