@@ -161,7 +161,7 @@ fn half_split_rope_on_hf_layout_matches() {
         out
     };
     for l in &mut w.layers {
-        let dense = |lin: &Linear| lin.as_dense().expect("GGUF linears load dense").to_vec();
+        let dense = |lin: &Linear| lin.dense_weights().expect("GGUF linears dequantize");
         let (q, k) = (dense(&l.q), dense(&l.k));
         let (qr, kr) = (l.q.rows(), l.k.rows());
         l.q = Linear::dense(qr, h, unpermute(&q, w.arch.num_heads)).expect("q");

@@ -82,7 +82,7 @@ fn gptq_beats_rtn_on_smollm2_layer0() {
         for (name, linear, (x, width), (x_out, _)) in cases {
             let (rows, cols) = (linear.rows(), linear.cols());
             assert_eq!(*width, cols, "{name}: input width");
-            let w = linear.as_dense().expect("dense reference weights");
+            let w = &linear.dense_weights().expect("dense reference weights");
             let mut hess = Hessian::new(cols);
             hess.add_batch(&CpuBackend, name, x, n).unwrap();
             for (bits, gran) in [(4, Granularity::Group(128)), (3, Granularity::Group(128))] {

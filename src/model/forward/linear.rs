@@ -70,6 +70,15 @@ impl Linear {
         }
     }
 
+    /// The weights as dense f32 (a packed linear is dequantized).
+    pub fn dense_weights(&self) -> Result<Vec<f32>> {
+        match self {
+            Linear::Dense { w, .. } => Ok(w.clone()),
+            Linear::Packed(q) => q.dequantize(),
+            Linear::RoundedInput(_, l) => l.dense_weights(),
+        }
+    }
+
     /// The dense weights, if this linear is dense.
     pub fn as_dense(&self) -> Option<&[f32]> {
         match self {

@@ -42,15 +42,6 @@ pub(crate) struct LayerRunner<'a> {
     pub(super) phases: Phases,
 }
 
-/// The dense f32 weight of a linear (a packed source is dequantized).
-fn dense(linear: &Linear) -> Result<Vec<f32>> {
-    match linear {
-        Linear::Dense { w, .. } => Ok(w.clone()),
-        Linear::Packed(q) => q.dequantize(),
-        Linear::RoundedInput(_, l) => dense(l),
-    }
-}
-
 impl<'a> LayerRunner<'a> {
     /// Row ranges of the chunks of `rows_total` hidden rows: the fitted
     /// windows' chunks, then the held-out windows' (none straddles both).
@@ -168,7 +159,7 @@ impl<'a> LayerRunner<'a> {
             let name = LayerWeights::tensor_name(self.view, i, kind)
                 .expect("site kinds are block linears");
             let linear = lw.linear(kind).expect("site kinds are block linears");
-            let w = dense(linear)?;
+            let w = linear.dense_weights()?;
             let (q, report) = self.quantize_linear(&name, &w, linear, (hess, held), &factored)?;
             on_event(GptqEvent::Tensor {
                 name: &name,
@@ -503,7 +494,7 @@ impl<'a> LayerRunner<'a> {
         })?;
         let name = forward::global_tensor_name(self.view, "head");
         let factored = self.factor(&name, &hess)?;
-        let w = dense(head)?;
+        let w = head.dense_weights()?;
         let (q, report) =
             self.quantize_linear(&name, &w, head, (&hess, held.as_ref()), &factored)?;
         on_event(GptqEvent::Tensor {
