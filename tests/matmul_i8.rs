@@ -192,3 +192,68 @@ fn unsupported_int8_requests_are_refused() {
         .to_string()
         .contains("8-bit symmetric"));
 }
+
+/// `eval --int8-activations` runs a W8 symmetric model with its block
+/// linears' inputs really quantized (close to, not equal to, f32 inputs)
+/// and refuses weights the integer matmul cannot take, naming the tensor.
+#[test]
+fn eval_runs_int8_activations_on_w8_models_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny(dir.path(), true);
+    let text = common::text(dir.path(), 400);
+    let quantize = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "quantize",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out,
+            "--method",
+            "rtn",
+        ];
+        args.extend_from_slice(extra);
+        let o = common::llmq(&args);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+    };
+    let (w8, w4) = (dir.path().join("w8"), dir.path().join("w4"));
+    quantize(
+        w8.to_str().unwrap(),
+        &["--bits", "8", "--sym", "--group-size", "32"],
+    );
+    quantize(w4.to_str().unwrap(), &["--bits", "4", "--group-size", "32"]);
+    let eval = |m: &std::path::Path, int8: bool| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            m.to_str().unwrap(),
+            "--text",
+            text.to_str().unwrap(),
+            "--ctx",
+            "32",
+            "--device",
+            "cpu",
+            "--json",
+        ];
+        if int8 {
+            args.push("--int8-activations");
+        }
+        common::llmq(&args)
+    };
+    let ppl = |o: std::process::Output| -> f64 {
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["ppl"]
+            .as_f64()
+            .or_else(|| v["models"][0]["ppl"].as_f64())
+            .unwrap()
+    };
+    let (f, i) = (ppl(eval(&w8, false)), ppl(eval(&w8, true)));
+    eprintln!("W8 perplexity: f32 activations {f:.6}, INT8 {i:.6}");
+    assert!(f != i && (f - i).abs() < 0.05 * f, "{f} vs {i}");
+    let o = eval(&w4, true);
+    let e = common::stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("--bits 8 --sym") && e.contains("q_proj"),
+        "{e}"
+    );
+}

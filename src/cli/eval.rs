@@ -41,6 +41,12 @@ pub struct Args {
     /// the k-quants, f16 for F16; none for F32). Needs --device cpu.
     #[arg(long)]
     llama_cpp_activations: bool,
+    /// Run the models (not the reference) with INT8 activations: each
+    /// block linear's input quantized per token to 8 bits and multiplied
+    /// in integers with its 8-bit symmetric weights (quantize with --bits
+    /// 8 --sym). Needs --device cpu.
+    #[arg(long, conflicts_with = "llama_cpp_activations")]
+    int8_activations: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -56,7 +62,8 @@ pub fn run(a: Args) -> Result<()> {
         .chunks(a.chunks)
         .device(a.device.device)
         .adapter(a.device.adapter.clone())
-        .llama_cpp_activations(a.llama_cpp_activations);
+        .llama_cpp_activations(a.llama_cpp_activations)
+        .int8_activations(a.int8_activations);
 
     let bar = progress_bar();
     if a.text.len() > 1 {

@@ -7,7 +7,7 @@ use super::size;
 use crate::backend::gpu::DeviceChoice;
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
-use crate::model::forward::{open_forward_as, Forward};
+use crate::model::forward::{open_forward_as, Forward, InputMode};
 use crate::model::{ModelView, Tokenizer};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -39,6 +39,9 @@ pub struct EvalConfig {
     /// Round every linear's input as llama.cpp's CPU backend does for the
     /// file's tensor types (scores a GGUF file as llama.cpp runs it; CPU).
     pub llama_cpp_activations: bool,
+    /// Run the models (not the reference) with INT8 activations: every
+    /// block linear must be 8-bit symmetric codes (CPU).
+    pub int8_activations: bool,
 }
 
 impl EvalConfig {
@@ -52,6 +55,7 @@ impl EvalConfig {
             device: DeviceChoice::Auto,
             adapter: None,
             llama_cpp_activations: false,
+            int8_activations: false,
         }
     }
     pub fn reference(mut self, path: Option<PathBuf>) -> Self {
@@ -76,6 +80,10 @@ impl EvalConfig {
     }
     pub fn llama_cpp_activations(mut self, on: bool) -> Self {
         self.llama_cpp_activations = on;
+        self
+    }
+    pub fn int8_activations(mut self, on: bool) -> Self {
+        self.int8_activations = on;
         self
     }
 }
@@ -327,19 +335,19 @@ pub fn evaluate(
     for m in &models {
         sizes.push((size::size_on_disk(&m.path)?, size::linear_storage(&m.view)?));
     }
-    let load = |p: &Path, on_progress: &mut dyn FnMut(EvalProgress)| {
+    let load = |p: &Path, reference: bool, on_progress: &mut dyn FnMut(EvalProgress)| {
         on_progress(EvalProgress::Loading {
             model: p.to_path_buf(),
         });
-        open_forward_as(
-            p,
-            config.device,
-            config.adapter.as_deref(),
-            config.llama_cpp_activations,
-        )
+        let mode = match (config.llama_cpp_activations, config.int8_activations) {
+            (true, _) => InputMode::LlamaCpp,
+            (false, true) if !reference => InputMode::Int8,
+            _ => InputMode::F32,
+        };
+        open_forward_as(p, config.device, config.adapter.as_deref(), mode)
     };
     let ref_forward = match &reference {
-        Some(r) => Some(load(&r.path, on_progress)?),
+        Some(r) => Some(load(&r.path, true, on_progress)?),
         None => None,
     };
     // A `--model` naming the reference's file shares its loaded weights
@@ -358,7 +366,7 @@ pub fn evaluate(
             .is_some_and(|r| same_file(&r.path, &m.path));
         forwards.push(match is_reference {
             true => None,
-            false => Some(load(&m.path, on_progress)?),
+            false => Some(load(&m.path, false, on_progress)?),
         });
     }
     let refs: Vec<&dyn Forward> = forwards

@@ -36,6 +36,11 @@ impl GpuLinear {
                 GpuLinear::Dense(GpuDenseWeights::upload(ctx, w, *rows, *cols)?)
             }
             Linear::Packed(q) => GpuLinear::Packed(GpuQuantWeights::upload_encoded(ctx, q)?),
+            Linear::Int8Input(_) => {
+                return Err(Error::Config(
+                    "INT8 activations run on the CPU backend for now (--device cpu)".into(),
+                ))
+            }
             Linear::RoundedInput(..) => {
                 return Err(Error::Config(
                     "llama.cpp's activation rounding runs on the CPU backend (--device cpu)".into(),

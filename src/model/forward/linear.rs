@@ -4,8 +4,9 @@
 //! never expanded to a full f32 copy).
 
 use super::ops::matmul_t;
+use crate::encoding::act8;
 use crate::encoding::ggml::{round_activations, ActivationRounding};
-use crate::encoding::EncodedTensor;
+use crate::encoding::{EncodedTensor, QuantizedTensor};
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]
@@ -22,6 +23,9 @@ pub enum Linear {
     /// rounds it for the file's tensor type (`eval
     /// --llama-cpp-activations`; CPU only).
     RoundedInput(ActivationRounding, Box<Linear>),
+    /// 8-bit symmetric codes whose input is quantized per token to INT8
+    /// and multiplied in integers (`eval --int8-activations`; CPU only).
+    Int8Input(QuantizedTensor),
 }
 
 impl Linear {
@@ -41,6 +45,7 @@ impl Linear {
             Linear::Dense { rows, .. } => *rows,
             Linear::Packed(q) => q.rows(),
             Linear::RoundedInput(_, l) => l.rows(),
+            Linear::Int8Input(q) => q.rows,
         }
     }
 
@@ -50,6 +55,7 @@ impl Linear {
             Linear::Dense { cols, .. } => *cols,
             Linear::Packed(q) => q.cols(),
             Linear::RoundedInput(_, l) => l.cols(),
+            Linear::Int8Input(q) => q.cols,
         }
     }
 
@@ -60,12 +66,14 @@ impl Linear {
             Linear::Dense { w, .. } => w.len() * 4,
             Linear::Packed(q) => q.encoding().resident_bytes(q.rows(), q.cols()) as usize,
             Linear::RoundedInput(_, l) => l.resident_bytes(),
+            Linear::Int8Input(q) => q.encoding().resident_bytes(q.rows, q.cols) as usize,
         }
     }
 
     pub fn is_packed(&self) -> bool {
         match self {
             Linear::RoundedInput(_, l) => l.is_packed(),
+            Linear::Int8Input(_) => true,
             l => matches!(l, Linear::Packed(_)),
         }
     }
@@ -76,6 +84,7 @@ impl Linear {
             Linear::Dense { w, .. } => Ok(w.clone()),
             Linear::Packed(q) => q.dequantize(),
             Linear::RoundedInput(_, l) => l.dense_weights(),
+            Linear::Int8Input(q) => q.dequantize(),
         }
     }
 
@@ -83,7 +92,7 @@ impl Linear {
     pub fn as_dense(&self) -> Option<&[f32]> {
         match self {
             Linear::Dense { w, .. } => Some(w),
-            Linear::Packed(_) | Linear::RoundedInput(..) => None,
+            _ => None,
         }
     }
 
@@ -105,6 +114,7 @@ impl Linear {
                 round_activations(*r, &mut x);
                 l.apply(&x, m)
             }
+            Linear::Int8Input(q) => act8::matmul_i8(q, &act8::quantize_dynamic(x, m, q.cols)?),
         }
     }
 }

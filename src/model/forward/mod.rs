@@ -9,12 +9,14 @@
 
 pub mod cpu;
 pub mod gpu;
+mod int8;
 pub mod layer;
 pub mod linear;
 pub use crate::backend::cpu::ops;
 
 pub use cpu::{CpuForward, KvCache};
 pub use gpu::{GpuForward, GpuKvCache};
+pub use int8::InputMode;
 pub use layer::DecoderLayer;
 pub use linear::Linear;
 
@@ -517,17 +519,18 @@ pub fn open_forward(
     device: crate::backend::gpu::DeviceChoice,
     adapter: Option<&str>,
 ) -> Result<Box<dyn Forward>> {
-    open_forward_as(path, device, adapter, false)
+    open_forward_as(path, device, adapter, InputMode::F32)
 }
 
-/// [`open_forward`], with `llama_cpp_activations` every linear's input
-/// rounded as llama.cpp's CPU backend rounds it
-/// ([`LlamaWeights::with_llama_cpp_activations`]; CPU only).
+/// [`open_forward`] with each linear's input fed as `mode` says: rounded
+/// as llama.cpp's CPU backend rounds it
+/// ([`LlamaWeights::with_llama_cpp_activations`]) or quantized to INT8
+/// ([`LlamaWeights::with_int8_activations`]); both CPU only.
 pub fn open_forward_as(
     path: &std::path::Path,
     device: crate::backend::gpu::DeviceChoice,
     adapter: Option<&str>,
-    llama_cpp_activations: bool,
+    mode: InputMode,
 ) -> Result<Box<dyn Forward>> {
     use crate::backend::gpu::{DeviceChoice, GpuContext};
     if device == DeviceChoice::Cpu && adapter.is_some() {
@@ -536,13 +539,25 @@ pub fn open_forward_as(
         ));
     }
     let view = ModelView::open(path)?;
-    if llama_cpp_activations {
+    if mode != InputMode::F32 {
         if device != DeviceChoice::Cpu {
             return Err(Error::Config(
-                "llama.cpp's activation rounding runs on the CPU backend: add --device cpu".into(),
+                match mode {
+                    InputMode::Int8 => {
+                        "INT8 activations run on the CPU backend for now: add --device cpu"
+                    }
+                    _ => {
+                        "llama.cpp's activation rounding runs on the CPU backend: add --device cpu"
+                    }
+                }
+                .into(),
             ));
         }
-        let weights = LlamaWeights::load(&view)?.with_llama_cpp_activations(&view)?;
+        let weights = LlamaWeights::load(&view)?;
+        let weights = match mode {
+            InputMode::Int8 => weights.with_int8_activations(&view)?,
+            _ => weights.with_llama_cpp_activations(&view)?,
+        };
         return Ok(Box::new(CpuForward::new(weights)));
     }
     if device == DeviceChoice::Cpu {
