@@ -250,6 +250,48 @@ fn eval_runs_int8_activations_on_w8_models_only() {
     let (f, i) = (ppl(eval(&w8, false)), ppl(eval(&w8, true)));
     eprintln!("W8 perplexity: f32 activations {f:.6}, INT8 {i:.6}");
     assert!(f != i && (f - i).abs() < 0.05 * f, "{f} vs {i}");
+    // Static per-tensor scales calibrated on another text, each calibrator.
+    let calib = common::text(dir.path(), 300);
+    for c in ["minmax", "percentile", "mse", "kl"] {
+        let o = common::llmq(&[
+            "eval",
+            "--model",
+            w8.to_str().unwrap(),
+            "--text",
+            text.to_str().unwrap(),
+            "--ctx",
+            "32",
+            "--device",
+            "cpu",
+            "--json",
+            "--int8-activations",
+            "--act-calib",
+            c,
+            "--act-calib-text",
+            calib.to_str().unwrap(),
+            "--act-calib-windows",
+            "4",
+        ]);
+        let s = ppl(o);
+        assert!(s.is_finite() && (s - f).abs() < 0.5 * f, "{c}: {s} vs {f}");
+    }
+    let o = common::llmq(&[
+        "eval",
+        "--model",
+        w8.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--int8-activations",
+        "--act-calib",
+        "percentile",
+        "--percentile",
+        "0",
+        "--act-calib-text",
+        calib.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success() && common::stderr(&o).contains("(0, 100]"));
     let o = eval(&w4, true);
     let e = common::stderr(&o);
     assert!(

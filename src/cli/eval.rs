@@ -47,6 +47,20 @@ pub struct Args {
     /// 8 --sym). Needs --device cpu.
     #[arg(long, conflicts_with = "llama_cpp_activations")]
     int8_activations: bool,
+    /// With --int8-activations: one static scale per linear input instead
+    /// of per-token ones, its range chosen on --act-calib-text by this
+    /// calibrator: minmax, percentile (--percentile), mse or kl.
+    #[arg(long, requires = "int8_activations", requires = "act_calib_text")]
+    act_calib: Option<String>,
+    /// The calibration text of --act-calib (another text than --text).
+    #[arg(long)]
+    act_calib_text: Option<PathBuf>,
+    /// Windows of --act-calib-text (at --ctx) the ranges are calibrated on.
+    #[arg(long, default_value_t = 8)]
+    act_calib_windows: usize,
+    /// The percentile of --act-calib percentile, in (0, 100].
+    #[arg(long)]
+    percentile: Option<f64>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -63,7 +77,15 @@ pub fn run(a: Args) -> Result<()> {
         .device(a.device.device)
         .adapter(a.device.adapter.clone())
         .llama_cpp_activations(a.llama_cpp_activations)
-        .int8_activations(a.int8_activations);
+        .int8_activations(a.int8_activations)
+        .act_calib(match (&a.act_calib, &a.act_calib_text) {
+            (Some(c), Some(t)) => Some(llmq_gpu::eval::ActCalib {
+                calibrator: llmq_gpu::quant::range::RangeCalibrator::parse(c, a.percentile)?,
+                text: t.clone(),
+                windows: a.act_calib_windows,
+            }),
+            _ => None,
+        });
 
     let bar = progress_bar();
     if a.text.len() > 1 {

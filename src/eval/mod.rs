@@ -24,6 +24,8 @@ pub mod texts;
 
 pub use chart::ppl_vs_bits_svg;
 pub use protocol::{Scores, Windows};
-pub use run::{evaluate, evaluate_forwards, EvalConfig, EvalProgress, EvalReport, ForwardScores};
+pub use run::{
+    evaluate, evaluate_forwards, ActCalib, EvalConfig, EvalProgress, EvalReport, ForwardScores,
+};
 pub use table::markdown_table;
 pub use texts::{evaluate_texts, markdown_texts_table, mean_reports, TextMean, TextsReport};

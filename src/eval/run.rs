@@ -7,7 +7,7 @@ use super::size;
 use crate::backend::gpu::DeviceChoice;
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
-use crate::model::forward::{open_forward_as, Forward, InputMode};
+use crate::model::forward::{open_forward_as, open_static_int8, Forward, InputMode};
 use crate::model::{ModelView, Tokenizer};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -42,6 +42,18 @@ pub struct EvalConfig {
     /// Run the models (not the reference) with INT8 activations: every
     /// block linear must be 8-bit symmetric codes (CPU).
     pub int8_activations: bool,
+    /// With `int8_activations`: static per-tensor input scales calibrated
+    /// on a text instead of per-token ones.
+    pub act_calib: Option<ActCalib>,
+}
+
+/// Static INT8 input scales: `calibrator` over the inputs of each linear
+/// on the first `windows` windows of `text` (at the evaluation's context).
+#[derive(Clone, Debug)]
+pub struct ActCalib {
+    pub calibrator: crate::quant::range::RangeCalibrator,
+    pub text: PathBuf,
+    pub windows: usize,
 }
 
 impl EvalConfig {
@@ -56,6 +68,7 @@ impl EvalConfig {
             adapter: None,
             llama_cpp_activations: false,
             int8_activations: false,
+            act_calib: None,
         }
     }
     pub fn reference(mut self, path: Option<PathBuf>) -> Self {
@@ -84,6 +97,10 @@ impl EvalConfig {
     }
     pub fn int8_activations(mut self, on: bool) -> Self {
         self.int8_activations = on;
+        self
+    }
+    pub fn act_calib(mut self, c: Option<ActCalib>) -> Self {
+        self.act_calib = c;
         self
     }
 }
@@ -344,7 +361,28 @@ pub fn evaluate(
             (false, true) if !reference => InputMode::Int8,
             _ => InputMode::F32,
         };
-        open_forward_as(p, config.device, config.adapter.as_deref(), mode)
+        match (&config.act_calib, mode) {
+            (Some(c), InputMode::Int8) => {
+                if config.device != DeviceChoice::Cpu {
+                    return Err(Error::Config(
+                        "INT8 activations run on the CPU backend for now: add --device cpu".into(),
+                    ));
+                }
+                let (f, ranges) =
+                    open_static_int8(p, &c.text, c.windows, config.ctx, c.calibrator)?;
+                let clipped =
+                    ranges.iter().map(|r| r.clipped).sum::<f64>() / ranges.len().max(1) as f64;
+                log::info!(
+                    "{}: {} static INT8 input ranges ({}), {:.4}% of calibration inputs clipped on average",
+                    p.display(),
+                    ranges.len(),
+                    c.calibrator.label(),
+                    100.0 * clipped
+                );
+                Ok(f)
+            }
+            _ => open_forward_as(p, config.device, config.adapter.as_deref(), mode),
+        }
     };
     let ref_forward = match &reference {
         Some(r) => Some(load(&r.path, true, on_progress)?),

@@ -36,7 +36,7 @@ impl GpuLinear {
                 GpuLinear::Dense(GpuDenseWeights::upload(ctx, w, *rows, *cols)?)
             }
             Linear::Packed(q) => GpuLinear::Packed(GpuQuantWeights::upload_encoded(ctx, q)?),
-            Linear::Int8Input(_) => {
+            Linear::Int8Input(..) | Linear::Observed(..) => {
                 return Err(Error::Config(
                     "INT8 activations run on the CPU backend for now (--device cpu)".into(),
                 ))

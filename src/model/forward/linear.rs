@@ -8,6 +8,7 @@ use crate::encoding::act8;
 use crate::encoding::ggml::{round_activations, ActivationRounding};
 use crate::encoding::{EncodedTensor, QuantizedTensor};
 use crate::error::{Error, Result};
+use crate::quant::range::AbsHistogram;
 
 #[derive(Clone, Debug)]
 pub enum Linear {
@@ -23,9 +24,13 @@ pub enum Linear {
     /// rounds it for the file's tensor type (`eval
     /// --llama-cpp-activations`; CPU only).
     RoundedInput(ActivationRounding, Box<Linear>),
-    /// 8-bit symmetric codes whose input is quantized per token to INT8
-    /// and multiplied in integers (`eval --int8-activations`; CPU only).
-    Int8Input(QuantizedTensor),
+    /// 8-bit symmetric codes whose input is quantized to INT8 (with the
+    /// static scale when given, else per token) and multiplied in integers
+    /// (`eval --int8-activations`; CPU only).
+    Int8Input(QuantizedTensor, Option<f32>),
+    /// A linear whose inputs are also added to a histogram (range
+    /// calibration of its activations).
+    Observed(std::sync::Arc<std::sync::Mutex<AbsHistogram>>, Box<Linear>),
 }
 
 impl Linear {
@@ -45,7 +50,8 @@ impl Linear {
             Linear::Dense { rows, .. } => *rows,
             Linear::Packed(q) => q.rows(),
             Linear::RoundedInput(_, l) => l.rows(),
-            Linear::Int8Input(q) => q.rows,
+            Linear::Int8Input(q, _) => q.rows,
+            Linear::Observed(_, l) => l.rows(),
         }
     }
 
@@ -55,7 +61,8 @@ impl Linear {
             Linear::Dense { cols, .. } => *cols,
             Linear::Packed(q) => q.cols(),
             Linear::RoundedInput(_, l) => l.cols(),
-            Linear::Int8Input(q) => q.cols,
+            Linear::Int8Input(q, _) => q.cols,
+            Linear::Observed(_, l) => l.cols(),
         }
     }
 
@@ -66,14 +73,16 @@ impl Linear {
             Linear::Dense { w, .. } => w.len() * 4,
             Linear::Packed(q) => q.encoding().resident_bytes(q.rows(), q.cols()) as usize,
             Linear::RoundedInput(_, l) => l.resident_bytes(),
-            Linear::Int8Input(q) => q.encoding().resident_bytes(q.rows, q.cols) as usize,
+            Linear::Int8Input(q, _) => q.encoding().resident_bytes(q.rows, q.cols) as usize,
+            Linear::Observed(_, l) => l.resident_bytes(),
         }
     }
 
     pub fn is_packed(&self) -> bool {
         match self {
             Linear::RoundedInput(_, l) => l.is_packed(),
-            Linear::Int8Input(_) => true,
+            Linear::Int8Input(..) => true,
+            Linear::Observed(_, l) => l.is_packed(),
             l => matches!(l, Linear::Packed(_)),
         }
     }
@@ -84,7 +93,8 @@ impl Linear {
             Linear::Dense { w, .. } => Ok(w.clone()),
             Linear::Packed(q) => q.dequantize(),
             Linear::RoundedInput(_, l) => l.dense_weights(),
-            Linear::Int8Input(q) => q.dequantize(),
+            Linear::Int8Input(q, _) => q.dequantize(),
+            Linear::Observed(_, l) => l.dense_weights(),
         }
     }
 
@@ -114,7 +124,19 @@ impl Linear {
                 round_activations(*r, &mut x);
                 l.apply(&x, m)
             }
-            Linear::Int8Input(q) => act8::matmul_i8(q, &act8::quantize_dynamic(x, m, q.cols)?),
+            Linear::Int8Input(q, scale) => {
+                let a = match scale {
+                    Some(s) => act8::quantize_static(x, m, q.cols, *s)?,
+                    None => act8::quantize_dynamic(x, m, q.cols)?,
+                };
+                act8::matmul_i8(q, &a)
+            }
+            Linear::Observed(h, l) => {
+                h.lock()
+                    .map_err(|_| Error::Config("activation histogram lock poisoned".into()))?
+                    .add(&crate::backend::CpuBackend, "linear input", x)?;
+                l.apply(x, m)
+            }
         }
     }
 }

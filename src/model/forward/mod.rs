@@ -16,7 +16,7 @@ pub use crate::backend::cpu::ops;
 
 pub use cpu::{CpuForward, KvCache};
 pub use gpu::{GpuForward, GpuKvCache};
-pub use int8::InputMode;
+pub use int8::{open_static_int8, InputMode, InputRange};
 pub use layer::DecoderLayer;
 pub use linear::Linear;
 
