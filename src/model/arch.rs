@@ -21,8 +21,9 @@ pub struct ArchConfig {
     pub rms_norm_eps: f32,
     /// True when the output head reuses the token embedding.
     pub tied_embeddings: bool,
-    /// True for GGUF files: q/k weights are stored permuted so that RoPE
-    /// rotates adjacent pairs; Hugging Face weights rotate half-split pairs.
+    /// True for GGUF files of llama.cpp's Llama converter: q/k weights are
+    /// stored permuted so that RoPE rotates adjacent pairs; Hugging Face
+    /// weights (and Qwen2 GGUF files) rotate half-split pairs.
     pub rope_adjacent_pairs: bool,
     /// Context extension applied to the RoPE frequencies, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -206,7 +206,7 @@ fn tensor_type(
 fn laid_tensors(src: &dyn TensorSource, float: FloatType) -> Result<Vec<LaidTensor>> {
     let arch = src.arch();
     // llmq folders of GGUF sources keep GGUF names and rows; others are transformers'.
-    let gguf_named = arch.rope_adjacent_pairs;
+    let gguf_named = src.tensors().iter().any(|t| t.name.starts_with("blk."));
     let mut out = Vec::new();
     for t in src.tensors() {
         let (name, permute) = match gguf_named {

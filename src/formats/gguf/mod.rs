@@ -185,7 +185,9 @@ fn arch_config(
         rope_theta: float("rope.freq_base", 10000.0),
         rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
         tied_embeddings: !tensors.iter().any(|t| t.name == "output.weight"),
-        rope_adjacent_pairs: true,
+        // llama.cpp permutes q/k for its Llama converter (adjacent-pair
+        // RoPE); Qwen2 keeps transformers' rows and runs NeoX-style RoPE.
+        rope_adjacent_pairs: architecture != "qwen2",
         rope_scaling: match num("rope.scaling.type").and_then(GgufValue::as_str) {
             None | Some("none") => None,
             Some("linear") => Some(RopeScaling::Linear {
