@@ -31,6 +31,8 @@ fi
 "$BIN" bench --gptq --synthetic-layers "$LAYERS" --device vulkan 2>&1 | tee "$OUT/bench-gptq.txt"
 M=.cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ -f "$M" ] && [ -f .cache/austen/emma.txt ]; then
+    # The GGUF's forward pass with its blocks packed (shaders/ggml_decode.wgsl).
+    "$BIN" bench --model "$M" --device vulkan 2>&1 | tee "$OUT/bench-gguf-forward.txt"
     "$BIN" bench --gptq --gptvq --model "$M" --calib .cache/austen/emma.txt --calib-samples 32 \
         --bits 2 --bpw 2.125 --device vulkan 2>&1 | tee "$OUT/bench-gptvq.txt"
 fi
