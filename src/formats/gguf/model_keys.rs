@@ -31,30 +31,18 @@ pub fn arch_keys(arch: &ArchConfig, name: &str) -> Result<Vec<(String, GgufValue
         ("general.name".into(), GgufValue::String(name.into())),
     ];
     let mut put = |k: &str, v: GgufValue| keys.push((format!("{a}.{k}"), v));
-    put(
-        "block_count",
-        GgufValue::U32(u32_of("layers", arch.num_layers)?),
-    );
-    put(
-        "context_length",
-        GgufValue::U32(u32_of("context length", arch.context_length)?),
-    );
-    put(
-        "embedding_length",
-        GgufValue::U32(u32_of("hidden size", arch.hidden_size)?),
-    );
-    put(
-        "feed_forward_length",
-        GgufValue::U32(u32_of("intermediate size", arch.intermediate_size)?),
-    );
-    put(
-        "attention.head_count",
-        GgufValue::U32(u32_of("heads", arch.num_heads)?),
-    );
-    put(
-        "attention.head_count_kv",
-        GgufValue::U32(u32_of("kv heads", arch.num_kv_heads)?),
-    );
+    // In convert_hf_to_gguf.py's order.
+    let counts = [
+        ("block_count", arch.num_layers),
+        ("context_length", arch.context_length),
+        ("embedding_length", arch.hidden_size),
+        ("feed_forward_length", arch.intermediate_size),
+        ("attention.head_count", arch.num_heads),
+        ("attention.head_count_kv", arch.num_kv_heads),
+    ];
+    for (k, v) in counts {
+        put(k, GgufValue::U32(u32_of(k, v)?));
+    }
     put("rope.freq_base", GgufValue::F32(arch.rope_theta));
     put(
         "attention.layer_norm_rms_epsilon",
@@ -62,11 +50,11 @@ pub fn arch_keys(arch: &ArchConfig, name: &str) -> Result<Vec<(String, GgufValue
     );
     put(
         "vocab_size",
-        GgufValue::U32(u32_of("vocabulary", arch.vocab_size)?),
+        GgufValue::U32(u32_of("vocab_size", arch.vocab_size)?),
     );
     put(
         "rope.dimension_count",
-        GgufValue::U32(u32_of("head dim", arch.head_dim())?),
+        GgufValue::U32(u32_of("rope.dimension_count", arch.head_dim())?),
     );
     match &arch.rope_scaling {
         None | Some(RopeScaling::Llama3 { .. }) => {}
