@@ -12,7 +12,7 @@
 //! order. `shaders/matmul_i8.wgsl` computes the same in the same order.
 
 use super::affine::scheme::round_half_up;
-use super::QuantizedTensor;
+use super::{QuantScheme, QuantizedTensor};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -108,21 +108,21 @@ impl QuantizedActivations {
     }
 }
 
-/// Checks that `w` can take INT8 activations: 8-bit symmetric codes whose
-/// groups start on whole words of `a`.
-pub fn check_i8_weights(w: &QuantizedTensor, a: &QuantizedActivations) -> Result<usize> {
-    let glen = w.scheme.group_len(w.cols);
-    if w.scheme.bits != 8 || !w.scheme.symmetric || !glen.is_multiple_of(4) {
+/// The group length of weights of `scheme` over `cols` columns when they
+/// can take INT8 activations of `act_cols` columns: 8-bit symmetric codes
+/// whose groups start on whole words of the activations.
+pub fn check_i8_scheme(scheme: &QuantScheme, cols: usize, act_cols: usize) -> Result<usize> {
+    let glen = scheme.group_len(cols);
+    if scheme.bits != 8 || !scheme.symmetric || !glen.is_multiple_of(4) {
         return Err(Error::Config(format!(
             "the INT8 x INT8 matmul takes 8-bit symmetric weights in groups of a multiple of 4 \
              columns, not {}",
-            w.scheme.label()
+            scheme.label()
         )));
     }
-    if a.cols != w.cols {
+    if act_cols != cols {
         return Err(Error::Config(format!(
-            "INT8 activations of {} columns for a weight of {}",
-            a.cols, w.cols
+            "INT8 activations of {act_cols} columns for a weight of {cols}"
         )));
     }
     Ok(glen)
@@ -182,7 +182,7 @@ fn group_dot_scalar(w: &[u32], x: &[u32]) -> i32 {
 /// `y = x · Wᵀ` with INT8 activations and 8-bit weights: `[tokens, rows]`.
 /// The CPU reference of `shaders/matmul_i8.wgsl` (same order of f32 operations).
 pub fn matmul_i8(w: &QuantizedTensor, a: &QuantizedActivations) -> Result<Vec<f32>> {
-    let glen = check_i8_weights(w, a)?;
+    let glen = check_i8_scheme(&w.scheme, w.cols, a.cols)?;
     w.validate("INT8 matmul weight")?;
     let (wpr, xpr, gpr, gw) = (w.words_per_row(), a.cols / 4, w.n_groups(), glen / 4);
     let avx2 = super::avx2_fma();

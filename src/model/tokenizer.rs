@@ -32,6 +32,31 @@ const SPACE: &str = "\u{2581}";
 /// Llama 3's split pattern (llama.cpp `llama-bpe`, HF Llama 3 `tokenizer.json`).
 pub(crate) const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// A model's Hugging Face tokenizer files among its companions.
+pub struct HfTokenizerFiles {
+    pub tokenizer_json: PathBuf,
+    pub tokenizer_config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+}
+
+impl HfTokenizerFiles {
+    /// `None` when the model has no `tokenizer.json` beside it.
+    pub fn of(src: &dyn crate::formats::source::TensorSource) -> Option<Self> {
+        let companions = src.companion_files();
+        let named = |name: &str| {
+            companions
+                .iter()
+                .find(|p| p.file_name().is_some_and(|n| n == name))
+                .cloned()
+        };
+        Some(Self {
+            tokenizer_json: named("tokenizer.json")?,
+            tokenizer_config: named("tokenizer_config.json"),
+            config: named("config.json"),
+        })
+    }
+}
+
 /// A ready tokenizer plus the model's BOS/EOS conventions.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -59,19 +84,12 @@ impl Tokenizer {
     /// folders, llmq folders made from them), else the GGUF `tokenizer.ggml.*`
     /// metadata (GGUF files, llmq folders made from them).
     pub fn from_model(model: &ModelView) -> Result<Self> {
-        let companions = model.companion_files();
-        let named = |name: &str| {
-            companions
-                .iter()
-                .find(|p| p.file_name().is_some_and(|n| n == name))
-                .cloned()
-        };
-        if let Some(json) = named("tokenizer.json") {
+        if let Some(f) = HfTokenizerFiles::of(model.source()) {
             return Self::from_hf_files(
                 model.path(),
-                &json,
-                named("tokenizer_config.json").as_deref(),
-                named("config.json").as_deref(),
+                &f.tokenizer_json,
+                f.tokenizer_config.as_deref(),
+                f.config.as_deref(),
             );
         }
         let meta: HashMap<String, Value> = model

@@ -50,15 +50,7 @@ pub fn matmul_i8_resident(
             "the INT8 matmul takes linear integer codes".into(),
         ));
     };
-    let glen = s.group_len(w.cols);
-    if s.bits != 8 || !s.symmetric || !glen.is_multiple_of(4) || a.cols != w.cols {
-        return Err(Error::Gpu(format!(
-            "INT8 matmul of {} weights with {} activation columns: it takes 8-bit symmetric \
-             weights in groups of a multiple of 4 columns",
-            s.label(),
-            a.cols
-        )));
-    }
+    let glen = crate::encoding::act8::check_i8_scheme(&s, w.cols, a.cols)?;
     let k = ctx.kernel("matmul_i8", SOURCE, "matmul_i8", &BINDINGS)?;
     let x_words = a.cols / 4;
     let per_token = (a.cols.max(w.rows * 4)) as u64;
@@ -115,6 +107,6 @@ pub fn matmul_i8(
     w: &QuantizedTensor,
     a: &QuantizedActivations,
 ) -> Result<Vec<f32>> {
-    crate::encoding::act8::check_i8_weights(w, a)?;
+    crate::encoding::act8::check_i8_scheme(&w.scheme, w.cols, a.cols)?;
     matmul_i8_resident(ctx, &GpuQuantWeights::upload(ctx, w)?, a)
 }

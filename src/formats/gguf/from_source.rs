@@ -35,18 +35,11 @@ pub struct ToGgufReport {
 /// The tokenizer keys: from `tokenizer.json` beside the model, else from
 /// the GGUF keys an llmq folder kept.
 fn tokenizer(src: &dyn TensorSource) -> Result<Vec<(String, GgufValue)>> {
-    let companions = src.companion_files();
-    let named = |n: &str| {
-        companions
-            .iter()
-            .find(|p| p.file_name().is_some_and(|f| f == n))
-            .cloned()
-    };
-    match named("tokenizer.json") {
-        Some(json) => tokenizer_keys::from_hf_files(
-            &json,
-            named("tokenizer_config.json").as_deref(),
-            named("config.json").as_deref(),
+    match crate::model::tokenizer::HfTokenizerFiles::of(src) {
+        Some(f) => tokenizer_keys::from_hf_files(
+            &f.tokenizer_json,
+            f.tokenizer_config.as_deref(),
+            f.config.as_deref(),
             src.arch().vocab_size,
         ),
         None => tokenizer_keys::from_json_metadata(src.path(), &src.metadata()),

@@ -5,11 +5,11 @@
 //! deployments keep it. CPU only for now.
 
 use super::linear::Linear;
-use super::LayerWeights;
 use super::LlamaWeights;
+use crate::encoding::act8;
 use crate::encoding::EncodedTensor;
 use crate::error::{Error, Result};
-use crate::model::view::{ModelView, TensorKind};
+use crate::model::view::ModelView;
 use crate::quant::range::{clipped_share, AbsHistogram, RangeCalibrator, DEFAULT_BINS};
 use std::sync::{Arc, Mutex};
 
@@ -26,57 +26,27 @@ pub enum InputMode {
     Int8,
 }
 
-const BLOCK_LINEARS: [TensorKind; 7] = [
-    TensorKind::AttnQ,
-    TensorKind::AttnK,
-    TensorKind::AttnV,
-    TensorKind::AttnOutput,
-    TensorKind::MlpGate,
-    TensorKind::MlpUp,
-    TensorKind::MlpDown,
-];
-
 impl LlamaWeights {
     /// Every block linear as [`Linear::Int8Input`]: an error naming the
     /// first that is not stored as 8-bit symmetric codes in groups of a
     /// multiple of 4 (quantize with `--bits 8 --sym`).
     pub fn with_int8_activations(mut self, view: &ModelView) -> Result<Self> {
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            for kind in BLOCK_LINEARS {
-                let Some(l) = layer.linear_mut(kind) else {
-                    continue;
-                };
-                let name = LayerWeights::tensor_name(view, i, kind).unwrap_or_default();
-                let taken = std::mem::replace(
-                    l,
-                    Linear::Dense {
-                        rows: 0,
-                        cols: 0,
-                        w: Vec::new(),
-                    },
-                );
-                *l = match taken {
-                    Linear::Packed(EncodedTensor::Affine(q))
-                        if q.scheme.bits == 8
-                            && q.scheme.symmetric
-                            && q.scheme.group_len(q.cols).is_multiple_of(4) =>
-                    {
-                        Linear::Int8Input(q, None)
-                    }
-                    other => {
-                        return Err(Error::Config(format!(
-                            "--int8-activations multiplies INT8 activations with 8-bit symmetric \
-                             weights; '{name}' in {} is {} (quantize with --bits 8 --sym)",
-                            view.path().display(),
-                            match &other {
-                                Linear::Packed(e) => e.encoding().label(),
-                                _ => "not quantized".into(),
-                            }
-                        )))
-                    }
-                };
+        self.map_block_linears(view, |name, l| match l {
+            Linear::Packed(EncodedTensor::Affine(q))
+                if act8::check_i8_scheme(&q.scheme, q.cols, q.cols).is_ok() =>
+            {
+                Ok(Linear::Int8Input(q, None))
             }
-        }
+            other => Err(Error::Config(format!(
+                "--int8-activations multiplies INT8 activations with 8-bit symmetric weights; \
+                 '{name}' in {} is {} (quantize with --bits 8 --sym)",
+                view.path().display(),
+                match &other {
+                    Linear::Packed(e) => e.encoding().label(),
+                    _ => "not quantized".into(),
+                }
+            ))),
+        })?;
         Ok(self)
     }
 }
@@ -105,23 +75,11 @@ impl LlamaWeights {
     ) -> Result<(Self, Vec<InputRange>)> {
         let mut observed = self.clone();
         let mut hists = Vec::new();
-        for layer in observed.layers.iter_mut() {
-            for kind in BLOCK_LINEARS {
-                if let Some(l) = layer.linear_mut(kind) {
-                    let h = Arc::new(Mutex::new(AbsHistogram::new(DEFAULT_BINS)?));
-                    let inner = std::mem::replace(
-                        l,
-                        Linear::Dense {
-                            rows: 0,
-                            cols: 0,
-                            w: Vec::new(),
-                        },
-                    );
-                    *l = Linear::Observed(h.clone(), Box::new(inner));
-                    hists.push(h);
-                }
-            }
-        }
+        observed.map_block_linears(view, |_, l| {
+            let h = Arc::new(Mutex::new(AbsHistogram::new(DEFAULT_BINS)?));
+            hists.push(h.clone());
+            Ok(Linear::Observed(h, Box::new(l)))
+        })?;
         let forward = super::CpuForward::new(observed);
         for w in windows {
             forward.logits(w)?;
@@ -130,31 +88,29 @@ impl LlamaWeights {
         let mut weights = self.with_int8_activations(view)?;
         let mut ranges = Vec::new();
         let mut next = hists.iter();
-        for (i, layer) in weights.layers.iter_mut().enumerate() {
-            for kind in BLOCK_LINEARS {
-                let (Some(l), Some(h)) = (layer.linear_mut(kind), next.next()) else {
-                    continue;
-                };
-                let h = h
-                    .lock()
-                    .map_err(|_| Error::Config("histogram lock poisoned".into()))?;
-                let t = calibrator.threshold(&h, 8)?;
-                let tensor = LayerWeights::tensor_name(view, i, kind).unwrap_or_default();
-                if let Linear::Int8Input(_, scale) = l {
-                    *scale = (t > 0.0).then_some(t / 127.0);
-                }
-                if t == 0.0 {
-                    log::warn!(
-                        "{tensor}: its calibration inputs are all 0; it runs with per-token scales"
-                    );
-                }
-                ranges.push(InputRange {
-                    tensor,
-                    threshold: t,
-                    clipped: clipped_share(&h, t),
-                });
+        // The same traversal as the observation: histograms pair up in order.
+        weights.map_block_linears(view, |tensor, l| {
+            let (Linear::Int8Input(q, _), Some(h)) = (l, next.next()) else {
+                return Err(Error::Config(
+                    "INT8 calibration lost track of a linear".into(),
+                ));
+            };
+            let h = h
+                .lock()
+                .map_err(|_| Error::Config("histogram lock poisoned".into()))?;
+            let t = calibrator.threshold(&h, 8)?;
+            if t == 0.0 {
+                log::warn!(
+                    "{tensor}: its calibration inputs are all 0; it runs with per-token scales"
+                );
             }
-        }
+            ranges.push(InputRange {
+                tensor: tensor.to_string(),
+                threshold: t,
+                clipped: clipped_share(&h, t),
+            });
+            Ok(Linear::Int8Input(q, (t > 0.0).then_some(t / 127.0)))
+        })?;
         Ok((weights, ranges))
     }
 }

@@ -40,6 +40,14 @@ pub enum LinearSite {
 }
 
 impl LinearSite {
+    /// Every site, in the order a layer runs them.
+    pub const ALL: [LinearSite; 4] = [
+        LinearSite::AttnQkv,
+        LinearSite::AttnOutput,
+        LinearSite::MlpGateUp,
+        LinearSite::MlpDown,
+    ];
+
     /// The linears that consume this input.
     pub fn kinds(self) -> &'static [TensorKind] {
         match self {
@@ -301,6 +309,32 @@ impl LlamaWeights {
 }
 
 impl LlamaWeights {
+    /// Replaces every block linear by `f(its tensor name, it)`, layer by
+    /// layer in [`LinearSite::ALL`] order (the order is the same on every
+    /// call, so callers may pair calls up).
+    pub fn map_block_linears(
+        &mut self,
+        view: &ModelView,
+        mut f: impl FnMut(&str, Linear) -> Result<Linear>,
+    ) -> Result<()> {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for &kind in LinearSite::ALL.iter().flat_map(|s| s.kinds()) {
+                let Some(l) = layer.linear_mut(kind) else {
+                    continue;
+                };
+                let name = LayerWeights::tensor_name(view, i, kind).unwrap_or_default();
+                let empty = Linear::Dense {
+                    rows: 0,
+                    cols: 0,
+                    w: Vec::new(),
+                };
+                let taken = std::mem::replace(l, empty);
+                *l = f(&name, taken)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The weights with every linear's input rounded as llama.cpp's CPU
     /// backend rounds it for the tensor type `view` stores it as
     /// ([`crate::encoding::ggml::activation_rounding`]), the tied output
@@ -316,30 +350,7 @@ impl LlamaWeights {
             Some(r) => Linear::RoundedInput(r, Box::new(l)),
             None => l,
         };
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let sites = [
-                LinearSite::AttnQkv,
-                LinearSite::AttnOutput,
-                LinearSite::MlpGateUp,
-                LinearSite::MlpDown,
-            ];
-            for &kind in sites.iter().flat_map(|s| s.kinds()) {
-                let name =
-                    LayerWeights::tensor_name(view, i, kind).expect("block linears have names");
-                if let Some(l) = layer.linear_mut(kind) {
-                    let r = rounding(&name)?;
-                    let dense = std::mem::replace(
-                        l,
-                        Linear::Dense {
-                            rows: 0,
-                            cols: 0,
-                            w: Vec::new(),
-                        },
-                    );
-                    *l = wrap(dense, r);
-                }
-            }
-        }
+        self.map_block_linears(view, |name, l| Ok(wrap(l, rounding(name)?)))?;
         let names = Names::of(view);
         self.head = match self.head.take() {
             Some(h) => Some(wrap(h, rounding(&names.global("head"))?)),
