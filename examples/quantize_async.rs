@@ -45,6 +45,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         cancel.cancel();
                     }
                 }
+                Progress::Activations { what, windows } => {
+                    println!("activations: {what} on {windows} windows")
+                }
                 Progress::Calibrated { tokens, layers } => {
                     println!("GPTQ: {tokens} calibration tokens, {layers} layers")
                 }

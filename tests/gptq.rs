@@ -548,6 +548,7 @@ fn gptq_columns_reject_misuse() {
         search: false,
         bits: 4,
         symmetric: false,
+        clip: None,
     };
     let hdiag = vec![1f32; cols];
     let spec = GptqSpec {

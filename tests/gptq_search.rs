@@ -67,6 +67,7 @@ fn gpu_scale_search_matches_cpu() {
             bits,
             symmetric,
             search: true,
+            clip: None,
         };
         let maxq = (1u32 << bits) - 1;
         let cpu = fitted_params(&CpuBackend, &grid, &w, &hdiag, rows, cols, group_len);

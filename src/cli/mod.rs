@@ -1,5 +1,6 @@
 //! Command-line parsing and one module per subcommand.
 
+mod act_args;
 mod bench;
 mod convert;
 mod devices;
@@ -31,7 +32,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Quantize a model (GGUF file or Hugging Face safetensors folder) into an llmq folder.
-    Quantize(quantize::Args),
+    Quantize(Box<quantize::Args>),
     /// Perplexity, KL divergence and top-1 agreement vs a reference, size and speed of models on a text.
     Eval(eval::Args),
     /// Print architecture, tensors and metadata of a GGUF, safetensors or llmq model.
@@ -63,7 +64,7 @@ pub fn parse_device(s: &str) -> std::result::Result<DeviceChoice, String> {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Quantize(a) => quantize::run(a),
+        Command::Quantize(a) => quantize::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Devices(a) => devices::run(a),

@@ -114,6 +114,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    act: super::act_args::ActArgs,
+    #[command(flatten)]
     vq: super::gptvq::VqArgs,
     #[command(flatten)]
     gguf: super::gguf_out::GgufArgs,
@@ -133,6 +135,14 @@ pub fn run(a: Args) -> Result<()> {
         return Err(Error::Config(
             "--method gptvq --format gguf: GPTVQ's codebooks have no ggml block type; use \
              --method gptq (GPTQ onto the preset's blocks) or --format llmq"
+                .into(),
+        ));
+    }
+    let act = a.act.settings()?;
+    let clip = a.act.weight_clip()?;
+    if act.is_some() && (a.gguf.wanted() || a.gguf.format == "gptq") {
+        return Err(Error::Config(
+            "--act-bits: INT8 input scales are stored in the llmq format only (no GGUF or GPTQ              runtime reads them); leave out --format"
                 .into(),
         ));
     }
@@ -198,6 +208,9 @@ pub fn run(a: Args) -> Result<()> {
                 diag_blend: a.diag_blend,
                 ..GptqOptions::recommended()
             };
+            if let Some(c) = clip {
+                settings.options = settings.options.with_clip(c);
+            }
             config = match method {
                 Method::Gptvq => {
                     let o = a.vq.options(a.bits, a.seed)?;
@@ -218,11 +231,17 @@ pub fn run(a: Args) -> Result<()> {
         }
         (Method::Rtn, true) => {}
     }
-    let config = match method {
+    let mut config = match method {
         // `gptvq` set the method with its settings.
         Method::Gptvq => config,
         _ => config.method(method),
     };
+    if let Some(act) = act {
+        config = config.activations(act);
+    }
+    if let Some(c) = clip {
+        config.clip = c;
+    }
     let label = match gguf_codes {
         true => format!(
             "{} onto {}'s blocks",
@@ -308,6 +327,9 @@ pub fn run(a: Args) -> Result<()> {
                 ratio(rtn_error)
             ));
         }
+        Progress::Activations { what, windows } => say(format!(
+            "activations: {what} on {windows} calibration windows"
+        )),
         Progress::Writing => bar.set_message("writing"),
     };
     let result = llmq_gpu::quantize_model(&config, &mut on_progress, &CancelToken::default());
@@ -379,6 +401,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(g) = &report.gptq {
         print_gptq_summary(g, &report_at);
+    }
+    if let Some(act) = &report.activations {
+        super::act_args::print_summary(act);
     }
     Ok(())
 }

@@ -19,6 +19,35 @@ use rayon::prelude::*;
 /// The largest code magnitude (symmetric: −127..=127).
 pub const QMAX: f32 = 127.0;
 
+/// How a linear's input is quantized when the model runs, as the llmq
+/// format stores it beside the weight (`llmq.json`, the tensor's `input`).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InputQuant {
+    /// Always 8.
+    pub bits: u32,
+    /// The static scale (`T / 127`); absent: one per token at run time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f32>,
+}
+
+impl InputQuant {
+    /// An error naming `tensor` unless this is 8 bits with a finite,
+    /// positive scale (or none).
+    pub fn check(&self, tensor: &str) -> Result<()> {
+        let bad_scale = self.scale.is_some_and(|s| !(s.is_finite() && s > 0.0));
+        if self.bits != 8 || bad_scale {
+            return Err(Error::BadTensor {
+                name: tensor.into(),
+                msg: format!(
+                    "input quantization {} bits, scale {:?}: only 8-bit inputs with a finite                      positive scale (or per-token scales) run",
+                    self.bits, self.scale
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizedActivations {
     pub tokens: usize,

@@ -51,6 +51,11 @@ pub trait TensorSource: Send + Sync {
     fn encoding_of(&self, _name: &str) -> Option<crate::encoding::Encoding> {
         None
     }
+    /// How the linear `name` quantizes its input when the model runs
+    /// (W8A8 models); `None`: f32 inputs.
+    fn input_quant(&self, _name: &str) -> Option<crate::encoding::act8::InputQuant> {
+        None
+    }
     /// File-level metadata as `(key, printable value)` pairs, for `inspect`
     /// and to carry along (the tokenizer of a GGUF file lives here).
     fn metadata(&self) -> Vec<(String, serde_json::Value)>;

@@ -143,6 +143,10 @@ impl ModelView {
     pub fn load_encoded(&self, name: &str) -> Result<Option<crate::encoding::EncodedTensor>> {
         self.source.load_encoded(name)
     }
+    /// How the linear `name` quantizes its input (W8A8 models).
+    pub fn input_quant(&self, name: &str) -> Option<crate::encoding::act8::InputQuant> {
+        self.source.input_quant(name)
+    }
     pub fn metadata(&self) -> Vec<(String, serde_json::Value)> {
         self.source.metadata()
     }

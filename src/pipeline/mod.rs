@@ -1,6 +1,8 @@
 //! Orchestrators that run whole models through the algorithms.
 
+pub mod activations;
 pub mod calib;
 pub mod gptq;
 pub mod memory;
 pub mod quantize;
+pub mod quantize_report;

@@ -5,10 +5,13 @@
 //! channel with [`QuantizeJob`]), a [`CancelToken`] stops the run between
 //! tensors, and nothing is printed. A failed or cancelled run leaves no output.
 
-use super::gptq::{self, GptqEvent, GptqRunReport, GptqSettings};
+use super::activations::{self, ActQuantSettings};
+use super::gptq::{self, GptqEvent, GptqSettings};
+pub use super::quantize_report::{KindError, Progress, QuantizeReport};
 use crate::backend::gpu::DeviceChoice;
 use crate::backend::{self, Backend};
 pub use crate::cancel::CancelToken;
+use crate::encoding::affine::clip::WeightClip;
 use crate::encoding::{EncodedTensor, LinearStorage};
 use crate::error::{Error, Result};
 use crate::formats::llmq::LlmqWriter;
@@ -70,6 +73,12 @@ pub struct QuantizeConfig {
     /// calibration windows as for GPTQ and each group's parameters come
     /// from the `diag(H)`-weighted scale search ([`gptq::Solver::RtnSearch`]).
     pub gptq: Option<GptqSettings>,
+    /// INT8 activations (W8A8): smoothing, and the input scales stored
+    /// with the weights ([`super::activations`]).
+    pub activations: Option<ActQuantSettings>,
+    /// RTN without calibration: how each group's range is chosen (with
+    /// calibration, [`GptqSettings`]' options say).
+    pub clip: WeightClip,
 }
 
 impl QuantizeConfig {
@@ -86,7 +95,15 @@ impl QuantizeConfig {
             overwrite: false,
             max_binding: None,
             gptq: None,
+            activations: None,
+            clip: WeightClip::MinMax,
         }
+    }
+    /// W8A8: INT8 inputs for every block linear (needs 8-bit symmetric
+    /// weights; static scales and smoothing need calibration settings).
+    pub fn activations(mut self, settings: ActQuantSettings) -> Self {
+        self.activations = Some(settings);
+        self
     }
     /// GPTQ with these settings (sets the method too; set
     /// [`Method::Rtn`] after it for RTN with the weighted scale search).
@@ -115,9 +132,13 @@ impl QuantizeConfig {
 
     /// What the report names the written encoding.
     pub fn label(&self) -> String {
-        match self.vq_options() {
+        let weights = match self.vq_options() {
             Some(o) => o.scheme.label(),
             None => self.scheme.label(),
+        };
+        match &self.activations {
+            Some(a) => format!("{weights}, {}", a.label()),
+            None => weights,
         }
     }
 
@@ -149,79 +170,6 @@ impl QuantizeConfig {
         self.max_binding = bytes;
         self
     }
-}
-
-/// What a run is doing, in order: `Started`, then per tensor `Tensor`, then
-/// `Writing`, then the run returns its report.
-#[derive(Clone, Debug)]
-pub enum Progress {
-    Started {
-        tensors: usize,
-        backend: String,
-    },
-    Tensor {
-        /// 0-based index of the tensor just finished.
-        index: usize,
-        total: usize,
-        name: String,
-        quantized: bool,
-    },
-    /// GPTQ: the calibration windows are embedded.
-    Calibrated {
-        tokens: usize,
-        layers: usize,
-    },
-    /// GPTQ: decoder layer `index` is quantized; `gptq_error` and
-    /// `rtn_error` are its linears' mean relative output errors.
-    Layer {
-        index: usize,
-        total: usize,
-        gptq_error: f64,
-        rtn_error: f64,
-        /// GPTVQ: the mean error of GPTQ at the baseline scheme.
-        gptq_baseline_error: Option<f64>,
-        seconds: f64,
-    },
-    Writing,
-}
-
-/// Reconstruction error of one kind of tensor, averaged over its tensors.
-#[derive(Clone, Debug, Serialize)]
-pub struct KindError {
-    pub kind: String,
-    pub tensors: usize,
-    /// Mean of ‖W − Ŵ‖ / ‖W‖ (Frobenius) over the tensors of this kind.
-    pub mean_relative_error: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct QuantizeReport {
-    pub model: PathBuf,
-    pub out: PathBuf,
-    pub method: Method,
-    pub scheme: String,
-    pub backend: String,
-    pub quantized_tensors: usize,
-    /// Quantized tensors whose rows end in a shorter group.
-    pub ragged_group_tensors: usize,
-    pub kept_tensors: usize,
-    /// Size of the source file(s) on disk.
-    pub source_bytes: u64,
-    /// The same parameters at 16 bits each.
-    pub f16_bytes: u64,
-    /// Tensor bytes of the output.
-    pub output_bytes: u64,
-    /// Stored bits (codes + scales + zeros) per weight of the quantized tensors.
-    pub bits_per_weight: f64,
-    /// What the decoder blocks' linears store (the figure `inspect`,
-    /// `eval` and `bench --model` give for the output).
-    pub linears: LinearStorage,
-    pub errors_by_kind: Vec<KindError>,
-    pub seconds: f64,
-    /// GPTQ runs: per-layer errors against RTN, phases, peak memory. Also
-    /// written to `gptq-report.json` in the output folder.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gptq: Option<GptqRunReport>,
 }
 
 /// Which tensors get quantized: 2-D linear weights of the decoder blocks,
@@ -343,7 +291,27 @@ pub fn quantize_model_with(
     cancel: &CancelToken,
 ) -> Result<QuantizeReport> {
     let start = Instant::now();
-    let model = ModelView::open(&config.model)?;
+    let mut model = ModelView::open(&config.model)?;
+    let (mut act_windows, mut smoothing) = (Vec::new(), Vec::new());
+    if let Some(a) = &config.activations {
+        // Every linear's width is checked with the other shapes below.
+        a.check(&config.scheme, 4, config.gptq.as_ref().map(|g| &g.calib))?;
+        if let Some(g) = config
+            .gptq
+            .as_ref()
+            .filter(|_| !a.dynamic || a.smooth.is_some())
+        {
+            act_windows = activations::windows(&model, &g.calib, a.samples)?;
+        }
+        if a.smooth.is_some() {
+            on_progress(Progress::Activations {
+                what: "smoothing",
+                windows: act_windows.len(),
+            });
+        }
+        (model, smoothing) =
+            activations::prepare(model, a, &act_windows, &|| cancel.is_cancelled())?;
+    }
     let tensors = model.tensors().to_vec();
     // Validate every quantized shape before doing any work.
     let mut ragged = 0;
@@ -357,6 +325,17 @@ pub fn quantize_model_with(
             o.scheme.check_shape(&t.name, t.shape[0], t.shape[1])?;
         }
         config.scheme.check_shape(&t.name, t.shape[0], t.shape[1])?;
+        if let Some(a) = &config.activations {
+            a.check(
+                &config.scheme,
+                t.shape[1],
+                config.gptq.as_ref().map(|g| &g.calib),
+            )
+            .map_err(|e| Error::BadTensor {
+                name: t.name.clone(),
+                msg: e.to_string(),
+            })?;
+        }
         if config
             .scheme
             .check_groups_divide(&t.name, t.shape[1])
@@ -393,13 +372,15 @@ pub fn quantize_model_with(
                 let quantize = should_quantize(t, config);
                 if quantize {
                     let (rows, cols) = (t.shape[0], t.shape[1]);
-                    let q = EncodedTensor::Affine(rtn::quantize(
+                    let q = EncodedTensor::Affine(rtn::quantize_clipped(
                         backend,
                         &t.name,
                         &w,
                         rows,
                         cols,
                         &config.scheme,
+                        config.clip,
+                        None,
                     )?);
                     tally.quantized(&mut writer, &t.name, &t.shape, &q, &w, config.method)?;
                 } else {
@@ -521,17 +502,26 @@ pub fn quantize_model_with(
             .collect(),
         seconds: 0.0,
         gptq: gptq_report,
+        activations: None,
     };
     report.seconds = start.elapsed().as_secs_f64();
     let report_json = serde_json::to_value(&report)
         .map_err(|e| Error::Config(format!("cannot serialize the report: {e}")))?;
-    writer.finish(
+    let mut staged = writer.finish_staged(
         model.arch(),
         model.path(),
         model.metadata(),
         &model.companion_files(),
         report_json,
     )?;
+    if let Some(a) = &config.activations {
+        on_progress(Progress::Activations {
+            what: "INT8 input ranges",
+            windows: act_windows.len(),
+        });
+        activations::finish(&mut staged, a, &act_windows, smoothing, &mut report)?;
+    }
+    staged.commit()?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -6,5 +6,6 @@ pub mod gptq;
 pub mod gptvq;
 pub mod range;
 pub mod rtn;
+pub mod smooth;
 
 pub use crate::encoding::{Granularity, QuantScheme, QuantizedTensor};

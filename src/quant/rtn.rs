@@ -7,10 +7,12 @@
 //! 4. the backend quantizes and packs.
 
 use crate::backend::{Backend, GroupParams};
+use crate::encoding::affine::clip::{clipped_params, WeightClip};
 use crate::encoding::affine::scheme::{params_from_range, Granularity, QuantScheme};
 use crate::encoding::affine::search::fit_weighted;
 use crate::encoding::QuantizedTensor;
 use crate::error::{Error, Result};
+use crate::quant::range::RangeCalibrator;
 use rayon::prelude::*;
 
 /// Errors with the tensor's name and the first bad index if `w` holds NaN or Inf.
@@ -63,6 +65,26 @@ pub fn quantize_weighted(
     scheme: &QuantScheme,
     hdiag: Option<&[f32]>,
 ) -> Result<QuantizedTensor> {
+    let clip = match hdiag {
+        Some(_) => WeightClip::Mse,
+        None => WeightClip::MinMax,
+    };
+    quantize_clipped(backend, name, w, rows, cols, scheme, clip, hdiag)
+}
+
+/// RTN with each group's range chosen by `clip` ([`WeightClip`]); the MSE
+/// search is weighted by `hdiag` when given, uniform otherwise.
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_clipped(
+    backend: &dyn Backend,
+    name: &str,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    scheme: &QuantScheme,
+    clip: WeightClip,
+    hdiag: Option<&[f32]>,
+) -> Result<QuantizedTensor> {
     scheme.check_shape(name, rows, cols)?;
     if w.len() != rows * cols {
         return Err(Error::BadTensor {
@@ -72,15 +94,17 @@ pub fn quantize_weighted(
     }
     check_finite(name, w)?;
     let group_len = scheme.group_len(cols);
-    let (scales, zeros) = match hdiag {
-        None => range_params(backend, w, rows, cols, scheme)?,
-        Some(h) if h.len() == cols => searched_params(w, cols, h, scheme),
-        Some(h) => {
+    let (scales, zeros) = match (clip, hdiag) {
+        (_, Some(h)) if h.len() != cols => {
             return Err(Error::BadTensor {
                 name: name.into(),
                 msg: format!("{} importances for {cols} input columns", h.len()),
             })
         }
+        (WeightClip::MinMax, _) => range_params(backend, w, rows, cols, scheme)?,
+        (WeightClip::Mse, Some(h)) => searched_params(w, cols, h, scheme),
+        (WeightClip::Mse, None) => searched_params(w, cols, &vec![1.0; cols], scheme),
+        (WeightClip::Threshold(c), _) => threshold_params(w, cols, c, scheme)?,
     };
     let inv_scales: Vec<f32> = scales.iter().map(|s| 1.0 / s).collect();
     let packed = backend.quantize_codes(
@@ -125,6 +149,28 @@ fn range_params(
         .zip(&maxs)
         .map(|(&lo, &hi)| params_from_range(lo, hi, scheme.bits, scheme.symmetric))
         .unzip())
+}
+
+/// Each group's parameters from its range clipped at `calibrator`'s
+/// threshold ([`clipped_params`]), rows in parallel.
+fn threshold_params(
+    w: &[f32],
+    cols: usize,
+    calibrator: RangeCalibrator,
+    scheme: &QuantScheme,
+) -> Result<(Vec<f32>, Vec<u32>)> {
+    let fit = |x: &[f32]| clipped_params(x, calibrator, scheme.bits, scheme.symmetric);
+    let rows = w.len() / cols;
+    if scheme.granularity == Granularity::PerTensor {
+        let p = fit(w)?;
+        return Ok((vec![p.0; rows], vec![p.1; rows]));
+    }
+    let g = scheme.group_len(cols);
+    let params = w
+        .par_chunks(cols)
+        .map(|row| row.chunks(g).map(fit).collect::<Result<Vec<_>>>())
+        .collect::<Result<Vec<_>>>()?;
+    Ok(params.into_iter().flatten().unzip())
 }
 
 /// Each group's parameters by the weighted scale search, on the host (rows

@@ -3,18 +3,23 @@
 //! `quant.py`), codes by [`quantize_value`], as RTN quantizes. Its WGSL is
 //! `shaders/affine_grid.wgsl` after the constants of the scheme.
 
+use super::clip::{clipped_params, WeightClip};
 use super::scheme::{params_from_range, quantize_value, symmetric_zero, QuantScheme};
 use super::search::{fit_weighted, GROW_STEPS, REFITS, SHRINK_STEPS, TOP, ZERO_SHIFTS};
 use super::QuantizedTensor;
 use crate::encoding::grid::{Grid, GridCodes};
 use crate::error::{Error, Result};
+use crate::quant::range::RangeCalibrator;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AffineGrid {
     pub bits: u32,
     pub symmetric: bool,
     /// Fit each group by the weighted scale search instead of its range.
     pub search: bool,
+    /// Clip each group's range at this calibrator's threshold
+    /// ([`super::clip`]; CPU only); `None`: the range or the search.
+    pub clip: Option<RangeCalibrator>,
 }
 
 impl AffineGrid {
@@ -24,6 +29,19 @@ impl AffineGrid {
             bits: scheme.bits,
             symmetric: scheme.symmetric,
             search: false,
+            clip: None,
+        }
+    }
+
+    /// `scheme`'s grid with its groups' ranges chosen by `clip`.
+    pub fn clipped(scheme: &QuantScheme, clip: WeightClip) -> Self {
+        Self {
+            search: clip == WeightClip::Mse,
+            clip: match clip {
+                WeightClip::Threshold(c) => Some(c),
+                _ => None,
+            },
+            ..Self::of(scheme)
         }
     }
 
@@ -46,6 +64,7 @@ impl AffineGrid {
         if AffineGrid::of(scheme)
             != (AffineGrid {
                 search: false,
+                clip: None,
                 ..*self
             })
             || !codes.params.len().is_multiple_of(2)
@@ -82,7 +101,10 @@ impl Grid for AffineGrid {
     fn key(&self) -> String {
         let sym = if self.symmetric { "sym" } else { "asym" };
         let search = if self.search { ".search" } else { "" };
-        format!("affine.{}.{sym}{search}", self.bits)
+        let clip = self
+            .clip
+            .map_or(String::new(), |c| format!(".clip {}", c.label()));
+        format!("affine.{}.{sym}{search}{clip}", self.bits)
     }
 
     fn code_bits(&self) -> u32 {
@@ -94,6 +116,16 @@ impl Grid for AffineGrid {
     }
 
     fn fit(&self, w: &[f32], hdiag: &[f32], params: &mut [f32]) {
+        // A threshold that cannot be found (never for finite weights)
+        // leaves the range rule.
+        if let Some(Ok((s, z))) = self
+            .clip
+            .map(|c| clipped_params(w, c, self.bits, self.symmetric))
+        {
+            params[0] = s;
+            params[1] = z as f32;
+            return;
+        }
         if self.search {
             let (s, z) = fit_weighted(w, hdiag, self.bits, self.symmetric);
             params[0] = s;
@@ -115,6 +147,17 @@ impl Grid for AffineGrid {
         let (s, z) = (params[0], params[1]);
         let q = quantize_value(w, 1.0 / s, z as u32, self.maxq());
         (q, s * (q as f32 - z))
+    }
+
+    fn check_gpu(&self) -> Result<()> {
+        match self.clip {
+            Some(c) => Err(Error::Config(format!(
+                "GPTQ with --clip {} fits its groups on the CPU only: use --device cpu, or --clip \
+                 mse / minmax",
+                c.label()
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn wgsl(&self) -> String {

@@ -10,6 +10,7 @@
 //! [`scheme::symmetric_zero`]). Resident on a backend, scales are f32 and
 //! every group has a u8 zero-point.
 
+pub mod clip;
 pub mod grid;
 pub mod matmul;
 pub mod packing;

@@ -19,7 +19,7 @@ mod reader;
 mod writer;
 
 pub use reader::LlmqModel;
-pub use writer::LlmqWriter;
+pub use writer::{LlmqWriter, StagedLlmq};
 
 use super::safetensors_model::{INDEX_FILE, SINGLE_FILE};
 use crate::encoding::ggml::GgmlType;
@@ -83,6 +83,9 @@ pub struct LlmqTensorMeta {
     /// stored as one `NAME.blocks` part of raw bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ggml: Option<String>,
+    /// Linears run with INT8 inputs (W8A8): how their input is quantized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<crate::encoding::act8::InputQuant>,
 }
 
 impl LlmqTensorMeta {

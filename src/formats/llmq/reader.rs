@@ -212,6 +212,9 @@ impl TensorSource for LlmqModel {
     fn encoding_of(&self, name: &str) -> Option<crate::encoding::Encoding> {
         self.tensor_meta(name).and_then(LlmqTensorMeta::encoding)
     }
+    fn input_quant(&self, name: &str) -> Option<crate::encoding::act8::InputQuant> {
+        self.tensor_meta(name).and_then(|m| m.input)
+    }
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
         match LlmqModel::load_encoded(self, name)? {
             Some(q) => q.dequantize(),

@@ -122,6 +122,7 @@ impl LlmqWriter {
                     dtype: s.dtype_label(),
                     vq: None,
                     ggml: None,
+                    input: None,
                 }
             }
             EncodedTensor::Vq(v) => LlmqTensorMeta {
@@ -135,6 +136,7 @@ impl LlmqWriter {
                 dtype: v.scheme.label(),
                 vq: Some(v.scheme),
                 ggml: None,
+                input: None,
             },
             EncodedTensor::Ggml(g) => LlmqTensorMeta {
                 kind: StoredKind::Quantized,
@@ -147,6 +149,7 @@ impl LlmqWriter {
                 dtype: g.ty.name().to_string(),
                 vq: None,
                 ggml: Some(g.ty.name().to_string()),
+                input: None,
             },
         };
         self.tensors.insert(name.to_string(), meta);
@@ -188,6 +191,7 @@ impl LlmqWriter {
                 dtype: "F16".into(),
                 vq: None,
                 ggml: None,
+                input: None,
             },
         );
         Ok(())
@@ -215,13 +219,29 @@ impl LlmqWriter {
     /// Writes the metadata files, copies `companions`, syncs everything and
     /// moves the folder into place. Returns the final path.
     pub fn finish(
-        mut self,
+        self,
         arch: &ArchConfig,
         source_path: &Path,
         source_metadata: Vec<(String, Value)>,
         companions: &[PathBuf],
         report: Value,
     ) -> Result<PathBuf> {
+        self.finish_staged(arch, source_path, source_metadata, companions, report)?
+            .commit()
+    }
+
+    /// [`LlmqWriter::finish`] up to the move: the complete folder, still in
+    /// its staging place, where it can be opened as a model (to calibrate
+    /// its activations) and its metadata amended before
+    /// [`StagedLlmq::commit`].
+    pub fn finish_staged(
+        mut self,
+        arch: &ArchConfig,
+        source_path: &Path,
+        source_metadata: Vec<(String, Value)>,
+        companions: &[PathBuf],
+        report: Value,
+    ) -> Result<StagedLlmq> {
         self.close_shard()?;
         if self.closed.is_empty() {
             // A model with no tensors still gets a (valid, empty) weights file.
@@ -255,7 +275,10 @@ impl LlmqWriter {
             std::fs::copy(c, &dst).map_err(|e| Error::io(c, e))?;
             sync_file(&dst)?;
         }
-        self.staging.commit()
+        Ok(StagedLlmq {
+            meta,
+            staging: self.staging,
+        })
     }
 
     fn check_new(&self, name: &str) -> Result<()> {
@@ -423,4 +446,53 @@ fn check_shape_matches(name: &str, shape: &[usize], rows: usize, cols: usize) ->
         });
     }
     Ok(())
+}
+
+/// A complete llmq folder not yet moved into place
+/// ([`LlmqWriter::finish_staged`]); dropped without
+/// [`StagedLlmq::commit`], it is deleted.
+pub struct StagedLlmq {
+    meta: LlmqFile,
+    staging: StagingDir,
+}
+
+impl StagedLlmq {
+    /// Where the folder is now.
+    pub fn path(&self) -> &Path {
+        self.staging.path()
+    }
+
+    /// Records how each named linear quantizes its input, and replaces the
+    /// report, in `llmq.json`.
+    pub fn set_inputs(
+        &mut self,
+        inputs: &[(String, crate::encoding::act8::InputQuant)],
+        report: Value,
+    ) -> Result<()> {
+        for (name, input) in inputs {
+            input.check(name)?;
+            let m = self
+                .meta
+                .tensors
+                .get_mut(name)
+                .ok_or_else(|| Error::BadTensor {
+                    name: name.clone(),
+                    msg: "is not in the output".into(),
+                })?;
+            if m.kind != StoredKind::Quantized {
+                return Err(Error::BadTensor {
+                    name: name.clone(),
+                    msg: "INT8 inputs need a quantized weight".into(),
+                });
+            }
+            m.input = Some(*input);
+        }
+        self.meta.report = report;
+        write_json(&self.staging.path().join(METADATA_FILE), &self.meta)
+    }
+
+    /// Syncs the folder and moves it into place; returns the final path.
+    pub fn commit(self) -> Result<PathBuf> {
+        self.staging.commit()
+    }
 }

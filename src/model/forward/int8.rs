@@ -32,6 +32,8 @@ impl LlamaWeights {
     /// multiple of 4 (quantize with `--bits 8 --sym`).
     pub fn with_int8_activations(mut self, view: &ModelView) -> Result<Self> {
         self.map_block_linears(view, |name, l| match l {
+            // Stored W8A8: its own scales stay.
+            Linear::Int8Input(..) => Ok(l),
             Linear::Packed(EncodedTensor::Affine(q))
                 if act8::check_i8_scheme(&q.scheme, q.cols, q.cols).is_ok() =>
             {
@@ -46,6 +48,36 @@ impl LlamaWeights {
                     _ => "not quantized".into(),
                 }
             ))),
+        })?;
+        Ok(self)
+    }
+}
+
+impl LlamaWeights {
+    /// The linears that `view` stores with INT8 inputs (W8A8 models written
+    /// by `quantize --act-bits 8`) as [`Linear::Int8Input`] with their
+    /// scales; unchanged for every other model.
+    pub(super) fn with_stored_inputs(mut self, view: &ModelView) -> Result<Self> {
+        let stored = |name: &str| view.input_quant(name);
+        if !view.tensors().iter().any(|t| stored(&t.name).is_some()) {
+            return Ok(self);
+        }
+        self.map_block_linears(view, |name, l| {
+            let Some(input) = stored(name) else {
+                return Ok(l);
+            };
+            input.check(name)?;
+            match l {
+                Linear::Packed(EncodedTensor::Affine(q))
+                    if act8::check_i8_scheme(&q.scheme, q.cols, q.cols).is_ok() =>
+                {
+                    Ok(Linear::Int8Input(q, input.scale))
+                }
+                _ => Err(Error::format(
+                    view.path(),
+                    format!("'{name}' has INT8 inputs but is not stored as 8-bit symmetric codes"),
+                )),
+            }
         })?;
         Ok(self)
     }

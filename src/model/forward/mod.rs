@@ -9,7 +9,7 @@
 
 pub mod cpu;
 pub mod gpu;
-mod int8;
+pub mod int8;
 pub mod layer;
 pub mod linear;
 pub use crate::backend::cpu::ops;
@@ -297,14 +297,15 @@ impl LlamaWeights {
         let final_norm = load(view, &names.global("norm"), &[h])?;
         let head = load_head(view)?;
         let rope_freq_factors = load_rope_freq_factors(view)?;
-        Ok(Self {
+        Self {
             arch,
             embed,
             layers,
             final_norm,
             head,
             rope_freq_factors,
-        })
+        }
+        .with_stored_inputs(view)
     }
 }
 
@@ -384,6 +385,12 @@ pub fn rope_inv_freq(arch: &ArchConfig, freq_factors: Option<&[f32]>) -> Vec<f64
         }
     }
     f
+}
+
+/// The file's name of parameter `param` (`weight` or `bias`) of `what`
+/// (`attn_norm`, `attn_v`, `ffn_up`, ...) in layer `i`.
+pub fn layer_tensor_name(view: &ModelView, i: usize, what: &str, param: &str) -> String {
+    Names::of(view).layer_param(i, what, param)
 }
 
 /// The name of a global tensor: `embed`, `norm` or `head`.

@@ -317,8 +317,17 @@ impl<'a> LayerRunner<'a> {
     ) -> Result<(QuantizedTensor, gptq::GptqReport)> {
         let t = Instant::now();
         let hdiag: Vec<f32> = (0..cols).map(|i| h[i * cols + i]).collect();
-        let q =
-            rtn::quantize_weighted(self.backend, name, w, rows, cols, self.scheme, Some(&hdiag))?;
+        let clip = self.opts.weight_clip();
+        let q = rtn::quantize_clipped(
+            self.backend,
+            name,
+            w,
+            rows,
+            cols,
+            self.scheme,
+            clip,
+            Some(&hdiag),
+        )?;
         let seconds_update = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let (dq, dr) = (diff(w, &self.backend.dequantize(&q)?), diff(w, rw));

@@ -70,6 +70,9 @@ pub struct GptqOptions {
     /// scale search ([`crate::encoding::affine::search`]) instead of its
     /// range, for static and dynamic groups alike.
     pub scale_search: bool,
+    /// Clip each group's range at this calibrator's threshold instead
+    /// (`--clip percentile|kl`, [`crate::encoding::affine::clip`]; CPU only).
+    pub clip: Option<crate::quant::range::RangeCalibrator>,
     /// `λ` of `H ← (1−λ)·H + λ·diag(H)` before factoring: 0 is GPTQ, 1
     /// ignores the input correlations (each column weighted by its `Σx²`
     /// alone, as llama.cpp's importance matrix). The error report still
@@ -78,6 +81,27 @@ pub struct GptqOptions {
 }
 
 impl GptqOptions {
+    /// How groups choose their range: [`GptqOptions::clip`], else the
+    /// scale search or the range.
+    pub fn weight_clip(&self) -> crate::encoding::affine::clip::WeightClip {
+        use crate::encoding::affine::clip::WeightClip;
+        match (self.clip, self.scale_search) {
+            (Some(c), _) => WeightClip::Threshold(c),
+            (None, true) => WeightClip::Mse,
+            (None, false) => WeightClip::MinMax,
+        }
+    }
+
+    /// Options whose groups choose their range by `clip`.
+    pub fn with_clip(mut self, clip: crate::encoding::affine::clip::WeightClip) -> Self {
+        use crate::encoding::affine::clip::WeightClip;
+        self.scale_search = clip == WeightClip::Mse;
+        self.clip = match clip {
+            WeightClip::Threshold(c) => Some(c),
+            _ => None,
+        };
+        self
+    }
     /// `λ` of [`GptqOptions::diag_blend`] in [`GptqOptions::recommended`].
     pub const RECOMMENDED_DIAG_BLEND: f64 = 0.5;
 
@@ -103,6 +127,7 @@ impl Default for GptqOptions {
             max_damp_retries: 16,
             act_order: true,
             scale_search: false,
+            clip: None,
             diag_blend: 0.0,
         }
     }
@@ -245,7 +270,10 @@ pub fn quantize_factored(
         h,
     };
     let t_update = Instant::now();
-    let grid = AffineGrid::searched(scheme, opts.scale_search);
+    let grid = AffineGrid {
+        clip: opts.clip,
+        ..AffineGrid::searched(scheme, opts.scale_search)
+    };
     let codes = quantize_on_grid(backend, &weight, f, &grid, scheme.group_len(cols), opts)?;
     let q = grid.tensor(scheme, rows, cols, codes)?;
     let seconds_update = t_update.elapsed().as_secs_f64();

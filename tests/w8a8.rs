@@ -1,0 +1,265 @@
+//! W8A8 models written by `quantize --act-bits 8` (issue 15): SmoothQuant
+//! leaves the model's function unchanged, the stored INT8 input scales
+//! load and run, dead inputs fall back to per-token scales, and bad
+//! settings are refused before anything is written. Weight clipping
+//! (`--clip`) picks the thresholds it claims.
+//!
+//! Tolerances: smoothing only rescales f32 weights, so the smoothed model's
+//! logits equal the original's to f32 rounding (1e-4 of max |logit|). A W8A8
+//! tiny model is within 5% (relative L2) of its f32 logits: 8-bit weights
+//! and inputs each add ~0.3% relative noise per linear over 14 linears.
+
+mod common;
+
+use common::gptq_model::{tiny_model, HIDDEN, LAYERS};
+use llmq_gpu::encoding::affine::clip::{clipped_params, WeightClip};
+use llmq_gpu::model::forward::{CpuForward, Linear, LlamaWeights};
+use llmq_gpu::pipeline::activations::ActQuantSettings;
+use llmq_gpu::pipeline::calib::CalibConfig;
+use llmq_gpu::pipeline::gptq::GptqSettings;
+use llmq_gpu::quant::range::RangeCalibrator;
+use llmq_gpu::quant::smooth::{channel_max, SmoothedSource, Smoothing};
+use llmq_gpu::{
+    quantize_model_with, CancelToken, Granularity, Method, ModelView, QuantScheme, QuantizeConfig,
+};
+use std::path::Path;
+
+/// The tiny model with planted outlier channels in both RMSNorm weights
+/// (the inputs of q/k/v and gate/up), as LLMs have.
+fn outlier_model(dir: &Path) -> std::path::PathBuf {
+    let mut rng = common::rng("w8a8");
+    tiny_model(dir, &mut rng, &|name, v| {
+        if name.contains("layernorm") {
+            v[3] = 30.0;
+            v[HIDDEN - 7] = -20.0;
+        }
+    })
+}
+
+fn windows(n: usize, len: usize) -> Vec<u32> {
+    (0..n * len)
+        .map(|i| (2 + (i * 7 + i / 5) % 60) as u32)
+        .collect()
+}
+
+fn rel_max(a: &[f32], b: &[f32]) -> f32 {
+    let m = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |d, (x, y)| d.max((x - y).abs())) / m
+}
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (d / n).sqrt()
+}
+
+#[test]
+fn smoothing_keeps_the_model_and_flattens_its_outliers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = outlier_model(dir.path());
+    let view = ModelView::open(&path).unwrap();
+    let tokens = windows(3, 24);
+    let max = channel_max(&view, &tokens, 24, &|| false).unwrap();
+    // α = 1 moves the whole range into the weights: every channel's
+    // largest input becomes 1 (o's channels share a factor per kv group, so
+    // only its ratio is bounded by the one before).
+    let flat = Smoothing::plan(&view, &max, 1.0).unwrap();
+    for s in &flat.sites {
+        match s.site.as_str() {
+            "AttnOutput" => assert!(s.outlier_ratio_after <= s.outlier_ratio_before, "{s:?}"),
+            _ => assert!((s.outlier_ratio_after - 1.0).abs() < 1e-3, "{s:?}"),
+        }
+        assert!(s.outlier_ratio_before > 1.0, "{s:?}");
+    }
+    let plan = Smoothing::plan(&view, &max, 0.5).unwrap();
+    // q, k, v, o, gate, up, down and both norms of every layer.
+    assert_eq!(plan.tensors(), 9 * LAYERS);
+    assert_eq!(plan.sites.len(), 4 * LAYERS);
+    let want = CpuForward::load(&view)
+        .unwrap()
+        .logits(&tokens[..24])
+        .unwrap();
+    let smoothed = ModelView::from_source(Box::new(SmoothedSource::new(view, plan)));
+    let got = CpuForward::load(&smoothed)
+        .unwrap()
+        .logits(&tokens[..24])
+        .unwrap();
+    let d = rel_max(&got, &want);
+    assert!(
+        d < 1e-4,
+        "smoothing changed the logits by {d} of max |logit|"
+    );
+}
+
+fn w8a8_config(model: &Path, out: &Path, act: ActQuantSettings, calib: bool) -> QuantizeConfig {
+    let scheme = QuantScheme::new(8, true, Granularity::Group(32)).unwrap();
+    let mut c = QuantizeConfig::new(model, out, scheme).overwrite(true);
+    if calib {
+        let settings = GptqSettings::new(CalibConfig {
+            samples: 4,
+            len: 32,
+            seed: 1,
+            ..CalibConfig::new(model.parent().unwrap().join("calib.txt"))
+        });
+        c = c.gptq(settings).method(Method::Rtn);
+    }
+    c.activations(act)
+}
+
+#[test]
+fn static_w8a8_model_stores_its_scales_and_runs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = outlier_model(dir.path());
+    let out = dir.path().join("w8a8");
+    let mut act = ActQuantSettings::new(8, RangeCalibrator::Mse).unwrap();
+    act.smooth = Some(0.8);
+    act.samples = 4;
+    let cpu = llmq_gpu::backend::CpuBackend;
+    let config = w8a8_config(&model, &out, act, true);
+    let report = quantize_model_with(&cpu, &config, &mut |_| {}, &CancelToken::default()).unwrap();
+    let a = report.activations.expect("activation report");
+    assert_eq!(a.ranges.len(), 7 * LAYERS);
+    assert_eq!(a.smoothing.len(), 4 * LAYERS);
+    assert!(a
+        .ranges
+        .iter()
+        .all(|r| r.threshold > 0.0 && r.clipped < 0.01));
+
+    let view = ModelView::open(&out).unwrap();
+    let weights = LlamaWeights::load(&view).unwrap();
+    for (layer, l) in weights.layers.iter().enumerate() {
+        for (i, lin) in l.linears().into_iter().enumerate() {
+            match lin {
+                Linear::Int8Input(_, Some(s)) => assert!(*s > 0.0),
+                other => panic!("layer {layer} linear {i} runs as {other:?}"),
+            }
+        }
+    }
+    let tokens = windows(1, 24);
+    let got = CpuForward::new(weights).logits(&tokens).unwrap();
+    let reference = ModelView::open(&model).unwrap();
+    let want = CpuForward::load(&reference)
+        .unwrap()
+        .logits(&tokens)
+        .unwrap();
+    let e = rel_l2(&got, &want);
+    assert!(e < 0.05, "W8A8 logits off by {e} (relative L2)");
+}
+
+#[test]
+fn dynamic_and_dead_inputs_run_per_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = common::rng("w8a8-dead");
+    // Layer 1's attention norm is 0: its q/k/v inputs are always 0.
+    let model = tiny_model(dir.path(), &mut rng, &|name, v| {
+        if name == "model.layers.1.input_layernorm.weight" {
+            v.iter_mut().for_each(|x| *x = 0.0);
+        }
+    });
+    let cpu = llmq_gpu::backend::CpuBackend;
+    let out = dir.path().join("static");
+    let act = ActQuantSettings {
+        samples: 2,
+        ..ActQuantSettings::new(8, RangeCalibrator::Kl).unwrap()
+    };
+    let r = quantize_model_with(
+        &cpu,
+        &w8a8_config(&model, &out, act, true),
+        &mut |_| {},
+        &CancelToken::default(),
+    )
+    .unwrap();
+    let ranges = r.activations.unwrap().ranges;
+    let dead: Vec<_> = ranges.iter().filter(|r| r.threshold == 0.0).collect();
+    // q, k, v of layer 1, and o: v of a zero input is zero.
+    assert_eq!(dead.len(), 4, "{ranges:?}");
+    let w = LlamaWeights::load(&ModelView::open(&out).unwrap()).unwrap();
+    assert!(matches!(w.layers[1].q, Linear::Int8Input(_, None)));
+    assert!(matches!(w.layers[0].q, Linear::Int8Input(_, Some(_))));
+    CpuForward::new(w).logits(&windows(1, 8)).unwrap();
+
+    // Dynamic needs no calibration text.
+    let out = dir.path().join("dynamic");
+    let act = ActQuantSettings {
+        dynamic: true,
+        ..ActQuantSettings::new(8, RangeCalibrator::Mse).unwrap()
+    };
+    quantize_model_with(
+        &cpu,
+        &w8a8_config(&model, &out, act, false),
+        &mut |_| {},
+        &CancelToken::default(),
+    )
+    .unwrap();
+    let w = LlamaWeights::load(&ModelView::open(&out).unwrap()).unwrap();
+    assert!(w.layers.iter().all(|l| l
+        .linears()
+        .iter()
+        .all(|l| matches!(l, Linear::Int8Input(_, None)))));
+}
+
+#[test]
+fn bad_activation_settings_are_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = outlier_model(dir.path());
+    let out = dir.path().join("never");
+    assert!(ActQuantSettings::new(4, RangeCalibrator::Mse).is_err());
+    assert!(RangeCalibrator::parse("percentile", Some(150.0)).is_err());
+    assert!(RangeCalibrator::parse("percentile", Some(0.0)).is_err());
+    let cpu = llmq_gpu::backend::CpuBackend;
+    let act = || ActQuantSettings::new(8, RangeCalibrator::Mse).unwrap();
+    let cases: Vec<(&str, QuantizeConfig)> = vec![
+        (
+            "static without calibration",
+            w8a8_config(&model, &out, act(), false),
+        ),
+        ("4-bit weights", {
+            let mut c = w8a8_config(&model, &out, act(), true);
+            c.scheme = QuantScheme::new(4, true, Granularity::Group(32)).unwrap();
+            c
+        }),
+        ("asymmetric weights", {
+            let mut c = w8a8_config(&model, &out, act(), true);
+            c.scheme = QuantScheme::new(8, false, Granularity::Group(32)).unwrap();
+            c
+        }),
+        ("smoothing strength 2", {
+            let mut a = act();
+            a.smooth = Some(2.0);
+            w8a8_config(&model, &out, a, true)
+        }),
+    ];
+    for (what, config) in cases {
+        let e = quantize_model_with(&cpu, &config, &mut |_| {}, &CancelToken::default());
+        assert!(e.is_err(), "{what} was accepted");
+        assert!(!out.exists(), "{what} left {}", out.display());
+    }
+}
+
+#[test]
+fn weight_clip_thresholds_clip_planted_outliers_only() {
+    let mut rng = common::rng("clip");
+    let mut x: Vec<f32> = (0..4096).map(|_| common::normal(&mut rng)).collect();
+    x[17] = 40.0;
+    let (s_minmax, _) = clipped_params(&x, RangeCalibrator::Percentile(100.0), 3, true).unwrap();
+    let (s_p, _) = clipped_params(&x, RangeCalibrator::Percentile(99.9), 3, true).unwrap();
+    let (s_kl, _) = clipped_params(&x, RangeCalibrator::Kl, 3, true).unwrap();
+    // Symmetric 3-bit: scale = T / 4 (the range rule's −4..3 codes).
+    assert!(
+        s_minmax.abs() >= 40.0 / 4.5,
+        "percentile 100 is the maximum: {s_minmax}"
+    );
+    for (what, s) in [("percentile 99.9", s_p), ("KL", s_kl)] {
+        let t = s.abs() * 4.0;
+        assert!(
+            (1.5..8.0).contains(&t),
+            "{what} threshold {t} for N(0,1) + one 40"
+        );
+    }
+    assert_eq!(
+        WeightClip::parse("percentile", None).unwrap(),
+        WeightClip::Threshold(RangeCalibrator::Percentile(99.9))
+    );
+    assert_eq!(WeightClip::parse("mse", None).unwrap(), WeightClip::Mse);
+    assert!(WeightClip::parse("median", None).is_err());
+}
