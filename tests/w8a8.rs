@@ -263,3 +263,77 @@ fn weight_clip_thresholds_clip_planted_outliers_only() {
     assert_eq!(WeightClip::parse("mse", None).unwrap(), WeightClip::Mse);
     assert!(WeightClip::parse("median", None).is_err());
 }
+
+/// GPU quantization of activations (`shaders/quantize_i8.wgsl`) against the
+/// CPU reference: the same scales and codes (lavapipe divides correctly
+/// rounded; a GPU that does not may move a code by one, which this test
+/// would report as a difference).
+#[test]
+fn gpu_activation_quantization_matches_the_cpu() {
+    use llmq_gpu::backend::gpu::matmul_i8::quantize_i8;
+    use llmq_gpu::encoding::act8::{quantize_dynamic, quantize_static};
+    let ctx = common::gpu();
+    let mut rng = common::rng("gpu-quantize-i8");
+    let (tokens, cols) = (37, 200);
+    let mut x: Vec<f32> = (0..tokens * cols)
+        .map(|_| common::normal(&mut rng))
+        .collect();
+    x[5 * cols + 9] = 60.0; // one token with an outlier
+    x[7 * cols..8 * cols].iter_mut().for_each(|v| *v = 0.0); // an all-zero token
+    let cpu = quantize_dynamic(&x, tokens, cols).unwrap();
+    let gpu = quantize_i8(&ctx, &x, tokens, cols, None).unwrap();
+    assert_eq!(gpu.scales, cpu.scales);
+    assert_eq!(gpu.packed, cpu.packed);
+    let cpu = quantize_static(&x, tokens, cols, 0.02).unwrap();
+    let gpu = quantize_i8(&ctx, &x, tokens, cols, Some(0.02)).unwrap();
+    assert_eq!(gpu.scales, cpu.scales);
+    assert_eq!(gpu.packed, cpu.packed);
+    assert!(quantize_i8(&ctx, &x, tokens, cols, Some(0.0)).is_err());
+    assert!(quantize_i8(&ctx, &x[1..], tokens, cols, None).is_err());
+}
+
+/// A stored W8A8 model runs on the GPU forward as on the CPU: f32 rounding
+/// differs in the attention and norms, so an input can land on the other
+/// side of a rounding tie; the logits agree to 1e-3 of their max.
+#[test]
+fn stored_w8a8_model_runs_on_the_gpu_as_on_the_cpu() {
+    use llmq_gpu::model::forward::gpu::GpuForward;
+    use llmq_gpu::model::forward::Forward;
+    let dir = tempfile::tempdir().unwrap();
+    let model = outlier_model(dir.path());
+    let out = dir.path().join("w8a8");
+    let act = ActQuantSettings {
+        samples: 2,
+        smooth: Some(0.5),
+        ..ActQuantSettings::new(8, RangeCalibrator::Percentile(99.9)).unwrap()
+    };
+    let cpu = llmq_gpu::backend::CpuBackend;
+    quantize_model_with(
+        &cpu,
+        &w8a8_config(&model, &out, act, true),
+        &mut |_| {},
+        &CancelToken::default(),
+    )
+    .unwrap();
+    let view = ModelView::open(&out).unwrap();
+    let tokens = windows(1, 40);
+    let want = CpuForward::load(&view).unwrap().logits(&tokens).unwrap();
+    let gpu = GpuForward::load(common::gpu(), &view).unwrap();
+    let got = gpu.logits(&tokens).unwrap();
+    let d = rel_max(&got, &want);
+    assert!(d < 1e-3, "GPU W8A8 logits differ by {d} of max |logit|");
+    // Decoding token by token goes through the GEMV-sized calls.
+    let mut dec = gpu.decoder(16).unwrap();
+    let last = tokens[..8]
+        .iter()
+        .map(|&t| dec.feed(&[t]).unwrap())
+        .last()
+        .unwrap();
+    let want8 = CpuForward::load(&view)
+        .unwrap()
+        .logits(&tokens[..8])
+        .unwrap();
+    let v = last.len();
+    let d = rel_max(&last, &want8[7 * v..]);
+    assert!(d < 1e-3, "GPU W8A8 decode differs by {d}");
+}

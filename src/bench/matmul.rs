@@ -4,6 +4,7 @@
 //! VQ codebooks).
 
 use crate::backend::gpu::matmul::{time_matmul, GpuQuantWeights};
+use crate::backend::gpu::matmul_i8::time_matmul_i8;
 use crate::backend::gpu::GpuContext;
 use crate::encoding::affine::packing::pack_codes;
 use crate::encoding::affine::scheme::{Granularity, QuantScheme};
@@ -45,6 +46,7 @@ impl Default for MatmulBenchOptions {
                 (11008, 4096, 1),
                 (4096, 4096, 64),
                 (4096, 4096, 128),
+                (4096, 4096, 512),
             ],
             bits: vec![4, 8],
             group: 128,
@@ -341,13 +343,9 @@ fn row(
 /// The INT8 × INT8 path beside an 8-bit case: the same codes as 8-bit
 /// symmetric weights, activations quantized per token inside the timing
 /// (the cost a W8A8 linear pays), CPU reference kernel.
-fn int8_activation_row(
-    w: &EncodedTensor,
-    x: &[f32],
-    tokens: usize,
-    iters: usize,
-    copy_gbps: f64,
-) -> Result<Option<MatmulBenchRow>> {
+/// The 8-bit symmetric copy of an 8-bit case (the weights W8A8 takes);
+/// `None` for other cases.
+fn int8_weights(w: &EncodedTensor) -> Result<Option<QuantizedTensor>> {
     let EncodedTensor::Affine(q) = w else {
         return Ok(None);
     };
@@ -357,6 +355,20 @@ fn int8_activation_row(
     let mut sym = q.clone();
     sym.scheme = QuantScheme::new(8, true, q.scheme.granularity)?;
     sym.zeros.iter_mut().for_each(|z| *z = 128);
+    Ok(Some(sym))
+}
+
+fn int8_activation_row(
+    w: &EncodedTensor,
+    x: &[f32],
+    tokens: usize,
+    iters: usize,
+    copy_gbps: f64,
+) -> Result<Option<MatmulBenchRow>> {
+    let Some(sym) = int8_weights(w)? else {
+        return Ok(None);
+    };
+    let q = &sym;
     let time = best_of(iters, || {
         let a = crate::encoding::act8::quantize_dynamic(x, tokens, q.cols)?;
         crate::encoding::act8::matmul_i8(&sym, &a).map(|_| ())
@@ -442,6 +454,20 @@ pub fn run_matmul_bench(opts: &MatmulBenchOptions) -> Result<MatmulBenchReport> 
             let time = time_matmul(ctx, &gw, t, opts.iters)?;
             let speedup = cpu_time.map(|c| c.as_secs_f64() / time.as_secs_f64().max(1e-12));
             rows.push(row(ctx.adapter.short(), w, t, time, gpu_bw, speedup));
+            if let Some(sym) = int8_weights(w)? {
+                let gw = GpuQuantWeights::upload(ctx, &sym)?;
+                let time = time_matmul_i8(ctx, &gw, t, opts.iters)?;
+                let mut r = row(
+                    ctx.adapter.short(),
+                    &EncodedTensor::Affine(sym),
+                    t,
+                    time,
+                    gpu_bw,
+                    None,
+                );
+                r.encoding = format!("{} A8", r.encoding);
+                rows.push(r);
+            }
         }
     }
     Ok(MatmulBenchReport { bandwidth, rows })

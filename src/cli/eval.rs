@@ -44,7 +44,8 @@ pub struct Args {
     /// Run the models (not the reference) with INT8 activations: each
     /// block linear's input quantized per token to 8 bits and multiplied
     /// in integers with its 8-bit symmetric weights (quantize with --bits
-    /// 8 --sym). Needs --device cpu.
+    /// 8 --sym). Runs on either backend; models written with
+    /// `quantize --act-bits 8` run W8A8 without it.
     #[arg(long, conflicts_with = "llama_cpp_activations")]
     int8_activations: bool,
     /// With --int8-activations: one static scale per linear input instead

@@ -365,7 +365,9 @@ pub fn evaluate(
             (Some(c), InputMode::Int8) => {
                 if config.device != DeviceChoice::Cpu {
                     return Err(Error::Config(
-                        "INT8 activations run on the CPU backend for now: add --device cpu".into(),
+                        "--act-calib observes the inputs on the CPU backend: add --device cpu (or \
+                         calibrate once with quantize --act-bits 8, which runs anywhere)"
+                            .into(),
                     ));
                 }
                 let (f, ranges) =

@@ -16,6 +16,7 @@ use super::{Decoder, Forward, Linear, LlamaWeights};
 use crate::backend::gpu::attention::{self, AttnRows, MAX_HEAD_DIM};
 use crate::backend::gpu::matmul::{encode_matmul, GpuQuantWeights};
 use crate::backend::gpu::matmul_dense::{encode_dense, GpuDenseWeights};
+use crate::backend::gpu::matmul_i8::{encode_matmul_i8, encode_quantize_i8};
 use crate::backend::gpu::rope::{encode_rope, GpuRopeTable};
 use crate::backend::gpu::{elementwise, f32_bytes, row_chunks, GpuBuffer, GpuContext};
 use crate::error::{Error, Result};
@@ -27,6 +28,10 @@ use std::sync::Arc;
 enum GpuLinear {
     Dense(GpuDenseWeights),
     Packed(GpuQuantWeights),
+    /// 8-bit symmetric codes taking INT8 inputs (W8A8): the input is
+    /// quantized on the GPU (static scale, or per token) and multiplied
+    /// in integers.
+    Int8(GpuQuantWeights, Option<f32>),
 }
 
 impl GpuLinear {
@@ -36,9 +41,12 @@ impl GpuLinear {
                 GpuLinear::Dense(GpuDenseWeights::upload(ctx, w, *rows, *cols)?)
             }
             Linear::Packed(q) => GpuLinear::Packed(GpuQuantWeights::upload_encoded(ctx, q)?),
-            Linear::Int8Input(..) | Linear::Observed(..) => {
+            Linear::Int8Input(q, scale) => {
+                GpuLinear::Int8(GpuQuantWeights::upload(ctx, q)?, *scale)
+            }
+            Linear::Observed(..) => {
                 return Err(Error::Config(
-                    "INT8 activations run on the CPU backend for now (--device cpu)".into(),
+                    "activation histograms are gathered on the CPU backend (--device cpu)".into(),
                 ))
             }
             Linear::RoundedInput(..) => {
@@ -61,6 +69,14 @@ impl GpuLinear {
         match self {
             GpuLinear::Dense(w) => encode_dense(ctx, encoder, w, x, y, tokens),
             GpuLinear::Packed(w) => encode_matmul(ctx, encoder, w, x, y, tokens),
+            GpuLinear::Int8(w, scale) => {
+                // Scratch for this call; wgpu keeps it alive until the
+                // submission completes.
+                let xq = ctx.storage("int8.xq", (tokens * w.cols) as u64)?;
+                let xs = ctx.storage("int8.xs", (tokens * 4) as u64)?;
+                encode_quantize_i8(ctx, encoder, x, &xq, &xs, tokens, w.cols, *scale)?;
+                encode_matmul_i8(ctx, encoder, w, &xq, &xs, y, tokens)
+            }
         }
     }
 }

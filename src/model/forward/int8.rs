@@ -2,7 +2,11 @@
 //! block linear stored as 8-bit symmetric codes takes its input quantized
 //! per token to INT8 and multiplies in integers
 //! ([`crate::encoding::act8`]); the output head stays f32, as W8A8
-//! deployments keep it. CPU only for now.
+//! deployments keep it. On the GPU the same weights run through
+//! `shaders/quantize_i8.wgsl` and `shaders/matmul_i8.wgsl`. Models written
+//! by `quantize --act-bits 8` carry their scales
+//! ([`LlamaWeights::with_stored_inputs`]); static calibration from `eval`
+//! observes the inputs on the CPU.
 
 use super::linear::Linear;
 use super::LlamaWeights;

@@ -26,7 +26,7 @@ pub enum Linear {
     RoundedInput(ActivationRounding, Box<Linear>),
     /// 8-bit symmetric codes whose input is quantized to INT8 (with the
     /// static scale when given, else per token) and multiplied in integers
-    /// (`eval --int8-activations`; CPU only).
+    /// (W8A8 models, `eval --int8-activations`; both backends).
     Int8Input(QuantizedTensor, Option<f32>),
     /// A linear whose inputs are also added to a histogram (range
     /// calibration of its activations).

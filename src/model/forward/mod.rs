@@ -543,7 +543,8 @@ pub fn open_forward(
 /// [`open_forward`] with each linear's input fed as `mode` says: rounded
 /// as llama.cpp's CPU backend rounds it
 /// ([`LlamaWeights::with_llama_cpp_activations`]) or quantized to INT8
-/// ([`LlamaWeights::with_int8_activations`]); both CPU only.
+/// ([`LlamaWeights::with_int8_activations`], either backend); the
+/// rounding is CPU only.
 pub fn open_forward_as(
     path: &std::path::Path,
     device: crate::backend::gpu::DeviceChoice,
@@ -557,38 +558,33 @@ pub fn open_forward_as(
         ));
     }
     let view = ModelView::open(path)?;
-    if mode != InputMode::F32 {
+    if mode == InputMode::LlamaCpp {
         if device != DeviceChoice::Cpu {
             return Err(Error::Config(
-                match mode {
-                    InputMode::Int8 => {
-                        "INT8 activations run on the CPU backend for now: add --device cpu"
-                    }
-                    _ => {
-                        "llama.cpp's activation rounding runs on the CPU backend: add --device cpu"
-                    }
-                }
-                .into(),
+                "llama.cpp's activation rounding runs on the CPU backend: add --device cpu".into(),
             ));
         }
-        let weights = LlamaWeights::load(&view)?;
-        let weights = match mode {
-            InputMode::Int8 => weights.with_int8_activations(&view)?,
-            _ => weights.with_llama_cpp_activations(&view)?,
-        };
+        let weights = LlamaWeights::load(&view)?.with_llama_cpp_activations(&view)?;
         return Ok(Box::new(CpuForward::new(weights)));
     }
+    let weights = match mode {
+        InputMode::Int8 => LlamaWeights::load(&view)?.with_int8_activations(&view)?,
+        _ => LlamaWeights::load(&view)?,
+    };
     if device == DeviceChoice::Cpu {
-        return Ok(Box::new(CpuForward::load(&view)?));
+        return Ok(Box::new(CpuForward::new(weights)));
     }
     match GpuContext::new(device, adapter) {
         Ok(ctx) => {
             log::info!("forward on {}", ctx.adapter.short());
-            Ok(Box::new(GpuForward::load(std::sync::Arc::new(ctx), &view)?))
+            Ok(Box::new(GpuForward::new(
+                std::sync::Arc::new(ctx),
+                weights,
+            )?))
         }
         Err(e) if device == DeviceChoice::Auto && adapter.is_none() => {
             log::info!("no GPU adapter ({e}); running the forward pass on the CPU");
-            Ok(Box::new(CpuForward::load(&view)?))
+            Ok(Box::new(CpuForward::new(weights)))
         }
         Err(e) => Err(e),
     }
