@@ -5,7 +5,8 @@
 # against the copy bandwidth and the CPU measured in the same run, GPTVQ of
 # SmolLM2 by phase when its fixture is cached, and GPTQ on Llama-7B-shaped
 # layers (4096 hidden, 11008 MLP, 65,536 synthetic calibration tokens), by
-# phase, extrapolated to a 32-layer model.
+# phase, extrapolated to a 32-layer model; W8A8 against W8 on SmolLM2's
+# forward pass.
 #
 #   BIN=target/release/llmq-gpu OUT=logs LAYERS=2 bash scripts/gpu-speed.sh
 #
@@ -35,4 +36,15 @@ if [ -f "$M" ] && [ -f .cache/austen/emma.txt ]; then
     "$BIN" bench --model "$M" --device vulkan 2>&1 | tee "$OUT/bench-gguf-forward.txt"
     "$BIN" bench --gptq --gptvq --model "$M" --calib .cache/austen/emma.txt --calib-samples 32 \
         --bits 2 --bpw 2.125 --device vulkan 2>&1 | tee "$OUT/bench-gptvq.txt"
+    # W8A8 (INT8 inputs, shaders/quantize_i8.wgsl + matmul_i8.wgsl) against
+    # the same W8 codes with f32 inputs: prefill and decode tokens/s.
+    W=$(mktemp -d)
+    Q="--model $M --bits 8 --sym --group-size 128 --calib .cache/austen/emma.txt --calib-samples 8 \
+        --calib-self-share 0 --device vulkan"
+    "$BIN" quantize $Q --out "$W/w8" > /dev/null
+    "$BIN" quantize $Q --out "$W/w8a8" --act-bits 8 --act-calib minmax --smooth 0.8 > /dev/null
+    for m in w8 w8a8; do
+        "$BIN" bench --model "$W/$m" --device vulkan 2>&1 | tee "$OUT/bench-$m-forward.txt"
+    done
+    rm -rf "$W"
 fi

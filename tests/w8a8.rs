@@ -256,9 +256,21 @@ fn weight_clip_thresholds_clip_planted_outliers_only() {
             "{what} threshold {t} for N(0,1) + one 40"
         );
     }
+    // An asymmetric group on one side of 0 (its grid still holds 0) clips
+    // only its far end, and never below its nearest weight.
+    let mut y: Vec<f32> = (0..128).map(|i| 1.0 + i as f32 / 128.0).collect();
+    y[0] = 5.0;
+    for c in [RangeCalibrator::Percentile(99.0), RangeCalibrator::Kl] {
+        let (s, z) = clipped_params(&y, c, 4, false).unwrap();
+        let hi = (15.0 - z as f32) * s;
+        assert!(s > 0.0 && z == 0 && hi >= 1.0, "{c:?}: [0, {hi}]");
+        if matches!(c, RangeCalibrator::Percentile(_)) {
+            assert!((1.9..4.0).contains(&hi), "{c:?}: [0, {hi}]");
+        }
+    }
     assert_eq!(
         WeightClip::parse("percentile", None).unwrap(),
-        WeightClip::Threshold(RangeCalibrator::Percentile(99.9))
+        WeightClip::Threshold(RangeCalibrator::Percentile(99.0))
     );
     assert_eq!(WeightClip::parse("mse", None).unwrap(), WeightClip::Mse);
     assert!(WeightClip::parse("median", None).is_err());
@@ -336,4 +348,107 @@ fn stored_w8a8_model_runs_on_the_gpu_as_on_the_cpu() {
     let v = last.len();
     let d = rel_max(&last, &want8[7 * v..]);
     assert!(d < 1e-3, "GPU W8A8 decode differs by {d}");
+}
+
+/// The command line: refusals before any work, and a W8A8 folder that
+/// `inspect` shows and `eval` runs (GPU too) with no flag.
+#[test]
+fn cli_writes_and_runs_w8a8_and_refuses_bad_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = outlier_model(dir.path());
+    let calib = dir.path().join("calib.txt");
+    let out = dir.path().join("cli-w8a8");
+    let (m, c, o) = (
+        model.to_str().unwrap(),
+        calib.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let base = [
+        "quantize",
+        "--model",
+        m,
+        "--out",
+        o,
+        "--bits",
+        "8",
+        "--sym",
+        "--group-size",
+        "32",
+        "--device",
+        "cpu",
+        "--calib",
+        c,
+        "--calib-samples",
+        "4",
+        "--calib-len",
+        "32",
+        "--calib-self-share",
+        "0",
+    ];
+    let refused = |extra: &[&str], says: &str| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let r = common::llmq(&args);
+        let err = common::stderr(&r);
+        assert!(
+            !r.status.success() && err.contains(says),
+            "{extra:?}: {err}"
+        );
+        assert!(!out.exists(), "{extra:?} left output");
+    };
+    refused(&["--act-bits", "4"], "8 bits only");
+    refused(
+        &[
+            "--act-bits",
+            "8",
+            "--act-calib",
+            "percentile",
+            "--act-percentile",
+            "150",
+        ],
+        "outside (0, 100]",
+    );
+    refused(&["--smooth", "0.5"], "go with --act-bits 8");
+    refused(&["--act-bits", "8", "--format", "gguf"], "llmq format only");
+    refused(&["--clip", "median"], "unknown range calibrator");
+
+    let args: Vec<&str> = base
+        .iter()
+        .chain(&[
+            "--act-bits",
+            "8",
+            "--act-calib",
+            "mse",
+            "--smooth",
+            "0.5",
+            "--act-calib-samples",
+            "2",
+        ])
+        .copied()
+        .collect();
+    let r = common::llmq(&args);
+    assert!(r.status.success(), "{}", common::stderr(&r));
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        stdout.contains("A8 static MSE, SmoothQuant α 0.5"),
+        "{stdout}"
+    );
+    let r = common::llmq(&["inspect", o]);
+    assert!(String::from_utf8_lossy(&r.stdout).contains("A8 static"));
+    let text = common::text(dir.path(), 300);
+    for device in ["cpu", "vulkan"] {
+        let r = common::llmq(&[
+            "eval",
+            "--model",
+            o,
+            "--text",
+            text.to_str().unwrap(),
+            "--ctx",
+            "32",
+            "--chunks",
+            "2",
+            "--device",
+            device,
+        ]);
+        assert!(r.status.success(), "{device}: {}", common::stderr(&r));
+    }
 }

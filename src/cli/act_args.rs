@@ -40,7 +40,7 @@ pub struct ActArgs {
     /// minmax for RTN without --calib, mse otherwise.
     #[arg(long)]
     clip: Option<String>,
-    /// The percentile of --clip percentile, in (0, 100] (default 99.9).
+    /// The percentile of --clip percentile, in (0, 100] (default 99).
     #[arg(long)]
     clip_percentile: Option<f64>,
 }

@@ -7,7 +7,7 @@
 //!   minimising the group's squared error, weighted by the columns'
 //!   `diag(H)` when there is calibration data, uniformly otherwise;
 //! - **percentile** / **KL**: the threshold `T` of `|w|` that
-//!   [`RangeCalibrator`] picks on a histogram of the group's weights
+//!   [`RangeCalibrator`] picks on a histogram of the group's `|w|`
 //!   ([`GROUP_BINS`] bins), the range then clipped to `[−T, T]`.
 
 use super::scheme::params_from_range;
@@ -28,11 +28,11 @@ pub enum WeightClip {
 }
 
 impl WeightClip {
-    /// `minmax`, `mse`, `percentile` (with `percentile`, default 99.9:
-    /// groups are small) or `kl`.
+    /// `minmax`, `mse`, `percentile` (with `percentile`, default 99: a
+    /// group of 128 then clips its farthest weight) or `kl`.
     pub fn parse(name: &str, percentile: Option<f64>) -> Result<Self> {
         Ok(
-            match RangeCalibrator::parse(name, Some(percentile.unwrap_or(99.9)))? {
+            match RangeCalibrator::parse(name, Some(percentile.unwrap_or(99.0)))? {
                 RangeCalibrator::MinMax => Self::MinMax,
                 RangeCalibrator::Mse => Self::Mse,
                 c => Self::Threshold(c),
@@ -50,7 +50,10 @@ impl WeightClip {
 }
 
 /// Scale and zero-point of the group `x` with its range clipped at the
-/// threshold `calibrator` picks on the group's `|x|`.
+/// threshold `calibrator` picks on the group's `|x|`. The range rule keeps
+/// 0 on every grid, so a group on one side of 0 clips only its far end,
+/// and never below its nearest weight (a threshold under every weight
+/// would clip them all to one code).
 pub fn clipped_params(
     x: &[f32],
     calibrator: RangeCalibrator,
@@ -63,7 +66,7 @@ pub fn clipped_params(
             (lo.min(v), hi.max(v))
         });
     if x.is_empty() || (lo == 0.0 && hi == 0.0) {
-        return Ok(params_from_range(lo.min(0.0), hi.max(0.0), bits, symmetric));
+        return Ok(params_from_range(lo, hi, bits, symmetric));
     }
     let mut h = AbsHistogram::new(GROUP_BINS)?;
     h.add(&CpuBackend, "weight group", x)?;
@@ -76,5 +79,6 @@ pub fn clipped_params(
             calibrator.label()
         )));
     }
+    let t = t.max(lo).max(-hi);
     Ok(params_from_range(lo.max(-t), hi.min(t), bits, symmetric))
 }

@@ -55,7 +55,12 @@ impl LlmqModel {
             tensors.push(TensorInfo {
                 name: name.clone(),
                 shape: m.shape.clone(),
-                dtype: m.dtype.clone(),
+                // W8A8 linears say how their input runs (`inspect`).
+                dtype: match m.input {
+                    Some(i) if i.scale.is_some() => format!("{}, A8 static", m.dtype),
+                    Some(_) => format!("{}, A8 per token", m.dtype),
+                    None => m.dtype.clone(),
+                },
             });
         }
         // File order reads better than alphabetical (layer 10 before layer 2).
