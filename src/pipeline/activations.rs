@@ -65,19 +65,8 @@ impl ActQuantSettings {
     /// Refuses, before any work, what cannot be written: weights the
     /// integer matmul cannot take, static scales or smoothing without
     /// calibration text.
-    pub fn check(
-        &self,
-        scheme: &QuantScheme,
-        cols: usize,
-        calib: Option<&CalibConfig>,
-    ) -> Result<()> {
-        act8::check_i8_scheme(scheme, cols, cols).map_err(|_| {
-            Error::Config(format!(
-                "--act-bits 8 multiplies INT8 activations with 8-bit symmetric weights in groups \
-                 of a multiple of 4; {} is not (use --bits 8 --sym)",
-                scheme.label()
-            ))
-        })?;
+    pub fn check(&self, scheme: &QuantScheme, calib: Option<&CalibConfig>) -> Result<()> {
+        self.check_width(scheme, 4)?;
         if let Some(a) = self.smooth {
             if !(0.0..=1.0).contains(&a) {
                 return Err(Error::Config(format!(
@@ -98,6 +87,20 @@ impl ActQuantSettings {
             ));
         }
         Ok(())
+    }
+
+    /// Refuses weights of `scheme` over `cols` inputs that the INT8 matmul
+    /// cannot take.
+    pub fn check_width(&self, scheme: &QuantScheme, cols: usize) -> Result<()> {
+        act8::check_i8_scheme(scheme, cols, cols)
+            .map(|_| ())
+            .map_err(|_| {
+                Error::Config(format!(
+                    "--act-bits 8 multiplies INT8 activations with 8-bit symmetric weights in \
+                     groups of a multiple of 4; {} over {cols} inputs is not (use --bits 8 --sym)",
+                    scheme.label()
+                ))
+            })
     }
 }
 

@@ -295,7 +295,7 @@ pub fn quantize_model_with(
     let (mut act_windows, mut smoothing) = (Vec::new(), Vec::new());
     if let Some(a) = &config.activations {
         // Every linear's width is checked with the other shapes below.
-        a.check(&config.scheme, 4, config.gptq.as_ref().map(|g| &g.calib))?;
+        a.check(&config.scheme, config.gptq.as_ref().map(|g| &g.calib))?;
         if let Some(g) = config
             .gptq
             .as_ref()
@@ -326,15 +326,11 @@ pub fn quantize_model_with(
         }
         config.scheme.check_shape(&t.name, t.shape[0], t.shape[1])?;
         if let Some(a) = &config.activations {
-            a.check(
-                &config.scheme,
-                t.shape[1],
-                config.gptq.as_ref().map(|g| &g.calib),
-            )
-            .map_err(|e| Error::BadTensor {
-                name: t.name.clone(),
-                msg: e.to_string(),
-            })?;
+            a.check_width(&config.scheme, t.shape[1])
+                .map_err(|e| Error::BadTensor {
+                    name: t.name.clone(),
+                    msg: e.to_string(),
+                })?;
         }
         if config
             .scheme
