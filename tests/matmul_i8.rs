@@ -10,7 +10,7 @@ mod common;
 use llmq_gpu::backend::gpu::matmul::GpuQuantWeights;
 use llmq_gpu::backend::gpu::matmul_i8::{matmul_i8 as gpu_i8, matmul_i8_resident};
 use llmq_gpu::encoding::act8::{
-    matmul_i8, quantize_dynamic, quantize_static, QuantizedActivations,
+    matmul_i8, matmul_i8_on, quantize_dynamic, quantize_static, CpuInt8Kernel, QuantizedActivations,
 };
 use llmq_gpu::encoding::affine::packing::pack_codes;
 use llmq_gpu::encoding::{Granularity, QuantScheme, QuantizedTensor};
@@ -148,6 +148,71 @@ fn scaled_int8_matmul_matches_the_dequantized_product() {
     let want = matmul_i8(&w, &a).unwrap();
     for (g, c) in got.iter().zip(&want) {
         assert!((g - c).abs() <= 1e-5 * c.abs().max(1e-3), "{g} vs {c}");
+    }
+}
+
+/// `s_t · Σ_g (scale_g · dot_g)`, groups in order, as the portable loop
+/// and the WGSL compute it.
+fn ordered_reference(w: &QuantizedTensor, a: &QuantizedActivations) -> Vec<f32> {
+    let c = llmq_gpu::encoding::affine::packing::unpack_codes(&w.packed, w.rows, w.cols, 8);
+    let q: Vec<i32> = a
+        .packed
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .map(|b| b as i8 as i32)
+        .collect();
+    let glen = w.scheme.group_len(w.cols);
+    let gpr = w.cols.div_ceil(glen);
+    let mut y = vec![0f32; a.tokens * w.rows];
+    for t in 0..a.tokens {
+        for r in 0..w.rows {
+            let mut acc = 0f32;
+            for g in 0..gpr {
+                let dot: i32 = (g * glen..((g + 1) * glen).min(w.cols))
+                    .map(|k| (c[r * w.cols + k] as i32 - 128) * q[t * w.cols + k])
+                    .sum();
+                acc += w.scales[r * gpr + g] * dot as f32;
+            }
+            y[t * w.rows + r] = a.scales[t] * acc;
+        }
+    }
+    y
+}
+
+#[test]
+fn cpu_register_tiles_equal_the_ordered_sum_bit_for_bit() {
+    // GEMV tiles (8 rows), batch tiles (2 x 4) with row and token tails,
+    // whole-vector groups and groups the tiles do not take (g 4, 100 cols).
+    let mut rng = common::rng("cpu_register_tiles_equal_the_ordered_sum_bit_for_bit");
+    for (rows, cols, g, tokens) in [
+        (13, 128, Granularity::Group(32), 1),
+        (9, 192, Granularity::Group(64), 3),
+        (7, 96, Granularity::PerChannel, 37),
+        (64, 256, Granularity::Group(128), 70),
+        (5, 100, Granularity::Group(4), 33),
+        (1, 32, Granularity::Group(32), 40),
+        // A shorter last group of whole vectors (576 = 4.5 groups of 128).
+        (11, 576, Granularity::Group(128), 130),
+        (6, 576, Granularity::Group(128), 2),
+    ] {
+        let w = weights(&mut rng, rows, cols, g, false);
+        let x: Vec<f32> = (0..tokens * cols)
+            .map(|_| 3.0 * common::normal(&mut rng))
+            .collect();
+        let a = quantize_dynamic(&x, tokens, cols).unwrap();
+        let want = ordered_reference(&w, &a);
+        for kernel in [
+            CpuInt8Kernel::Best,
+            CpuInt8Kernel::Avx2,
+            CpuInt8Kernel::Portable,
+        ] {
+            let got = matmul_i8_on(kernel, &w, &a).unwrap();
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same, "{kernel:?} {rows}x{cols} {g:?} {tokens} tokens");
+        }
     }
 }
 
