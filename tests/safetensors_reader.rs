@@ -221,6 +221,40 @@ fn tensor_missing_from_its_shard_is_named() {
 }
 
 #[test]
+fn shard_names_that_leave_the_folder_are_refused() {
+    // A real shard outside the model folder: the index must not reach it.
+    let outer = tempfile::tempdir().unwrap();
+    let dir = outer.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    write_sharded(&dir);
+    std::fs::copy(
+        dir.join("model-00002-of-00002.safetensors"),
+        outer.path().join("outside.safetensors"),
+    )
+    .unwrap();
+    let outside = outer.path().join("outside.safetensors");
+    for name in [
+        "../outside.safetensors",
+        outside.to_str().unwrap(),
+        "sub/../../outside.safetensors",
+        "..",
+        "",
+    ] {
+        let index = serde_json::json!({
+            "weight_map": {
+                "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+                "lm_head.weight": name,
+            }
+        });
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        let err = SafetensorsModel::open(&dir).err().map(|e| e.to_string());
+        let err = err.unwrap_or_else(|| panic!("'{name}' was opened"));
+        assert!(err.contains("plain file names"), "{name}: {err}");
+        assert!(err.contains("lm_head.weight"), "{name}: {err}");
+    }
+}
+
+#[test]
 fn garbage_header_is_rejected_with_the_file_name() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &llama_config());

@@ -92,6 +92,16 @@ impl SafetensorsFiles {
                     format!("weight_map entry for '{tensor}' is not a file name"),
                 ));
             };
+            if !is_plain_file_name(file) {
+                return Err(Error::format(
+                    index,
+                    format!(
+                        "weight_map entry for '{tensor}' names '{file}': shards must be plain \
+                         file names in the model folder (no '/', '\\' or '..'), so an index \
+                         cannot point outside it"
+                    ),
+                ));
+            }
             if !shard_names.contains(&file) {
                 shard_names.push(file);
             }
@@ -387,4 +397,14 @@ impl TensorSource for SafetensorsModel {
     fn companion_files(&self) -> Vec<PathBuf> {
         self.companions.clone()
     }
+}
+
+/// A name that stays in its folder when joined to it: one normal path
+/// component (not `..`, `.`, absolute, or with a separator of any platform).
+fn is_plain_file_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(parts.next(), Some(std::path::Component::Normal(_)))
+        && parts.next().is_none()
+        && !name.contains(['/', '\\'])
+        && !name.contains('\0')
 }
