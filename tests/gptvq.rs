@@ -227,11 +227,13 @@ fn identity_hessian_assigns_nearest_centroids() {
 
 /// Both assignment weightings and both inits run and land near the best
 /// of the four. EM finds local optima, and the Mahalanobis init finds
-/// worse ones on these Gaussian weights: over seeds 200–260 the worst
-/// ratio to the best of the four was 1.20 for k-means++ under either
-/// weighting, 1.85 for the default (Cholesky diagonal, Mahalanobis) and
-/// 4.41 for the inverse diagonal with Mahalanobis (CI failed at 3.3 with
-/// seed 8517594624536712199), so the bounds are 1.6, 2.5 and 6.
+/// worse ones on these Gaussian weights, with a heavy tail: over 340 seeds
+/// (300–339, 1000–1299) the worst ratio to the best of the four was 1.71
+/// for k-means++ (p99 1.27), 2.67 for the default Cholesky diagonal with
+/// Mahalanobis (p99 1.97; CI failed at 2.81 with seed 7865445098585665066)
+/// and 4.59 for the inverse diagonal with Mahalanobis (p99 4.24), so the
+/// bounds are 2.2, 4 and 8: this test checks that each combination works,
+/// not which is best (the README's ablations measure that).
 #[test]
 fn weightings_and_inits_all_work() {
     let mut rng = common::rng("weightings_and_inits_all_work");
@@ -254,9 +256,9 @@ fn weightings_and_inits_all_work() {
     let best = errors.iter().fold(f64::MAX, |a, e| a.min(e.2));
     for &(weighting, init, e) in &errors {
         let bound = match (weighting, init) {
-            (_, VqInit::KmeansPlusPlus) => 1.6,
-            (AssignWeight::CholeskyDiag, VqInit::Mahalanobis) => 2.5,
-            (AssignWeight::InverseDiag, VqInit::Mahalanobis) => 6.0,
+            (_, VqInit::KmeansPlusPlus) => 2.2,
+            (AssignWeight::CholeskyDiag, VqInit::Mahalanobis) => 4.0,
+            (AssignWeight::InverseDiag, VqInit::Mahalanobis) => 8.0,
         };
         assert!(
             e.is_finite() && e <= bound * best,
