@@ -42,7 +42,8 @@ impl InputQuant {
             return Err(Error::BadTensor {
                 name: tensor.into(),
                 msg: format!(
-                    "input quantization {} bits, scale {:?}: only 8-bit inputs with a finite                      positive scale (or per-token scales) run",
+                    "input quantization {} bits, scale {:?}: only 8-bit inputs with a finite \
+                     positive scale (or per-token scales) run",
                     self.bits, self.scale
                 ),
             });
