@@ -8,7 +8,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", io_hint(path, source))]
     Io {
         path: PathBuf,
         #[source]
@@ -40,6 +40,27 @@ pub enum Error {
 
     #[error("cancelled")]
     Cancelled,
+}
+
+/// What to do about the I/O failures users meet most, and a word on
+/// temporary output files (whose names they never chose).
+fn io_hint(path: &std::path::Path, e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    let what = match e.kind() {
+        K::StorageFull => " (the disk is full: free space or write elsewhere)",
+        K::FileTooLarge => {
+            " (over the file-size limit, `ulimit -f`, or the filesystem's largest file)"
+        }
+        K::ReadOnlyFilesystem => " (a read-only filesystem: write elsewhere)",
+        K::PermissionDenied => " (no permission: check the folder's owner and mode)",
+        _ => "",
+    };
+    let temp = if path.to_string_lossy().contains(".llmq-tmp-") {
+        "; this was the run's temporary output, deleted: nothing was kept"
+    } else {
+        ""
+    };
+    format!("{what}{temp}")
 }
 
 impl Error {

@@ -25,6 +25,10 @@ fn main() -> ExitCode {
         .init();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(llmq_gpu::Error::Cancelled) => {
+            eprintln!("stopped by a signal: no partial output was kept");
+            ExitCode::from(cli::EXIT_INTERRUPTED)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -5,7 +5,7 @@
 use super::{human_bytes, print_out, DeviceArgs};
 use indicatif::{ProgressBar, ProgressStyle};
 use llmq_gpu::eval::{self, EvalConfig, EvalProgress, EvalReport};
-use llmq_gpu::{CancelToken, Error, Result};
+use llmq_gpu::{Error, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -93,7 +93,11 @@ pub fn run(a: Args) -> Result<()> {
         return run_texts(&a, &config, &bar);
     }
     let mut on_progress = |p: EvalProgress| show_progress(&bar, &a.text[0], p);
-    let result = eval::evaluate(&config, &mut on_progress, &CancelToken::default());
+    let result = eval::evaluate(
+        &config,
+        &mut on_progress,
+        &super::interrupt::cancel_on_signals(),
+    );
     bar.finish_and_clear();
     let reports = result?;
 
@@ -162,7 +166,12 @@ fn show_progress(bar: &ProgressBar, text: &Path, p: EvalProgress) {
 /// Several texts: a table per text, then the models' means.
 fn run_texts(a: &Args, config: &EvalConfig, bar: &ProgressBar) -> Result<()> {
     let mut on_progress = |i: usize, p: EvalProgress| show_progress(bar, &a.text[i], p);
-    let result = eval::evaluate_texts(config, &a.text, &mut on_progress, &CancelToken::default());
+    let result = eval::evaluate_texts(
+        config,
+        &a.text,
+        &mut on_progress,
+        &super::interrupt::cancel_on_signals(),
+    );
     bar.finish_and_clear();
     let report = result?;
     if let Some(path) = &a.table {

@@ -9,7 +9,10 @@ mod generate;
 mod gguf_out;
 mod gptvq;
 mod inspect;
+mod interrupt;
 mod quantize;
+
+pub use interrupt::EXIT_INTERRUPTED;
 
 use clap::{Parser, Subcommand};
 use llmq_gpu::{DeviceChoice, Result};

@@ -5,9 +5,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use llmq_gpu::pipeline::calib::{CalibConfig, CalibSource};
 use llmq_gpu::pipeline::gptq::{GptqRunReport, GptqSettings, LinearReport};
 use llmq_gpu::quant::gptq::GptqOptions;
-use llmq_gpu::{
-    CancelToken, Error, Granularity, Method, Progress, QuantScheme, QuantizeConfig, Result,
-};
+use llmq_gpu::{Error, Granularity, Method, Progress, QuantScheme, QuantizeConfig, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -332,7 +330,11 @@ pub fn run(a: Args) -> Result<()> {
         )),
         Progress::Writing => bar.set_message("writing"),
     };
-    let result = llmq_gpu::quantize_model(&config, &mut on_progress, &CancelToken::default());
+    let result = llmq_gpu::quantize_model(
+        &config,
+        &mut on_progress,
+        &super::interrupt::cancel_on_signals(),
+    );
     bar.finish_and_clear();
     let mut report = result?;
     // Where the GPTQ report ends up: in the llmq folder, or beside a

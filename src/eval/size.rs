@@ -66,8 +66,7 @@ pub fn linear_storage(view: &ModelView) -> Result<LinearStorage> {
             .and_then(|m| m.tensor_meta(&t.name))
             .filter(|m| m.kind == StoredKind::Quantized)
             .map(|m| {
-                let cols = *m.shape.last()?;
-                let rows = m.shape.iter().product::<usize>() / cols.max(1);
+                let (rows, cols) = crate::formats::source::matrix_shape(&m.shape)?;
                 Some(m.encoding()?.stored_bytes(rows, cols) as f64 * 8.0)
             });
         let b = match stored {

@@ -160,19 +160,58 @@ pub fn sync_dir(path: &Path) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
-/// Refuses an output path that is the source model itself, or a folder
-/// holding it (replacing it would delete the source).
+/// Refuses an output path that is the source model itself, a folder
+/// holding it (replacing it would delete the source), or a path inside the
+/// source folder (the output would become part of the model it came from).
+/// Paths that do not exist yet are resolved through their nearest existing
+/// ancestor, so `--out model/q` is caught before `model/q` exists.
 pub fn refuse_source_as_target(src: &Path, out: &Path) -> Result<()> {
-    let same = match (src.canonicalize(), out.canonicalize()) {
-        (Ok(a), Ok(b)) => a.starts_with(b),
-        _ => false,
+    let (Ok(src_abs), Some(out_abs)) = (src.canonicalize(), resolve(out)) else {
+        return Ok(());
     };
-    if same {
+    if src_abs.starts_with(&out_abs) {
         return Err(Error::Config(format!(
             "--out {} is (or holds) the source model {}; write to another path",
             out.display(),
             src.display()
         )));
     }
+    if src_abs.is_dir() && out_abs.starts_with(&src_abs) {
+        return Err(Error::Config(format!(
+            "--out {} is inside the source model folder {}; write outside it (the output \
+             would be mixed into the model it was made from)",
+            out.display(),
+            src.display()
+        )));
+    }
     Ok(())
+}
+
+/// `path` made absolute with symlinks resolved as far as it exists, the
+/// rest appended as written (`..` taken lexically).
+fn resolve(path: &Path) -> Option<PathBuf> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(path)
+    };
+    let mut base = abs.as_path();
+    let mut tail = Vec::new();
+    let mut resolved = loop {
+        if let Ok(c) = base.canonicalize() {
+            break c;
+        }
+        tail.push(base.components().next_back()?);
+        base = base.parent()?;
+    };
+    for c in tail.into_iter().rev() {
+        match c {
+            std::path::Component::ParentDir => {
+                resolved.pop();
+            }
+            std::path::Component::Normal(n) => resolved.push(n),
+            _ => {}
+        }
+    }
+    Some(resolved)
 }

@@ -16,7 +16,28 @@ pub struct TensorInfo {
     pub dtype: String,
 }
 
+/// No model tensor has more elements; a file that claims more is corrupt,
+/// and below this every size computed from a shape fits in `usize`.
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 48;
+
+/// The element count of `shape`, or `None` when it overflows or passes
+/// [`MAX_TENSOR_ELEMENTS`] (shapes read from files go through this first).
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_TENSOR_ELEMENTS)
+}
+
+/// `[rows, cols]` of a shape read as a matrix (the last dimension is the
+/// columns), checked as [`checked_numel`].
+pub fn matrix_shape(shape: &[usize]) -> Option<(usize, usize)> {
+    let cols = *shape.last()?;
+    Some((checked_numel(shape)? / cols.max(1), cols))
+}
+
 impl TensorInfo {
+    /// Readers check shapes with [`checked_numel`] when they open a file.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

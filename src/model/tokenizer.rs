@@ -102,6 +102,12 @@ impl Tokenizer {
 
     /// Builds from GGUF-style `tokenizer.ggml.*` keys; `path` is only named in errors.
     pub fn from_gguf_metadata(path: &Path, meta: &HashMap<String, Value>) -> Result<Self> {
+        contained(path, "building the tokenizer from GGUF metadata", || {
+            Self::build_from_gguf_metadata(path, meta)
+        })
+    }
+
+    fn build_from_gguf_metadata(path: &Path, meta: &HashMap<String, Value>) -> Result<Self> {
         let missing = |key: &str| {
             Error::format(
                 path,
@@ -302,6 +308,29 @@ impl Tokenizer {
         tokenizer_config: Option<&Path>,
         config: Option<&Path>,
     ) -> Result<Self> {
+        contained(tokenizer_json, "reading tokenizer", || {
+            Self::build_from_hf_files(model_path, tokenizer_json, tokenizer_config, config)
+        })
+    }
+
+    fn build_from_hf_files(
+        model_path: &Path,
+        tokenizer_json: &Path,
+        tokenizer_config: Option<&Path>,
+        config: Option<&Path>,
+    ) -> Result<Self> {
+        let len = std::fs::metadata(tokenizer_json)
+            .map_err(|e| Error::io(tokenizer_json, e))?
+            .len();
+        if len > MAX_TOKENIZER_JSON_BYTES {
+            return Err(Error::format(
+                tokenizer_json,
+                format!(
+                    "{len} bytes: larger than any tokenizer ({MAX_TOKENIZER_JSON_BYTES} at most; \
+                     real ones are tens of MB)"
+                ),
+            ));
+        }
         let inner = tokenizers::Tokenizer::from_file(tokenizer_json)
             .map_err(|e| Error::format(tokenizer_json, format!("reading tokenizer: {e}")))?;
         let tok_cfg = tokenizer_config.map(read_json).transpose()?;
@@ -346,10 +375,11 @@ impl Tokenizer {
     /// map to their ids. BOS is prepended only when `add_bos` is set, whatever
     /// the tokenizer's own post-processor would do.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| Error::format(&self.path, format!("tokenizing: {e}")))?;
+        let enc = contained(&self.path, "tokenizing", || {
+            self.inner
+                .encode_fast(text, false)
+                .map_err(|e| Error::format(&self.path, format!("tokenizing: {e}")))
+        })?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if add_bos {
             let bos = self.bos.ok_or_else(|| {
@@ -375,9 +405,11 @@ impl Tokenizer {
                 ),
             ));
         }
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| Error::format(&self.path, format!("detokenizing: {e}")))
+        contained(&self.path, "detokenizing", || {
+            self.inner
+                .decode(ids, false)
+                .map_err(|e| Error::format(&self.path, format!("detokenizing: {e}")))
+        })
     }
 
     pub fn bos_id(&self) -> Option<u32> {
@@ -401,6 +433,25 @@ impl Tokenizer {
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
+}
+
+/// The `tokenizers` crate panics on some malformed tokenizers (a merge
+/// longer than its token while building a BPE, a decoder that fails to
+/// deserialize inside its helper): those become errors naming the file
+/// rather than ending the process. The panic message still reaches the
+/// process's panic hook (stderr by default).
+fn contained<T>(path: &Path, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Err(Error::format(
+            path,
+            format!("{what}: the tokenizers library failed on this tokenizer ({msg})"),
+        ))
+    })
 }
 
 /// Pre-tokenizer for llama.cpp's `tokenizer.ggml.pre` name.
@@ -434,6 +485,12 @@ fn pre_tokenizer_for(path: &Path, pre: &str) -> Result<PreTokenizerWrapper> {
     })
 }
 
+/// Vocabulary and merges lists longer than this are refused before the
+/// tokenizer's maps are built from them.
+const MAX_TOKENIZER_ENTRIES: usize = 1 << 24;
+/// The largest `tokenizer.json` read (the largest real ones are ~30 MB).
+const MAX_TOKENIZER_JSON_BYTES: u64 = 1 << 30;
+
 fn string_array(
     path: &Path,
     meta: &HashMap<String, Value>,
@@ -445,6 +502,16 @@ fn string_array(
     let arr = v
         .as_array()
         .ok_or_else(|| Error::format(path, format!("metadata '{key}' is not an array")))?;
+    if arr.len() > MAX_TOKENIZER_ENTRIES {
+        return Err(Error::format(
+            path,
+            format!(
+                "metadata '{key}' has {} entries, more than any tokenizer ({MAX_TOKENIZER_ENTRIES} \
+                 at most; the largest vocabularies have about 256k): the file is corrupt",
+                arr.len()
+            ),
+        ));
+    }
     arr.iter()
         .enumerate()
         .map(|(i, v)| {

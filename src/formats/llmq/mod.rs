@@ -147,7 +147,6 @@ pub(super) fn first_part_name(name: &str, m: &LlmqTensorMeta) -> Option<String> 
 /// The encoding and `[rows, cols]` of a quantized entry.
 pub(super) fn quantized_shape(m: &LlmqTensorMeta) -> Option<(Encoding, usize, usize)> {
     let encoding = m.encoding()?;
-    let cols = *m.shape.last()?;
-    let rows = m.shape.iter().product::<usize>() / cols.max(1);
+    let (rows, cols) = crate::formats::source::matrix_shape(&m.shape)?;
     Some((encoding, rows, cols))
 }

@@ -7,7 +7,7 @@ use crate::encoding::{EncodedTensor, QuantizedTensor};
 use crate::error::{Error, Result};
 use crate::formats::hf_config::companion_files_in;
 use crate::formats::safetensors_model::SafetensorsFiles;
-use crate::formats::source::{TensorInfo, TensorSource};
+use crate::formats::source::{matrix_shape, TensorInfo, TensorSource};
 use crate::model::arch::ArchConfig;
 use safetensors::Dtype;
 use serde_json::Value;
@@ -166,6 +166,15 @@ fn check_components(
         }
         Ok(())
     };
+    let Some((rows, cols)) = matrix_shape(&m.shape) else {
+        return Err(Error::format(
+            dir.join(METADATA_FILE),
+            format!(
+                "tensor '{name}': shape {:?} has more elements than any model (or overflows)",
+                m.shape
+            ),
+        ));
+    };
     match m.kind {
         StoredKind::Kept => want(name, Dtype::F16, &m.shape),
         StoredKind::Quantized => {
@@ -175,8 +184,6 @@ fn check_components(
                     format!("tensor '{name}': quantized but bits/symmetric/granularity missing or invalid"),
                 ));
             };
-            let cols = *m.shape.last().unwrap_or(&0);
-            let rows = m.shape.iter().product::<usize>() / cols.max(1);
             if rows == 0 || cols == 0 {
                 return Err(Error::format(
                     dir.join(METADATA_FILE),

@@ -1,0 +1,486 @@
+//! Faults during a run (issue 16, item 3): a signal, a file-size limit, a
+//! read-only destination, an output path that is the source or inside it,
+//! a symlink at the output path, a device lost mid-run. Each is a clear
+//! error, the source is untouched and nothing is left at the output path.
+
+mod common;
+
+use llmq_gpu::backend::cpu::ops::AttnShape;
+use llmq_gpu::backend::{
+    Backend, CodebookSystem, CpuBackend, GptqColumns, GptqSpec, GroupParams, ResidentHessian,
+};
+use llmq_gpu::encoding::{QuantizedTensor, VqTensor};
+use llmq_gpu::pipeline::calib::CalibConfig;
+use llmq_gpu::pipeline::gptq::GptqSettings;
+use llmq_gpu::{quantize_model_with, CancelToken, Granularity, QuantScheme, QuantizeConfig};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_llmq-gpu")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Nothing at `out`, and no staging folder or temporary file beside it.
+fn assert_nothing_left(out: &Path) {
+    assert!(
+        std::fs::symlink_metadata(out).is_err(),
+        "{} exists",
+        out.display()
+    );
+    let name = out.file_name().unwrap().to_string_lossy().into_owned();
+    let left: Vec<String> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!(".{name}.llmq-")))
+        .collect();
+    assert!(left.is_empty(), "left beside the output: {left:?}");
+}
+
+/// Every file of a folder (or the file) with its length and modification time.
+fn snapshot(p: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut v = Vec::new();
+    let entries: Vec<PathBuf> = if p.is_dir() {
+        std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    } else {
+        vec![p.to_path_buf()]
+    };
+    for e in entries {
+        let m = std::fs::metadata(&e).unwrap();
+        v.push((e, m.len(), m.modified().unwrap()));
+    }
+    v.sort();
+    v
+}
+
+fn send(pid: u32, signal: libc::c_int) {
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
+}
+
+/// When to send the signal: once stderr shows a line, or after a while.
+enum When {
+    Line(&'static str),
+    After(Duration),
+}
+
+/// Starts `args`, sends `signal` at `when`, and returns the exit code, the
+/// stderr and how long the stop took after the signal.
+fn interrupt(args: &[&str], when: When, signal: libc::c_int) -> (Option<i32>, String, Duration) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut text = String::new();
+    match when {
+        When::Line(want) => loop {
+            let mut line = String::new();
+            if err.read_line(&mut line).unwrap() == 0 {
+                panic!("the run ended before '{want}' appeared:\n{text}");
+            }
+            text += &line;
+            if line.contains(want) {
+                break;
+            }
+        },
+        When::After(d) => {
+            std::thread::sleep(d);
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the run ended within {d:?}"
+            );
+        }
+    }
+    send(child.id(), signal);
+    let sent = Instant::now();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    (status.code(), text + &rest, sent.elapsed())
+}
+
+#[test]
+fn sigterm_mid_gptq_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::smollm2_gguf();
+    let before = snapshot(&model);
+    let emma = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/austen/emma.txt");
+    let out = dir.path().join("q");
+    let (code, err, took) = interrupt(
+        &[
+            "quantize",
+            "--model",
+            s(&model),
+            "--out",
+            s(&out),
+            "--method",
+            "gptq",
+            "--calib",
+            s(&emma),
+            "--calib-samples",
+            "8",
+            "--calib-len",
+            "64",
+            "--device",
+            "cpu",
+        ],
+        When::Line("layer   1/"),
+        libc::SIGTERM,
+    );
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("stopped by a signal"), "{err}");
+    // Cancellation is checked per layer: one SmolLM2 layer is well under this.
+    assert!(took < Duration::from_secs(60), "took {took:?} to stop");
+    assert_nothing_left(&out);
+    assert_eq!(snapshot(&model), before, "the source changed");
+}
+
+#[test]
+fn sigint_mid_eval_stops_cleanly() {
+    let persuasion = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/austen/persuasion.txt");
+    let model = common::smollm2_gguf();
+    let (code, err, took) = interrupt(
+        &[
+            "eval",
+            "--model",
+            s(&model),
+            "--text",
+            s(&persuasion),
+            "--device",
+            "cpu",
+        ],
+        // Evaluating Persuasion on the CPU takes minutes; eval prints
+        // nothing before its end when stderr is not a terminal.
+        When::After(Duration::from_secs(4)),
+        libc::SIGINT,
+    );
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("stopped by a signal"), "{err}");
+    assert!(took < Duration::from_secs(60), "took {took:?} to stop");
+}
+
+/// `quantize` of the tiny model with the file-size limit of `sh`'s
+/// `ulimit -f` (KiB) and SIGXFSZ ignored, so a write past it fails with
+/// EFBIG the way a full disk fails with ENOSPC.
+fn quantize_with_file_limit(model: &Path, out: &Path, kib: u32, extra: &[&str]) -> (bool, String) {
+    let mut cmd = format!(
+        "ulimit -f {kib}; trap '' XFSZ; exec '{}' quantize --model '{}' --out '{}' --bits 8 --group-size 32 --device cpu",
+        bin(),
+        s(model),
+        s(out)
+    );
+    for e in extra {
+        cmd += &format!(" {e}");
+    }
+    let o = Command::new("sh").args(["-c", &cmd]).output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_write_past_the_file_size_limit_fails_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = common::rng("a_write_past_the_file_size_limit_fails_and_leaves_nothing");
+    let tiny = common::gptq_model::tiny_model(dir.path(), &mut rng, &|_, _| {});
+    // GGUF output needs a byte-level tokenizer: SmolLM2's (a single file written).
+    let smollm2 = common::smollm2_gguf();
+    for (model, name, extra) in [
+        (&tiny, "q", &[][..]),
+        (&smollm2, "q.gguf", &["--format", "gguf"][..]),
+    ] {
+        let before = snapshot(model);
+        let out = dir.path().join(name);
+        let (ok, err) = quantize_with_file_limit(model, &out, 16, extra);
+        assert!(!ok, "{name}: the run succeeded under a 16 KiB file limit");
+        assert!(err.contains("File too large"), "{name}: {err}");
+        assert!(
+            err.contains(s(dir.path())),
+            "{name}: the error names no path: {err}"
+        );
+        assert_nothing_left(&out);
+        assert_eq!(snapshot(model), before, "the source changed");
+    }
+    // The same run without the limit succeeds: the limit was the failure.
+    let out = dir.path().join("q");
+    let (ok, err) = quantize_with_file_limit(&tiny, &out, 1 << 20, &[]);
+    assert!(ok, "{err}");
+    assert!(out.join("llmq.json").is_file());
+}
+
+#[test]
+fn a_read_only_destination_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny(dir.path(), true);
+    // /proc refuses new entries even to root (chmod does not stop root).
+    let mut outs = vec![PathBuf::from("/proc/llmq-gpu-test/q")];
+    let ro = dir.path().join("read-only");
+    std::fs::create_dir(&ro).unwrap();
+    let mut perms = std::fs::metadata(&ro).unwrap().permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&ro, perms).unwrap();
+    if std::fs::write(ro.join("probe"), b"").is_err() {
+        outs.push(ro.join("q"));
+    }
+    for out in outs {
+        let o = common::llmq(&[
+            "quantize",
+            "--model",
+            s(&model),
+            "--out",
+            s(&out),
+            "--device",
+            "cpu",
+        ]);
+        let err = common::stderr(&o);
+        assert!(!o.status.success());
+        let parent = s(out.parent().unwrap());
+        assert!(err.contains(parent), "{err}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn an_output_that_is_or_lies_inside_the_source_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny(dir.path(), true);
+    let before = snapshot(&model);
+    let gguf = dir.path().join("tiny.gguf");
+    let o = common::llmq(&[
+        "quantize",
+        "--model",
+        s(&model),
+        "--out",
+        s(&gguf),
+        "--format",
+        "gguf",
+        "--gguf-type",
+        "F16",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        o.status.success() || common::stderr(&o).contains("tokenizer"),
+        "{}",
+        common::stderr(&o)
+    );
+    let cases = [
+        (model.join("q"), "inside the source model folder"),
+        (model.join("sub/../q"), "inside the source model folder"),
+        (model.clone(), "is (or holds) the source model"),
+        (dir.path().to_path_buf(), "is (or holds) the source model"),
+    ];
+    for (out, want) in cases {
+        let o = common::llmq(&[
+            "quantize",
+            "--model",
+            s(&model),
+            "--out",
+            s(&out),
+            "--overwrite",
+            "--device",
+            "cpu",
+        ]);
+        let err = common::stderr(&o);
+        assert!(
+            !o.status.success() && err.contains(want),
+            "--out {}: {err}",
+            out.display()
+        );
+    }
+    assert!(!model.join("q").exists());
+    assert_eq!(snapshot(&model), before, "the source changed");
+}
+
+#[test]
+fn a_symlink_at_the_output_path_is_replaced_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny(dir.path(), true);
+    let precious = dir.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("keep.txt"), b"mine").unwrap();
+    let out = dir.path().join("q");
+    std::os::unix::fs::symlink(&precious, &out).unwrap();
+    let args = [
+        "quantize",
+        "--model",
+        s(&model),
+        "--out",
+        s(&out),
+        "--device",
+        "cpu",
+    ];
+    let o = common::llmq(&args);
+    assert!(!o.status.success() && common::stderr(&o).contains("already exists"));
+    let o = common::llmq(&[&args[..], &["--overwrite"]].concat());
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(!std::fs::symlink_metadata(&out)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(out.join("llmq.json").is_file());
+    let kept: Vec<_> = std::fs::read_dir(&precious)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(kept, vec![std::ffi::OsString::from("keep.txt")]);
+    assert_eq!(std::fs::read(precious.join("keep.txt")).unwrap(), b"mine");
+}
+
+/// The CPU backend, except that the device is "lost" from the `fail_at`-th
+/// GPTQ column run on: what a GPU backend reports when wgpu loses its device.
+struct LosesDevice {
+    calls: AtomicUsize,
+    fail_at: usize,
+}
+
+impl LosesDevice {
+    fn lost(&self) -> llmq_gpu::Result<()> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 >= self.fail_at {
+            return Err(llmq_gpu::Error::Gpu(
+                "device lost (simulated by the test)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for LosesDevice {
+    fn name(&self) -> String {
+        "cpu, losing its device".into()
+    }
+    fn group_ranges(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        g: usize,
+    ) -> llmq_gpu::Result<(Vec<f32>, Vec<f32>)> {
+        CpuBackend.group_ranges(w, rows, cols, g)
+    }
+    fn quantize_codes(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        p: &GroupParams,
+    ) -> llmq_gpu::Result<Vec<u32>> {
+        CpuBackend.quantize_codes(w, rows, cols, p)
+    }
+    fn abs_histogram(&self, x: &[f32], bins: usize, inv_width: f32) -> llmq_gpu::Result<Vec<u32>> {
+        CpuBackend.abs_histogram(x, bins, inv_width)
+    }
+    fn pack(&self, c: &[u32], rows: usize, cols: usize, bits: u32) -> llmq_gpu::Result<Vec<u32>> {
+        CpuBackend.pack(c, rows, cols, bits)
+    }
+    fn unpack(&self, p: &[u32], rows: usize, cols: usize, bits: u32) -> llmq_gpu::Result<Vec<u32>> {
+        CpuBackend.unpack(p, rows, cols, bits)
+    }
+    fn dequantize(&self, q: &QuantizedTensor) -> llmq_gpu::Result<Vec<f32>> {
+        CpuBackend.dequantize(q)
+    }
+    fn matmul(&self, q: &QuantizedTensor, x: &[f32], tokens: usize) -> llmq_gpu::Result<Vec<f32>> {
+        CpuBackend.matmul(q, x, tokens)
+    }
+    fn causal_attention(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        windows: usize,
+        seq: usize,
+        shape: AttnShape,
+    ) -> llmq_gpu::Result<Vec<f32>> {
+        CpuBackend.causal_attention(q, k, v, windows, seq, shape)
+    }
+    fn vq_em(
+        &self,
+        p: &[f32],
+        w: &[f32],
+        groups: usize,
+        k: usize,
+        iters: usize,
+        c: &mut [f32],
+    ) -> llmq_gpu::Result<usize> {
+        CpuBackend.vq_em(p, w, groups, k, iters, c)
+    }
+    fn vq_codebook_system<'a>(
+        &'a self,
+        t: &'a VqTensor,
+        h: &'a [f32],
+    ) -> llmq_gpu::Result<Box<dyn CodebookSystem + 'a>> {
+        CpuBackend.vq_codebook_system(t, h)
+    }
+    fn resident_hessian<'a>(
+        &'a self,
+        h: Vec<f32>,
+        cols: usize,
+        n: usize,
+    ) -> llmq_gpu::Result<Box<dyn ResidentHessian + 'a>> {
+        CpuBackend.resident_hessian(h, cols, n)
+    }
+    fn gptq_columns<'a>(
+        &'a self,
+        w: Vec<f32>,
+        rows: usize,
+        cols: usize,
+        spec: GptqSpec<'a>,
+    ) -> llmq_gpu::Result<Box<dyn GptqColumns + 'a>> {
+        self.lost()?;
+        CpuBackend.gptq_columns(w, rows, cols, spec)
+    }
+    fn inverse_cholesky_upper(&self, h: &[f32], n: usize) -> llmq_gpu::Result<Option<Vec<f32>>> {
+        CpuBackend.inverse_cholesky_upper(h, n)
+    }
+    fn quadratic_traces(
+        &self,
+        h: &[f32],
+        cols: usize,
+        mats: &[&[f32]],
+    ) -> llmq_gpu::Result<Vec<f64>> {
+        CpuBackend.quadratic_traces(h, cols, mats)
+    }
+}
+
+#[test]
+fn a_device_lost_mid_run_is_an_error_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = common::rng("a_device_lost_mid_run_is_an_error_and_leaves_nothing");
+    let model = common::gptq_model::tiny_model(dir.path(), &mut rng, &|_, _| {});
+    let before = snapshot(&model);
+    let out = dir.path().join("q");
+    let settings = GptqSettings::new(CalibConfig {
+        samples: 4,
+        len: 16,
+        seed: 1,
+        ..CalibConfig::new(dir.path().join("calib.txt"))
+    });
+    let scheme = QuantScheme::new(4, false, Granularity::Group(32)).unwrap();
+    let config = QuantizeConfig::new(&model, &out, scheme).gptq(settings);
+    // 7 linears a layer: the 10th run is in the second layer, mid-layer.
+    let backend = LosesDevice {
+        calls: AtomicUsize::new(0),
+        fail_at: 10,
+    };
+    let err = quantize_model_with(&backend, &config, &mut |_| {}, &CancelToken::default())
+        .err()
+        .expect("the run fails");
+    let msg = err.to_string();
+    assert!(msg.contains("device lost"), "{msg}");
+    assert!(backend.calls.load(Ordering::SeqCst) >= 10);
+    assert_nothing_left(&out);
+    assert_eq!(snapshot(&model), before, "the source changed");
+}
