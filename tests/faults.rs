@@ -475,12 +475,45 @@ fn a_device_lost_mid_run_is_an_error_and_leaves_nothing() {
         calls: AtomicUsize::new(0),
         fail_at: 10,
     };
-    let err = quantize_model_with(&backend, &config, &mut |_| {}, &CancelToken::default())
-        .err()
-        .expect("the run fails");
+    let Err(err) = quantize_model_with(&backend, &config, &mut |_| {}, &CancelToken::default())
+    else {
+        panic!("the run succeeded with its device lost");
+    };
     let msg = err.to_string();
     assert!(msg.contains("device lost"), "{msg}");
     assert!(backend.calls.load(Ordering::SeqCst) >= 10);
     assert_nothing_left(&out);
     assert_eq!(snapshot(&model), before, "the source changed");
+}
+
+#[test]
+fn a_staging_folder_left_by_a_killed_run_is_reported_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny(dir.path(), true);
+    // What a SIGKILLed run leaves: its staging folder, named with its pid
+    // (no process has pid 0x7ffffffe on Linux; pid_max is at most 2²²).
+    let stale = dir.path().join(".q.llmq-tmp-2147483646-AbCdEf");
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("shard-00001.data"), vec![0u8; 4096]).unwrap();
+    let out = dir.path().join("q");
+    let o = common::llmq(&[
+        "quantize",
+        "--model",
+        s(&model),
+        "--out",
+        s(&out),
+        "--device",
+        "cpu",
+    ]);
+    let err = common::stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(".q.llmq-tmp-2147483646-AbCdEf") && err.contains("left by an interrupted run"),
+        "{err}"
+    );
+    assert!(
+        stale.join("shard-00001.data").is_file(),
+        "the stale folder was touched"
+    );
+    assert!(out.join("llmq.json").is_file());
 }

@@ -94,3 +94,10 @@ fn llmq_shape_that_overflows_is_an_error() {
     let err = ModelView::open(&out).err().expect("refused").to_string();
     assert!(err.contains(name) && err.contains("overflows"), "{err}");
 }
+
+#[test]
+fn vq_bits_that_overflow_the_index_width_are_an_error() {
+    // Found by the long fuzz run: 2 dimensions at 2³¹ bits overflowed `dim · bits`.
+    assert!(llmq_gpu::encoding::VqScheme::new(2, 1 << 31, 256, 8).is_err());
+    assert!(llmq_gpu::encoding::VqScheme::new(4, u32::MAX, 256, 8).is_err());
+}

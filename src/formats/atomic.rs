@@ -23,6 +23,7 @@ impl StagingDir {
         let parent = parent_of(out);
         // Like `mkdir -p`: a missing parent folder is created, not an error.
         std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        warn_stale_staging(&parent, out);
         let prefix = format!(".{}.llmq-tmp-{}-", file_name(out), std::process::id());
         let dir = tempfile::Builder::new()
             .prefix(&prefix)
@@ -61,6 +62,53 @@ impl StagingDir {
         result?;
         sync_dir(&parent_of(&out))?;
         Ok(out)
+    }
+}
+
+/// Staging folders of `out` left by runs that were killed (SIGKILL, power
+/// loss) are never reused: each is reported with what deleting it frees.
+fn warn_stale_staging(parent: &Path, out: &Path) {
+    let prefix = format!(".{}.llmq-tmp-", file_name(out));
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(process_alive) {
+            continue;
+        }
+        let bytes: u64 = std::fs::read_dir(e.path())
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|f| f.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        log::warn!(
+            "{}: left by an interrupted run and not reused; delete it to free {:.1} MB",
+            e.path().display(),
+            bytes as f64 / 1e6
+        );
+    }
+}
+
+/// Whether process `pid` still runs (Unix; elsewhere assumed so, never warned).
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: signal 0 only checks that the process exists.
+        let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
     }
 }
 

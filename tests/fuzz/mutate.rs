@@ -172,8 +172,10 @@ pub fn json(rng: &mut StdRng, root: &mut Value) {
     match (rng.gen_range(0..6), &mut *node) {
         (0, _) => *node = hostile_value(rng),
         (1, Value::Number(n)) => {
+            // Edge values of each width: a u32 field takes 2³¹ but not 2⁶³.
             let orig = n.as_u64().unwrap_or(0);
-            *node = json!(interesting(rng, orig, 8));
+            let width = [1, 2, 4, 4, 8][rng.gen_range(0..5)];
+            *node = json!(interesting(rng, orig, width));
         }
         (1, Value::String(s)) => {
             if s.is_empty() || rng.gen_bool(0.5) {

@@ -48,11 +48,12 @@ impl VqScheme {
                 "VQ dimension {dim}: supported are 1, 2 and 4"
             )));
         }
-        if bits == 0 || s.index_bits() > 8 {
+        // Checked before `index_bits` multiplies them (a file may say anything).
+        if bits == 0 || bits > 8 || s.index_bits() > 8 {
             return Err(Error::Config(format!(
                 "VQ of {dim}-dimensional vectors at {bits} bits per weight: an index would have \
                  {} bits; at most 8 are supported (k ≤ 256 centroids)",
-                dim * bits
+                u64::from(dim) * u64::from(bits)
             )));
         }
         if ![0, 8].contains(&codebook_bits) {
@@ -257,7 +258,7 @@ impl VqScheme {
                  ask for more than {bits}"
             )));
         }
-        let entries = (1u64 << (dim * bits).min(20)) as f64 * dim as f64;
+        let entries = (1u64 << dim.saturating_mul(bits).min(20)) as f64 * dim as f64;
         let group = entries * bc / overhead;
         Ok((group.log2().round().exp2() as usize).max(dim as usize))
     }
