@@ -27,6 +27,19 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `llmq-gpu quantize` at its defaults on the CPU.
+fn quantize_on_cpu(model: &Path, out: &Path) -> std::process::Output {
+    common::llmq(&[
+        "quantize",
+        "--model",
+        s(model),
+        "--out",
+        s(out),
+        "--device",
+        "cpu",
+    ])
+}
+
 /// Nothing at `out`, and no staging folder or temporary file beside it.
 fn assert_nothing_left(out: &Path) {
     assert!(
@@ -236,15 +249,7 @@ fn a_read_only_destination_is_an_error_naming_it() {
         outs.push(ro.join("q"));
     }
     for out in outs {
-        let o = common::llmq(&[
-            "quantize",
-            "--model",
-            s(&model),
-            "--out",
-            s(&out),
-            "--device",
-            "cpu",
-        ]);
+        let o = quantize_on_cpu(&model, &out);
         let err = common::stderr(&o);
         assert!(!o.status.success());
         let parent = s(out.parent().unwrap());
@@ -258,25 +263,28 @@ fn an_output_that_is_or_lies_inside_the_source_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let model = common::tiny(dir.path(), true);
     let before = snapshot(&model);
-    let gguf = dir.path().join("tiny.gguf");
+    // A GGUF source as its own --out (a copy: a failed refusal would overwrite it).
+    let gguf = dir.path().join("source.gguf");
+    std::fs::copy(common::smollm2_gguf(), &gguf).unwrap();
+    let gguf_before = snapshot(&gguf);
     let o = common::llmq(&[
         "quantize",
         "--model",
-        s(&model),
+        s(&gguf),
         "--out",
         s(&gguf),
+        "--overwrite",
         "--format",
         "gguf",
-        "--gguf-type",
-        "F16",
         "--device",
         "cpu",
     ]);
+    let err = common::stderr(&o);
     assert!(
-        o.status.success() || common::stderr(&o).contains("tokenizer"),
-        "{}",
-        common::stderr(&o)
+        !o.status.success() && err.contains("is (or holds) the source model"),
+        "{err}"
     );
+    assert_eq!(snapshot(&gguf), gguf_before, "the GGUF source changed");
     let cases = [
         (model.join("q"), "inside the source model folder"),
         (model.join("sub/../q"), "inside the source model folder"),
@@ -496,15 +504,7 @@ fn a_staging_folder_left_by_a_killed_run_is_reported_not_reused() {
     std::fs::create_dir(&stale).unwrap();
     std::fs::write(stale.join("shard-00001.data"), vec![0u8; 4096]).unwrap();
     let out = dir.path().join("q");
-    let o = common::llmq(&[
-        "quantize",
-        "--model",
-        s(&model),
-        "--out",
-        s(&out),
-        "--device",
-        "cpu",
-    ]);
+    let o = quantize_on_cpu(&model, &out);
     let err = common::stderr(&o);
     assert!(o.status.success(), "{err}");
     assert!(

@@ -50,24 +50,6 @@ impl Out {
     }
 }
 
-fn type_id(v: &GgufValue) -> u32 {
-    match v {
-        GgufValue::U8(_) => 0,
-        GgufValue::I8(_) => 1,
-        GgufValue::U16(_) => 2,
-        GgufValue::I16(_) => 3,
-        GgufValue::U32(_) => 4,
-        GgufValue::I32(_) => 5,
-        GgufValue::F32(_) => 6,
-        GgufValue::Bool(_) => 7,
-        GgufValue::String(_) => 8,
-        GgufValue::Array(_) => 9,
-        GgufValue::U64(_) => 10,
-        GgufValue::I64(_) => 11,
-        GgufValue::F64(_) => 12,
-    }
-}
-
 fn value(o: &mut Out, v: &GgufValue) {
     match v {
         GgufValue::U8(x) => o.num(&x.to_le_bytes()),
@@ -80,7 +62,7 @@ fn value(o: &mut Out, v: &GgufValue) {
         GgufValue::Bool(x) => o.num(&[u8::from(*x)]),
         GgufValue::String(s) => o.str(s.as_bytes()),
         GgufValue::Array(a) => {
-            let elem = a.first().map_or(4, type_id);
+            let elem = a.first().map_or(4, GgufValue::type_id);
             o.num(&elem.to_le_bytes());
             o.num(&(a.len() as u64).to_le_bytes());
             // Long arrays (vocabularies) would drown the field list: record
@@ -134,7 +116,7 @@ impl Gguf {
         o.num(&(self.kv.len() as u64).to_le_bytes());
         for (k, v) in &self.kv {
             o.str(k.as_bytes());
-            o.num(&type_id(v).to_le_bytes());
+            o.num(&v.type_id().to_le_bytes());
             value(&mut o, v);
         }
         let mut offset = 0usize;

@@ -44,24 +44,6 @@ impl TensorPlan {
     }
 }
 
-fn value_type(v: &GgufValue) -> u32 {
-    match v {
-        GgufValue::U8(_) => 0,
-        GgufValue::I8(_) => 1,
-        GgufValue::U16(_) => 2,
-        GgufValue::I16(_) => 3,
-        GgufValue::U32(_) => 4,
-        GgufValue::I32(_) => 5,
-        GgufValue::F32(_) => 6,
-        GgufValue::Bool(_) => 7,
-        GgufValue::String(_) => 8,
-        GgufValue::Array(_) => 9,
-        GgufValue::U64(_) => 10,
-        GgufValue::I64(_) => 11,
-        GgufValue::F64(_) => 12,
-    }
-}
-
 fn put_string(out: &mut Vec<u8>, s: &str) {
     out.extend((s.len() as u64).to_le_bytes());
     out.extend(s.as_bytes());
@@ -84,8 +66,8 @@ fn put_value(out: &mut Vec<u8>, key: &str, v: &GgufValue) -> Result<()> {
         GgufValue::Array(items) => {
             // An empty array's element type is not kept by the reader;
             // any type reads back as the same empty array.
-            let ty = items.first().map_or(0, value_type);
-            if let Some(other) = items.iter().find(|i| value_type(i) != ty) {
+            let ty = items.first().map_or(0, GgufValue::type_id);
+            if let Some(other) = items.iter().find(|i| GgufValue::type_id(i) != ty) {
                 return Err(Error::Config(format!(
                     "GGUF metadata '{key}': an array mixes {:?} with {other:?}",
                     items[0]
@@ -119,7 +101,7 @@ fn header(
     out.extend((metadata.len() as u64).to_le_bytes());
     for (k, v) in metadata {
         put_string(&mut out, k);
-        out.extend(value_type(v).to_le_bytes());
+        out.extend(GgufValue::type_id(v).to_le_bytes());
         put_value(&mut out, k, v)?;
     }
     let mut offsets = Vec::with_capacity(tensors.len());
