@@ -8,7 +8,7 @@
 mod common;
 mod fuzz;
 
-use fuzz::gguf_seed::{smollm2_small, Gguf};
+use fuzz::gguf_seed::{smollm2_small, with_sentencepiece, Gguf};
 use fuzz::targets::{folder_files, Edit, FolderTarget, GgufTarget};
 use fuzz::{Files, Target};
 use llmq_gpu::backend::CpuBackend;
@@ -140,7 +140,7 @@ fn seeds() -> &'static Seeds {
         };
         quantize(&tiny, &w8a8, 8, |c| c.activations(a8));
 
-        let mut gguf = vec![real.clone()];
+        let mut gguf = vec![real.clone(), with_sentencepiece(&real)];
         for (src, name) in [(&tiny_real, "tiny.gguf"), (&rtn, "rtn.gguf")] {
             let out = d.join(name);
             let view = ModelView::open(src).unwrap();
@@ -153,6 +153,15 @@ fn seeds() -> &'static Seeds {
             )
             .unwrap();
             gguf.push(Gguf::read(&out));
+        }
+        // Seeds must get through every stage, or the fuzzer starts shallow.
+        for (i, g) in gguf.iter().enumerate() {
+            let p = d.join(format!("seed-{i}.gguf"));
+            std::fs::write(&p, g.encode().bytes).unwrap();
+            let view = ModelView::open(&p).unwrap();
+            let tok = Tokenizer::from_model(&view).unwrap_or_else(|e| panic!("GGUF seed {i}: {e}"));
+            let ids = tok.encode("the world", true).unwrap();
+            assert!(tok.decode(&ids).unwrap().contains("the world"), "GGUF seed {i}");
         }
         let with_real = folder_files(&tiny_real);
 

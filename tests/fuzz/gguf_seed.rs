@@ -363,3 +363,69 @@ pub fn smollm2_small(real: &Path, vocab: usize, rng: &mut StdRng) -> Gguf {
         .collect();
     Gguf { kv, tensors }
 }
+
+/// `g` with a hand-built SentencePiece tokenizer (`tokenizer.ggml.model`
+/// `llama`: scores, byte-fallback tokens, control tokens) in place of its
+/// byte-level BPE, so the fuzzer reaches the SentencePiece builder too.
+pub fn with_sentencepiece(g: &Gguf) -> Gguf {
+    let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+    let mut types = vec![2i32, 3, 3];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(6);
+    }
+    for piece in [
+        "\u{2581}",
+        "\u{2581}t",
+        "he",
+        "\u{2581}the",
+        "\u{2581}a",
+        "in",
+        "\u{2581}w",
+        "or",
+        "ld",
+    ] {
+        tokens.push(piece.into());
+        types.push(1);
+    }
+    for c in 'a'..='z' {
+        tokens.push(c.to_string());
+        types.push(1);
+    }
+    let scores: Vec<GgufValue> = (0..tokens.len())
+        .map(|i| GgufValue::F32(-(i as f32)))
+        .collect();
+    let mut kv: Vec<(String, GgufValue)> =
+        g.kv.iter()
+            .filter(|(k, _)| !k.starts_with("tokenizer.ggml."))
+            .cloned()
+            .collect();
+    kv.extend([
+        (
+            "tokenizer.ggml.model".to_string(),
+            GgufValue::String("llama".into()),
+        ),
+        (
+            "tokenizer.ggml.tokens".to_string(),
+            GgufValue::Array(tokens.into_iter().map(GgufValue::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.scores".to_string(),
+            GgufValue::Array(scores),
+        ),
+        (
+            "tokenizer.ggml.token_type".to_string(),
+            GgufValue::Array(types.into_iter().map(GgufValue::I32).collect()),
+        ),
+        ("tokenizer.ggml.bos_token_id".to_string(), GgufValue::U32(1)),
+        ("tokenizer.ggml.eos_token_id".to_string(), GgufValue::U32(2)),
+        (
+            "tokenizer.ggml.unknown_token_id".to_string(),
+            GgufValue::U32(0),
+        ),
+    ]);
+    Gguf {
+        kv,
+        tensors: g.tensors.clone(),
+    }
+}
