@@ -517,3 +517,31 @@ fn a_staging_folder_left_by_a_killed_run_is_reported_not_reused() {
     );
     assert!(out.join("llmq.json").is_file());
 }
+
+#[test]
+fn sigint_mid_convert_deletes_its_partial_output() {
+    // `convert` cannot stop midway: the signal deletes the staging folder
+    // being written and exits (the f32 folder is 540 MB: seconds to write).
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::smollm2_gguf();
+    let out = dir.path().join("hf");
+    let (code, err, took) = interrupt(
+        &[
+            "convert",
+            "--model",
+            s(&model),
+            "--out",
+            s(&out),
+            "--to",
+            "hf",
+            "--dtype",
+            "f32",
+        ],
+        When::After(Duration::from_millis(1200)),
+        libc::SIGINT,
+    );
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("1 partial output(s) deleted"), "{err}");
+    assert!(took < Duration::from_secs(10), "took {took:?} to stop");
+    assert_nothing_left(&out);
+}

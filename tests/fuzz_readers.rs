@@ -161,7 +161,10 @@ fn seeds() -> &'static Seeds {
             let view = ModelView::open(&p).unwrap();
             let tok = Tokenizer::from_model(&view).unwrap_or_else(|e| panic!("GGUF seed {i}: {e}"));
             let ids = tok.encode("the world", true).unwrap();
-            assert!(tok.decode(&ids).unwrap().contains("the world"), "GGUF seed {i}");
+            assert!(
+                tok.decode(&ids).unwrap().contains("the world"),
+                "GGUF seed {i}"
+            );
         }
         let with_real = folder_files(&tiny_real);
 

@@ -51,6 +51,8 @@ fn is_gguf(p: &Path) -> Result<bool> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // Conversion cannot stop midway: a signal deletes its partial output.
+    super::interrupt::exit_on_signals();
     let dtype = FloatType::parse(&a.dtype)?;
     let gguf_in = is_gguf(&a.model)?;
     let to = match (&a.to, gguf_in) {

@@ -4,7 +4,7 @@ use super::{print_out, DeviceArgs};
 use llmq_gpu::generate::{generate, GenerateOptions, SamplerConfig};
 use llmq_gpu::model::forward::open_forward;
 use llmq_gpu::model::Tokenizer;
-use llmq_gpu::{CancelToken, ModelView, Result};
+use llmq_gpu::{ModelView, Result};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -75,7 +75,7 @@ pub fn run(a: Args) -> Result<()> {
             let _ = stdout.write_all(piece.as_bytes());
             let _ = stdout.flush();
         },
-        &CancelToken::default(),
+        &super::interrupt::cancel_on_signals(),
     )?;
     print_out("\n");
     eprintln!(

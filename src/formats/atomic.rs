@@ -5,11 +5,54 @@
 use crate::error::{Error, Result};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use tempfile::TempDir;
+
+/// Temporary outputs being written now, so that a process stopped by a
+/// signal can delete them before it exits ([`remove_pending`]).
+static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Registers a temporary output in [`PENDING`] while it lives.
+struct Tracked(PathBuf);
+
+impl Tracked {
+    fn new(path: &Path) -> Self {
+        PENDING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.to_path_buf());
+        Self(path.to_path_buf())
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let mut p = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        p.retain(|q| *q != self.0);
+    }
+}
+
+/// Deletes every temporary output still being written (staging folders,
+/// temporary files) and returns how many there were: for a process about
+/// to exit on a signal, which runs no destructors.
+pub fn remove_pending() -> usize {
+    let mut p = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+    for path in p.iter() {
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+    }
+    let n = p.len();
+    p.clear();
+    n
+}
 
 /// A folder being written beside its final place. Dropping it without
 /// [`StagingDir::commit`] deletes it with everything inside.
 pub struct StagingDir {
+    _tracked: Tracked,
     dir: TempDir,
     out: PathBuf,
     overwrite: bool,
@@ -30,6 +73,7 @@ impl StagingDir {
             .tempdir_in(&parent)
             .map_err(|e| Error::io(&parent, e))?;
         Ok(Self {
+            _tracked: Tracked::new(dir.path()),
             dir,
             out: out.to_path_buf(),
             overwrite,
@@ -127,6 +171,7 @@ pub fn write_file(
         .prefix(&format!(".{}.llmq-tmp-", file_name(out)))
         .tempfile_in(&parent)
         .map_err(|e| Error::io(&parent, e))?;
+    let _tracked = Tracked::new(tmp.path());
     let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
     write(&mut w, tmp.path())?;
     std::io::Write::flush(&mut w).map_err(|e| Error::io(tmp.path(), e))?;
