@@ -518,30 +518,77 @@ fn a_staging_folder_left_by_a_killed_run_is_reported_not_reused() {
     assert!(out.join("llmq.json").is_file());
 }
 
+/// The staging folder of `out` while a run writes it.
+fn staging_of(out: &Path) -> Option<PathBuf> {
+    let prefix = format!(".{}.llmq-tmp-", out.file_name()?.to_string_lossy());
+    std::fs::read_dir(out.parent()?)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+}
+
 #[test]
 fn sigint_mid_convert_deletes_its_partial_output() {
     // `convert` cannot stop midway: the signal deletes the staging folder
-    // being written and exits (the f32 folder is 540 MB: seconds to write).
+    // being written and exits. The run is frozen (SIGSTOP) once its staging
+    // folder exists, so the signal lands mid-write however fast the disk.
     let dir = tempfile::tempdir().unwrap();
     let model = common::smollm2_gguf();
     let out = dir.path().join("hf");
-    let (code, err, took) = interrupt(
-        &[
-            "convert",
-            "--model",
-            s(&model),
-            "--out",
-            s(&out),
-            "--to",
-            "hf",
-            "--dtype",
-            "f32",
-        ],
-        When::After(Duration::from_millis(1200)),
-        libc::SIGINT,
-    );
-    assert_eq!(code, Some(130), "{err}");
-    assert!(err.contains("1 partial output(s) deleted"), "{err}");
-    assert!(took < Duration::from_secs(10), "took {took:?} to stop");
-    assert_nothing_left(&out);
+    for _attempt in 0..5 {
+        let mut child = Command::new(bin())
+            .args([
+                "convert",
+                "--model",
+                s(&model),
+                "--out",
+                s(&out),
+                "--to",
+                "hf",
+                "--dtype",
+                "f32",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let staged = loop {
+            if let Some(p) = staging_of(&out) {
+                break Some(p);
+            }
+            if child.try_wait().unwrap().is_some() {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let caught = staged.is_some_and(|p| {
+            send(child.id(), libc::SIGSTOP);
+            p.exists()
+        });
+        if !caught {
+            // It committed before it could be frozen: try again.
+            send_if_running(&mut child, libc::SIGCONT);
+            child.wait().unwrap();
+            let _ = std::fs::remove_dir_all(&out);
+            continue;
+        }
+        send(child.id(), libc::SIGINT);
+        let sent = Instant::now();
+        send(child.id(), libc::SIGCONT);
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(130), "{err}");
+        assert!(err.contains("1 partial output(s) deleted"), "{err}");
+        assert!(sent.elapsed() < Duration::from_secs(10));
+        assert_nothing_left(&out);
+        return;
+    }
+    panic!("convert committed before it could be frozen, 5 times");
+}
+
+fn send_if_running(child: &mut std::process::Child, signal: libc::c_int) {
+    if child.try_wait().unwrap().is_none() {
+        send(child.id(), signal);
+    }
 }

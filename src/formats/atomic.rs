@@ -38,11 +38,26 @@ impl Drop for Tracked {
 pub fn remove_pending() -> usize {
     let mut p = PENDING.lock().unwrap_or_else(|e| e.into_inner());
     for path in p.iter() {
-        let _ = if path.is_dir() {
-            std::fs::remove_dir_all(path)
+        if !path.is_dir() {
+            let _ = std::fs::remove_file(path);
+            continue;
+        }
+        // The writer may still be adding files: renamed away first, the
+        // folder takes no new ones (they are opened by path), so removing
+        // it cannot race them.
+        let mut doomed = path.as_os_str().to_owned();
+        doomed.push("-deleting");
+        let doomed = PathBuf::from(doomed);
+        let gone = if std::fs::rename(path, &doomed).is_ok() {
+            &doomed
         } else {
-            std::fs::remove_file(path)
+            path
         };
+        for _ in 0..10 {
+            if std::fs::remove_dir_all(gone).is_ok() || !gone.exists() {
+                break;
+            }
+        }
     }
     let n = p.len();
     p.clear();
