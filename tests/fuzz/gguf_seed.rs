@@ -65,18 +65,13 @@ fn value(o: &mut Out, v: &GgufValue) {
             let elem = a.first().map_or(4, GgufValue::type_id);
             o.num(&elem.to_le_bytes());
             o.num(&(a.len() as u64).to_le_bytes());
-            // Long arrays (vocabularies) would drown the field list: record
-            // the first few elements' fields only.
+            // Long arrays (vocabularies) would drown the field list: keep
+            // the fields of the first elements only.
             let keep = o.fields.len();
-            for (i, x) in a.iter().enumerate() {
+            for x in a {
                 value(o, x);
-                if i == 3 {
-                    o.fields.truncate(keep + 8);
-                }
             }
-            if a.len() > 4 {
-                o.fields.truncate(keep + 8);
-            }
+            o.fields.truncate(keep + 8);
         }
         GgufValue::U64(x) => o.num(&x.to_le_bytes()),
         GgufValue::I64(x) => o.num(&x.to_le_bytes()),
