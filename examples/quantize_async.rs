@@ -61,6 +61,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     "layer {}/{total}: GPTQ error {gptq_error:.3e} (RTN {rtn_error:.3e})",
                     index + 1
                 ),
+                Progress::Resumed {
+                    layers, checkpoint, ..
+                } => println!("resuming: {layers} layers done in {}", checkpoint.display()),
                 Progress::Writing => println!("writing"),
             }
         }

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(llmq_gpu::Error::Cancelled) => {
-            eprintln!("stopped by a signal: no partial output was kept");
+            eprintln!("stopped by a signal: nothing was written at the output path");
             ExitCode::from(cli::EXIT_INTERRUPTED)
         }
         Err(e) => {

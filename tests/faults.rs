@@ -1,7 +1,8 @@
 //! Faults during a run (issue 16, item 3): a signal, a file-size limit, a
 //! read-only destination, an output path that is the source or inside it,
 //! a symlink at the output path, a device lost mid-run. Each is a clear
-//! error, the source is untouched and nothing is left at the output path.
+//! error, the source is untouched and nothing is left at the output path;
+//! a calibrated run keeps the layers it finished, for `--resume`.
 
 mod common;
 
@@ -11,6 +12,7 @@ use llmq_gpu::backend::{
 };
 use llmq_gpu::encoding::{QuantizedTensor, VqTensor};
 use llmq_gpu::pipeline::calib::CalibConfig;
+use llmq_gpu::pipeline::checkpoint;
 use llmq_gpu::pipeline::gptq::GptqSettings;
 use llmq_gpu::{quantize_model_with, CancelToken, Granularity, QuantScheme, QuantizeConfig};
 use std::io::BufRead;
@@ -40,7 +42,8 @@ fn quantize_on_cpu(model: &Path, out: &Path) -> std::process::Output {
     ])
 }
 
-/// Nothing at `out`, and no staging folder or temporary file beside it.
+/// Nothing at `out`, and no staging folder or temporary file beside it
+/// (a calibrated run's checkpoint, `.NAME.llmq-partial`, aside).
 fn assert_nothing_left(out: &Path) {
     assert!(
         std::fs::symlink_metadata(out).is_err(),
@@ -52,6 +55,7 @@ fn assert_nothing_left(out: &Path) {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(&format!(".{name}.llmq-")))
+        .filter(|n| *n != format!(".{name}.llmq-partial"))
         .collect();
     assert!(left.is_empty(), "left beside the output: {left:?}");
 }
@@ -157,6 +161,10 @@ fn sigterm_mid_gptq_stops_cleanly() {
     // Cancellation is checked per layer: one SmolLM2 layer is well under this.
     assert!(took < Duration::from_secs(60), "took {took:?} to stop");
     assert_nothing_left(&out);
+    // The finished layers stay for --resume (tests/resume.rs goes on from them).
+    let kept = checkpoint::layers_in(&checkpoint::default_dir(&out));
+    assert!(kept.is_some_and(|n| n >= 1), "{kept:?}");
+    assert!(err.contains("with --resume goes on"), "{err}");
     assert_eq!(snapshot(&model), before, "the source changed");
 }
 
@@ -492,6 +500,15 @@ fn a_device_lost_mid_run_is_an_error_and_leaves_nothing() {
     assert!(backend.calls.load(Ordering::SeqCst) >= 10);
     assert_nothing_left(&out);
     assert_eq!(snapshot(&model), before, "the source changed");
+    // The first layer was finished: the run goes on from it on another device.
+    assert_eq!(
+        checkpoint::layers_in(&checkpoint::default_dir(&out)),
+        Some(1)
+    );
+    let config = config.resume(true);
+    quantize_model_with(&CpuBackend, &config, &mut |_| {}, &CancelToken::default()).unwrap();
+    assert!(out.join("llmq.json").is_file());
+    assert!(!checkpoint::default_dir(&out).exists());
 }
 
 #[test]

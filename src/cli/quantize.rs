@@ -3,6 +3,7 @@
 use super::{human_bytes, DeviceArgs};
 use indicatif::{ProgressBar, ProgressStyle};
 use llmq_gpu::pipeline::calib::{CalibConfig, CalibSource};
+use llmq_gpu::pipeline::checkpoint;
 use llmq_gpu::pipeline::gptq::{GptqRunReport, GptqSettings, LinearReport};
 use llmq_gpu::quant::gptq::GptqOptions;
 use llmq_gpu::{Error, Granularity, Method, Progress, QuantScheme, QuantizeConfig, Result};
@@ -105,6 +106,18 @@ pub struct Args {
     /// Replace the output folder if it exists.
     #[arg(long)]
     overwrite: bool,
+    /// Go on from where a stopped run of this command (killed, crashed,
+    /// Ctrl-C) left off: calibrated runs keep their finished layers in
+    /// `.OUT.llmq-partial` beside the output. The settings and files must
+    /// be the same; the weights written are the same bytes as a run that
+    /// never stopped.
+    #[arg(long, conflicts_with = "no_checkpoint")]
+    resume: bool,
+    /// Keep no checkpoint. Calibrated runs store one after every layer: the
+    /// finished layers (about the output's size) and the calibration
+    /// windows' hidden state (windows × length × hidden × 4 bytes).
+    #[arg(long)]
+    no_checkpoint: bool,
     /// Lower the GPU storage-binding limit in bytes (to test splitting of large tensors).
     #[arg(long, hide = true)]
     max_binding: Option<u64>,
@@ -258,7 +271,11 @@ pub fn run(a: Args) -> Result<()> {
         .quantize_output_head(a.quantize_output)
         .strict_groups(a.strict_groups)
         .overwrite(a.overwrite)
-        .max_binding(a.max_binding);
+        .max_binding(a.max_binding)
+        // A GGUF or GPTQ checkpoint is made from a staged llmq folder: the
+        // checkpoint goes beside the final output.
+        .checkpoint((!a.no_checkpoint).then(|| checkpoint::default_dir(&a.out)))
+        .resume(a.resume);
 
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -301,6 +318,7 @@ pub fn run(a: Args) -> Result<()> {
             bar.set_position(0);
         }
         Progress::Layer {
+            replayed,
             index,
             total,
             gptq_error,
@@ -320,11 +338,24 @@ pub fn run(a: Args) -> Result<()> {
             bar.inc(1);
             say(format!(
                 "layer {:>3}/{total}: output error {who} {gptq_error:.3e}{gptq} vs RTN \
-                 {rtn_error:.3e} ({:.2}x)  {seconds:.1} s",
+                 {rtn_error:.3e} ({:.2}x)  {seconds:.1} s{}",
                 index + 1,
-                ratio(rtn_error)
+                ratio(rtn_error),
+                if replayed {
+                    " (from the checkpoint)"
+                } else {
+                    ""
+                }
             ));
         }
+        Progress::Resumed {
+            layers,
+            total,
+            checkpoint,
+        } => say(format!(
+            "resuming: {layers} of {total} layers are done in {}",
+            checkpoint.display()
+        )),
         Progress::Activations { what, windows } => say(format!(
             "activations: {what} on {windows} calibration windows"
         )),
@@ -336,6 +367,15 @@ pub fn run(a: Args) -> Result<()> {
         &super::interrupt::cancel_on_signals(),
     );
     bar.finish_and_clear();
+    if let (Err(_), Some(dir)) = (&result, &config.checkpoint) {
+        if let Some(n) = checkpoint::layers_in(dir).filter(|&n| n > 0) {
+            eprintln!(
+                "{n} finished layers are kept in {}: the same command with --resume goes on \
+                 from there (delete the folder to start over)",
+                dir.display()
+            );
+        }
+    }
     let mut report = result?;
     // Where the GPTQ report ends up: in the llmq folder, or beside a
     // file or checkpoint made from a staged one.
@@ -507,6 +547,13 @@ fn print_gptq_summary(g: &GptqRunReport, report_at: &str) {
             ph.flops / 1e9,
             ph.flops / 1e9 / ph.seconds.max(1e-9)
         );
+    }
+    if g.checkpoint_seconds > 0.0 {
+        let resumed = match g.resumed_layers {
+            0 => String::new(),
+            n => format!(", {n} layers read back from it"),
+        };
+        println!("  checkpoint       {:.1} s{resumed}", g.checkpoint_seconds);
     }
     if let Some(b) = g.peak_host_bytes {
         println!(

@@ -157,7 +157,7 @@ fn warn_stale_staging(parent: &Path, out: &Path) {
 }
 
 /// Whether process `pid` still runs (Unix; elsewhere assumed so, never warned).
-fn process_alive(pid: u32) -> bool {
+pub fn process_alive(pid: u32) -> bool {
     #[cfg(unix)]
     {
         // SAFETY: signal 0 only checks that the process exists.

@@ -2,7 +2,9 @@
 
 pub mod activations;
 pub mod calib;
+pub mod checkpoint;
 pub mod gptq;
 pub mod memory;
 pub mod quantize;
+pub mod quantize_job;
 pub mod quantize_report;

@@ -6,7 +6,9 @@
 //! tensors, and nothing is printed. A failed or cancelled run leaves no output.
 
 use super::activations::{self, ActQuantSettings};
+use super::checkpoint::{self, Checkpoint};
 use super::gptq::{self, GptqEvent, GptqSettings};
+pub use super::quantize_job::{JobResult, QuantizeJob};
 pub use super::quantize_report::{KindError, Progress, QuantizeReport};
 use crate::backend::gpu::DeviceChoice;
 use crate::backend::{self, Backend};
@@ -79,13 +81,24 @@ pub struct QuantizeConfig {
     /// RTN without calibration: how each group's range is chosen (with
     /// calibration, [`GptqSettings`]' options say).
     pub clip: WeightClip,
+    /// Where a calibrated (layer-by-layer) run keeps its checkpoint, so
+    /// that a stopped run can go on ([`super::checkpoint`]); `None` keeps
+    /// none. Default: `.NAME.llmq-partial` beside `out`.
+    pub checkpoint: Option<PathBuf>,
+    /// Go on from the checkpoint's finished layers (it must come from the
+    /// same settings and files); without it an existing checkpoint is an
+    /// error rather than thrown away.
+    pub resume: bool,
 }
 
 impl QuantizeConfig {
     pub fn new(model: impl Into<PathBuf>, out: impl Into<PathBuf>, scheme: QuantScheme) -> Self {
+        let out = out.into();
         Self {
             model: model.into(),
-            out: out.into(),
+            checkpoint: Some(checkpoint::default_dir(&out)),
+            resume: false,
+            out,
             method: Method::Rtn,
             scheme,
             device: DeviceChoice::Auto,
@@ -168,6 +181,15 @@ impl QuantizeConfig {
     }
     pub fn max_binding(mut self, bytes: Option<u64>) -> Self {
         self.max_binding = bytes;
+        self
+    }
+    /// Keep the checkpoint at `dir` (`None`: keep none).
+    pub fn checkpoint(mut self, dir: Option<PathBuf>) -> Self {
+        self.checkpoint = dir;
+        self
+    }
+    pub fn resume(mut self, yes: bool) -> Self {
+        self.resume = yes;
         self
     }
 }
@@ -350,6 +372,20 @@ pub fn quantize_model_with(
         );
     }
     crate::formats::atomic::refuse_source_as_target(model.path(), &config.out)?;
+    let mut checkpoint = match (&config.checkpoint, &config.gptq) {
+        (Some(dir), Some(_)) => {
+            let fp = checkpoint::fingerprint(config, backend, &model);
+            Some(Checkpoint::open(dir, fp, config.resume)?)
+        }
+        _ if config.resume => {
+            return Err(Error::Config(
+                "--resume: only calibrated runs (GPTQ, GPTVQ, RTN with --calib) that keep \
+                 a checkpoint can go on from one"
+                    .into(),
+            ))
+        }
+        _ => None,
+    };
     let mut writer = LlmqWriter::create(&config.out, config.overwrite)?;
     on_progress(Progress::Started {
         tensors: tensors.len(),
@@ -430,9 +466,19 @@ pub fn quantize_model_with(
                             quantized: true,
                         });
                     }
-                    GptqEvent::Layer { index, report } => {
+                    GptqEvent::Resumed { layers } => on_progress(Progress::Resumed {
+                        layers,
+                        total: model.arch().num_layers,
+                        checkpoint: config.checkpoint.clone().unwrap_or_default(),
+                    }),
+                    GptqEvent::Layer {
+                        index,
+                        report,
+                        replayed,
+                    } => {
                         let n = report.linears.len().max(1) as f64;
                         on_progress(Progress::Layer {
+                            replayed,
                             index,
                             total: model.arch().num_layers,
                             gptq_error: report.linears.iter().map(|l| l.gptq_error).sum::<f64>()
@@ -458,6 +504,7 @@ pub fn quantize_model_with(
                 config.quantize_output_head,
                 &mut on_event,
                 &|| cancel.is_cancelled(),
+                checkpoint.as_mut(),
             )?;
             let json = serde_json::to_vec_pretty(&report)
                 .map_err(|e| Error::Config(format!("cannot serialize the GPTQ report: {e}")))?;
@@ -518,53 +565,15 @@ pub fn quantize_model_with(
         activations::finish(&mut staged, a, &act_windows, smoothing, &mut report)?;
     }
     staged.commit()?;
-    report.seconds = start.elapsed().as_secs_f64();
-    Ok(report)
-}
-
-/// A quantization run on its own thread, for async callers (desktop apps).
-/// Destructure it: stream `progress`, keep `cancel` for a Stop button,
-/// `.await` `result`.
-pub struct QuantizeJob {
-    pub progress: futures::channel::mpsc::UnboundedReceiver<Progress>,
-    pub cancel: CancelToken,
-    pub result: JobResult,
-}
-
-impl QuantizeJob {
-    pub fn spawn(config: QuantizeConfig) -> Self {
-        let (tx, progress) = futures::channel::mpsc::unbounded();
-        let (done, result) = futures::channel::oneshot::channel();
-        let cancel = CancelToken::default();
-        let token = cancel.clone();
-        std::thread::spawn(move || {
-            let r = quantize_model(&config, &mut |p| drop(tx.unbounded_send(p)), &token);
-            let _ = done.send(r);
-        });
-        Self {
-            progress,
-            cancel,
-            result: JobResult(result),
+    if let Some(c) = checkpoint {
+        let dir = c.dir().to_path_buf();
+        if let Err(e) = c.remove() {
+            log::warn!(
+                "the output is complete, but its checkpoint {} stays: {e}",
+                dir.display()
+            );
         }
     }
-}
-
-/// The report of a [`QuantizeJob`], as a future.
-pub struct JobResult(futures::channel::oneshot::Receiver<Result<QuantizeReport>>);
-
-impl std::future::Future for JobResult {
-    type Output = Result<QuantizeReport>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
-            r.unwrap_or_else(|_| {
-                Err(Error::Config(
-                    "the quantization thread ended without a result".into(),
-                ))
-            })
-        })
-    }
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
 }

@@ -31,6 +31,8 @@ pub enum Progress {
     /// GPTQ: decoder layer `index` is quantized; `gptq_error` and
     /// `rtn_error` are its linears' mean relative output errors.
     Layer {
+        /// Read back from the checkpoint of a stopped run (`--resume`).
+        replayed: bool,
         index: usize,
         total: usize,
         gptq_error: f64,
@@ -38,6 +40,13 @@ pub enum Progress {
         /// GPTVQ: the mean error of GPTQ at the baseline scheme.
         gptq_baseline_error: Option<f64>,
         seconds: f64,
+    },
+    /// A stopped run goes on from `checkpoint`, which holds `layers` of
+    /// `total` layers (they follow as replayed `Layer`s).
+    Resumed {
+        layers: usize,
+        total: usize,
+        checkpoint: PathBuf,
     },
     /// W8A8: SmoothQuant (before the weights), then the input ranges
     /// (after them), over `windows` calibration windows.

@@ -144,7 +144,7 @@ impl CalibConfig {
         Ok(self)
     }
 
-    fn texts(&self) -> impl Iterator<Item = (&Path, f64)> {
+    pub(crate) fn texts(&self) -> impl Iterator<Item = (&Path, f64)> {
         self.sources.iter().filter_map(|s| match s {
             CalibSource::Text { path, weight } => Some((path.as_path(), *weight)),
             CalibSource::Model { .. } => None,

@@ -36,6 +36,7 @@ mod vq;
 pub use report::{GptqRunReport, LayerReport, LinearReport, Phase, Phases};
 
 use super::calib::{load_windows, CalibConfig, CalibWindows};
+use super::checkpoint::Checkpoint;
 use super::memory;
 use crate::backend::Backend;
 use crate::encoding::EncodedTensor;
@@ -135,16 +136,22 @@ pub enum GptqEvent<'a> {
         q: &'a EncodedTensor,
         w: &'a [f32],
     },
-    /// Layer `index` is done.
+    /// Layer `index` is done (`replayed`: read back from the checkpoint).
     Layer {
         index: usize,
         report: &'a LayerReport,
+        replayed: bool,
     },
+    /// The run goes on from a checkpoint holding `layers` finished layers
+    /// (their tensors and `Layer` events follow, replayed).
+    Resumed { layers: usize },
 }
 
 /// Runs sequential GPTQ on `view`. Quantized tensors are handed to `on_event`
 /// as soon as they exist (nothing else is held), `cancelled` is polled
-/// between linears.
+/// between linears. With a `checkpoint`, each finished layer is stored in
+/// it, and the layers it already holds are replayed, not computed.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     backend: &dyn Backend,
     view: &ModelView,
@@ -153,6 +160,7 @@ pub fn run(
     quantize_head: bool,
     on_event: &mut dyn FnMut(GptqEvent) -> Result<()>,
     cancelled: &dyn Fn() -> bool,
+    mut checkpoint: Option<&mut Checkpoint>,
 ) -> Result<GptqRunReport> {
     let start = Instant::now();
     memory::reset_host_peak();
@@ -163,8 +171,21 @@ pub fn run(
     // The held-out windows follow the fitted ones, which do not depend on
     // how many follow.
     let fitted = settings.calib.windows();
-    let windows = load_windows(&settings.calib, settings.holdout, &tokenizer, view)?;
-    let mut hidden = embed_windows(view, &windows)?;
+    let windows = match checkpoint.as_ref().map(|c| c.windows()).transpose()? {
+        Some(Some(w)) => w,
+        _ => {
+            let w = load_windows(&settings.calib, settings.holdout, &tokenizer, view)?;
+            if let Some(c) = checkpoint.as_deref_mut() {
+                c.save_windows(&w)?;
+            }
+            w
+        }
+    };
+    let done = checkpoint.as_ref().map_or(0, |c| c.layers_done());
+    let mut hidden = match (done, &checkpoint) {
+        (1.., Some(c)) => c.hidden(windows.tokens.len() * arch.hidden_size)?,
+        _ => embed_windows(view, &windows)?,
+    };
     let check = |what: &str| -> Result<()> {
         if cancelled() {
             return Err(Error::Cancelled);
@@ -209,21 +230,57 @@ pub fn run(
 
     let mut layers = Vec::with_capacity(arch.num_layers);
     let mut phases = Phases::default();
-    for i in 0..arch.num_layers {
+    let mut checkpoint_seconds = 0.0;
+    if let (1.., Some(c)) = (done, &checkpoint) {
+        on_event(GptqEvent::Resumed { layers: done })?;
+        for i in 0..done.min(arch.num_layers) {
+            let t = Instant::now();
+            let report = c.replay_layer(i, view, on_event)?;
+            checkpoint_seconds += t.elapsed().as_secs_f64();
+            phases.merge(&report.phases);
+            on_event(GptqEvent::Layer {
+                index: i,
+                report: &report,
+                replayed: true,
+            })?;
+            layers.push(report);
+        }
+    }
+    for i in done..arch.num_layers {
         check(&format!("layer {i}"))?;
         let t = Instant::now();
         runner.phases = Phases::default();
-        let linears = runner.layer(i, &mut hidden, on_event, &check)?;
+        let linears = match checkpoint.as_deref_mut() {
+            Some(c) => {
+                c.begin_layer(i)?;
+                let mut stored = |e: GptqEvent| {
+                    if let GptqEvent::Tensor { name, shape, q, .. } = &e {
+                        let t = Instant::now();
+                        c.add_tensor(name, *shape, q)?;
+                        checkpoint_seconds += t.elapsed().as_secs_f64();
+                    }
+                    on_event(e)
+                };
+                runner.layer(i, &mut hidden, &mut stored, &check)?
+            }
+            None => runner.layer(i, &mut hidden, on_event, &check)?,
+        };
         let report = LayerReport {
             layer: i,
             seconds: t.elapsed().as_secs_f64(),
             phases: runner.phases,
             linears,
         };
+        if let Some(c) = checkpoint.as_deref_mut() {
+            let t = Instant::now();
+            c.end_layer(view, &report, &hidden)?;
+            checkpoint_seconds += t.elapsed().as_secs_f64();
+        }
         phases.merge(&report.phases);
         on_event(GptqEvent::Layer {
             index: i,
             report: &report,
+            replayed: false,
         })?;
         layers.push(report);
     }
@@ -268,6 +325,8 @@ pub fn run(
         layers,
         head,
         phases,
+        checkpoint_seconds,
+        resumed_layers: done,
         seconds: start.elapsed().as_secs_f64(),
         peak_host_bytes: memory::host_peak_bytes(),
         peak_gpu_bytes: backend.memory_peak(),

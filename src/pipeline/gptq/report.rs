@@ -2,11 +2,11 @@
 //! error against RTN's. Written as `gptq-report.json` next to the output.
 
 use crate::pipeline::calib::CalibConfig;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use std::time::Instant;
 
 /// Seconds and FLOPs of one phase.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Phase {
     pub seconds: f64,
     pub flops: f64,
@@ -31,7 +31,7 @@ impl Phase {
 /// factorisations (`2/3·cols³` per Hessian, [`crate::quant::gptq::flops`]),
 /// the GPTQ column updates, and the
 /// error report (three `tr(A H Aᵀ)` per linear, RTN included).
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Phases {
     pub forward: Phase,
     pub hessian: Phase,
@@ -78,7 +78,7 @@ impl Phases {
 }
 
 /// One quantized linear.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LinearReport {
     pub name: String,
     pub rows: usize,
@@ -86,7 +86,9 @@ pub struct LinearReport {
     /// ‖WX − ŴX‖²/‖WX‖² on the calibration inputs, of the tensor written
     /// (GPTQ's, or with [`super::Solver::RtnSearch`] the searched RTN's)
     /// and of plain RTN.
+    #[serde(deserialize_with = "nan_if_null")]
     pub gptq_error: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub rtn_error: f64,
     /// GPTVQ runs: the error of GPTQ at the pipeline's affine scheme (same
     /// factored Hessian, natural column order, scale search).
@@ -104,7 +106,7 @@ pub struct LinearReport {
     pub seconds: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerReport {
     pub layer: usize,
     pub seconds: f64,
@@ -132,6 +134,11 @@ pub struct GptqRunReport {
     pub layers: Vec<LayerReport>,
     pub head: Option<LinearReport>,
     pub phases: Phases,
+    /// Seconds this run spent writing (and, resumed, reading) its
+    /// checkpoint ([`crate::pipeline::checkpoint`]).
+    pub checkpoint_seconds: f64,
+    /// Layers read back from the checkpoint of a stopped run (0: none).
+    pub resumed_layers: usize,
     pub seconds: f64,
     /// Peak resident host memory of the process during the run (Linux).
     pub peak_host_bytes: Option<u64>,
@@ -147,4 +154,10 @@ pub struct GptqRunReport {
     pub holdout_windows: usize,
     /// Linears whose GPTQ error on the held-out windows is not below RTN's.
     pub linears_not_better_than_rtn_held_out: Vec<String>,
+}
+
+/// JSON has no NaN (serde_json writes it as null): read null back as NaN
+/// (a layer report stored in a checkpoint).
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
