@@ -223,6 +223,12 @@ impl Checkpoint {
                 dir.display()
             )));
         }
+        if !exists && resume {
+            log::warn!(
+                "--resume: no checkpoint at {}; starting from the first layer",
+                dir.display()
+            );
+        }
         if !exists && dir.exists() {
             // Killed before its first state was written: nothing to keep
             // (unless another run has just made it).
