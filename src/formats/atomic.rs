@@ -157,7 +157,7 @@ fn warn_stale_staging(parent: &Path, out: &Path) {
 }
 
 /// Whether process `pid` still runs (Unix; elsewhere assumed so, never warned).
-pub fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     #[cfg(unix)]
     {
         // SAFETY: signal 0 only checks that the process exists.
@@ -237,14 +237,16 @@ fn check_target(out: &Path, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
-fn parent_of(path: &Path) -> PathBuf {
+/// The folder `path` lies in (`.` for a bare name).
+pub(crate) fn parent_of(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
 }
 
-fn file_name(path: &Path) -> String {
+/// `path`'s last component, as the hidden names beside it spell it.
+pub(crate) fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into())

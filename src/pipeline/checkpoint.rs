@@ -147,14 +147,7 @@ struct State {
 
 /// Where the checkpoint of output `out` lives by default.
 pub fn default_dir(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map_or("out".into(), |n| n.to_string_lossy().into_owned());
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    parent.join(format!(".{name}.llmq-partial"))
+    atomic::parent_of(out).join(format!(".{}.llmq-partial", atomic::file_name(out)))
 }
 
 /// How many layers the checkpoint at `dir` holds, if there is one.

@@ -237,13 +237,7 @@ pub fn run(
             let t = Instant::now();
             let report = c.replay_layer(i, view, on_event)?;
             checkpoint_seconds += t.elapsed().as_secs_f64();
-            phases.merge(&report.phases);
-            on_event(GptqEvent::Layer {
-                index: i,
-                report: &report,
-                replayed: true,
-            })?;
-            layers.push(report);
+            layer_done(report, true, &mut phases, &mut layers, on_event)?;
         }
     }
     for i in done..arch.num_layers {
@@ -276,13 +270,7 @@ pub fn run(
             c.end_layer(view, &report, &hidden)?;
             checkpoint_seconds += t.elapsed().as_secs_f64();
         }
-        phases.merge(&report.phases);
-        on_event(GptqEvent::Layer {
-            index: i,
-            report: &report,
-            replayed: false,
-        })?;
-        layers.push(report);
+        layer_done(report, false, &mut phases, &mut layers, on_event)?;
     }
 
     let head = match (quantize_head, forward::load_head(view)?) {
@@ -336,6 +324,24 @@ pub fn run(
         holdout_windows: settings.holdout,
         linears_not_better_than_rtn_held_out: held_out_worse,
     })
+}
+
+/// A layer computed or replayed: counted, announced, kept for the report.
+fn layer_done(
+    report: LayerReport,
+    replayed: bool,
+    phases: &mut Phases,
+    layers: &mut Vec<LayerReport>,
+    on_event: &mut dyn FnMut(GptqEvent) -> Result<()>,
+) -> Result<()> {
+    phases.merge(&report.phases);
+    on_event(GptqEvent::Layer {
+        index: report.layer,
+        report: &report,
+        replayed,
+    })?;
+    layers.push(report);
+    Ok(())
 }
 
 /// Linears whose GPTQ error on the held-out windows is not below RTN's.
