@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's CLI tools (CPU only) into ${LLMQ_CACHE:-<repo>/.cache}/llama.cpp (idempotent):
-#   bin/{llama-quantize,llama-perplexity,llama-imatrix,llama-completion}
+#   bin/{llama-quantize,llama-perplexity,llama-imatrix,llama-completion,llama-bench}
 #   src/    the llama.cpp sources (src/llama-quant.cpp, ggml/src/ggml-quants.c, ...)
 #   build/  the CMake build folder
 #   dl/     the sdist the sources come from
@@ -31,7 +31,7 @@ SDIST_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 SDIST="$LC/dl/llama_cpp_python-$SDIST_VERSION.tar.gz"
 # The llama.cpp commit that sdist vendors (.git/modules/vendor/llama.cpp/HEAD in it).
 LLAMA_COMMIT="0c1e57098bba43ac29e6e3b677cdceebdd22334f"
-read -r -a TARGETS <<<"${LLAMA_TARGETS:-llama-quantize llama-perplexity llama-imatrix llama-completion}"
+read -r -a TARGETS <<<"${LLAMA_TARGETS:-llama-quantize llama-perplexity llama-imatrix llama-completion llama-bench}"
 SRC="$LC/src"
 BUILD="$LC/build"
 BIN="$LC/bin"

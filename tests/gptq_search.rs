@@ -1,6 +1,7 @@
 //! The `diag(H)`-weighted scale search (issue 12) on both backends: the
 //! GPU's `grid_fit` (WGSL) against the CPU's `fit_weighted`, RTN with the
-//! search, and GPTQ with searched dynamic groups, GPU vs CPU.
+//! search, and GPTQ with searched dynamic groups, GPU vs CPU; GPTQ with
+//! percentile and KL clipping (groups fitted on the host), GPU vs CPU.
 //!
 //! Bounds: the WGSL search runs the same f32 operations in the same order
 //! except `1/scale` (a WGSL division, within 2.5 ULP) and possibly fused
@@ -187,5 +188,67 @@ fn gptq_with_scale_search_gpu_matches_cpu() {
         );
         assert!(differ as f64 <= 0.02 * (rows * cols) as f64);
         assert!((rg.proxy_error - rc.proxy_error).abs() <= 0.05 * rc.proxy_error);
+    }
+}
+
+/// GPTQ with percentile and KL clipping: groups fitted on the host from
+/// the current weights at each block (groups of 32 start inside blocks of
+/// 128), the column loop on each backend. The fit is the same CPU function
+/// on both, so the bounds are `tests/gptq.rs`'s; and clipping must change
+/// the result (a fit that silently fell back to the range would not).
+#[test]
+fn gptq_with_clip_gpu_matches_cpu() {
+    use llmq_gpu::quant::range::RangeCalibrator;
+    let mut rng = common::rng("gptq_with_clip_gpu_matches_cpu");
+    let gpu = GpuBackend::new(common::gpu());
+    let (rows, cols, tokens) = (24, 256, 256);
+    let x = correlated_inputs(&mut rng, tokens, cols, 12);
+    let w = common::random_weights(&mut rng, rows * cols);
+    let mut h = Hessian::new(cols);
+    h.add_batch(&CpuBackend, "x", &x, tokens).unwrap();
+    let scheme = QuantScheme::new(4, false, Granularity::Group(32)).unwrap();
+    for clip in [RangeCalibrator::Percentile(95.0), RangeCalibrator::Kl] {
+        for act_order in [false, true] {
+            let opts = GptqOptions {
+                act_order,
+                clip: Some(clip),
+                ..GptqOptions::default()
+            };
+            let label = format!("{}, act-order {act_order}", clip.label());
+            let (qc, rc) =
+                gptq::quantize(&CpuBackend, "w", &w, rows, cols, &h.h, &scheme, &opts).unwrap();
+            let (qg, rg) = gptq::quantize(&gpu, "w", &w, rows, cols, &h.h, &scheme, &opts).unwrap();
+            let plain = GptqOptions { clip: None, ..opts };
+            let (qp, _) =
+                gptq::quantize(&CpuBackend, "w", &w, rows, cols, &h.h, &scheme, &plain).unwrap();
+            let (ca, cb) = (
+                unpack_codes(&qc.packed, rows, cols, 4),
+                unpack_codes(&qg.packed, rows, cols, 4),
+            );
+            let differ = ca.iter().zip(&cb).filter(|(a, b)| a != b).count();
+            let clipped = qc
+                .scales
+                .iter()
+                .zip(&qp.scales)
+                .filter(|(a, b)| a != b)
+                .count();
+            eprintln!(
+                "{label}: proxy CPU {:.4e}, GPU {:.4e} ({differ} codes differ), {clipped} of {} \
+                 group scales differ from min-max",
+                rc.proxy_error,
+                rg.proxy_error,
+                qc.scales.len()
+            );
+            assert!(differ as f64 <= 0.02 * (rows * cols) as f64, "{label}");
+            assert!(
+                (rg.proxy_error - rc.proxy_error).abs() <= 0.05 * rc.proxy_error,
+                "{label}"
+            );
+            // Seen: 17% (KL with act-order) to 99% (percentile 95) of the groups.
+            assert!(
+                clipped * 10 >= qc.scales.len(),
+                "{label}: clipping changed too few groups"
+            );
+        }
     }
 }

@@ -251,18 +251,19 @@ fn unsupported_int8_requests_are_refused() {
     assert!(quantize_dynamic(&x[..63], 1, 63).is_err());
     let a = quantize_dynamic(&x, 2, 64).unwrap();
     let mut w = weights(&mut rng, 4, 64, Granularity::Group(32), false);
-    w.scheme = QuantScheme::new(4, true, Granularity::Group(32)).unwrap();
+    w.scheme = QuantScheme::new(3, true, Granularity::Group(32)).unwrap();
     assert!(matmul_i8(&w, &a)
         .unwrap_err()
         .to_string()
         .contains("8-bit symmetric"));
 }
 
-/// `eval --int8-activations` runs a W8 symmetric model with its block
-/// linears' inputs really quantized (close to, not equal to, f32 inputs)
-/// and refuses weights the integer matmul cannot take, naming the tensor.
+/// `eval --int8-activations` runs a W8 symmetric model and a W4 one
+/// (W4A8) with their block linears' inputs really quantized (close to, not
+/// equal to, f32 inputs) and refuses weights the integer matmul cannot
+/// take (W3), naming the tensor.
 #[test]
-fn eval_runs_int8_activations_on_w8_models_only() {
+fn eval_runs_int8_activations_on_w8_and_w4_models_only() {
     let dir = tempfile::tempdir().unwrap();
     let model = common::tiny(dir.path(), true);
     let text = common::text(dir.path(), 400);
@@ -280,12 +281,17 @@ fn eval_runs_int8_activations_on_w8_models_only() {
         let o = common::llmq(&args);
         assert!(o.status.success(), "{}", common::stderr(&o));
     };
-    let (w8, w4) = (dir.path().join("w8"), dir.path().join("w4"));
+    let (w8, w4, w3) = (
+        dir.path().join("w8"),
+        dir.path().join("w4"),
+        dir.path().join("w3"),
+    );
     quantize(
         w8.to_str().unwrap(),
         &["--bits", "8", "--sym", "--group-size", "32"],
     );
     quantize(w4.to_str().unwrap(), &["--bits", "4", "--group-size", "32"]);
+    quantize(w3.to_str().unwrap(), &["--bits", "3", "--group-size", "32"]);
     let eval = |m: &std::path::Path, int8: bool| {
         let mut args = vec![
             "eval",
@@ -315,6 +321,9 @@ fn eval_runs_int8_activations_on_w8_models_only() {
     let (f, i) = (ppl(eval(&w8, false)), ppl(eval(&w8, true)));
     eprintln!("W8 perplexity: f32 activations {f:.6}, INT8 {i:.6}");
     assert!(f != i && (f - i).abs() < 0.05 * f, "{f} vs {i}");
+    let (f4, i4) = (ppl(eval(&w4, false)), ppl(eval(&w4, true)));
+    eprintln!("W4 perplexity: f32 activations {f4:.6}, INT8 {i4:.6}");
+    assert!(f4 != i4 && (f4 - i4).abs() < 0.05 * f4, "{f4} vs {i4}");
     // Static per-tensor scales calibrated on another text, each calibrator.
     let calib = common::text(dir.path(), 300);
     for c in ["minmax", "percentile", "mse", "kl"] {
@@ -357,7 +366,7 @@ fn eval_runs_int8_activations_on_w8_models_only() {
         calib.to_str().unwrap(),
     ]);
     assert!(!o.status.success() && common::stderr(&o).contains("(0, 100]"));
-    let o = eval(&w4, true);
+    let o = eval(&w3, true);
     let e = common::stderr(&o);
     assert!(
         !o.status.success() && e.contains("--bits 8 --sym") && e.contains("q_proj"),

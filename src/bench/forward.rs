@@ -4,6 +4,7 @@
 //! the same run.
 
 use super::matmul::{best_of, cpu_copy_bandwidth, gbps, gpu_copy_bandwidth};
+use super::peer::PeerComparison;
 use crate::backend::gpu::hessian;
 use crate::backend::gpu::matmul_dense::{encode_dense, GpuDenseWeights};
 use crate::backend::gpu::GpuContext;
@@ -112,6 +113,8 @@ pub struct ForwardBenchReport {
     /// What the model file's block linears store, when the caller knows
     /// the file.
     pub linears: Option<LinearStorage>,
+    /// llama.cpp on the same work, when the caller ran it ([`super::peer`]).
+    pub peer: Option<PeerComparison>,
 }
 
 impl fmt::Display for ForwardBenchReport {
@@ -137,6 +140,9 @@ impl fmt::Display for ForwardBenchReport {
         )?;
         if let Some(s) = &self.linears {
             write!(f, "\n{s}")?;
+        }
+        if let Some(p) = &self.peer {
+            write!(f, "\n{p}")?;
         }
         Ok(())
     }
@@ -204,5 +210,6 @@ pub fn run_forward_bench(
         decode_share_of_copy: decode_gbps / peak.copy_gbps,
         peak,
         linears: None,
+        peer: None,
     })
 }

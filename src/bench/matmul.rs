@@ -340,22 +340,24 @@ fn row(
     }
 }
 
-/// The INT8 × INT8 path beside an 8-bit case: the same codes as 8-bit
-/// symmetric weights, activations quantized per token inside the timing
-/// (the cost a W8A8 linear pays), CPU reference kernel.
-/// The 8-bit symmetric copy of an 8-bit case (the weights W8A8 takes);
-/// `None` for other cases.
+/// The INT8-activation path beside an 8-bit or 4-bit case: its weights
+/// (an 8-bit case's codes as 8-bit symmetric ones, the weights W8A8
+/// takes; a 4-bit case as it is, W4A8), activations quantized per token
+/// inside the timing (the cost such a linear pays); `None` for other cases.
 fn int8_weights(w: &EncodedTensor) -> Result<Option<QuantizedTensor>> {
     let EncodedTensor::Affine(q) = w else {
         return Ok(None);
     };
-    if q.scheme.bits != 8 || !q.cols.is_multiple_of(4) {
-        return Ok(None);
+    let mut q = q.clone();
+    if q.scheme.bits == 8 {
+        q.scheme = QuantScheme::new(8, true, q.scheme.granularity)?;
+        q.zeros.iter_mut().for_each(|z| *z = 128);
     }
-    let mut sym = q.clone();
-    sym.scheme = QuantScheme::new(8, true, q.scheme.granularity)?;
-    sym.zeros.iter_mut().for_each(|z| *z = 128);
-    Ok(Some(sym))
+    Ok(
+        crate::encoding::act8::check_i8_scheme(&q.scheme, q.cols, q.cols)
+            .is_ok()
+            .then_some(q),
+    )
 }
 
 fn int8_activation_row(

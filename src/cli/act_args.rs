@@ -36,7 +36,7 @@ pub struct ActArgs {
     /// How each weight group's range is chosen: minmax (its extremes),
     /// mse (the scale search, diag(H)-weighted with --calib; GPTQ's and
     /// calibrated RTN's default), percentile (--clip-percentile) or kl
-    /// (thresholds on a histogram of the group; GPTQ: CPU only). Default:
+    /// (thresholds on a histogram of the group, fitted on the host). Default:
     /// minmax for RTN without --calib, mse otherwise.
     #[arg(long)]
     clip: Option<String>,

@@ -1,11 +1,13 @@
 //! `llmq-gpu bench`: dequant-matmul throughput against the copy bandwidth
 //! measured on the same device in the same run; with `--model`, whole-model
-//! prefill and decode speed against the matmul rate and copy bandwidth.
+//! prefill and decode speed against the matmul rate and copy bandwidth, and
+//! with `--peer` against llama.cpp's llama-bench on the same work.
 
 use llmq_gpu::backend::gpu::{DeviceChoice, GpuContext};
 use llmq_gpu::backend::{Backend, CpuBackend, GpuBackend};
 use llmq_gpu::bench::forward::{run_forward_bench, PeakRates};
 use llmq_gpu::bench::gptq::{bench_model, bench_synthetic, SyntheticLayer};
+use llmq_gpu::bench::peer::{default_llama_bench, run_llama_bench, PeerComparison};
 use llmq_gpu::bench::{run_matmul_bench, MatmulBenchOptions};
 use llmq_gpu::model::forward::open_forward;
 use llmq_gpu::pipeline::calib::CalibConfig;
@@ -42,6 +44,20 @@ pub struct Args {
     /// Tokens decoded one at a time (with --model).
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
+    /// With --model on the CPU: also time llama.cpp's llama-bench on the
+    /// same work (same prompt and decode lengths, same thread count) and
+    /// print our tokens/s as a ratio to its.
+    #[arg(long)]
+    peer: bool,
+    /// The llama-bench binary for --peer (default: the one
+    /// scripts/build-llama-cpp.sh builds, .cache/llama.cpp/bin/llama-bench).
+    #[arg(long, requires = "peer")]
+    llama_bench: Option<PathBuf>,
+    /// The GGUF llama-bench runs for --peer (default: --model when it is a
+    /// GGUF file; for an llmq folder name llama.cpp's nearest type, e.g.
+    /// its Q8_0 beside W8A8, Q4_0 beside RTN W4).
+    #[arg(long, requires = "peer")]
+    peer_model: Option<PathBuf>,
     /// Benchmark GPTQ by phase: the whole --model with --calib, or
     /// --synthetic-layers of a given shape.
     #[arg(long)]
@@ -178,8 +194,33 @@ fn run_forward(a: &Args, model: &Path) -> Result<()> {
         let ctx = GpuContext::new(a.device, a.adapter.as_deref())?;
         PeakRates::gpu(&ctx, iters)?
     };
+    if a.peer && !m.device().starts_with("cpu") {
+        return Err(Error::Config(format!(
+            "--peer runs llama.cpp's CPU build, so it compares only with --device cpu (this run \
+             is on {})",
+            m.device()
+        )));
+    }
     let mut report = run_forward_bench(m.as_ref(), peak, a.prompt_tokens, a.decode_tokens, iters)?;
     report.linears = llmq_gpu::eval::size::linear_storage(&ModelView::open(model)?).ok();
+    if a.peer {
+        let tool = a.llama_bench.clone().unwrap_or_else(default_llama_bench);
+        let gguf = a.peer_model.as_deref().unwrap_or(model);
+        let threads = rayon::current_num_threads();
+        let run = run_llama_bench(
+            &tool,
+            gguf,
+            a.prompt_tokens,
+            a.decode_tokens,
+            threads,
+            iters,
+        )?;
+        report.peer = Some(PeerComparison::new(
+            run,
+            report.prefill_tokens_per_second,
+            report.decode_tokens_per_second,
+        ));
+    }
     if a.json {
         let json =
             serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;

@@ -47,12 +47,6 @@ pub trait Grid: Send + Sync {
     /// WGSL of `GRID_PARAMS`, `grid_fit` and `grid_round`.
     fn wgsl(&self) -> String;
 
-    /// An error when [`Grid::fit`] has no WGSL twin (the GPU column loop
-    /// then cannot run this grid).
-    fn check_gpu(&self) -> crate::error::Result<()> {
-        Ok(())
-    }
-
     /// Columns rounded together: 1 for scalar grids, the vector dimension
     /// for VQ codebooks (their code is one per vector).
     fn step(&self) -> usize {

@@ -66,7 +66,9 @@ impl ActQuantSettings {
     /// integer matmul cannot take, static scales or smoothing without
     /// calibration text.
     pub fn check(&self, scheme: &QuantScheme, calib: Option<&CalibConfig>) -> Result<()> {
-        self.check_width(scheme, 4)?;
+        // The bits and group size alone, on a width every group fits; each
+        // tensor's own width is checked as the plan is made.
+        self.check_width(scheme, 1024)?;
         if let Some(a) = self.smooth {
             if !(0.0..=1.0).contains(&a) {
                 return Err(Error::Config(format!(
@@ -97,7 +99,8 @@ impl ActQuantSettings {
             .map_err(|_| {
                 Error::Config(format!(
                     "--act-bits 8 multiplies INT8 activations with 8-bit symmetric weights in \
-                     groups of a multiple of 4; {} over {cols} inputs is not (use --bits 8 --sym)",
+                     groups of a multiple of 4, or 4-bit weights in groups of a multiple of 8 \
+                     (W4A8); {} over {cols} inputs is not (use --bits 8 --sym, or --bits 4)",
                     scheme.label()
                 ))
             })

@@ -112,8 +112,9 @@ impl QuantizeConfig {
             clip: WeightClip::MinMax,
         }
     }
-    /// W8A8: INT8 inputs for every block linear (needs 8-bit symmetric
-    /// weights; static scales and smoothing need calibration settings).
+    /// W8A8 / W4A8: INT8 inputs for every block linear (needs 8-bit
+    /// symmetric or 4-bit weights; static scales and smoothing need
+    /// calibration settings).
     pub fn activations(mut self, settings: ActQuantSettings) -> Self {
         self.activations = Some(settings);
         self

@@ -161,7 +161,6 @@ impl<'a> GpuGptqColumns<'a> {
                 ctx.max_workgroups()
             )));
         }
-        spec.grid.check_gpu()?;
         let row_params = spec.groups(cols) * spec.grid.params_per_group();
         // Grids fitted across rows (VQ, 1D included) take the vector loop.
         let vector = spec.grid.step() > 1 || !spec.grid.fits_rows();

@@ -310,14 +310,15 @@ impl GpuQuantWeights {
         }
     }
 
-    /// Each chunk's first row, rows, codes and first aux part (the scales
-    /// of linear integer codes), for other kernels over the same upload.
+    /// Each chunk's first row, rows, codes and aux parts (the scales and
+    /// zero-points of linear integer codes), for other kernels over the
+    /// same upload.
     pub(super) fn chunk_parts(
         &self,
-    ) -> impl Iterator<Item = (usize, usize, &GpuBuffer, &GpuBuffer)> {
+    ) -> impl Iterator<Item = (usize, usize, &GpuBuffer, &[GpuBuffer; 2])> {
         self.chunks
             .iter()
-            .map(|c| (c.row0, c.rows, &c.packed, &c.aux[0]))
+            .map(|c| (c.row0, c.rows, &c.packed, &c.aux))
     }
 
     /// Words per row of the codes.

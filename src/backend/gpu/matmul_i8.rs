@@ -1,6 +1,6 @@
 //! Thin wrapper over `shaders/matmul_i8.wgsl`: `y = x · Wᵀ` with INT8
-//! activations ([`crate::encoding::act8`]) and 8-bit symmetric weights
-//! uploaded as [`GpuQuantWeights`] (the same buffers the f32-activation
+//! activations ([`crate::encoding::act8`]) and 8-bit symmetric or 4-bit
+//! (W4A8) weights uploaded as [`GpuQuantWeights`] (the same buffers the f32-activation
 //! kernels read), split by tokens so activations fit one binding.
 
 use super::context::{Binding, GpuContext};
@@ -38,6 +38,17 @@ const BINDINGS: [Binding; 6] = [
     Binding::StorageReadWrite,
 ];
 
+/// `matmul_w4a8` also reads the zero-points.
+const W4_BINDINGS: [Binding; 7] = [
+    Binding::Uniform,
+    Binding::StorageRead,
+    Binding::StorageRead,
+    Binding::StorageRead,
+    Binding::StorageRead,
+    Binding::StorageReadWrite,
+    Binding::StorageRead,
+];
+
 /// `[tokens, rows]` of the INT8 × INT8 product of resident weights `w`
 /// with activations `a`.
 pub fn matmul_i8_resident(
@@ -69,8 +80,8 @@ pub fn matmul_i8_resident(
     Ok(y)
 }
 
-/// The group length, or an error unless `w` is 8-bit symmetric codes that
-/// take `cols`-wide INT8 inputs.
+/// The group length, or an error unless `w` is 8-bit symmetric or 4-bit
+/// codes that take `cols`-wide INT8 inputs.
 fn check_weights(w: &GpuQuantWeights, cols: usize) -> Result<(QuantScheme, usize)> {
     let Encoding::Affine(s) = w.encoding else {
         return Err(Error::Gpu(
@@ -92,8 +103,12 @@ pub fn encode_matmul_i8(
     tokens: usize,
 ) -> Result<()> {
     let (s, glen) = check_weights(w, w.cols)?;
-    let k = ctx.kernel("matmul_i8", SOURCE, "matmul_i8", &BINDINGS)?;
-    for (row0, rows, packed, scales) in w.chunk_parts() {
+    let w4 = s.bits == 4;
+    let k = match w4 {
+        true => ctx.kernel("matmul_w4a8", SOURCE, "matmul_w4a8", &W4_BINDINGS)?,
+        false => ctx.kernel("matmul_i8", SOURCE, "matmul_i8", &BINDINGS)?,
+    };
+    for (row0, rows, packed, [scales, zeros]) in w.chunk_parts() {
         let row_blocks = rows.div_ceil(WG);
         let groups = u32::try_from(row_blocks * tokens)
             .map_err(|_| Error::Gpu("INT8 matmul grid too large".into()))?;
@@ -110,12 +125,11 @@ pub fn encode_matmul_i8(
             _pad: [0; 3],
         };
         let uniform = ctx.uniform("matmul_i8.params", &params);
-        ctx.encode(
-            enc,
-            &k,
-            &[&uniform, packed, scales, xq, xs, y],
-            ctx.grid(groups),
-        );
+        let mut buffers = vec![&uniform, packed, scales, xq, xs, y];
+        if w4 {
+            buffers.push(zeros);
+        }
+        ctx.encode(enc, &k, &buffers, ctx.grid(groups));
     }
     Ok(())
 }

@@ -7,9 +7,10 @@
 //! The INT8 × INT8 matmul ([`matmul_i8`]) takes 8-bit symmetric weights of
 //! the affine encoding (codes `c ∈ [0, 255]`, zero-point 128, so
 //! `c − 128` is the signed weight and `c ^ 0x80` its two's-complement
-//! byte): per output, each group's integer dot product is accumulated
-//! exactly in i32, then `y = s_t · Σ_g (scale_g · acc_g)` in f32, groups in
-//! order. `shaders/matmul_i8.wgsl` computes the same in the same order.
+//! byte), or 4-bit weights with any zero-points (W4A8, [`w4`]): per
+//! output, each group's integer dot product is accumulated exactly in i32,
+//! then `y = s_t · Σ_g (scale_g · acc_g)` in f32, groups in order.
+//! `shaders/matmul_i8.wgsl` computes the same in the same order.
 
 use super::affine::scheme::round_half_up;
 use super::{QuantScheme, QuantizedTensor};
@@ -18,6 +19,7 @@ use rayon::prelude::*;
 use tiles::{Operands, Tiles};
 
 mod tiles;
+mod w4;
 
 /// The largest code magnitude (symmetric: −127..=127).
 pub const QMAX: f32 = 127.0;
@@ -97,7 +99,7 @@ pub fn quantize_dynamic(x: &[f32], tokens: usize, cols: usize) -> Result<Quantiz
 
 /// Below this many tokens the work is too small to share out: waking the
 /// pool costs more than it saves (decoding: one token).
-const PARALLEL_TOKENS: usize = 16;
+pub(super) const PARALLEL_TOKENS: usize = 16;
 
 /// Static quantization of `x` with one calibrated `scale` for every token.
 pub fn quantize_static(
@@ -155,13 +157,20 @@ impl QuantizedActivations {
 
 /// The group length of weights of `scheme` over `cols` columns when they
 /// can take INT8 activations of `act_cols` columns: 8-bit symmetric codes
-/// whose groups start on whole words of the activations.
+/// whose groups start on whole words of the activations, or 4-bit codes
+/// (W4A8) whose groups and rows are whole words of 8 codes.
 pub fn check_i8_scheme(scheme: &QuantScheme, cols: usize, act_cols: usize) -> Result<usize> {
     let glen = scheme.group_len(cols);
-    if scheme.bits != 8 || !scheme.symmetric || !glen.is_multiple_of(4) {
+    let fits = match scheme.bits {
+        8 => scheme.symmetric && glen.is_multiple_of(4),
+        4 => glen.is_multiple_of(8) && cols.is_multiple_of(8),
+        _ => false,
+    };
+    if !fits {
         return Err(Error::Config(format!(
-            "the INT8 x INT8 matmul takes 8-bit symmetric weights in groups of a multiple of 4 \
-             columns, not {}",
+            "the INT8-activation matmul takes 8-bit symmetric weights in groups of a multiple of \
+             4 columns, or 4-bit weights in groups of a multiple of 8 (W4A8), not {} over {cols} \
+             columns",
             scheme.label()
         )));
     }
@@ -224,7 +233,7 @@ fn group_dot_scalar(w: &[u32], x: &[u32]) -> i32 {
         .sum()
 }
 
-/// `y = x · Wᵀ` with INT8 activations and 8-bit weights: `[tokens, rows]`.
+/// `y = x · Wᵀ` with INT8 activations and 8-bit (or 4-bit) weights: `[tokens, rows]`.
 /// The CPU reference of `shaders/matmul_i8.wgsl` (same order of f32
 /// operations); register tiles ([`tiles`]) where the CPU has them, rows in
 /// parallel for a few tokens, token blocks in parallel for batches.
@@ -256,6 +265,11 @@ pub fn matmul_i8_on(
     let (wpr, gw) = (w.words_per_row(), glen / 4);
     let mut y = vec![0f32; a.tokens * w.rows];
     if a.tokens == 0 || w.rows == 0 {
+        return Ok(y);
+    }
+    if w.scheme.bits == 4 {
+        // One kernel for W4A8: AVX2 where the CPU has it, whatever `kernel` says.
+        w4::matmul_w4(w, a, glen, &mut y);
         return Ok(y);
     }
     let tiles = Tiles::detect(gw, wpr).filter(|_| a.cols / 4 == wpr);

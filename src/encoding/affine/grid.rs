@@ -18,7 +18,8 @@ pub struct AffineGrid {
     /// Fit each group by the weighted scale search instead of its range.
     pub search: bool,
     /// Clip each group's range at this calibrator's threshold
-    /// ([`super::clip`]; CPU only); `None`: the range or the search.
+    /// ([`super::clip`]; fitted on the host, see
+    /// [`Grid::host_fit_groups`]); `None`: the range or the search.
     pub clip: Option<RangeCalibrator>,
 }
 
@@ -149,15 +150,12 @@ impl Grid for AffineGrid {
         (q, s * (q as f32 - z))
     }
 
-    fn check_gpu(&self) -> Result<()> {
-        match self.clip {
-            Some(c) => Err(Error::Config(format!(
-                "GPTQ with --clip {} fits its groups on the CPU only: use --device cpu, or --clip \
-                 mse / minmax",
-                c.label()
-            ))),
-            None => Ok(()),
-        }
+    /// Clipped groups are fitted on the host (their histogram thresholds
+    /// have no WGSL twin) from the current weights at each block, as
+    /// k-quant super-blocks are: the GPU keeps the column loop and the
+    /// updates, and both backends fit with the same function.
+    fn host_fit_groups(&self) -> Option<usize> {
+        self.clip.map(|_| 1)
     }
 
     fn wgsl(&self) -> String {

@@ -28,7 +28,7 @@ use std::sync::Arc;
 enum GpuLinear {
     Dense(GpuDenseWeights),
     Packed(GpuQuantWeights),
-    /// 8-bit symmetric codes taking INT8 inputs (W8A8): the input is
+    /// 8-bit symmetric or 4-bit codes taking INT8 inputs (W8A8, W4A8): the input is
     /// quantized on the GPU (static scale, or per token) and multiplied
     /// in integers.
     Int8(GpuQuantWeights, Option<f32>),

@@ -1,6 +1,6 @@
 //! Running a model with INT8 activations (`eval --int8-activations`): every
-//! block linear stored as 8-bit symmetric codes takes its input quantized
-//! per token to INT8 and multiplies in integers
+//! block linear stored as 8-bit symmetric codes, or as 4-bit codes (W4A8),
+//! takes its input quantized per token to INT8 and multiplies in integers
 //! ([`crate::encoding::act8`]); the output head stays f32, as W8A8
 //! deployments keep it. On the GPU the same weights run through
 //! `shaders/quantize_i8.wgsl` and `shaders/matmul_i8.wgsl`. Models written
@@ -32,8 +32,8 @@ pub enum InputMode {
 
 impl LlamaWeights {
     /// Every block linear as [`Linear::Int8Input`]: an error naming the
-    /// first that is not stored as 8-bit symmetric codes in groups of a
-    /// multiple of 4 (quantize with `--bits 8 --sym`).
+    /// first that is not stored as codes the INT8 matmul takes
+    /// ([`act8::check_i8_scheme`]: `--bits 8 --sym`, or `--bits 4`).
     pub fn with_int8_activations(mut self, view: &ModelView) -> Result<Self> {
         self.map_block_linears(view, |name, l| match l {
             // Stored W8A8: its own scales stay.
@@ -44,8 +44,8 @@ impl LlamaWeights {
                 Ok(Linear::Int8Input(q, None))
             }
             other => Err(Error::Config(format!(
-                "--int8-activations multiplies INT8 activations with 8-bit symmetric weights; \
-                 '{name}' in {} is {} (quantize with --bits 8 --sym)",
+                "--int8-activations multiplies INT8 activations with 8-bit symmetric or 4-bit \
+                 weights; '{name}' in {} is {} (quantize with --bits 8 --sym, or --bits 4)",
                 view.path().display(),
                 match &other {
                     Linear::Packed(e) => e.encoding().label(),
@@ -79,7 +79,10 @@ impl LlamaWeights {
                 }
                 _ => Err(Error::format(
                     view.path(),
-                    format!("'{name}' has INT8 inputs but is not stored as 8-bit symmetric codes"),
+                    format!(
+                        "'{name}' has INT8 inputs but is not stored as 8-bit symmetric or 4-bit \
+                         codes"
+                    ),
                 )),
             }
         })?;

@@ -24,9 +24,9 @@ pub enum Linear {
     /// rounds it for the file's tensor type (`eval
     /// --llama-cpp-activations`; CPU only).
     RoundedInput(ActivationRounding, Box<Linear>),
-    /// 8-bit symmetric codes whose input is quantized to INT8 (with the
+    /// 8-bit symmetric (or 4-bit) codes whose input is quantized to INT8 (with the
     /// static scale when given, else per token) and multiplied in integers
-    /// (W8A8 models, `eval --int8-activations`; both backends).
+    /// (W8A8 and W4A8 models, `eval --int8-activations`; both backends).
     Int8Input(QuantizedTensor, Option<f32>),
     /// A linear whose inputs are also added to a histogram (range
     /// calibration of its activations).

@@ -71,7 +71,8 @@ pub struct GptqOptions {
     /// range, for static and dynamic groups alike.
     pub scale_search: bool,
     /// Clip each group's range at this calibrator's threshold instead
-    /// (`--clip percentile|kl`, [`crate::encoding::affine::clip`]; CPU only).
+    /// (`--clip percentile|kl`, [`crate::encoding::affine::clip`]; groups
+    /// fitted on the host at each block on either backend).
     pub clip: Option<crate::quant::range::RangeCalibrator>,
     /// `λ` of `H ← (1−λ)·H + λ·diag(H)` before factoring: 0 is GPTQ, 1
     /// ignores the input correlations (each column weighted by its `Σx²`

@@ -1,0 +1,168 @@
+//! W4A8: 4-bit weight codes (any zero-point, symmetric or not) times INT8
+//! activations. A group's integer dot product is `Σ c·x − z·Σ x` with `c`
+//! the unsigned codes (0..=15) and `z` the group's zero-point: both sums
+//! are exact in i32 (at most 15 · 127 per product), `Σ x` is computed once
+//! per token and group and shared by every row. The output is then
+//! `s_t · Σ_g (scale_g · dot_g)` in f32, groups in order, as for W8A8 and
+//! as `shaders/matmul_i8.wgsl` (`matmul_w4a8`) computes it.
+//!
+//! Codes are the affine encoding's packing, eight per word, code `j` at
+//! bits `4j`: byte `b` of a row holds columns `2b` (low nibble) and `2b+1`
+//! (high nibble), so interleaving the low and high nibbles of 16 bytes
+//! gives 32 codes in column order against 32 activation bytes.
+
+use super::{QuantizedActivations, PARALLEL_TOKENS};
+use crate::encoding::QuantizedTensor;
+use rayon::prelude::*;
+
+/// Nibbles 0..3 of `v` (its low 16 bits) as the four bytes of a word.
+#[inline]
+pub(super) fn spread_nibbles(v: u32) -> u32 {
+    let x = v & 0xffff;
+    let x = (x | (x << 8)) & 0x00ff_00ff;
+    (x | (x << 4)) & 0x0f0f_0f0f
+}
+
+/// `Σ u·x` over the four byte pairs of `u` (unsigned) and `x` (signed).
+#[inline]
+fn dot_u8_i8(u: u32, x: u32) -> i32 {
+    (0..4)
+        .map(|j| ((u >> (8 * j)) & 0xff) as i32 * ((x >> (8 * j)) as u8 as i8) as i32)
+        .sum()
+}
+
+/// `Σ c·x` of one group: `w` its weight words (8 codes each), `x` the
+/// token's words over the same columns (twice as many).
+fn group_dot_scalar(w: &[u32], x: &[u32]) -> i32 {
+    w.iter()
+        .zip(x.chunks_exact(2))
+        .map(|(&v, xs)| {
+            dot_u8_i8(spread_nibbles(v), xs[0]) + dot_u8_i8(spread_nibbles(v >> 16), xs[1])
+        })
+        .sum()
+}
+
+fn group_dot(w: &[u32], x: &[u32], avx2: bool) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && w.len() >= 4 {
+        let whole = w.len() / 4 * 4;
+        // SAFETY: `avx2` comes from `crate::encoding::avx2_fma()`, which
+        // checked the CPU supports AVX2; `w` holds `whole` words and `x`
+        // twice as many.
+        let head = unsafe { group_dot_avx2(&w[..whole], &x[..2 * whole]) };
+        return head + group_dot_scalar(&w[whole..], &x[2 * whole..]);
+    }
+    let _ = avx2;
+    group_dot_scalar(w, x)
+}
+
+/// 32 codes per step: the nibbles of 16 bytes split and interleaved into
+/// column order, multiplied with the activations' signed bytes and summed
+/// in pairs to i16 (`vpmaddubsw`: at most 2 · 15 · 127, no saturation),
+/// then to i32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn group_dot_avx2(w: &[u32], x: &[u32]) -> i32 {
+    use std::arch::x86_64::*;
+    let (mask, ones) = (_mm_set1_epi8(0x0f), _mm256_set1_epi16(1));
+    let mut acc = _mm256_setzero_si256();
+    for (wc, xc) in w.chunks_exact(4).zip(x.chunks_exact(8)) {
+        let v = _mm_loadu_si128(wc.as_ptr().cast());
+        let lo = _mm_and_si128(v, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
+        let codes = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+        let xs = _mm256_loadu_si256(xc.as_ptr().cast());
+        let p = _mm256_maddubs_epi16(codes, xs);
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+    }
+    let s = _mm_add_epi32(
+        _mm256_castsi256_si128(acc),
+        _mm256_extracti128_si256(acc, 1),
+    );
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+/// `Σ x` of each group of each token, `[tokens, groups]`.
+fn group_sums(a: &QuantizedActivations, group_x_words: usize, groups: usize) -> Vec<i32> {
+    let xpr = a.cols / 4;
+    let sum = |i: usize| -> i32 {
+        let (t, g) = (i / groups, i % groups);
+        let k = g * group_x_words..((g + 1) * group_x_words).min(xpr);
+        a.packed[t * xpr..(t + 1) * xpr][k]
+            .iter()
+            .map(|&v| dot_u8_i8(0x0101_0101, v))
+            .sum()
+    };
+    match a.tokens < PARALLEL_TOKENS {
+        true => (0..a.tokens * groups).map(sum).collect(),
+        false => (0..a.tokens * groups).into_par_iter().map(sum).collect(),
+    }
+}
+
+/// `y = x · Wᵀ` `[tokens, rows]` for 4-bit `w` in groups of `glen`
+/// columns (a multiple of 8; the caller checked the shapes).
+pub(super) fn matmul_w4(w: &QuantizedTensor, a: &QuantizedActivations, glen: usize, y: &mut [f32]) {
+    let (rows, wpr, xpr) = (w.rows, w.words_per_row(), a.cols / 4);
+    let groups = w.n_groups();
+    let (gw, gx) = (glen / 8, glen / 4);
+    let sums = group_sums(a, gx, groups);
+    let avx2 = super::super::avx2_fma();
+    let output = |t: usize, r: usize| -> f32 {
+        let row = &w.packed[r * wpr..(r + 1) * wpr];
+        let x = &a.packed[t * xpr..(t + 1) * xpr];
+        let mut acc = 0f32;
+        for g in 0..groups {
+            let (kw, kx) = (
+                g * gw..((g + 1) * gw).min(wpr),
+                g * gx..((g + 1) * gx).min(xpr),
+            );
+            let z = w.zeros[r * groups + g] as i32;
+            let dot = group_dot(&row[kw], &x[kx], avx2) - z * sums[t * groups + g];
+            acc += w.scales[r * groups + g] * dot as f32;
+        }
+        a.scales[t] * acc
+    };
+    if a.tokens >= PARALLEL_TOKENS {
+        y.par_chunks_mut(rows).enumerate().for_each(|(t, yt)| {
+            for (r, o) in yt.iter_mut().enumerate() {
+                *o = output(t, r);
+            }
+        });
+        return;
+    }
+    let block = rows.div_ceil(4 * rayon::current_num_threads()).max(64);
+    for (t, yt) in y.chunks_mut(rows).enumerate() {
+        yt.par_chunks_mut(block).enumerate().for_each(|(b, out)| {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = output(t, b * block + i);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nibbles_spread_in_column_order() {
+        assert_eq!(spread_nibbles(0x8765_4321), 0x0403_0201);
+        assert_eq!(spread_nibbles(0x8765_4321 >> 16), 0x0807_0605);
+    }
+
+    #[test]
+    fn avx2_dot_equals_the_scalar_one() {
+        let w: Vec<u32> = (0..12u32).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
+        let x: Vec<u32> = (0..24u32)
+            .map(|i| i.wrapping_mul(0x85eb_ca6b) ^ 0x8080_0180)
+            .collect();
+        let want = group_dot_scalar(&w, &x);
+        assert_eq!(group_dot(&w, &x, crate::encoding::avx2_fma()), want);
+        assert_eq!(
+            group_dot(&w[..5], &x[..10], crate::encoding::avx2_fma()),
+            group_dot_scalar(&w[..5], &x[..10])
+        );
+    }
+}
