@@ -8,7 +8,12 @@
 #               against llama.cpp's Q8_0, whose CPU kernel also rounds the
 #               inputs to 8 bits per 32 (vec_dot_q8_0_q8_0);
 #   W4          our RTN W4 g32 sym (f32 inputs) against Q4_0 (4-bit
-#               symmetric, 32 per block, inputs as Q8_0).
+#               symmetric, 32 per block, inputs as Q8_0);
+#   W4A8        the same W4 codes with INT8 per-token inputs against Q4_0.
+# Our folders quantize the (tied) head too, as llama.cpp's files do: W8
+# g32 where llama.cpp's is Q8_0; W4 g32 where its Q4_0 file keeps the head
+# in Q8_0 (576 columns are no multiple of 256, so not Q6_K): less to read
+# for ours.
 # Builds llama.cpp's tools first (scripts/build-llama-cpp.sh, cached).
 # Usage: bash scripts/peer-speed.sh [PROMPT_TOKENS] [DECODE_TOKENS]
 #        (default 512 and 32; ITERS=3 repetitions each; BIN=the llmq-gpu
@@ -37,17 +42,26 @@ for t in Q8_0 Q4_0; do
         { cat "$OUT/lc-$t.log"; exit 1; }
 done
 "$BIN" quantize --model "$SRC" --out "$OUT/w8a8" --method rtn --bits 8 --sym --group-size 32 \
-    --act-bits 8 --act-dynamic --device cpu >/dev/null
+    --act-bits 8 --act-dynamic --quantize-output --device cpu >/dev/null
 "$BIN" quantize --model "$SRC" --out "$OUT/w4" --method rtn --bits 4 --sym --group-size 32 \
-    --device cpu >/dev/null
+    --quantize-output --device cpu >/dev/null
+"$BIN" quantize --model "$SRC" --out "$OUT/w4a8" --method rtn --bits 4 --sym --group-size 32 \
+    --act-bits 8 --act-dynamic --quantize-output --device cpu >/dev/null
 
 # name, our model, the GGUF llama.cpp runs
 cases=("gguf-Q4_1 $SRC $SRC" "gguf-Q8_0 $OUT/lc-Q8_0.gguf $OUT/lc-Q8_0.gguf"
-    "W8A8 $OUT/w8a8 $OUT/lc-Q8_0.gguf" "W4 $OUT/w4 $OUT/lc-Q4_0.gguf")
+    "W8A8 $OUT/w8a8 $OUT/lc-Q8_0.gguf" "W4 $OUT/w4 $OUT/lc-Q4_0.gguf"
+    "W4A8 $OUT/w4a8 $OUT/lc-Q4_0.gguf")
+summary=()
 for c in "${cases[@]}"; do
     read -r name ours theirs <<<"$c"
     echo "== $name"
     "$BIN" bench --model "$ours" --device cpu --prompt-tokens "$PP" --decode-tokens "$TG" \
-        --iters "$ITERS" --peer --llama-bench "$LB" --peer-model "$theirs"
+        --iters "$ITERS" --peer --llama-bench "$LB" --peer-model "$theirs" | tee "$OUT/$name.txt"
+    summary+=("$(printf '%-10s prefill %s   decode %s' "$name" \
+        "$(grep -A1 '^peer:' "$OUT/$name.txt" | tail -1 | sed 's/.*tok\/s; ours = //')" \
+        "$(grep -A2 '^peer:' "$OUT/$name.txt" | tail -1 | sed 's/.*tok\/s; ours = //')")")
     echo
 done
+echo "ours / llama.cpp (tokens/s):"
+printf '  %s\n' "${summary[@]}"

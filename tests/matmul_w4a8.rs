@@ -2,7 +2,8 @@
 //! activations (`llmq_gpu::encoding::act8`, `matmul_w4a8` in
 //! `shaders/matmul_i8.wgsl`). With unit scales the integer sums are
 //! bit-exact against an i64 reference on both backends; with real scales
-//! the CPU is bit-exact against the ordered f32 sum written here and the
+//! the CPU (batches widened onto the W8 tiles, a few tokens on the packed
+//! codes) is bit-exact against the ordered f32 sum written here and the
 //! GPU within f32 rounding of it (1e-5 of Σ|w·x|), both equal to the
 //! product of the dequantized operands; weights the kernel cannot take are
 //! refused.
@@ -12,7 +13,8 @@ mod common;
 use llmq_gpu::backend::gpu::matmul::GpuQuantWeights;
 use llmq_gpu::backend::gpu::matmul_i8::{matmul_i8 as gpu_i8, matmul_i8_resident};
 use llmq_gpu::encoding::act8::{
-    check_i8_scheme, matmul_i8, quantize_dynamic, quantize_static, QuantizedActivations,
+    check_i8_scheme, matmul_i8, matmul_i8_on, quantize_dynamic, quantize_static, CpuInt8Kernel,
+    QuantizedActivations,
 };
 use llmq_gpu::encoding::affine::packing::{pack_codes, unpack_codes};
 use llmq_gpu::encoding::{Granularity, QuantScheme, QuantizedTensor};
@@ -126,6 +128,10 @@ fn scaled_w4a8_matches_the_dequantized_product() {
         let a = quantize_dynamic(&x, tokens, cols).unwrap();
         let cpu = matmul_i8(&w, &a).unwrap();
         assert_eq!(cpu, reference(&w, &a), "cpu {rows}x{cols}: the ordered sum");
+        // Batches widen the codes onto the W8 tiles; the packed-code loop
+        // (what a few tokens take) gives the same bits.
+        let packed = matmul_i8_on(CpuInt8Kernel::Portable, &w, &a).unwrap();
+        assert_eq!(packed, cpu, "cpu {rows}x{cols} {tokens}: both paths");
         let gpu = gpu_i8(&ctx, &w, &a).unwrap();
         let (wd, xd) = (w.dequantize().unwrap(), a.dequantize());
         for t in 0..tokens {

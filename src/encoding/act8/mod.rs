@@ -268,7 +268,11 @@ pub fn matmul_i8_on(
         return Ok(y);
     }
     if w.scheme.bits == 4 {
-        // One kernel for W4A8: AVX2 where the CPU has it, whatever `kernel` says.
+        if a.tokens >= PARALLEL_TOKENS && kernel != CpuInt8Kernel::Portable {
+            // Batches: widened to W8 codes, the same sums on the tiles.
+            return matmul_i8_on(kernel, &w4::widen_to_w8(w)?, a);
+        }
+        // A few tokens: AVX2 where the CPU has it.
         w4::matmul_w4(w, a, glen, &mut y);
         return Ok(y);
     }

@@ -6,6 +6,12 @@
 //! `s_t · Σ_g (scale_g · dot_g)` in f32, groups in order, as for W8A8 and
 //! as `shaders/matmul_i8.wgsl` (`matmul_w4a8`) computes it.
 //!
+//! Batches (16 tokens or more) widen the codes first: each becomes the
+//! 8-bit symmetric code `c − z + 128` with the group's scale, so the W8A8
+//! register tiles compute the very same integer sums and f32 operations
+//! ([`widen_to_w8`]; the copy is a byte per weight, small beside a batch's
+//! work). A few tokens run [`matmul_w4`] on the packed codes.
+//!
 //! Codes are the affine encoding's packing, eight per word, code `j` at
 //! bits `4j`: byte `b` of a row holds columns `2b` (low nibble) and `2b+1`
 //! (high nibble), so interleaving the low and high nibbles of 16 bytes
@@ -84,6 +90,48 @@ unsafe fn group_dot_avx2(w: &[u32], x: &[u32]) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
+/// `Σ c·x` of eight consecutive groups of `gw` weight words (a multiple
+/// of 4): one accumulator per group, then one `hadd` tree for all eight
+/// instead of a horizontal sum each (integer sums: the order is free).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn eight_group_dots(w: &[u32], x: &[u32], gw: usize) -> [i32; 8] {
+    use std::arch::x86_64::*;
+    assert!(w.len() >= 8 * gw && x.len() >= 16 * gw && gw.is_multiple_of(4));
+    let (mask, ones) = (_mm_set1_epi8(0x0f), _mm256_set1_epi16(1));
+    let mut accs = [_mm256_setzero_si256(); 8];
+    for (g, acc) in accs.iter_mut().enumerate() {
+        for step in 0..gw / 4 {
+            let k = g * gw + 4 * step;
+            let v = _mm_loadu_si128(w.as_ptr().add(k).cast());
+            let lo = _mm_and_si128(v, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
+            let codes = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+            let xs = _mm256_loadu_si256(x.as_ptr().add(2 * k).cast());
+            let p = _mm256_maddubs_epi16(codes, xs);
+            *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(p, ones));
+        }
+    }
+    let h01 = _mm256_hadd_epi32(accs[0], accs[1]);
+    let h23 = _mm256_hadd_epi32(accs[2], accs[3]);
+    let h45 = _mm256_hadd_epi32(accs[4], accs[5]);
+    let h67 = _mm256_hadd_epi32(accs[6], accs[7]);
+    let (h03, h47) = (_mm256_hadd_epi32(h01, h23), _mm256_hadd_epi32(h45, h67));
+    // Lane i of each 128-bit half: half of group i's (or i + 4's) sum.
+    let sum = _mm256_add_epi32(
+        _mm256_permute2x128_si256(h03, h47, 0x20),
+        _mm256_permute2x128_si256(h03, h47, 0x31),
+    );
+    let mut out = [0i32; 8];
+    _mm256_storeu_si256(out.as_mut_ptr().cast(), sum);
+    out
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn eight_group_dots(_: &[u32], _: &[u32], _: usize) -> [i32; 8] {
+    unreachable!("eights is 0 off x86-64")
+}
+
 /// `Σ x` of each group of each token, `[tokens, groups]`.
 fn group_sums(a: &QuantizedActivations, group_x_words: usize, groups: usize) -> Vec<i32> {
     let xpr = a.cols / 4;
@@ -109,18 +157,34 @@ pub(super) fn matmul_w4(w: &QuantizedTensor, a: &QuantizedActivations, glen: usi
     let (gw, gx) = (glen / 8, glen / 4);
     let sums = group_sums(a, gx, groups);
     let avx2 = super::super::avx2_fma();
+    // Eight whole groups at a time get their sums from one AVX2 pass.
+    let eights = match avx2 && gw.is_multiple_of(4) {
+        true => (wpr / gw) / 8,
+        false => 0,
+    };
     let output = |t: usize, r: usize| -> f32 {
         let row = &w.packed[r * wpr..(r + 1) * wpr];
         let x = &a.packed[t * xpr..(t + 1) * xpr];
+        let mut dots = [0i32; 8];
         let mut acc = 0f32;
         for g in 0..groups {
-            let (kw, kx) = (
-                g * gw..((g + 1) * gw).min(wpr),
-                g * gx..((g + 1) * gx).min(xpr),
-            );
+            if g % 8 == 0 && g / 8 < eights {
+                // SAFETY: `eights > 0` only when `avx2_fma()` holds; the
+                // eight groups' words lie inside `row` and `x`.
+                dots = unsafe { eight_group_dots(&row[g * gw..], &x[g * gx..], gw) };
+            }
+            let dot = match g / 8 < eights {
+                true => dots[g % 8],
+                false => {
+                    let (kw, kx) = (
+                        g * gw..((g + 1) * gw).min(wpr),
+                        g * gx..((g + 1) * gx).min(xpr),
+                    );
+                    group_dot(&row[kw], &x[kx], avx2)
+                }
+            };
             let z = w.zeros[r * groups + g] as i32;
-            let dot = group_dot(&row[kw], &x[kx], avx2) - z * sums[t * groups + g];
-            acc += w.scales[r * groups + g] * dot as f32;
+            acc += w.scales[r * groups + g] * (dot - z * sums[t * groups + g]) as f32;
         }
         a.scales[t] * acc
     };
@@ -140,6 +204,37 @@ pub(super) fn matmul_w4(w: &QuantizedTensor, a: &QuantizedActivations, glen: usi
             }
         });
     }
+}
+
+/// `w`'s codes as 8-bit symmetric ones, `c − z + 128` (in 113..=143), with
+/// the same scales: the same signed weights `c − z`, in the layout the
+/// W8A8 kernels take.
+pub(super) fn widen_to_w8(w: &QuantizedTensor) -> crate::error::Result<QuantizedTensor> {
+    let scheme = crate::encoding::QuantScheme::new(8, true, w.scheme.granularity)?;
+    let (wpr4, wpr8, groups) = (w.words_per_row(), w.cols.div_ceil(4), w.n_groups());
+    let glen = w.scheme.group_len(w.cols);
+    let mut packed = vec![0u32; w.rows * wpr8];
+    packed
+        .par_chunks_mut(wpr8)
+        .enumerate()
+        .for_each(|(r, out)| {
+            let row = &w.packed[r * wpr4..(r + 1) * wpr4];
+            for (k, o) in out.iter_mut().enumerate() {
+                // Four codes of one group (groups are whole words of 8).
+                let z = w.zeros[r * groups + 4 * k / glen] as u32;
+                let nibbles = spread_nibbles(row[k / 2] >> (16 * (k % 2)));
+                // Per byte c + 128 − z: no byte leaves 0..=255, so no carries.
+                *o = nibbles + 0x8080_8080 - z * 0x0101_0101;
+            }
+        });
+    Ok(QuantizedTensor {
+        rows: w.rows,
+        cols: w.cols,
+        scheme,
+        packed,
+        scales: w.scales.clone(),
+        zeros: vec![128; w.zeros.len()],
+    })
 }
 
 #[cfg(test)]

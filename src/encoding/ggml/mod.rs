@@ -8,6 +8,7 @@
 
 mod activations;
 mod coded;
+mod gemv;
 mod grid;
 mod iq4_nl;
 mod kquants;

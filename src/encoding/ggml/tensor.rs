@@ -2,7 +2,8 @@
 //! rows exactly as a GGUF file holds them: what GPTQ onto a block type
 //! produces ([`super::GgmlGrid`]), what the llmq format keeps of it (one
 //! `NAME.blocks` part of raw bytes) and what the GGUF writer copies. On the
-//! CPU its matmul dequantizes one row at a time, so the weight stays packed.
+//! CPU its matmul dequantizes one row at a time, so the weight stays packed
+//! (the GEMV of Q8_0, Q4_0 and Q4_1 decodes in registers, [`super::gemv`]).
 
 use super::GgmlType;
 use crate::encoding::{check_activations, Encoding, Part};
@@ -107,6 +108,16 @@ impl GgmlTensor {
             ));
         }
         let mut yt = vec![0f32; self.rows * tokens];
+        if super::gemv::supported(self.ty) {
+            // Blocks decoded in registers (Q8_0, Q4_0, Q4_1 on AVX2).
+            yt.par_chunks_mut(tokens).enumerate().for_each(|(r, out)| {
+                let row = &self.data[r * rb..(r + 1) * rb];
+                for (t, o) in out.iter_mut().enumerate() {
+                    *o = super::gemv::row_dot(self.ty, row, &x[t * cols..(t + 1) * cols]);
+                }
+            });
+            return Ok(crate::gemm::transpose(&yt, tokens, self.rows));
+        }
         yt.par_chunks_mut(tokens).enumerate().for_each_init(
             || vec![0f32; cols],
             |w, (r, out)| {
