@@ -212,10 +212,15 @@ unsafe fn dot_i8_avx2(w: &[u32], x: &[u32]) -> i32 {
         let p = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
     }
-    let s = _mm_add_epi32(
-        _mm256_castsi256_si128(acc),
-        _mm256_extracti128_si256(acc, 1),
-    );
+    hsum_i32(acc)
+}
+
+/// The sum of the eight i32 lanes of `v`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn hsum_i32(v: std::arch::x86_64::__m256i) -> i32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
     _mm_cvtsi128_si32(s)

@@ -62,32 +62,34 @@ fn group_dot(w: &[u32], x: &[u32], avx2: bool) -> i32 {
     group_dot_scalar(w, x)
 }
 
-/// 32 codes per step: the nibbles of 16 bytes split and interleaved into
-/// column order, multiplied with the activations' signed bytes and summed
-/// in pairs to i16 (`vpmaddubsw`: at most 2 · 15 · 127, no saturation),
-/// then to i32.
+/// 32 codes per step ([`step`]), summed to i32 lanes, then across them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn group_dot_avx2(w: &[u32], x: &[u32]) -> i32 {
     use std::arch::x86_64::*;
-    let (mask, ones) = (_mm_set1_epi8(0x0f), _mm256_set1_epi16(1));
     let mut acc = _mm256_setzero_si256();
     for (wc, xc) in w.chunks_exact(4).zip(x.chunks_exact(8)) {
-        let v = _mm_loadu_si128(wc.as_ptr().cast());
-        let lo = _mm_and_si128(v, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
-        let codes = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
-        let xs = _mm256_loadu_si256(xc.as_ptr().cast());
-        let p = _mm256_maddubs_epi16(codes, xs);
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+        acc = _mm256_add_epi32(acc, step(wc.as_ptr(), xc.as_ptr()));
     }
-    let s = _mm_add_epi32(
-        _mm256_castsi256_si128(acc),
-        _mm256_extracti128_si256(acc, 1),
-    );
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-    _mm_cvtsi128_si32(s)
+    super::hsum_i32(acc)
+}
+
+/// The products of 32 codes (the 4 words at `w`) with 32 activations (the
+/// 8 words at `x`) in eight i32 lanes: the nibbles of 16 bytes split and
+/// interleaved into column order, multiplied with the activations' signed
+/// bytes and summed in pairs to i16 (`vpmaddubsw`: at most 2 · 15 · 127,
+/// no saturation), then to i32.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn step(w: *const u32, x: *const u32) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let mask = _mm_set1_epi8(0x0f);
+    let v = _mm_loadu_si128(w.cast());
+    let lo = _mm_and_si128(v, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
+    let codes = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+    let p = _mm256_maddubs_epi16(codes, _mm256_loadu_si256(x.cast()));
+    _mm256_madd_epi16(p, _mm256_set1_epi16(1))
 }
 
 /// `Σ c·x` of eight consecutive groups of `gw` weight words (a multiple
@@ -98,18 +100,10 @@ unsafe fn group_dot_avx2(w: &[u32], x: &[u32]) -> i32 {
 unsafe fn eight_group_dots(w: &[u32], x: &[u32], gw: usize) -> [i32; 8] {
     use std::arch::x86_64::*;
     assert!(w.len() >= 8 * gw && x.len() >= 16 * gw && gw.is_multiple_of(4));
-    let (mask, ones) = (_mm_set1_epi8(0x0f), _mm256_set1_epi16(1));
     let mut accs = [_mm256_setzero_si256(); 8];
     for (g, acc) in accs.iter_mut().enumerate() {
-        for step in 0..gw / 4 {
-            let k = g * gw + 4 * step;
-            let v = _mm_loadu_si128(w.as_ptr().add(k).cast());
-            let lo = _mm_and_si128(v, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
-            let codes = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
-            let xs = _mm256_loadu_si256(x.as_ptr().add(2 * k).cast());
-            let p = _mm256_maddubs_epi16(codes, xs);
-            *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(p, ones));
+        for k in (g * gw..(g + 1) * gw).step_by(4) {
+            *acc = _mm256_add_epi32(*acc, step(w.as_ptr().add(k), x.as_ptr().add(2 * k)));
         }
     }
     let h01 = _mm256_hadd_epi32(accs[0], accs[1]);

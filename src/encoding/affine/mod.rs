@@ -16,7 +16,7 @@ pub mod matmul;
 pub mod packing;
 pub mod scheme;
 pub mod search;
-mod simd;
+pub(crate) mod simd;
 
 pub use grid::AffineGrid;
 pub use scheme::{Granularity, QuantScheme};

@@ -27,9 +27,10 @@ pub(super) struct Gemv<'a> {
     pub row_bytes: usize,
 }
 
+/// The sum of the eight f32 lanes of `v` (also the GGUF GEMV's).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(crate) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));

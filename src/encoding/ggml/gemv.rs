@@ -46,13 +46,7 @@ fn f16_at(row: &[u8], at: usize) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s)
-}
+use crate::encoding::affine::simd::hsum;
 
 /// `block_q8_0`: f16 d, 32 i8 codes; w = d·q.
 #[cfg(target_arch = "x86_64")]
