@@ -4,6 +4,8 @@
 # --device cpu --peer`), on SmolLM2-135M:
 #   gguf-Q4_1   the fixture GGUF itself, in both runtimes;
 #   gguf-Q8_0   llama-quantize's Q8_0 of it, in both runtimes;
+#   gguf-Q4_K_M llama-quantize's Q4_K_M of it (Q4_K, Q6_K and the fallbacks
+#               of 576-wide rows), in both runtimes;
 #   W8A8        our W8 g32 sym with INT8 per-token inputs (--act-dynamic)
 #               against llama.cpp's Q8_0, whose CPU kernel also rounds the
 #               inputs to 8 bits per 32 (vec_dot_q8_0_q8_0);
@@ -37,7 +39,7 @@ OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 
 # The source is already quantized, hence --allow-requantize.
-for t in Q8_0 Q4_0; do
+for t in Q8_0 Q4_0 Q4_K_M; do
     "$LQ" --allow-requantize "$SRC" "$OUT/lc-$t.gguf" "$t" >"$OUT/lc-$t.log" 2>&1 ||
         { cat "$OUT/lc-$t.log"; exit 1; }
 done
@@ -50,6 +52,7 @@ done
 
 # name, our model, the GGUF llama.cpp runs
 cases=("gguf-Q4_1 $SRC $SRC" "gguf-Q8_0 $OUT/lc-Q8_0.gguf $OUT/lc-Q8_0.gguf"
+    "gguf-Q4_K_M $OUT/lc-Q4_K_M.gguf $OUT/lc-Q4_K_M.gguf"
     "W8A8 $OUT/w8a8 $OUT/lc-Q8_0.gguf" "W4 $OUT/w4 $OUT/lc-Q4_0.gguf"
     "W4A8 $OUT/w4a8 $OUT/lc-Q4_0.gguf")
 summary=()

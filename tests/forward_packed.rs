@@ -88,3 +88,44 @@ fn open_forward_runs_the_packed_model_on_the_cpu() {
         .fold(0f32, |acc, (x, y)| acc.max((x - y).abs()));
     assert!(d < 1e-4, "decoder vs full logits: {d}");
 }
+
+/// SmolLM2's head is tied to a Q8_0 `token_embd`: it runs as that packed
+/// table (a quarter of the f32 bytes each decoded token reads), with the
+/// logits of the dequantized table, and a step reads every weight but the
+/// f32 lookup copy.
+#[test]
+fn tied_quantized_embedding_runs_as_a_packed_head() {
+    let view = ModelView::open(common::smollm2_gguf()).unwrap();
+    let weights = LlamaWeights::load(&view).unwrap();
+    let (v, h) = (weights.arch.vocab_size, weights.arch.hidden_size);
+    match &weights.head {
+        Some(Linear::Packed(q)) => assert_eq!((q.rows(), q.cols()), (v, h)),
+        other => panic!("tied Q8_0 head held as {other:?}"),
+    }
+    assert_eq!(
+        weights.step_bytes(),
+        weights.bytes() - 4 * v * h,
+        "a step reads all but the f32 lookup table"
+    );
+    let hidden: Vec<f32> = (0..2 * h)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let packed = CpuForward::new(weights.clone())
+        .final_norm_and_head(&hidden)
+        .unwrap();
+    let dense = CpuForward::new(LlamaWeights {
+        head: None,
+        ..weights
+    })
+    .final_norm_and_head(&hidden)
+    .unwrap();
+    let scale = dense.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = packed
+        .iter()
+        .zip(&dense)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        worst <= 1e-4 * scale,
+        "packed head off by {worst} (max |logit| {scale})"
+    );
+}

@@ -131,8 +131,9 @@ fn pipeline_gpu_matches_cpu() {
 }
 
 /// Every linear of SmolLM2, sequentially on a few Emma windows: GPTQ's
-/// output error on its calibration inputs is below RTN's at W4 g128 and
-/// W3 g128, and the output runs.
+/// output error on its calibration inputs is below RTN's at W3 g128, and
+/// the output runs. (W4 g128 is checked on layer 0 by `gptq_smollm2.rs`;
+/// a second whole-model run here cost CI two minutes.)
 #[test]
 fn pipeline_beats_rtn_on_every_smollm2_linear() {
     let dir = tempfile::tempdir().unwrap();
@@ -142,41 +143,39 @@ fn pipeline_beats_rtn_on_every_smollm2_linear() {
         "{}: run scripts/fetch-fixtures.sh",
         emma.display()
     );
-    for bits in [4, 3] {
-        let scheme = QuantScheme::new(bits, false, Granularity::Group(128)).unwrap();
-        let out = dir.path().join(format!("w{bits}"));
-        let mut s = GptqSettings::new(CalibConfig {
-            samples: 4,
-            len: 64,
-            seed: 0,
-            ..CalibConfig::new(emma.clone())
-        });
-        s.options.damp = 0.01;
-        let r = run(&CpuBackend, &common::smollm2_gguf(), &out, scheme, s).unwrap();
-        let g = gptq_report(&r);
-        let linears: Vec<_> = g.layers.iter().flat_map(|l| &l.linears).collect();
-        assert_eq!(linears.len(), 30 * 7);
-        let worst = linears
-            .iter()
-            .map(|l| l.gptq_error / l.rtn_error)
-            .fold(0.0, f64::max);
-        eprintln!(
-            "W{bits} g128: worst GPTQ/RTN output-error ratio over 210 linears {worst:.3}; \
-             peak host {:?} bytes; {:.1} s",
-            g.peak_host_bytes, g.seconds
-        );
-        assert!(
-            g.linears_not_better_than_rtn.is_empty(),
-            "GPTQ not below RTN on {:?}",
-            g.linears_not_better_than_rtn
-        );
-        // The output loads and runs.
-        let forward =
-            llmq_gpu::model::forward::open_forward(&out, llmq_gpu::DeviceChoice::Cpu, None)
-                .unwrap();
-        let logits = forward.logits(&[1, 2, 3]).unwrap();
-        assert!(logits.iter().all(|x| x.is_finite()));
-    }
+    let bits = 3;
+    let scheme = QuantScheme::new(bits, false, Granularity::Group(128)).unwrap();
+    let out = dir.path().join(format!("w{bits}"));
+    let mut s = GptqSettings::new(CalibConfig {
+        samples: 4,
+        len: 64,
+        seed: 0,
+        ..CalibConfig::new(emma.clone())
+    });
+    s.options.damp = 0.01;
+    let r = run(&CpuBackend, &common::smollm2_gguf(), &out, scheme, s).unwrap();
+    let g = gptq_report(&r);
+    let linears: Vec<_> = g.layers.iter().flat_map(|l| &l.linears).collect();
+    assert_eq!(linears.len(), 30 * 7);
+    let worst = linears
+        .iter()
+        .map(|l| l.gptq_error / l.rtn_error)
+        .fold(0.0, f64::max);
+    eprintln!(
+        "W{bits} g128: worst GPTQ/RTN output-error ratio over 210 linears {worst:.3}; \
+         peak host {:?} bytes; {:.1} s",
+        g.peak_host_bytes, g.seconds
+    );
+    assert!(
+        g.linears_not_better_than_rtn.is_empty(),
+        "GPTQ not below RTN on {:?}",
+        g.linears_not_better_than_rtn
+    );
+    // The output loads and runs.
+    let forward =
+        llmq_gpu::model::forward::open_forward(&out, llmq_gpu::DeviceChoice::Cpu, None).unwrap();
+    let logits = forward.logits(&[1, 2, 3]).unwrap();
+    assert!(logits.iter().all(|x| x.is_finite()));
 }
 
 /// One window of 8 tokens (far fewer than the 64 and 160 inputs) and an

@@ -142,8 +142,13 @@ fn static_w8a8_model_stores_its_scales_and_runs_them() {
         .unwrap()
         .logits(&tokens)
         .unwrap();
+    // Static per-tensor ranges on 4 × 32 tokens of a random 2-layer model
+    // with planted outliers: over 60 seeds the error was median 0.022,
+    // 90th percentile 0.050, worst 0.095 (a bound of 0.05 failed one run
+    // in ten). Ranges a quarter of the stored ones (q, up and down
+    // clipping) gave 0.25–0.38.
     let e = rel_l2(&got, &want);
-    assert!(e < 0.05, "W8A8 logits off by {e} (relative L2)");
+    assert!(e < 0.15, "W8A8 logits off by {e} (relative L2)");
 }
 
 #[test]

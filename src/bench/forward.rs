@@ -104,8 +104,7 @@ pub struct ForwardBenchReport {
     pub decode_tokens: usize,
     pub decode_tokens_per_second: f64,
     /// Resident weight bytes read per decoded token
-    /// ([`crate::model::forward::Forward::weight_bytes`] less the embedding
-    /// table) over its time.
+    /// ([`crate::model::forward::Forward::step_bytes`]) over its time.
     pub decode_gbps: f64,
     /// `decode_gbps / peak.copy_gbps`.
     pub decode_share_of_copy: f64,
@@ -187,14 +186,7 @@ pub fn run_forward_bench(
         logits = dec.feed(&[next])?;
     }
     let decode = t0.elapsed();
-    // Each step reads every weight except the embedding table (one row),
-    // unless the head is tied to it.
-    let embed = if a.tied_embeddings {
-        0
-    } else {
-        a.vocab_size * a.hidden_size * 4
-    };
-    let bytes = model.weight_bytes().saturating_sub(embed) as f64;
+    let bytes = model.step_bytes() as f64;
     let per_token = decode / decode_tokens.max(1) as u32;
     let decode_gbps = gbps(bytes, per_token);
     Ok(ForwardBenchReport {

@@ -3,7 +3,8 @@
 //! produces ([`super::GgmlGrid`]), what the llmq format keeps of it (one
 //! `NAME.blocks` part of raw bytes) and what the GGUF writer copies. On the
 //! CPU its matmul dequantizes one row at a time, so the weight stays packed
-//! (the GEMV of Q8_0, Q4_0 and Q4_1 decodes in registers, [`super::gemv`]).
+//! (the GEMV of Q8_0, Q4_0, Q4_1, Q4_K and Q6_K decodes in registers,
+//! [`super::gemv`]).
 
 use super::GgmlType;
 use crate::encoding::{check_activations, Encoding, Part};
@@ -86,8 +87,6 @@ impl GgmlTensor {
         })
     }
 
-    /// `x · Wᵀ` for `tokens` rows of `x`: each weight row dequantized once
-    /// (rows in parallel) and dotted with every token.
     /// `y = x · Wᵀ` (`x` `[tokens, cols]` → `[tokens, rows]`) with the
     /// blocks dequantized a few rows at a time: into the blocked SGEMM for
     /// batches, row by row against each token for GEMV-sized ones.
@@ -107,17 +106,13 @@ impl GgmlTensor {
                 x, tokens, cols, self.rows, &dequant,
             ));
         }
-        let mut yt = vec![0f32; self.rows * tokens];
         if super::gemv::supported(self.ty) {
-            // Blocks decoded in registers (Q8_0, Q4_0, Q4_1 on AVX2).
-            yt.par_chunks_mut(tokens).enumerate().for_each(|(r, out)| {
-                let row = &self.data[r * rb..(r + 1) * rb];
-                for (t, o) in out.iter_mut().enumerate() {
-                    *o = super::gemv::row_dot(self.ty, row, &x[t * cols..(t + 1) * cols]);
-                }
-            });
-            return Ok(crate::gemm::transpose(&yt, tokens, self.rows));
+            // Blocks decoded in registers (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K on AVX2).
+            return Ok(super::gemv::gemv(
+                self.ty, &self.data, self.rows, cols, x, tokens,
+            ));
         }
+        let mut yt = vec![0f32; self.rows * tokens];
         yt.par_chunks_mut(tokens).enumerate().for_each_init(
             || vec![0f32; cols],
             |w, (r, out)| {

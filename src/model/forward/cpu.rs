@@ -305,6 +305,9 @@ impl Forward for CpuForward {
     fn weight_bytes(&self) -> usize {
         self.weights.bytes()
     }
+    fn step_bytes(&self) -> usize {
+        self.weights.step_bytes()
+    }
     fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         CpuForward::logits(self, tokens)
     }

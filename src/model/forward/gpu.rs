@@ -107,6 +107,8 @@ pub struct GpuForward {
     head: GpuLinear,
     inv_freq: Vec<f64>,
     weight_bytes: usize,
+    /// [`Forward::step_bytes`].
+    step_bytes: usize,
 }
 
 /// Keys and values of every layer on the GPU: per layer two
@@ -234,7 +236,7 @@ impl GpuForward {
         };
         let final_norm = norm("final_norm", &weights.final_norm)?;
         let inv_freq = weights.rope_inv_freq();
-        let weight_bytes = weights.bytes();
+        let (weight_bytes, step_bytes) = (weights.bytes(), weights.step_bytes());
         Ok(Self {
             arch: weights.arch,
             embed: weights.embed,
@@ -243,6 +245,7 @@ impl GpuForward {
             head,
             inv_freq,
             weight_bytes,
+            step_bytes,
             ctx,
         })
     }
@@ -446,6 +449,9 @@ impl Forward for GpuForward {
     }
     fn weight_bytes(&self) -> usize {
         self.weight_bytes
+    }
+    fn step_bytes(&self) -> usize {
+        self.step_bytes
     }
     fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.check_length(tokens.len())?;

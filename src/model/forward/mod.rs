@@ -79,6 +79,11 @@ pub trait Forward: Send + Sync {
     /// Bytes of weights held for the run: what a pass reads (packed
     /// linears count [`crate::encoding::Encoding::resident_bytes`]).
     fn weight_bytes(&self) -> usize;
+    /// Bytes of weights one decoding step reads (the embedding table only
+    /// when it is also the head).
+    fn step_bytes(&self) -> usize {
+        self.weight_bytes()
+    }
     /// Logits `[tokens.len(), vocab]` of one sequence starting at position 0.
     fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>>;
     /// An incremental decoder with a KV cache of `capacity` positions.
@@ -284,6 +289,16 @@ impl LlamaWeights {
 }
 
 impl LlamaWeights {
+    /// Bytes one decoding step reads: every weight but the embedding
+    /// table (one row of it) unless the table is the head.
+    pub fn step_bytes(&self) -> usize {
+        let table = match self.head {
+            Some(_) => self.embed.len() * 4,
+            None => 0,
+        };
+        self.bytes().saturating_sub(table)
+    }
+
     /// Reads every weight of the model, in either GGUF or Hugging Face naming.
     pub fn load(view: &ModelView) -> Result<Self> {
         let arch = view.arch().clone();
@@ -295,7 +310,10 @@ impl LlamaWeights {
             .map(|i| LayerWeights::load(view, i))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = load(view, &names.global("norm"), &[h])?;
-        let head = load_head(view)?;
+        let head = match load_head(view)? {
+            Some(head) => Some(head),
+            None => tied_packed_head(view, &names.global("embed"))?,
+        };
         let rope_freq_factors = load_rope_freq_factors(view)?;
         Self {
             arch,
@@ -353,8 +371,13 @@ impl LlamaWeights {
         };
         self.map_block_linears(view, |name, l| Ok(wrap(l, rounding(name)?)))?;
         let names = Names::of(view);
+        let head = names.global("head");
+        let head = match view.tensors().iter().any(|t| t.name == head) {
+            true => head,
+            false => names.global("embed"),
+        };
         self.head = match self.head.take() {
-            Some(h) => Some(wrap(h, rounding(&names.global("head"))?)),
+            Some(h) => Some(wrap(h, rounding(&head)?)),
             None => match rounding(&names.global("embed"))? {
                 Some(r) => Some(Linear::RoundedInput(
                     r,
@@ -428,6 +451,31 @@ pub fn load_head(view: &ModelView) -> Result<Option<Linear>> {
             name: head_name,
         })
     }
+}
+
+/// A tied head whose embedding table is stored packed (a GGUF's Q8_0
+/// `token_embd`, an llmq folder's quantized one) as a linear of its own:
+/// every decoded token reads the whole table, and its packed GEMV reads a
+/// quarter of the f32 bytes (the lookup keeps the f32 copy, one row per
+/// token). `None` for tables stored as floats: the head then multiplies
+/// by the f32 table itself.
+fn tied_packed_head(view: &ModelView, embed: &str) -> Result<Option<Linear>> {
+    let Some(q) = view.load_encoded(embed)? else {
+        return Ok(None);
+    };
+    let (v, h) = (view.arch().vocab_size, view.arch().hidden_size);
+    if (q.rows(), q.cols()) != (v, h) {
+        return Err(Error::format(
+            view.path(),
+            format!(
+                "tensor '{embed}' is [{}, {}], the config implies [{v}, {h}]",
+                q.rows(),
+                q.cols()
+            ),
+        ));
+    }
+    q.validate(embed)?;
+    Ok(Some(Linear::Packed(q)))
 }
 
 /// Llama 3.1 GGUF `rope_freqs.weight`, when present.

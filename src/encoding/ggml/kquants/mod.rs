@@ -12,5 +12,5 @@ pub(crate) mod search;
 use super::{f16_bits, h, Block, Header, Quantize, QK_K};
 
 pub(crate) use q2_q3::{BlockQ2K, BlockQ3K};
-pub(crate) use q4_q5::{fit_weighted as fit_weighted_k, BlockQ4K, BlockQ5K};
+pub(crate) use q4_q5::{fit_weighted as fit_weighted_k, scale_min_k4, BlockQ4K, BlockQ5K};
 pub(crate) use q6::BlockQ6K;

@@ -9,7 +9,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// ggml-quants.c `get_scale_min_k4`: 6-bit scale and min of sub-block `j`
 /// packed into 12 bytes.
-fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
