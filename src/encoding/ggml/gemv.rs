@@ -269,6 +269,17 @@ unsafe fn fifth_bits(qh: __m256i, k: i32) -> __m256i {
     _mm256_slli_epi32::<4>(bit)
 }
 
+/// Each row's eight lane sums added up.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn lane_sums(acc: [__m256; ROWS]) -> [f32; ROWS] {
+    let mut out = [0f32; ROWS];
+    for i in 0..ROWS {
+        out[i] = crate::encoding::affine::simd::hsum(acc[i]);
+    }
+    out
+}
+
 /// The f16 at `p` as f32.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -308,11 +319,7 @@ unsafe fn q8_0(rows: [&[u8]; ROWS], x: &[f32]) -> [f32; ROWS] {
             acc[i] = _mm256_fmadd_ps(broadcast_f16(rows[i].as_ptr().add(34 * b)), s[i], acc[i]);
         }
     }
-    let mut out = [0f32; ROWS];
-    for i in 0..ROWS {
-        out[i] = crate::encoding::affine::simd::hsum(acc[i]);
-    }
-    out
+    lane_sums(acc)
 }
 
 /// The 32-weight types with 4-bit codes plus, when `FIVE`, a fifth bit
@@ -395,11 +402,7 @@ unsafe fn legacy<const MIN: bool, const FIVE: bool>(
             }
         }
     }
-    let mut out = [0f32; ROWS];
-    for i in 0..ROWS {
-        out[i] = crate::encoding::affine::simd::hsum(acc[i]);
-    }
-    out
+    lane_sums(acc)
 }
 
 /// `block_q4_K`: f16 d, f16 dmin, 12 bytes of 6-bit sub-block scales and
@@ -445,11 +448,10 @@ unsafe fn q4_k(rows: [&[u8]; ROWS], x: &Nibbled) -> [f32; ROWS] {
             }
         }
     }
-    let mut out = [0f32; ROWS];
     for i in 0..ROWS {
-        out[i] = crate::encoding::affine::simd::hsum(_mm256_sub_ps(acc[i], mins[i]));
+        acc[i] = _mm256_sub_ps(acc[i], mins[i]);
     }
-    out
+    lane_sums(acc)
 }
 
 /// One nibble of 8 Q6_K codes as f32 (before their −32): the low four
