@@ -89,18 +89,15 @@ fn open_forward_runs_the_packed_model_on_the_cpu() {
     assert!(d < 1e-4, "decoder vs full logits: {d}");
 }
 
-/// SmolLM2's head is tied to a Q8_0 `token_embd`: it runs as that packed
-/// table (a quarter of the f32 bytes each decoded token reads), with the
-/// logits of the dequantized table, and a step reads every weight but the
-/// f32 lookup copy.
-#[test]
-fn tied_quantized_embedding_runs_as_a_packed_head() {
-    let view = ModelView::open(common::smollm2_gguf()).unwrap();
-    let weights = LlamaWeights::load(&view).unwrap();
+/// A tied head held as its own linear (`kind`) gives the logits of the
+/// f32 table it is tied to, and a step reads every weight but the f32
+/// lookup copy.
+fn check_tied_head(weights: LlamaWeights, kind: &str) {
     let (v, h) = (weights.arch.vocab_size, weights.arch.hidden_size);
-    match &weights.head {
-        Some(Linear::Packed(q)) => assert_eq!((q.rows(), q.cols()), (v, h)),
-        other => panic!("tied Q8_0 head held as {other:?}"),
+    match (&weights.head, kind) {
+        (Some(Linear::Packed(q)), "packed") => assert_eq!((q.rows(), q.cols()), (v, h)),
+        (Some(Linear::Half(f)), "f16") => assert_eq!((f.rows, f.cols), (v, h)),
+        (other, _) => panic!("tied head held as {other:?}, expected {kind}"),
     }
     assert_eq!(
         weights.step_bytes(),
@@ -110,22 +107,41 @@ fn tied_quantized_embedding_runs_as_a_packed_head() {
     let hidden: Vec<f32> = (0..2 * h)
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
         .collect();
-    let packed = CpuForward::new(weights.clone())
+    let held = CpuForward::new(weights.clone())
         .final_norm_and_head(&hidden)
         .unwrap();
-    let dense = CpuForward::new(LlamaWeights {
+    let table = CpuForward::new(LlamaWeights {
         head: None,
         ..weights
     })
     .final_norm_and_head(&hidden)
     .unwrap();
-    let scale = dense.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let worst = packed
+    let scale = table.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = held
         .iter()
-        .zip(&dense)
+        .zip(&table)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(
         worst <= 1e-4 * scale,
-        "packed head off by {worst} (max |logit| {scale})"
+        "{kind} head off by {worst} (max |logit| {scale})"
     );
+}
+
+/// SmolLM2's head is tied to a Q8_0 `token_embd`: it runs as that packed
+/// table (a quarter of the f32 bytes each decoded token reads). An llmq
+/// folder `quantize` writes keeps the table in F16: its head runs as f16
+/// (half the bytes).
+#[test]
+fn tied_embeddings_run_as_packed_or_f16_heads() {
+    let view = ModelView::open(common::smollm2_gguf()).unwrap();
+    check_tied_head(LlamaWeights::load(&view).unwrap(), "packed");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("w4");
+    let scheme = QuantScheme::new(4, false, Granularity::Group(128)).unwrap();
+    let cfg = QuantizeConfig::new(common::smollm2_gguf(), &out, scheme).device(DeviceChoice::Cpu);
+    llmq_gpu::quantize_model(&cfg, &mut |_| {}, &CancelToken::default()).expect("quantize");
+    let view = ModelView::open(&out).unwrap();
+    assert_eq!(view.tensor("token_embd.weight").unwrap().dtype, "F16");
+    check_tied_head(LlamaWeights::load(&view).unwrap(), "f16");
 }

@@ -41,6 +41,12 @@ impl GpuLinear {
                 GpuLinear::Dense(GpuDenseWeights::upload(ctx, w, *rows, *cols)?)
             }
             Linear::Packed(q) => GpuLinear::Packed(GpuQuantWeights::upload_encoded(ctx, q)?),
+            Linear::Half(h) => GpuLinear::Dense(GpuDenseWeights::upload(
+                ctx,
+                &h.dense_weights(),
+                h.rows,
+                h.cols,
+            )?),
             Linear::Int8Input(q, scale) => {
                 GpuLinear::Int8(GpuQuantWeights::upload(ctx, q)?, *scale)
             }

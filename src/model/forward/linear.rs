@@ -3,6 +3,7 @@
 //! `llmq-gpu quantize`, which run through the dequant-matmul kernels and are
 //! never expanded to a full f32 copy).
 
+use super::half_linear::HalfWeights;
 use super::ops::matmul_t;
 use crate::encoding::act8;
 use crate::encoding::ggml::{round_activations, ActivationRounding};
@@ -20,6 +21,9 @@ pub enum Linear {
     },
     /// Any stored encoding (linear integer codes, VQ codebooks).
     Packed(EncodedTensor),
+    /// Float weights kept in their stored f16 (a head tied to an f16
+    /// embedding table).
+    Half(HalfWeights),
     /// A linear whose input is first rounded as llama.cpp's CPU backend
     /// rounds it for the file's tensor type (`eval
     /// --llama-cpp-activations`; CPU only).
@@ -49,6 +53,7 @@ impl Linear {
         match self {
             Linear::Dense { rows, .. } => *rows,
             Linear::Packed(q) => q.rows(),
+            Linear::Half(h) => h.rows,
             Linear::RoundedInput(_, l) => l.rows(),
             Linear::Int8Input(q, _) => q.rows,
             Linear::Observed(_, l) => l.rows(),
@@ -60,18 +65,21 @@ impl Linear {
         match self {
             Linear::Dense { cols, .. } => *cols,
             Linear::Packed(q) => q.cols(),
+            Linear::Half(h) => h.cols,
             Linear::RoundedInput(_, l) => l.cols(),
             Linear::Int8Input(q, _) => q.cols,
             Linear::Observed(_, l) => l.cols(),
         }
     }
 
-    /// Bytes a matmul reads from the weight as held: f32 when dense, the
+    /// Bytes a matmul reads from the weight as held: f32 when dense (f16
+    /// when [`Linear::Half`]), the
     /// encoding's [`crate::encoding::Encoding::resident_bytes`] when packed.
     pub fn resident_bytes(&self) -> usize {
         match self {
             Linear::Dense { w, .. } => w.len() * 4,
             Linear::Packed(q) => q.encoding().resident_bytes(q.rows(), q.cols()) as usize,
+            Linear::Half(h) => h.w.len() * 2,
             Linear::RoundedInput(_, l) => l.resident_bytes(),
             Linear::Int8Input(q, _) => q.encoding().resident_bytes(q.rows, q.cols) as usize,
             Linear::Observed(_, l) => l.resident_bytes(),
@@ -92,6 +100,7 @@ impl Linear {
         match self {
             Linear::Dense { w, .. } => Ok(w.clone()),
             Linear::Packed(q) => q.dequantize(),
+            Linear::Half(h) => Ok(h.dense_weights()),
             Linear::RoundedInput(_, l) => l.dense_weights(),
             Linear::Int8Input(q, _) => q.dequantize(),
             Linear::Observed(_, l) => l.dense_weights(),
@@ -119,6 +128,7 @@ impl Linear {
                 Ok(matmul_t(x, w, m, *cols, *rows))
             }
             Linear::Packed(q) => q.matmul(x, m),
+            Linear::Half(h) => h.matmul(x, m),
             Linear::RoundedInput(r, l) => {
                 let mut x = x.to_vec();
                 round_activations(*r, &mut x);

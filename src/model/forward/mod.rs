@@ -9,6 +9,7 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod half_linear;
 pub mod int8;
 pub mod layer;
 pub mod linear;
@@ -312,7 +313,7 @@ impl LlamaWeights {
         let final_norm = load(view, &names.global("norm"), &[h])?;
         let head = match load_head(view)? {
             Some(head) => Some(head),
-            None => tied_packed_head(view, &names.global("embed"))?,
+            None => tied_head(view, &names.global("embed"), &embed)?,
         };
         let rope_freq_factors = load_rope_freq_factors(view)?;
         Self {
@@ -453,17 +454,20 @@ pub fn load_head(view: &ModelView) -> Result<Option<Linear>> {
     }
 }
 
-/// A tied head whose embedding table is stored packed (a GGUF's Q8_0
-/// `token_embd`, an llmq folder's quantized one) as a linear of its own:
-/// every decoded token reads the whole table, and its packed GEMV reads a
-/// quarter of the f32 bytes (the lookup keeps the f32 copy, one row per
-/// token). `None` for tables stored as floats: the head then multiplies
-/// by the f32 table itself.
-fn tied_packed_head(view: &ModelView, embed: &str) -> Result<Option<Linear>> {
-    let Some(q) = view.load_encoded(embed)? else {
-        return Ok(None);
-    };
+/// A tied head as a linear of its own when the embedding table is stored
+/// packed (a GGUF's Q8_0 `token_embd`, an llmq folder's quantized one) or
+/// as F16 (what `quantize` writes by default): every decoded token reads
+/// the whole table, and the packed or f16 GEMV reads a quarter or half of
+/// the f32 bytes (the lookup keeps the f32 copy, one row per token).
+/// `None` for other tables: the head then multiplies by the f32 table.
+fn tied_head(view: &ModelView, embed: &str, table: &[f32]) -> Result<Option<Linear>> {
     let (v, h) = (view.arch().vocab_size, view.arch().hidden_size);
+    let Some(q) = view.load_encoded(embed)? else {
+        return Ok(match view.tensor(embed)?.dtype.as_str() {
+            "F16" => half_linear::HalfWeights::exact(v, h, table).map(Linear::Half),
+            _ => None,
+        });
+    };
     if (q.rows(), q.cols()) != (v, h) {
         return Err(Error::format(
             view.path(),
