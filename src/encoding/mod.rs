@@ -64,6 +64,19 @@ pub(crate) fn avx2_fma() -> bool {
     }
 }
 
+/// [`avx2_fma`] plus F16C, for the kernels that read f16 scales or weights
+/// (`ggml/gemv.rs`, the f16 head).
+pub(crate) fn avx2_fma_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx2_fma() && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Checks that `x` holds `tokens` rows of `cols` activations for a matmul.
 pub(crate) fn check_activations(x: &[f32], tokens: usize, cols: usize) -> Result<()> {
     if x.len() != tokens * cols {

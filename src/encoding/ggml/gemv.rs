@@ -36,18 +36,7 @@ pub(super) fn supported(ty: GgmlType) -> bool {
             | GgmlType::Q5_1
             | GgmlType::Q4K
             | GgmlType::Q6K
-    ) && simd_available()
-}
-
-fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::encoding::avx2_fma() && is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    ) && crate::encoding::avx2_fma_f16c()
 }
 
 /// `y = x · Wᵀ` (`[tokens, rows]`) for `rows` rows of `ty` blocks of
@@ -425,10 +414,11 @@ unsafe fn q4_k(rows: [&[u8]; ROWS], x: &Nibbled) -> [f32; ROWS] {
         for i in 0..ROWS {
             let block = &rows[i][144 * b..144 * b + 16];
             let (d, dmin) = (f16_at(block.as_ptr()), f16_at(block.as_ptr().add(2)));
-            let packed: &[u8; 12] = block[4..16].try_into().unwrap_or(&[0; 12]);
+            let mut packed = [0u8; 12];
+            packed.copy_from_slice(&block[4..16]);
             let mut m = [0f32; 8];
             for j in 0..8 {
-                let (sc, mj) = super::kquants::scale_min_k4(j, packed);
+                let (sc, mj) = super::kquants::scale_min_k4(j, &packed);
                 scales[i][j] = d * f32::from(sc);
                 m[j] = dmin * f32::from(mj);
             }

@@ -59,7 +59,7 @@ impl HalfWeights {
         if m >= crate::gemm::MIN_TOKENS {
             return Ok(crate::gemm::blocked_xwt(x, m, cols, rows, &to_f32));
         }
-        let simd = simd_available();
+        let simd = crate::encoding::avx2_fma_f16c();
         let mut yt = vec![0f32; rows * m];
         yt.par_chunks_mut(64 * m).enumerate().for_each_init(
             || vec![0f32; cols],
@@ -84,20 +84,9 @@ impl HalfWeights {
     }
 }
 
-fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::encoding::avx2_fma() && is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// `Σ w·x` of one f16 row; the caller checked [`simd_available`].
+/// `Σ w·x` of one f16 row; the caller checked [`crate::encoding::avx2_fma_f16c`].
 fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
-    assert!(w.len() == x.len() && simd_available());
+    assert!(w.len() == x.len() && crate::encoding::avx2_fma_f16c());
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2, FMA and F16C checked above; loads stay within the
     // slices (whole chunks of 16, then a scalar tail).
@@ -105,7 +94,7 @@ fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
         dot_f16_avx2(w, x)
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("simd_available() is false off x86-64")
+    unreachable!("crate::encoding::avx2_fma_f16c() is false off x86-64")
 }
 
 #[cfg(target_arch = "x86_64")]
